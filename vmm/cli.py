@@ -1,0 +1,147 @@
+"""The ``vmm`` command line."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .modes import MODES
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> None:
+    click.echo(f"vmm: error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _resolve_image(target: str, *, ram_size: int, kind: str, cmdline: str | None, modules: tuple[str, ...],
+                   load_address: int | None):
+    """A path to an image file, or the name of a built-in guest (built on demand)."""
+    from .build.guests import build_guest, list_guests
+    from .loader.image import ImageError, load_image
+
+    try:
+        if not os.path.exists(target) and target in {g.name for g in list_guests()}:
+            built = build_guest(target)
+            return load_image(built.elf, ram_size=ram_size, cmdline=cmdline, modules=list(modules),
+                              image_name=target)
+        return load_image(target, ram_size=ram_size, kind=kind, cmdline=cmdline, modules=list(modules),
+                          load_address=load_address)
+    except ImageError as err:
+        _fail(str(err))
+
+
+def _parse_int(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number (decimal or 0x-prefixed hex)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vmm")
+def main():
+    """vmm: an x86 virtualization lab.
+
+    Boot tiny guests on a Unicorn CPU under a Python VMM, in one of six modes
+    (native, trap, bt, pv, vtx, vtx-ept), and see what each costs.
+
+    \b
+    Start with:
+      vmm guests            list the built-in guests
+      vmm run hello         boot one and print its serial console
+    """
+
+
+@main.command()
+@click.argument("image", metavar="IMAGE_OR_GUEST")
+@click.option("--mode", type=click.Choice(MODES), default="native", show_default=True,
+              help="How the guest is virtualized (see README: the six modes).")
+@click.option("--max-instructions", type=int, default=None, metavar="N",
+              help="Stop after N guest instructions (counted exactly; the run is about 10x slower).")
+@click.option("--timeout", type=float, default=10.0, show_default=True, metavar="S",
+              help="Stop after S seconds of wall-clock time; 0 disables the limit.")
+@click.option("--cmdline", default=None, help="Multiboot command line after the image name.")
+@click.option("--module", "modules", multiple=True, type=click.Path(), metavar="FILE",
+              help="Multiboot module (repeatable), loaded page-aligned after the image.")
+@click.option("--ram", "ram_mib", type=click.IntRange(1, 3072), default=128, show_default=True,
+              metavar="MIB", help="Guest RAM in MiB.")
+@click.option("--kind", type=click.Choice(["auto", "multiboot", "flat", "bootsector"]), default="auto",
+              show_default=True, help="Image format; auto recognises Multiboot ELF and boot sectors.")
+@click.option("--load-address", callback=_parse_int, default=None, metavar="ADDR",
+              help="Load (and entry) address of a flat binary, e.g. 0x100000.")
+@click.option("--serial-input", type=click.File("rb"), default=None, metavar="FILE",
+              help="Bytes the guest reads from the UART ('-' for stdin).")
+def run(image, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind, load_address, serial_input):
+    """Boot IMAGE_OR_GUEST and print its serial output.
+
+    IMAGE_OR_GUEST is a Multiboot ELF, a 512-byte boot sector, a flat binary (with
+    --kind flat --load-address), or the name of a built-in guest. The exit status is the
+    guest's own (isa-debug-exit: (value << 1) | 1, as QEMU); 1 when the VM was stopped
+    for another reason, which is printed; 2 for bad input.
+    """
+    from .vm import VM
+
+    ram_size = ram_mib << 20
+    loaded = _resolve_image(image, ram_size=ram_size, kind=kind, cmdline=cmdline, modules=modules,
+                            load_address=load_address)
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    try:
+        vm = VM(loaded, mode=mode, ram_size=ram_size, serial_output=write,
+                serial_input=serial_input.read() if serial_input else None,
+                max_instructions=max_instructions, timeout=timeout or None)
+    except (NotImplementedError, ValueError) as err:
+        _fail(str(err))
+    result = vm.run()
+    if result.kind.name != "EXIT":
+        click.echo(f"vmm: {result.kind.value}: {result.message}", err=True)
+    sys.exit(result.status)
+
+
+@main.command()
+def guests():
+    """List the built-in guests."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .build.guests import list_guests
+
+    table = Table("guest", "exit status", "what it shows", box=None)
+    for g in list_guests():
+        table.add_row(g.name, str(g.expected_status), g.description)
+    Console().print(table)
+
+
+@main.command()
+@click.argument("guest")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the ELF.")
+def build(guest, output):
+    """Assemble a built-in GUEST into a Multiboot ELF (bootable with qemu -kernel)."""
+    from .build.guests import build_guest, list_guests
+
+    if guest not in {g.name for g in list_guests()}:
+        _fail(f"no built-in guest named {guest!r}; `vmm guests` lists them")
+    elf = build_guest(guest).elf
+    tmp = f"{output}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(elf)
+        os.replace(tmp, output)
+    except OSError as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        _fail(f"cannot write {output}: {err.strerror}")
+    click.echo(f"wrote {output} ({len(elf)} bytes)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""The engine: one Unicorn x86-32 CPU, its hooks multiplexed to a narrow Python interface.
+
+This is the only module that drives ``emu_start``. It installs one hook of each kind
+(DESIGN §3, §8.7) and forwards every event to a :class:`VcpuOps` object (the VM), which
+decides policy. Python exceptions raised inside a hook are captured, emulation is
+stopped, and the exception is re-raised from :meth:`Engine.run`, so a bug never
+disappears inside a C callback.
+
+Hot path: no per-instruction or per-block hook. Events arrive only where the guest does
+something the VMM must see: an exception or software interrupt (``UC_HOOK_INTR``), an
+undefined opcode, IN/OUT/CPUID, a TLB miss (``UC_HOOK_TLB_FILL`` with
+``UC_TLB_VIRTUAL``: the fill callback *is* the MMU), and MMIO.
+"""
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from unicorn import (UC_ARCH_X86, UC_ERR_EXCEPTION, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_UNMAPPED,
+                     UC_ERR_WRITE_UNMAPPED, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
+                     UC_HOOK_TLB_FILL, UC_MEM_FETCH, UC_MEM_WRITE, UC_MODE_32, UC_PROT_ALL, UC_PROT_READ,
+                     UC_TLB_VIRTUAL, Uc, UcError)
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+from unicorn import x86_const as X
+
+from . import quirks
+from .regs import UC_REG, UC_TABLE
+
+PAGE = 0x1000
+SCRATCH_PAGE = 0xFFFFF000  # host page outside guest RAM, see the TLB-fill hook
+
+ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = "read", "write", "fetch"
+_ACCESS = {UC_MEM_WRITE: ACCESS_WRITE, UC_MEM_FETCH: ACCESS_FETCH}
+
+
+class Stop(enum.Enum):
+    """Why one call of :meth:`Engine.run` returned."""
+
+    SLICE_DONE = "instruction slice completed"
+    HALT = "HLT"
+    FAULT = "fault raised by the MMU"          # see Engine.pending_fault
+    REQUESTED = "stop requested by a handler"  # see Engine.stop_reason
+    TIMEOUT = "wall-clock budget exhausted"
+    UNMAPPED = "access to unbacked host memory"
+
+
+@dataclass
+class Fault:
+    """A fault raised from the TLB-fill callback, delivered after emulation stops."""
+
+    vector: int
+    error_code: int | None
+    address: int  # CR2 for #PF; the faulting linear address in any case
+    access: str
+
+
+@dataclass
+class Fill:
+    """The MMU's answer to a TLB miss: host-physical page and Unicorn permissions."""
+
+    host_page: int
+    perms: int
+
+
+class VcpuOps(Protocol):
+    """What the engine calls back into. Implemented by the VM; every call is synchronous."""
+
+    def on_interrupt(self, vector: int, error_code: int, software: bool) -> None: ...
+    def on_invalid_opcode(self) -> None: ...
+    def on_tlb_fill(self, vaddr: int, access: str) -> Fill | Fault: ...
+    def on_port_in(self, port: int, size: int) -> int: ...
+    def on_port_out(self, port: int, size: int, value: int) -> None: ...
+    def on_cpuid(self) -> bool: ...
+    def read_code_byte(self, linear: int) -> int: ...
+
+
+class Engine:
+    """A 32-bit x86 CPU with host-physical memory, driven by a :class:`VcpuOps`."""
+
+    def __init__(self, ops: VcpuOps):
+        self.ops = ops
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        quirks.probe_offsets()  # fail at start-up, not at the first exception
+        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        # Exits mode with an empty list: without it Unicorn translates the `until`
+        # address when it stops, through our TLB hook, and turns a plain HLT into
+        # UC_ERR_EXCEPTION (measured here).
+        self.uc.ctl_exits_enabled(True)
+        self.uc.ctl_set_exits([])
+        self._error: BaseException | None = None
+        self._running = False
+        self._fault: Fault | None = None        # first MMU fault of the current run
+        self.pending_fault: Fault | None = None  # the fault that ended the last run
+        self.uc.mem_map(SCRATCH_PAGE, PAGE, UC_PROT_READ)
+        self.stop_reason: str | None = None
+        self._install_hooks()
+
+    # -- memory --------------------------------------------------------------------------
+    def map_ram(self, base: int, size: int) -> None:
+        self.uc.mem_map(base, size, UC_PROT_ALL)
+
+    def map_mmio(self, base: int, size: int, read, write) -> None:
+        """``read(offset, size) -> int`` and ``write(offset, size, value)``."""
+        self.uc.mmio_map(base, size, lambda uc, off, sz, data: read(off, sz), None,
+                         lambda uc, off, sz, val, data: write(off, sz, val), None)
+
+    def read_phys(self, addr: int, size: int) -> bytes:
+        return bytes(self.uc.mem_read(addr, size))
+
+    def write_phys(self, addr: int, data: bytes) -> None:
+        self.uc.mem_write(addr, bytes(data))
+
+    def flush_tlb(self) -> None:
+        """Drop every cached translation (CR3 load, INVLPG, INVEPT, VM entry without VPID)."""
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    # -- registers -----------------------------------------------------------------------
+    def reg(self, name: str) -> int:
+        return self.uc.reg_read(UC_REG[name])
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.uc.reg_write(UC_REG[name], value & 0xFFFFFFFF)
+
+    def table(self, name: str) -> tuple[int, int, int]:
+        """(selector, base, limit) of GDTR, IDTR, LDTR or TR."""
+        sel, base, limit, _flags = self.uc.reg_read(UC_TABLE[name])
+        return sel, base, limit
+
+    def set_table(self, name: str, base: int, limit: int, selector: int = 0, flags: int = 0) -> None:
+        self.uc.reg_write(UC_TABLE[name], (selector, base, limit, flags))
+
+    # -- hooks ---------------------------------------------------------------------------
+    def _guard(self, fn, *args, default=None):
+        if self._error is not None:
+            return default
+        try:
+            return fn(*args)
+        except BaseException as exc:  # re-raised from run(); never lost inside C
+            self._error = exc
+            self.uc.emu_stop()
+            return default
+
+    def _install_hooks(self) -> None:
+        uc = self.uc
+
+        def intr(uc, vector, _):
+            def handle():
+                error_code, software = quirks.read_exception_info(uc)
+                self.ops.on_interrupt(vector, error_code, software)
+                quirks.clear_pending_exception(uc)
+            self._guard(handle)
+
+        def invalid(uc, _):
+            self._guard(self.ops.on_invalid_opcode)
+            return True  # handled: we delivered #UD or stopped
+
+        def fill(uc, vaddr, access, entry, _):
+            if self._fault is not None:
+                return False  # the first fault of this run is the one to deliver
+            answer = self._guard(self.ops.on_tlb_fill, vaddr, _ACCESS.get(access, ACCESS_READ))
+            if isinstance(answer, Fill):
+                entry.paddr = answer.host_page
+                entry.perms = answer.perms
+                return True
+            if not self._running:
+                # A segment load by reg_write (event delivery) reads the GDT through the
+                # softmmu outside emu_start, where a refused fill would longjmp into
+                # nowhere. Delivery reads every descriptor through the walker first, so
+                # this is a VMM bug: answer with a read-only zero page and raise it.
+                if self._error is None:
+                    self._error = RuntimeError(f"internal: MMU fault at {vaddr:#x} outside emulation")
+                entry.paddr, entry.perms = SCRATCH_PAGE, UC_PROT_READ
+                return True
+            if isinstance(answer, Fault):
+                self._fault = answer
+            return False
+
+        def port_in(uc, port, size, _):
+            return self._guard(self.ops.on_port_in, port, size, default=0xFFFFFFFF)
+
+        def port_out(uc, port, size, value, _):
+            self._guard(self.ops.on_port_out, port, size, value)
+
+        def cpuid(uc, _):
+            # 1 skips Unicorn's own CPUID: the handler has written EAX..EDX itself.
+            return 1 if self._guard(self.ops.on_cpuid, default=False) else 0
+
+        uc.hook_add(UC_HOOK_INTR, intr)
+        uc.hook_add(UC_HOOK_INSN_INVALID, invalid)
+        uc.hook_add(UC_HOOK_TLB_FILL, fill)
+        uc.hook_add(UC_HOOK_INSN, port_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, port_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+
+    # -- running -------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Called from a handler: stop after the current instruction."""
+        self.stop_reason = reason
+        self.uc.emu_stop()
+
+    def run(self, count: int = 0, timeout_s: float | None = None) -> Stop:
+        """Run from the current EIP until an event that needs the VMM.
+
+        ``count`` > 0 bounds the run to that many instructions (Unicorn's counter: about
+        10x slower per instruction, so the VM asks for it only when a timer or an
+        instruction budget needs it). ``timeout_s`` bounds wall-clock time.
+        """
+        self._error = None
+        self._fault = self.pending_fault = None
+        self.stop_reason = None
+        begin = self.reg("eip")  # UC_MODE_32 sets EIP = begin, also in real mode
+        timeout_us = int(timeout_s * 1e6) if timeout_s else 0
+        started = time.perf_counter()
+        self._running = True
+        try:
+            self.uc.emu_start(begin, 0, timeout=timeout_us, count=count)
+        except UcError as err:
+            if self._error is not None:
+                raise self._error
+            if err.errno == UC_ERR_EXCEPTION and self._fault is not None:
+                self.pending_fault = self._fault
+                return Stop.FAULT
+            if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED):
+                self.stop_reason = str(err)
+                return Stop.UNMAPPED
+            raise
+        finally:
+            self._running = False
+            self._fault = None
+        if self._error is not None:
+            raise self._error
+        if self.stop_reason is not None:
+            return Stop.REQUESTED
+        if timeout_us and time.perf_counter() - started >= timeout_s:
+            return Stop.TIMEOUT
+        if self._after_hlt():
+            return Stop.HALT
+        return Stop.SLICE_DONE
+
+    def _linear_pc(self) -> int:
+        """emu_start takes the linear address CS.base + EIP (real mode: CS << 4)."""
+        eip = self.reg("eip")
+        if not self.reg("cr0") & 1:
+            return ((self.reg("cs") << 4) + (eip & 0xFFFF)) & 0xFFFFF
+        return eip  # protected-mode guests here use flat code segments
+
+    def _after_hlt(self) -> bool:
+        """Unicorn ends emu_start after HLT with EIP past it; no flag says so.
+
+        We read the byte before EIP through the MMU. A slice that ends right after a
+        multi-byte instruction whose last byte is 0xF4 would be misread as HLT; the cost
+        is an early timer tick, never a wrong EIP (HLT resumes at that EIP anyway).
+        """
+        try:
+            return self.ops.read_code_byte(self._linear_pc() - 1) == 0xF4
+        except Exception:
+            return False
+
+    def enter_ring(self, cpl: int, cs: int, ss: int) -> None:
+        """Load CS and SS of a more privileged ring, as interrupt delivery does.
+
+        Unicorn's ``reg_write`` refuses a selector whose RPL/DPL differs from the current
+        CPL (it checks like MOV to SS). QEMU derives CPL from the SS descriptor cache, and
+        a segment load with CR0.PE clear is a real-mode load whose cache has DPL 0. So:
+        clear PE, load SS (CPL becomes 0), set PE again, then load CS and SS through the
+        normal checks. Only ring 0 is reachable this way; modes that run a guest kernel in
+        ring 1 enter it with IRET from a ring-0 trampoline instead (DESIGN §3).
+        """
+        if cpl != 0:
+            raise ValueError("enter_ring reaches ring 0 only")
+        cr0 = self.reg("cr0")
+        self.set_reg("cr0", cr0 & ~1)
+        self.set_reg("ss", 0)
+        self.set_reg("cr0", cr0)
+        self.set_reg("cs", cs)
+        self.set_reg("ss", ss)

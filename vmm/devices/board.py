@@ -1,0 +1,159 @@
+"""The board: every device of our QEMU-pc-like machine, wired and mapped.
+
+    ports 0x20-0x21, 0xa0-0xa1   8259A pair (PicPair)
+          0x40-0x43, 0x61        8254 PIT, port B (Pit8254), OUT0 -> IRQ0
+          0x70-0x71              CMOS / RTC
+          0xf4-0xf7              isa-debug-exit
+          0x3f8-0x3ff            COM1 16550A
+          0x510-0x511            fw_cfg
+    MMIO  0xfee00000-0xfee00fff  local APIC
+
+The engine dispatches I/O and MMIO exits to ``port_bus`` / ``mmio_bus``, keeps
+virtual time (guest instructions) running until ``next_event()`` and then calls
+``advance(now)``, which it also calls before dispatching an access so that
+counters read by the guest are exact.  Between instructions, with EFLAGS.IF
+set, it asks ``interrupt_pending()`` and takes the vector from
+``acknowledge_interrupt()``.  ``stop_requested`` / ``exit_status`` report a
+guest's isa-debug-exit write.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import BinaryIO, Callable
+
+from .bus import MmioBus, PortBus
+from .cmos import CMOS_DATA, CMOS_INDEX, Cmos
+from .debugexit import DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT, DebugExit
+from .fwcfg import FW_CFG_PORT_DATA, FW_CFG_PORT_SEL, FwCfg
+from .lapic import APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LocalApic
+from .pic import MASTER_COMMAND, MASTER_DATA, SLAVE_COMMAND, SLAVE_DATA, PicPair
+from .pit import PIT_BASE, PIT_COMMAND, SYSTEM_CONTROL_B, Pit8254
+from .uart import COM1_BASE, Uart16550
+
+PAGE_SIZE = 4096
+DEFAULT_RAM_SIZE = 128 * 1024 * 1024
+# RAM is one block from address 0 and must end below the PCI hole (QEMU's pc
+# puts it at 3 GiB when RAM is that large) and the local APIC at 0xfee00000.
+MAX_RAM_SIZE = 3 * 1024 * 1024 * 1024
+PIT_IRQ = 0
+
+
+def check_ram_size(ram_size: int) -> None:
+    """Raise ValueError unless ``ram_size`` is usable for this board."""
+    if isinstance(ram_size, bool) or not isinstance(ram_size, int):
+        raise ValueError(f"ram_size must be an int number of bytes, got {ram_size!r}")
+    if ram_size <= 0 or ram_size % PAGE_SIZE:
+        raise ValueError(
+            f"ram_size must be a positive multiple of 4 KiB, got {ram_size:#x}")
+    if ram_size > MAX_RAM_SIZE:
+        raise ValueError(
+            f"ram_size {ram_size:#x} exceeds 3 GiB: guest RAM must end below the "
+            f"PCI hole and the local APIC at {APIC_DEFAULT_BASE:#x}")
+
+
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+class Board:
+    def __init__(self, ram_size: int = DEFAULT_RAM_SIZE,
+                 serial_output: Callable[[bytes], None] | None = None,
+                 serial_input: bytes | BinaryIO | None = None) -> None:
+        """``serial_output`` defaults to the host's stdout (written through)."""
+        check_ram_size(ram_size)
+        self.ram_size = ram_size
+        self.exit_status: int | None = None
+        self.stop_requested = False
+        self.now = 0
+
+        self.pic = PicPair()
+        # What firmware leaves behind: both 8259s masked. A guest unmasks what it has
+        # programmed; until it does, no timer can interrupt it, and the VM runs free
+        # (no instruction counting) instead of counting ticks nobody will see.
+        self.pic.master.imr = self.pic.slave.imr = 0xFF
+        self.pit = Pit8254(irq=self.pic.line(PIT_IRQ))
+        self.cmos = Cmos(ram_size)
+        self.debug_exit = DebugExit(on_exit=self._on_debug_exit)
+        self.uart = Uart16550(output=serial_output or _write_stdout, input=serial_input)
+        self.fwcfg = FwCfg(ram_size)
+        self.lapic = LocalApic()
+
+        self.port_bus = PortBus()
+        self.port_bus.register(MASTER_COMMAND, MASTER_DATA, self.pic, "pic-master")
+        self.port_bus.register(SLAVE_COMMAND, SLAVE_DATA, self.pic, "pic-slave")
+        self.port_bus.register(PIT_BASE, PIT_COMMAND, self.pit, "pit")
+        self.port_bus.register(SYSTEM_CONTROL_B, SYSTEM_CONTROL_B, self.pit, "port61")
+        self.port_bus.register(CMOS_INDEX, CMOS_DATA, self.cmos, "cmos")
+        self.port_bus.register(DEBUG_EXIT_PORT, DEBUG_EXIT_PORT + DEBUG_EXIT_IOSIZE - 1,
+                               self.debug_exit, "debug-exit")
+        self.port_bus.register(COM1_BASE, COM1_BASE + 7, self.uart, "com1")
+        self.port_bus.register(FW_CFG_PORT_SEL, FW_CFG_PORT_DATA, self.fwcfg, "fw_cfg")
+
+        self.mmio_bus = MmioBus()
+        self.mmio_bus.register(APIC_DEFAULT_BASE, APIC_PAGE_SIZE, self.lapic, "lapic")
+
+        self.clocked: list = [self.pit, self.lapic]
+
+    def _on_debug_exit(self, status: int) -> None:
+        if self.exit_status is None:      # QEMU is gone after the first write
+            self.exit_status = status
+        self.stop_requested = True
+
+    # -- virtual time ------------------------------------------------------------------
+
+    def next_event(self) -> int | None:
+        """Earliest virtual time at which a clocked device wants to interrupt."""
+        times = [t for t in (device.next_event() for device in self.clocked) if t is not None]
+        return min(times, default=None)
+
+    def next_deliverable_event(self) -> int | None:
+        """Like :meth:`next_event`, ignoring timers whose interrupt is masked.
+
+        A PIT tick with IRQ0 masked at the 8259 (or the 8259 not listened to) cannot
+        reach the CPU, so the VM need not stop for it. The PIT keeps counting in
+        virtual time either way.
+        """
+        times = []
+        pit_next = self.pit.next_event()
+        if pit_next is not None and not self.pic.master.imr & (1 << PIT_IRQ) \
+                and self.lapic.accepts_pic_interrupts():
+            times.append(pit_next)
+        apic_next = self.lapic.next_event()
+        if apic_next is not None:
+            times.append(apic_next)
+        return min(times, default=None)
+
+    # Ports and MMIO whose writes can change when the next interrupt comes.
+    TIMING_PORTS = frozenset({MASTER_COMMAND, MASTER_DATA, SLAVE_COMMAND, SLAVE_DATA,
+                              PIT_BASE, PIT_BASE + 1, PIT_BASE + 2, PIT_COMMAND})
+
+    def advance(self, now: int) -> None:
+        self.now = now
+        for device in self.clocked:
+            device.advance(now)
+
+    # -- interrupts ----------------------------------------------------------------------
+
+    def _pic_wins(self) -> bool:
+        return self.lapic.accepts_pic_interrupts() and self.pic.has_pending()
+
+    def interrupt_pending(self) -> bool:
+        """Is INTR asserted: an APIC vector above PPR, or the 8259A via LINT0?"""
+        return self._pic_wins() or self.lapic.has_pending()
+
+    def acknowledge_interrupt(self) -> int:
+        """The INTA cycle: the vector the CPU should take.
+
+        Order as QEMU's ``apic_get_interrupt``: the APIC is asked first but
+        lets a pending 8259A interrupt on LINT0 (ExtINT, which ignores the
+        processor priority) go before its own; otherwise its highest IRR
+        vector.  With nothing pending, the spurious vector of the controller
+        the CPU would be listening to.
+        """
+        if self._pic_wins():
+            return self.pic.acknowledge()
+        if self.lapic.has_pending() or not self.lapic.accepts_pic_interrupts():
+            return self.lapic.acknowledge()
+        return self.pic.acknowledge()

@@ -1,0 +1,217 @@
+"""16550A UART (COM1 at 0x3f8), the guest's console.
+
+Register map (offset from the base port; National Semiconductor PC16550D
+datasheet, table II):
+
+    +0  RBR (read) / THR (write)        DLL when LCR.DLAB = 1
+    +1  IER                             DLM when LCR.DLAB = 1
+    +2  IIR (read) / FCR (write)
+    +3  LCR    +4  MCR    +5  LSR    +6  MSR    +7  SCR
+
+Polled operation is what guests here use, so that is what is modelled:
+transmission is instantaneous (LSR.THRE and LSR.TEMT always read 1), LSR.DR
+is set while a received byte is waiting.  Interrupts are left out: IER is
+stored but no IRQ4 is ever raised and IIR always reads "no interrupt
+pending".  FIFO depth, overrun and line errors are not modelled.  Loopback
+(MCR bit 4) is, because probing drivers (Linux's 8250) test with it.
+
+Input is a host-side stream (a byte string, or a binary file such as stdin)
+from which one byte at a time is "received" into RBR when the guest looks at
+LSR or RBR, so reading a file never blocks: a file with a file descriptor is
+polled with ``select`` first.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+from collections import deque
+from typing import BinaryIO, Callable
+
+COM1_BASE = 0x3F8
+
+# Register offsets.
+RBR = THR = DLL = 0
+IER = DLM = 1
+IIR = FCR = 2
+LCR = 3
+MCR = 4
+LSR = 5
+MSR = 6
+SCR = 7
+
+IER_WRITABLE = 0x0F
+
+IIR_NO_INTERRUPT = 0x01
+IIR_FIFO_ENABLED = 0xC0
+
+FCR_FIFO_ENABLE = 0x01
+FCR_CLEAR_RX = 0x02
+
+LCR_DLAB = 0x80
+
+MCR_DTR = 0x01
+MCR_RTS = 0x02
+MCR_OUT1 = 0x04
+MCR_OUT2 = 0x08
+MCR_LOOP = 0x10
+MCR_WRITABLE = 0x1F
+
+LSR_DR = 0x01      # data ready
+LSR_THRE = 0x20    # transmitter holding register empty
+LSR_TEMT = 0x40    # transmitter empty
+
+MSR_CTS = 0x10
+MSR_DSR = 0x20
+MSR_RI = 0x40
+MSR_DCD = 0x80
+MSR_DELTA_MASK = 0x0F
+
+# QEMU's serial_reset(): DCD, DSR and CTS asserted (a terminal is attached),
+# divisor 12 (9600 baud from the 1.8432 MHz clock).
+MSR_RESET = MSR_DCD | MSR_DSR | MSR_CTS
+DIVISOR_RESET = 12
+
+
+class Uart16550:
+    """A polled 16550A.  ``transcript`` holds every byte sent to ``output``."""
+
+    io_max_size = 1  # byte-wide registers: the bus splits wider accesses
+
+    def __init__(self, output: Callable[[bytes], None],
+                 input: bytes | BinaryIO | None = None,
+                 base: int = COM1_BASE) -> None:
+        self.base = base
+        self.output = output
+        self.transcript = bytearray()
+        self._source: BinaryIO | None
+        if isinstance(input, (bytes, bytearray, memoryview)):
+            self._source = io.BytesIO(bytes(input))
+        else:
+            self._source = input
+        self._rx: deque[int] = deque()
+        self.divisor = DIVISOR_RESET
+        self.ier = 0
+        self.fcr = 0
+        self.lcr = 0
+        self.mcr = 0
+        self.scr = 0
+        self._msr_delta = 0
+
+    # -- receive side ------------------------------------------------------------
+
+    def _receive(self) -> None:
+        """Move one byte from the host stream into RBR if RBR is empty."""
+        if self._rx or self._source is None or self.mcr & MCR_LOOP:
+            return
+        byte = _read_one_byte_nonblocking(self._source)
+        if byte is None:
+            return
+        if byte == b"":
+            self._source = None  # end of input
+            return
+        self._rx.append(byte[0])
+
+    @property
+    def data_ready(self) -> bool:
+        self._receive()
+        return bool(self._rx)
+
+    # -- guest side --------------------------------------------------------------
+
+    def io_read(self, port: int, size: int) -> int:
+        reg = (port - self.base) & 7
+        dlab = self.lcr & LCR_DLAB
+        if reg == RBR:
+            if dlab:
+                return self.divisor & 0xFF
+            self._receive()
+            return self._rx.popleft() if self._rx else 0
+        if reg == IER:
+            return (self.divisor >> 8) if dlab else self.ier
+        if reg == IIR:
+            fifo = IIR_FIFO_ENABLED if self.fcr & FCR_FIFO_ENABLE else 0
+            return IIR_NO_INTERRUPT | fifo
+        if reg == LCR:
+            return self.lcr
+        if reg == MCR:
+            return self.mcr
+        if reg == LSR:
+            return LSR_THRE | LSR_TEMT | (LSR_DR if self.data_ready else 0)
+        if reg == MSR:
+            return self._read_msr()
+        return self.scr
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        reg = (port - self.base) & 7
+        value &= 0xFF
+        dlab = self.lcr & LCR_DLAB
+        if reg == THR:
+            if dlab:
+                self.divisor = (self.divisor & 0xFF00) | value
+            else:
+                self._transmit(value)
+        elif reg == IER:
+            if dlab:
+                self.divisor = (self.divisor & 0x00FF) | (value << 8)
+            else:
+                self.ier = value & IER_WRITABLE
+        elif reg == FCR:
+            self.fcr = value
+            if value & FCR_CLEAR_RX:
+                self._rx.clear()
+        elif reg == LCR:
+            self.lcr = value
+        elif reg == MCR:
+            self._write_mcr(value & MCR_WRITABLE)
+        elif reg == SCR:
+            self.scr = value
+        # LSR and MSR are read-only.
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _transmit(self, byte: int) -> None:
+        if self.mcr & MCR_LOOP:
+            self._rx.append(byte)  # the line is looped back, nothing leaves
+            return
+        data = bytes((byte,))
+        self.transcript += data
+        self.output(data)
+
+    def _modem_inputs(self) -> int:
+        """CTS/DSR/RI/DCD: the attached terminal, or MCR's outputs in loopback."""
+        if self.mcr & MCR_LOOP:
+            m = self.mcr
+            return ((MSR_CTS if m & MCR_RTS else 0) | (MSR_DSR if m & MCR_DTR else 0)
+                    | (MSR_RI if m & MCR_OUT1 else 0) | (MSR_DCD if m & MCR_OUT2 else 0))
+        return MSR_RESET
+
+    def _write_mcr(self, value: int) -> None:
+        before = self._modem_inputs()
+        self.mcr = value
+        changed = before ^ self._modem_inputs()
+        # Delta bits: DCTS, DDSR, TERI (trailing edge of RI only), DDCD.
+        delta = (changed >> 4) & 0b1011
+        if changed & MSR_RI and before & MSR_RI:
+            delta |= 0b0100
+        self._msr_delta |= delta
+
+    def _read_msr(self) -> int:
+        value = self._modem_inputs() | (self._msr_delta & MSR_DELTA_MASK)
+        self._msr_delta = 0
+        return value
+
+
+def _read_one_byte_nonblocking(source: BinaryIO) -> bytes | None:
+    """One byte, b"" at end of stream, or None if nothing has arrived yet."""
+    try:
+        fd = source.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is None:
+        return source.read(1)
+    ready, _, _ = select.select([fd], [], [], 0)
+    if not ready:
+        return None
+    return os.read(fd, 1)

@@ -1,0 +1,260 @@
+"""A virtual machine: memory, board, one vCPU, a mode, and the run loop.
+
+The engine reports events; the VM turns each into a typed :class:`VmExit` and hands it to
+the mode's exit table (DESIGN §2). Virtual time is counted in guest instructions so a run
+is deterministic: the engine runs free (no counter, full speed) unless a timer is armed
+or an instruction budget is set, and then in slices that end at the next timer deadline.
+A slice cut short by an event is charged in full (Unicorn does not say how far it got):
+the clock may run ahead by at most one slice per event, the same way on every run.
+"""
+from __future__ import annotations
+
+import enum
+import struct
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .cpu.delivery import Event, TripleFault, vector_name, PF
+from .cpu.engine import Engine, Fault, Fill, Stop
+from .cpu.regs import IF
+from .devices.board import Board
+from .loader.image import LoadedImage
+from .mmu.paging import PageFault
+from .vmx.exit_reasons import ExitReason
+from .vmx.exits import UnexpectedExit, VmExit
+
+INTERRUPT_WINDOW_SLICE = 64  # instructions between checks while an IRQ waits for IF=1
+BOOT_GDT_ADDRESS = 0x800     # flat descriptors for the Multiboot entry state (guest RAM)
+
+
+class StopKind(enum.Enum):
+    EXIT = "guest exit"                 # isa-debug-exit: status in VmResult.exit_status
+    TRIPLE_FAULT = "triple fault"
+    HALTED = "halted"                   # HLT with nothing left to wake it
+    BUDGET = "instruction budget exhausted"
+    TIMEOUT = "wall-clock budget exhausted"
+    ERROR = "stopped by the VMM"        # the guest did something the VM cannot continue from
+
+
+@dataclass
+class VmResult:
+    kind: StopKind
+    message: str
+    eip: int
+    exit_status: int | None = None
+    instructions: int | None = None    # virtual time, when the run counted it
+    wall_seconds: float = 0.0
+    exits: Counter = field(default_factory=Counter)
+
+    @property
+    def status(self) -> int:
+        """Process exit status: the guest's own through isa-debug-exit, else 1."""
+        return self.exit_status if self.exit_status is not None else 1
+
+
+class _Stopped(Exception):
+    def __init__(self, kind: StopKind, message: str):
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+class VM:
+    """One guest. ``mode`` is a name from :mod:`vmm.modes`."""
+
+    def __init__(self, image: LoadedImage, *, mode: str = "native", ram_size: int = 128 << 20,
+                 serial_output=None, serial_input=None, max_instructions: int | None = None,
+                 timeout: float | None = None):
+        from .modes import get_mode
+
+        self.image = image
+        self.ram_size = ram_size
+        self.max_instructions = max_instructions
+        self.timeout = timeout
+        self.board = Board(ram_size=ram_size,
+                           serial_output=serial_output or sys.stdout.buffer.write,
+                           serial_input=serial_input)
+        self.engine = Engine(self)
+        self.engine.map_ram(0, ram_size)
+        for base, length, _name in self.board.mmio_bus.regions():
+            self.engine.map_mmio(base, length,
+                                 lambda off, size, b=base: self.board.mmio_bus.read(b + off, size),
+                                 lambda off, size, value, b=base: self._mmio_write(b + off, size, value))
+        self.exits: Counter = Counter()
+        self.now = 0  # virtual time in guest instructions
+        self.mode = get_mode(mode)(self)
+        self._load(image)
+
+    def _mmio_write(self, addr: int, size: int, value: int) -> None:
+        self.board.mmio_bus.write(addr, size, value)
+        self.replan()  # the local APIC is the only MMIO device: its timer may have changed
+
+    # -- boot ----------------------------------------------------------------------------
+    def _load(self, image: LoadedImage) -> None:
+        for addr, data in image.chunks:
+            self.engine.write_phys(addr, data)
+        eng = self.engine
+        if image.real_mode:
+            eng.set_reg("cr0", 0x10)
+            for seg in ("ds", "es", "ss", "fs", "gs"):
+                eng.set_reg(seg, 0)
+            eng.set_reg("cs", 0)
+            eng.set_reg("esp", 0x7C00)
+            eng.set_table("idtr", 0, 0x3FF)
+        else:
+            # Multiboot entry state: PE=1, PG=0, flat 4 GiB CS/DS, IF=0. The GDT is ours
+            # and the guest must load its own before touching a segment register.
+            gdt = struct.pack("<QQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)
+            eng.write_phys(BOOT_GDT_ADDRESS, gdt)
+            eng.set_table("gdtr", BOOT_GDT_ADDRESS, len(gdt) - 1)
+            eng.set_reg("cr0", 0x11)
+            eng.set_reg("cs", 0x08)
+            for seg in ("ds", "es", "ss", "fs", "gs"):
+                eng.set_reg(seg, 0x10)
+            eng.set_table("idtr", 0, 0)
+        eng.set_reg("eflags", 0x2)
+        for name, value in image.registers.items():
+            eng.set_reg(name, value)
+        eng.set_reg("eip", image.entry)
+
+    # -- VcpuOps: what the engine calls ---------------------------------------------------
+    def on_interrupt(self, vector: int, error_code: int, software: bool) -> None:
+        self.dispatch(VmExit(ExitReason.EXCEPTION_NMI, info={
+            "vector": vector, "error_code": error_code, "software": software}))
+
+    def on_invalid_opcode(self) -> None:
+        self.dispatch(VmExit(ExitReason.EXCEPTION_NMI, info={"vector": 6, "error_code": 0, "software": False}))
+
+    def on_tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
+        return self.mode.tlb_fill(vaddr, access)
+
+    def on_port_in(self, port: int, size: int) -> int:
+        return self.dispatch(VmExit(ExitReason.IO_INSTRUCTION, info={
+            "port": port, "size": size, "direction": "in"}))
+
+    def on_port_out(self, port: int, size: int, value: int) -> None:
+        self.dispatch(VmExit(ExitReason.IO_INSTRUCTION, info={
+            "port": port, "size": size, "direction": "out", "value": value}))
+
+    def on_cpuid(self) -> bool:
+        return bool(self.dispatch(VmExit(ExitReason.CPUID)))
+
+    def read_code_byte(self, linear: int) -> int:
+        return self.engine.read_phys(self.mode.translate(linear, write=False, user=False, set_ad=False), 1)[0]
+
+    # -- the exit table -------------------------------------------------------------------
+    def dispatch(self, exit: VmExit):
+        self.exits[exit.reason] += 1
+        handler = self.mode.exit_table.get(exit.reason)
+        if handler is None:
+            raise UnexpectedExit(exit, self.mode.name)
+        return handler(exit)
+
+    # -- event delivery ---------------------------------------------------------------------
+    def inject(self, event: Event) -> None:
+        """Deliver an event into the guest (VT-x: VM-entry event injection)."""
+        self.mode.delivery.deliver(event)
+
+    def request_stop(self, reason: str) -> None:
+        self.engine.request_stop(reason)
+
+    def replan(self) -> None:
+        """The guest reprogrammed a timer or interrupt controller: end this slice so the
+        run loop recomputes when the next interrupt can arrive."""
+        self.engine.uc.emu_stop()
+
+    # -- running -------------------------------------------------------------------------
+    def run(self) -> VmResult:
+        started = time.perf_counter()
+        try:
+            self._loop(started)
+        except _Stopped as stop:
+            return self._result(stop.kind, stop.message, started)
+        except TripleFault as tf:
+            return self._result(StopKind.TRIPLE_FAULT, str(tf), started)
+        except UnexpectedExit as ue:
+            return self._result(StopKind.ERROR, f"{ue}\n{self.dump_state()}", started)
+        return self._result(StopKind.EXIT, "guest exit", started)
+
+    def _result(self, kind: StopKind, message: str, started: float) -> VmResult:
+        counting = self.max_instructions is not None or self.now > 0
+        return VmResult(kind, message, self.engine.reg("eip"), self.board.exit_status,
+                        self.now if counting else None, time.perf_counter() - started, Counter(self.exits))
+
+    def _loop(self, started: float) -> None:
+        eng, board = self.engine, self.board
+        while True:
+            if board.exit_status is not None:
+                return
+            pending = board.interrupt_pending()
+            if pending and eng.reg("eflags") & IF:
+                self.dispatch(VmExit(ExitReason.EXTERNAL_INTERRUPT, info={"vector": board.acknowledge_interrupt()}))
+                pending = board.interrupt_pending()
+            count = self._slice(pending)
+            remaining = None
+            if self.timeout is not None:
+                remaining = self.timeout - (time.perf_counter() - started)
+                if remaining <= 0:
+                    raise _Stopped(StopKind.TIMEOUT, f"stopped after {self.timeout:g} s of wall-clock time "
+                                   f"(--timeout) at EIP {eng.reg('eip'):#010x}")
+            stop = eng.run(count, remaining)
+            if count:
+                self.now += count
+                board.advance(self.now)
+            self._after(stop)
+            if self.max_instructions is not None and self.now >= self.max_instructions:
+                raise _Stopped(StopKind.BUDGET, f"stopped after {self.now} instructions (--max-instructions) "
+                               f"at EIP {eng.reg('eip'):#010x}")
+
+    def _slice(self, irq_waiting: bool) -> int:
+        """Instructions to run before the VMM must look again (0: run free)."""
+        limits = []
+        if self.max_instructions is not None:
+            limits.append(self.max_instructions - self.now)
+        nxt = self.board.next_deliverable_event()
+        if nxt is not None:
+            limits.append(nxt - self.now)
+        if irq_waiting:
+            limits.append(INTERRUPT_WINDOW_SLICE)
+        return max(1, min(limits)) if limits else 0
+
+    def _after(self, stop: Stop) -> None:
+        eng = self.engine
+        if stop is Stop.FAULT:
+            fault = eng.pending_fault
+            self.dispatch(VmExit(ExitReason.EXCEPTION_NMI, guest_linear=fault.address, info={
+                "vector": fault.vector, "error_code": fault.error_code, "software": False,
+                "cr2": fault.address, "access": fault.access}))
+        elif stop is Stop.HALT:
+            self.dispatch(VmExit(ExitReason.HLT, instruction_length=1))
+        elif stop is Stop.REQUESTED:
+            if self.board.exit_status is None and eng.stop_reason:
+                raise _Stopped(StopKind.ERROR, eng.stop_reason)
+        elif stop is Stop.TIMEOUT:
+            raise _Stopped(StopKind.TIMEOUT, f"stopped after {self.timeout:g} s of wall-clock time "
+                           f"(--timeout) at EIP {eng.reg('eip'):#010x}")
+        elif stop is Stop.UNMAPPED:
+            raise _Stopped(StopKind.ERROR, f"guest accessed memory outside its RAM and devices "
+                           f"({eng.stop_reason}) at EIP {eng.reg('eip'):#010x}")
+
+    def halt(self) -> None:
+        """HLT: sleep until the next interrupt, skipping virtual time to the next timer."""
+        if self.board.interrupt_pending():
+            if self.engine.reg("eflags") & IF:
+                return
+        if not self.engine.reg("eflags") & IF:
+            raise _Stopped(StopKind.HALTED, f"guest halted with interrupts disabled at EIP "
+                           f"{self.engine.reg('eip') - 1:#010x}")
+        nxt = self.board.next_deliverable_event()
+        if nxt is None:
+            raise _Stopped(StopKind.HALTED, f"guest halted at EIP {self.engine.reg('eip') - 1:#010x} "
+                           "waiting for an interrupt that no device will raise")
+        self.now = max(self.now, nxt)
+        self.board.advance(self.now)
+
+    def dump_state(self) -> str:
+        eng = self.engine
+        names = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags",
+                 "cr0", "cr2", "cr3", "cr4", "cs", "ss", "ds")
+        return "  ".join(f"{n}={eng.reg(n):#x}" for n in names)
