@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from .cpu.delivery import Event, TripleFault, vector_name, PF
 from .cpu.engine import Engine, Fault, Fill, Stop
+from .cpu.faultaddr import precise_fault_address
 from .cpu.regs import IF
 from .devices.board import Board
 from .loader.image import LoadedImage
@@ -223,6 +224,8 @@ class VM:
         eng = self.engine
         if stop is Stop.FAULT:
             fault = eng.pending_fault
+            if fault.vector == PF:
+                fault.address = self._precise_cr2(fault)
             self.dispatch(VmExit(ExitReason.EXCEPTION_NMI, guest_linear=fault.address, info={
                 "vector": fault.vector, "error_code": fault.error_code, "software": False,
                 "cr2": fault.address, "access": fault.access}))
@@ -237,6 +240,25 @@ class VM:
         elif stop is Stop.UNMAPPED:
             raise _Stopped(StopKind.ERROR, f"guest accessed memory outside its RAM and devices "
                            f"({eng.stop_reason}) at EIP {eng.reg('eip'):#010x}")
+
+    def read_code(self, linear: int, size: int = 15) -> bytes:
+        """Up to ``size`` bytes of code at ``linear``, stopping at an unmapped page."""
+        out = b""
+        while len(out) < size:
+            chunk = min(size - len(out), 0x1000 - (linear & 0xFFF))
+            try:
+                phys = self.mode.translate(linear, write=False, user=False, set_ad=False)
+            except PageFault:
+                break
+            out += self.engine.read_phys(phys, chunk)
+            linear += chunk
+        return out
+
+    def _precise_cr2(self, fault) -> int:
+        eng = self.engine
+        eip = eng.reg("eip")
+        bits = 32 if eng.reg("cr0") & 1 else 16
+        return precise_fault_address(fault.address, fault.access, eip, self.read_code(eip), eng.reg, bits)
 
     def halt(self) -> None:
         """HLT: sleep until the next interrupt, skipping virtual time to the next timer."""

@@ -1,0 +1,64 @@
+"""The exact faulting address (CR2) of a page fault seen through the TLB-fill hook.
+
+Unicorn's ``UC_HOOK_TLB_FILL`` hands the VMM the page-aligned address of a TLB miss, not
+the byte the instruction touched, but the SDM puts the exact linear address in CR2
+(vol. 3 §4.7) and guests print it. We recover it from the faulting instruction, decoded
+once with capstone: the effective address of an explicit memory operand, else the
+implicit ones (stack for PUSH/CALL/POP/RET/IRET, ESI/EDI for string instructions), and
+take the first that lies in the faulting page. An access that crosses into the faulting
+page from the page below faults at the page's first byte, which is the fallback.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, Cs
+from capstone.x86 import X86_OP_MEM
+
+PAGE_MASK = 0xFFFFF000
+
+
+@lru_cache(maxsize=2)
+def _decoder(bits: int) -> Cs:
+    cs = Cs(CS_ARCH_X86, CS_MODE_32 if bits == 32 else CS_MODE_16)
+    cs.detail = True
+    return cs
+
+
+def _candidates(insn, reg) -> list[int]:
+    out = []
+    for op in insn.operands:
+        if op.type == X86_OP_MEM:
+            m = op.mem
+            ea = m.disp
+            if m.base:
+                ea += reg(insn.reg_name(m.base))
+            if m.index:
+                ea += reg(insn.reg_name(m.index)) * m.scale
+            out.append(ea & 0xFFFFFFFF)
+    esp = reg("esp")
+    size = 2 if insn.prefix[2] == 0x66 else 4
+    m = insn.mnemonic
+    if m.startswith(("push", "call", "int", "enter")):
+        out += [esp - size, esp - 2 * size, esp - 3 * size]
+    if m.startswith(("pop", "ret", "iret", "leave")):
+        out += [esp, reg("ebp")]
+    if m.startswith(("movs", "stos", "lods", "cmps", "scas", "ins", "outs")) or m.startswith("rep"):
+        out += [reg("edi"), reg("esi")]
+    return [a & 0xFFFFFFFF for a in out]
+
+
+def precise_fault_address(page: int, access: str, eip: int, code: bytes, reg, bits: int = 32) -> int:
+    """The linear address for CR2, given the faulting ``page`` and the code at ``eip``.
+
+    ``code`` holds up to 15 bytes at EIP (already fetched: a data fault means the
+    instruction was decoded); ``reg(name)`` reads a register.
+    """
+    page &= PAGE_MASK
+    if access == "fetch":
+        return eip if eip & PAGE_MASK == page else page
+    for insn in _decoder(bits).disasm(code, eip, 1):
+        for addr in _candidates(insn, reg):
+            if addr & PAGE_MASK == page:
+                return addr
+    return page
