@@ -27,7 +27,7 @@ from .vmx.exit_reasons import ExitReason
 from .vmx.exits import UnexpectedExit, VmExit
 
 INTERRUPT_WINDOW_SLICE = 64  # instructions between checks while an IRQ waits for IF=1
-BOOT_GDT_ADDRESS = 0x800     # flat descriptors for the Multiboot entry state (guest RAM)
+BOOT_GDT_ADDRESS = 0xC8000   # option-ROM area, where QEMU keeps its boot GDT too; no image loads there
 
 
 class StopKind(enum.Enum):
