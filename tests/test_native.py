@@ -6,6 +6,7 @@ import pytest
 from vmm.build.guests import build_guest, list_guests
 from vmm.loader.image import load_image
 from vmm.vm import VM, StopKind
+from vmm.vmx.exit_reasons import ExitReason
 
 from conftest import RAM, assemble, run_flat
 
@@ -156,3 +157,23 @@ def test_boot_sector_runs_in_real_mode_with_ivt_delivery(tmp_path):
     proc = run_cli("run", str(image))
     assert proc.stdout == b"AR"
     assert proc.returncode == (0x21 << 1) | 1
+
+
+def test_unknown_port_reads_all_ones_and_is_counted():
+    src = "mov dx, 0x80; in al, dx; mov edi, eax; mov dx, 0x84; in ax, dx; mov esi, eax; mov al, 0; out 0xf4, al"
+    image = load_image(assemble(src), ram_size=RAM, kind="flat", load_address=0x100000)
+    vm = VM(image, ram_size=RAM, serial_output=lambda b: None, timeout=20)
+    assert vm.run().exit_status == 1
+    assert vm.engine.reg("edi") & 0xFF == 0xFF and vm.engine.reg("esi") & 0xFFFF == 0xFFFF
+    assert vm.board.port_bus.unknown[(0x80, "r")] == 1 and vm.board.port_bus.unknown[(0x84, "r")] == 1
+
+
+def test_timer_guest_is_deterministic_in_virtual_time():
+    runs = []
+    for _ in range(2):
+        image = load_image(build_guest("timer").elf, ram_size=128 << 20, image_name="timer")
+        vm = VM(image, serial_output=lambda b: None, timeout=60)
+        result = vm.run()
+        runs.append((result.instructions, result.exits[ExitReason.EXTERNAL_INTERRUPT]))
+    assert runs[0] == runs[1]
+    assert runs[0][1] == 10  # ten IRQ0 deliveries, as the guest counts
