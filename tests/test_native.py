@@ -177,3 +177,26 @@ def test_timer_guest_is_deterministic_in_virtual_time():
         runs.append((result.instructions, result.exits[ExitReason.EXTERNAL_INTERRUPT]))
     assert runs[0] == runs[1]
     assert runs[0][1] == 10  # ten IRQ0 deliveries, as the guest counts
+
+
+def test_write_through_a_mapping_of_non_ram_host_memory_stops_the_vm_cleanly():
+    # Identity-map 4 KiB at linear 0 onto frame 0xfffff000 (no RAM there) and write it.
+    src = """
+        mov edi, 0x110000
+        mov dword ptr [edi], 0x111003        # PDE 0 -> page table at 0x111000
+        mov dword ptr [edi + 0xc00], 0x83 | 0x100000 & 0xffc00000  # unused slot
+        mov dword ptr [0x111000], 0xfffff003  # PTE 0 -> host frame 0xfffff000
+        mov dword ptr [0x111000 + 0x100*4], 0x100003
+        mov dword ptr [0x111000 + 0x110*4], 0x110003
+        mov dword ptr [0x111000 + 0x111*4], 0x111003
+        mov eax, edi
+        mov cr3, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        mov dword ptr [0], 1
+        hlt
+    """
+    result, _ = run_flat(src)
+    assert result.kind is StopKind.ERROR
+    assert "EIP" in result.message

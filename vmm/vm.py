@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .cpu.delivery import Event, TripleFault, vector_name, PF
-from .cpu.engine import Engine, Fault, Fill, Stop
+from .cpu.engine import Engine, EngineError, Fault, Fill, Stop
 from .cpu.faultaddr import precise_fault_address
 from .cpu.regs import IF
 from .devices.board import Board
@@ -176,6 +176,8 @@ class VM:
             return self._result(StopKind.TRIPLE_FAULT, str(tf), started)
         except UnexpectedExit as ue:
             return self._result(StopKind.ERROR, f"{ue}\n{self.dump_state()}", started)
+        except EngineError as err:
+            return self._result(StopKind.ERROR, f"the engine stopped: {err}\n{self.dump_state()}", started)
         return self._result(StopKind.EXIT, "guest exit", started)
 
     def _result(self, kind: StopKind, message: str, started: float) -> VmResult:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from unicorn import (UC_ARCH_X86, UC_ERR_EXCEPTION, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_UNMAPPED,
                      UC_ERR_WRITE_UNMAPPED, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
-                     UC_HOOK_TLB_FILL, UC_MEM_FETCH, UC_MEM_WRITE, UC_MODE_32, UC_PROT_ALL, UC_PROT_READ,
+                     UC_HOOK_TLB_FILL, UC_MEM_FETCH, UC_MEM_WRITE, UC_MODE_32, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE,
                      UC_TLB_VIRTUAL, Uc, UcError)
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn import x86_const as X
@@ -33,6 +33,14 @@ SCRATCH_PAGE = 0xFFFFF000  # host page outside guest RAM, see the TLB-fill hook
 
 ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = "read", "write", "fetch"
 _ACCESS = {UC_MEM_WRITE: ACCESS_WRITE, UC_MEM_FETCH: ACCESS_FETCH}
+
+
+# Page permissions for Fill, so modes need not import unicorn.
+PROT_READ, PROT_WRITE, PROT_EXEC = UC_PROT_READ, UC_PROT_WRITE, UC_PROT_EXEC
+
+
+class EngineError(Exception):
+    """Unicorn stopped for a reason the VMM has no model for: the VM stops with it."""
 
 
 class Stop(enum.Enum):
@@ -225,7 +233,7 @@ class Engine:
             if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED):
                 self.stop_reason = str(err)
                 return Stop.UNMAPPED
-            raise
+            raise EngineError(f"{err} at EIP {self.reg('eip'):#010x}") from err
         finally:
             self._running = False
             self._fault = None

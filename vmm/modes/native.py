@@ -7,10 +7,8 @@ page tables (a one-dimensional walk). They are counted so other modes compare ag
 """
 from __future__ import annotations
 
-from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
-
 from ..cpu.delivery import Event, EventDelivery
-from ..cpu.engine import Fault, Fill
+from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
 from ..mmu.paging import CR0_PG, PageFault, Walker32, phys_reader, phys_writer
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import VmExit
@@ -72,16 +70,16 @@ class NativeMode:
         cr0 = eng.reg("cr0")
         write = access == "write"
         if not cr0 & CR0_PG:
-            return Fill(vaddr & PAGE_MASK, UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC)
+            return Fill(vaddr & PAGE_MASK, PROT_READ | PROT_WRITE | PROT_EXEC)
         user = bool(cr0 & 1) and eng.reg("cs") & 3 == 3 and not self._descriptor_table_page(vaddr)
         try:
             t = self.walker.walk(cr0, eng.reg("cr3"), eng.reg("cr4"), vaddr, write=write, user=user,
                                  fetch=access == "fetch")
         except PageFault as pf:
             return Fault(14, pf.error_code, pf.address, access)
-        perms = UC_PROT_READ | UC_PROT_EXEC
+        perms = PROT_READ | PROT_EXEC
         if t.writable and (t.dirty or write):
-            perms |= UC_PROT_WRITE  # clean pages stay read-only so the first write sets D
+            perms |= PROT_WRITE  # clean pages stay read-only so the first write sets D
         return Fill(t.physical & PAGE_MASK, perms)
 
     def _descriptor_table_page(self, vaddr: int) -> bool:
