@@ -82,7 +82,8 @@ class VM:
             self.engine.map_mmio(base, length,
                                  lambda off, size, b=base: self.board.mmio_bus.read(b + off, size),
                                  lambda off, size, value, b=base: self._mmio_write(b + off, size, value))
-        self.exits: Counter = Counter()
+        self.exits: Counter = Counter()          # exits (events, in native) by reason
+        self.exit_seconds: Counter = Counter()   # handler wall time by reason
         self.now = 0  # virtual time in guest instructions
         self.mode = get_mode(mode)(self)
         self._load(image)
@@ -110,6 +111,7 @@ class VM:
             eng.write_phys(BOOT_GDT_ADDRESS, gdt)
             eng.set_table("gdtr", BOOT_GDT_ADDRESS, len(gdt) - 1)
             eng.set_reg("cr0", 0x11)
+            eng.set_reg("cr4", 0)  # as QEMU's Multiboot entry (Unicorn's default sets SSE bits)
             eng.set_reg("cs", 0x08)
             for seg in ("ds", "es", "ss", "fs", "gs"):
                 eng.set_reg(seg, 0x10)
@@ -119,38 +121,46 @@ class VM:
             eng.set_reg(name, value)
         eng.set_reg("eip", image.entry)
 
-    # -- VcpuOps: what the engine calls ---------------------------------------------------
+    # -- VcpuOps: what the engine calls; the mode decides what each event becomes -------
     def on_interrupt(self, vector: int, error_code: int, software: bool) -> None:
-        self.dispatch(VmExit(ExitReason.EXCEPTION_NMI, info={
-            "vector": vector, "error_code": error_code, "software": software}))
+        self.mode.on_exception(vector, error_code, software)
 
     def on_invalid_opcode(self) -> None:
-        self.dispatch(VmExit(ExitReason.EXCEPTION_NMI, info={"vector": 6, "error_code": 0, "software": False}))
+        self.mode.on_invalid_opcode()
 
     def on_tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
         return self.mode.tlb_fill(vaddr, access)
 
     def on_port_in(self, port: int, size: int) -> int:
-        return self.dispatch(VmExit(ExitReason.IO_INSTRUCTION, info={
-            "port": port, "size": size, "direction": "in"}))
+        return self.mode.on_port_in(port, size)
 
     def on_port_out(self, port: int, size: int, value: int) -> None:
-        self.dispatch(VmExit(ExitReason.IO_INSTRUCTION, info={
-            "port": port, "size": size, "direction": "out", "value": value}))
+        self.mode.on_port_out(port, size, value)
 
     def on_cpuid(self) -> bool:
-        return bool(self.dispatch(VmExit(ExitReason.CPUID)))
+        return self.mode.on_cpuid()
+
+    def on_rdtsc(self) -> bool:
+        return self.mode.on_rdtsc()
+
+    def on_code_site(self, address: int) -> None:
+        self.mode.on_code_site(address)
 
     def read_code_byte(self, linear: int) -> int:
         return self.engine.read_phys(self.mode.translate(linear, write=False, user=False, set_ad=False), 1)[0]
 
     # -- the exit table -------------------------------------------------------------------
     def dispatch(self, exit: VmExit):
-        self.exits[exit.reason] += 1
+        """Count the exit, run its handler from the mode's table, time the handler."""
         handler = self.mode.exit_table.get(exit.reason)
+        self.exits[exit.reason] += 1
         if handler is None:
             raise UnexpectedExit(exit, self.mode.name)
-        return handler(exit)
+        started = time.perf_counter()
+        try:
+            return handler(exit)
+        finally:
+            self.exit_seconds[exit.reason] += time.perf_counter() - started
 
     # -- event delivery ---------------------------------------------------------------------
     def inject(self, event: Event) -> None:
@@ -173,6 +183,7 @@ class VM:
         except _Stopped as stop:
             return self._result(stop.kind, stop.message, started)
         except TripleFault as tf:
+            self.mode.on_triple_fault(tf)
             return self._result(StopKind.TRIPLE_FAULT, str(tf), started)
         except UnexpectedExit as ue:
             return self._result(StopKind.ERROR, f"{ue}\n{self.dump_state()}", started)
@@ -190,11 +201,8 @@ class VM:
         while True:
             if board.exit_status is not None:
                 return
-            pending = board.interrupt_pending()
-            if pending and eng.reg("eflags") & IF:
-                self.dispatch(VmExit(ExitReason.EXTERNAL_INTERRUPT, info={"vector": board.acknowledge_interrupt()}))
-                pending = board.interrupt_pending()
-            count = self._slice(pending)
+            waiting = self.mode.poll_interrupts()
+            count = self._slice(waiting)
             remaining = None
             if self.timeout is not None:
                 remaining = self.timeout - (time.perf_counter() - started)
@@ -215,9 +223,9 @@ class VM:
         limits = []
         if self.max_instructions is not None:
             limits.append(self.max_instructions - self.now)
-        nxt = self.board.next_deliverable_event()
-        if nxt is not None:
-            limits.append(nxt - self.now)
+        for nxt in (self.board.next_deliverable_event(), self.mode.next_deadline()):
+            if nxt is not None:
+                limits.append(nxt - self.now)
         if irq_waiting:
             limits.append(INTERRUPT_WINDOW_SLICE)
         return max(1, min(limits)) if limits else 0
@@ -228,11 +236,11 @@ class VM:
             fault = eng.pending_fault
             if fault.vector == PF:
                 fault.address = self._precise_cr2(fault)
-            self.dispatch(VmExit(ExitReason.EXCEPTION_NMI, guest_linear=fault.address, info={
-                "vector": fault.vector, "error_code": fault.error_code, "software": False,
-                "cr2": fault.address, "access": fault.access}))
+            self.mode.on_fault(fault)
         elif stop is Stop.HALT:
-            self.dispatch(VmExit(ExitReason.HLT, instruction_length=1))
+            self.mode.on_halt()
+        elif stop is Stop.SLICE_DONE:
+            self.mode.on_slice_end()
         elif stop is Stop.REQUESTED:
             if self.board.exit_status is None and eng.stop_reason:
                 raise _Stopped(StopKind.ERROR, eng.stop_reason)

@@ -6,7 +6,7 @@ Images are Multiboot v1 ELF32 files loaded at 1 MiB with the Multiboot header fi
 
     >>> from vmm.build.guests import list_guests, build_guest
     >>> [g.name for g in list_guests()]
-    ['hello', 'pmode', 'paging', 'user', 'timer']
+    ['hello', 'pmode', 'paging', 'user', 'timer', 'exits']
     >>> g = build_guest("hello")
     >>> hex(g.entry), hex(g.load_address), len(g.flat) >= len(g.elf) // 4
     ('0x10000c', '0x100000', True)
@@ -108,6 +108,8 @@ _DESCRIPTIONS = [
     ("paging", "2-level paging: identity + higher half, demand #PF, INVLPG, CR3 reload, PSE", 0),
     ("user", "ring-3 tasks via IRET, int 0x80 system calls (DPL-3 trap gate), #GP from cli", 0),
     ("timer", "8259 PIC remap, PIT mode 2 at 100 Hz, 10 IRQ0 ticks with sti;hlt and EOI", 0),
+    ("exits", "one of each VM-exit-causing operation (CPUID, I/O, MSR, CR, INVLPG, RDTSC, DR, "
+              "SGDT/STR, #BP/#UD, VMCALL, HLT + IRQ0) and what it returned", 0),
 ]
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from unicorn import (UC_ARCH_X86, UC_ERR_EXCEPTION, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_UNMAPPED,
+from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_ERR_EXCEPTION, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_UNMAPPED,
                      UC_ERR_WRITE_UNMAPPED, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
                      UC_HOOK_TLB_FILL, UC_MEM_FETCH, UC_MEM_WRITE, UC_MODE_32, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE,
                      UC_TLB_VIRTUAL, Uc, UcError)
@@ -83,6 +83,8 @@ class VcpuOps(Protocol):
     def on_port_in(self, port: int, size: int) -> int: ...
     def on_port_out(self, port: int, size: int, value: int) -> None: ...
     def on_cpuid(self) -> bool: ...
+    def on_rdtsc(self) -> bool: ...
+    def on_code_site(self, address: int) -> None: ...
     def read_code_byte(self, linear: int) -> int: ...
 
 
@@ -215,12 +217,49 @@ class Engine:
             # 1 skips Unicorn's own CPUID: the handler has written EAX..EDX itself.
             return 1 if self._guard(self.ops.on_cpuid, default=False) else 0
 
+        def rdtsc(uc, _):
+            return 1 if self._guard(self.ops.on_rdtsc, default=False) else 0
+
+        self._site_callback = lambda uc, address, size, _: self._guard(self.ops.on_code_site, address)
+
         uc.hook_add(UC_HOOK_INTR, intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, invalid)
         uc.hook_add(UC_HOOK_TLB_FILL, fill)
         uc.hook_add(UC_HOOK_INSN, port_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, port_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        self._add_rdtsc_hook(rdtsc)
+
+    def _add_rdtsc_hook(self, callback) -> None:
+        """Unicorn's C library hooks RDTSC like CPUID; the 2.1.4 Python binding only lacks
+        the table entry, so register the callback the way the binding does for CPUID."""
+        from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
+        from unicorn.unicorn_py3.unicorn import uccallback
+
+        @uccallback(self.uc, HOOK_INSN_CPUID_CFUNC)
+        def rdtsc_cb(uc, key):
+            return callback(uc, None)
+
+        self._rdtsc_cb = rdtsc_cb  # keep the C thunk alive
+        self.uc._Uc__do_hook_add(UC_HOOK_INSN, rdtsc_cb, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSC))
+
+    def hook_code_site(self, address: int) -> int:
+        """Call ``ops.on_code_site(address)`` before an instruction that starts at ``address``.
+
+        A code hook bounded to one address costs nothing anywhere else (DESIGN §3).
+        Writing EIP in the callback skips or redirects the instruction.
+        """
+        return self.uc.hook_add(UC_HOOK_CODE, self._site_callback, None, address, address)
+
+    def remove_hook(self, handle: int) -> None:
+        self.uc.hook_del(handle)
+
+    # -- model-specific registers ---------------------------------------------------------
+    def msr(self, index: int) -> int:
+        return self.uc.msr_read(index)
+
+    def set_msr(self, index: int, value: int) -> None:
+        self.uc.msr_write(index, value)
 
     # -- running -------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:

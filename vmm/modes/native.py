@@ -4,16 +4,21 @@ The engine executes privileged instructions itself; the "exits" here are the eve
 bare machine would see: exceptions delivered through the guest IDT, port I/O reaching
 the board, HLT waiting for an interrupt, and TLB misses walked through the guest's own
 page tables (a one-dimensional walk). They are counted so other modes compare against it.
+
+Every mode answers the same engine events (the ``on_*`` methods below); the other modes
+subclass this one and change what an event becomes.
 """
 from __future__ import annotations
 
 from ..cpu.delivery import Event, EventDelivery
 from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
-from ..mmu.paging import CR0_PG, PageFault, Walker32, phys_reader, phys_writer
+from ..cpu.regs import IF
+from ..mmu.paging import CR0_PG, PageFault, Translation, Walker32, phys_reader, phys_writer
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import VmExit
 
 PAGE_MASK = ~0xFFF & 0xFFFFFFFF
+ALL = PROT_READ | PROT_WRITE | PROT_EXEC
 
 
 class NativeMode:
@@ -30,9 +35,61 @@ class NativeMode:
             ExitReason.EXCEPTION_NMI: self.exception,
             ExitReason.EXTERNAL_INTERRUPT: self.external_interrupt,
             ExitReason.IO_INSTRUCTION: self.io,
-            ExitReason.CPUID: lambda exit: False,  # the engine's own CPUID answers
             ExitReason.HLT: lambda exit: vm.halt(),
         }
+
+    # -- engine events ----------------------------------------------------------------------
+    def on_exception(self, vector: int, error_code: int, software: bool) -> None:
+        self.vm.dispatch(VmExit(ExitReason.EXCEPTION_NMI, info={
+            "vector": vector, "error_code": error_code, "software": software}))
+
+    def on_invalid_opcode(self) -> None:
+        self.on_exception(6, 0, False)
+
+    def on_fault(self, fault: Fault) -> None:
+        self.vm.dispatch(VmExit(ExitReason.EXCEPTION_NMI, guest_linear=fault.address, info={
+            "vector": fault.vector, "error_code": fault.error_code, "software": False,
+            "cr2": fault.address, "access": fault.access}))
+
+    def on_port_in(self, port: int, size: int) -> int:
+        return self.vm.dispatch(VmExit(ExitReason.IO_INSTRUCTION, info={
+            "port": port, "size": size, "direction": "in"}))
+
+    def on_port_out(self, port: int, size: int, value: int) -> None:
+        self.vm.dispatch(VmExit(ExitReason.IO_INSTRUCTION, info={
+            "port": port, "size": size, "direction": "out", "value": value}))
+
+    def on_cpuid(self) -> bool:
+        return False  # the engine's own CPUID answers
+
+    def on_rdtsc(self) -> bool:
+        return False
+
+    def on_code_site(self, address: int) -> None:
+        pass
+
+    def on_halt(self) -> None:
+        self.vm.dispatch(VmExit(ExitReason.HLT, instruction_length=1))
+
+    def on_slice_end(self) -> None:
+        pass
+
+    def on_triple_fault(self, fault) -> None:
+        pass
+
+    def poll_interrupts(self) -> bool:
+        """Deliver a pending interrupt if the guest accepts one; True if one still waits."""
+        board = self.vm.board
+        if not board.interrupt_pending():
+            return False
+        if self.vm.engine.reg("eflags") & IF:
+            self.vm.dispatch(VmExit(ExitReason.EXTERNAL_INTERRUPT, info={"vector": board.acknowledge_interrupt()}))
+            return board.interrupt_pending()
+        return True
+
+    def next_deadline(self) -> int | None:
+        """Virtual time at which the mode itself needs control (VMX preemption timer)."""
+        return None
 
     # -- handlers -------------------------------------------------------------------------
     def exception(self, exit: VmExit) -> None:
@@ -55,32 +112,41 @@ class NativeMode:
         return None
 
     # -- memory ---------------------------------------------------------------------------
-    def translate(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> int:
-        """Guest-linear to guest-physical (== host-physical in native); raises PageFault."""
+    def walk(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> Translation | None:
+        """The guest's own translation, or None with paging off; raises PageFault."""
         eng = self.vm.engine
         cr0 = eng.reg("cr0")
         if not cr0 & CR0_PG:
-            return linear & 0xFFFFFFFF
+            return None
         return self.walker.walk(cr0, eng.reg("cr3"), eng.reg("cr4"), linear, write=write,
-                                user=user, set_ad=set_ad).physical
+                                user=user, set_ad=set_ad)
+
+    def translate(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> int:
+        """Guest-linear to guest-physical (== host-physical in native); raises PageFault."""
+        t = self.walk(linear, write, user, set_ad)
+        return linear & 0xFFFFFFFF if t is None else t.physical
 
     def tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
         self.tlb_fills += 1
-        eng = self.vm.engine
-        cr0 = eng.reg("cr0")
         write = access == "write"
-        if not cr0 & CR0_PG:
-            return Fill(vaddr & PAGE_MASK, PROT_READ | PROT_WRITE | PROT_EXEC)
-        user = bool(cr0 & 1) and eng.reg("cs") & 3 == 3 and not self._descriptor_table_page(vaddr)
         try:
-            t = self.walker.walk(cr0, eng.reg("cr3"), eng.reg("cr4"), vaddr, write=write, user=user,
-                                 fetch=access == "fetch")
+            t = self.walk(vaddr, write, self._user_access(vaddr))
         except PageFault as pf:
             return Fault(14, pf.error_code, pf.address, access)
+        if t is None:
+            return self.fill(vaddr & PAGE_MASK, vaddr & PAGE_MASK, ALL, access)
         perms = PROT_READ | PROT_EXEC
         if t.writable and (t.dirty or write):
             perms |= PROT_WRITE  # clean pages stay read-only so the first write sets D
-        return Fill(t.physical & PAGE_MASK, perms)
+        return self.fill(vaddr & PAGE_MASK, t.physical & PAGE_MASK, perms, access)
+
+    def fill(self, linear_page: int, guest_page: int, perms: int, access: str) -> Fill:
+        """Last step of a TLB fill; modes that watch code pages hook in here."""
+        return Fill(guest_page, perms)
+
+    def _user_access(self, vaddr: int) -> bool:
+        eng = self.vm.engine
+        return bool(eng.reg("cr0") & 1) and eng.reg("cs") & 3 == 3 and not self._descriptor_table_page(vaddr)
 
     def _descriptor_table_page(self, vaddr: int) -> bool:
         """Implicit supervisor accesses made at CPL3 (a segment load reads the GDT).
