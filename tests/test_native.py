@@ -174,7 +174,7 @@ def test_timer_guest_is_deterministic_in_virtual_time():
         image = load_image(build_guest("timer").elf, ram_size=128 << 20, image_name="timer")
         vm = VM(image, serial_output=lambda b: None, timeout=60)
         result = vm.run()
-        runs.append((result.instructions, result.exits[ExitReason.EXTERNAL_INTERRUPT]))
+        runs.append((result.virtual_time, result.exits[ExitReason.EXTERNAL_INTERRUPT]))
     assert runs[0] == runs[1]
     assert runs[0][1] == 10  # ten IRQ0 deliveries, as the guest counts
 

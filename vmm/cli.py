@@ -76,7 +76,12 @@ def main():
               help="Load (and entry) address of a flat binary, e.g. 0x100000.")
 @click.option("--serial-input", type=click.File("rb"), default=None, metavar="FILE",
               help="Bytes the guest reads from the UART ('-' for stdin).")
-def run(image, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind, load_address, serial_input):
+@click.option("--stat", is_flag=True, help="After the run, print exits by reason (count, share, "
+              "handler time), as kvm_stat does. In native mode these are the events a bare machine sees.")
+@click.option("--stat-json", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Write the same statistics as JSON.")
+def run(image, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind, load_address, serial_input,
+        stat, stat_json):
     """Boot IMAGE_OR_GUEST and print its serial output.
 
     IMAGE_OR_GUEST is a Multiboot ELF, a 512-byte boot sector, a flat binary (with
@@ -104,7 +109,33 @@ def run(image, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind,
     result = vm.run()
     if result.kind.name != "EXIT":
         click.echo(f"vmm: {result.kind.value}: {result.message}", err=True)
+    if stat or stat_json:
+        _report_stats(result, mode=mode, guest=image, show=stat, json_path=stat_json)
     sys.exit(result.status)
+
+
+def _report_stats(result, *, mode: str, guest: str, show: bool, json_path: str | None) -> None:
+    from rich.console import Console
+
+    from .cost.stats import exit_stats, render, stats_json
+
+    rows = exit_stats(result.exits, result.exit_seconds)
+    if show:
+        label = "exits" if mode != "native" else "events"
+        Console().print(render(rows, f"{guest} in {mode}: {sum(r.count for r in rows)} {label}, "
+                                     f"{result.wall_seconds:.3f} s wall"))
+    if json_path:
+        text = stats_json(rows, mode=mode, guest=guest, instructions=result.instructions,
+                          virtual_time=result.virtual_time, wall_seconds=result.wall_seconds)
+        tmp = f"{json_path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                f.write(text + "\n")
+            os.replace(tmp, json_path)
+        except OSError as err:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            _fail(f"cannot write {json_path}: {err.strerror}")
 
 
 @main.command()

@@ -27,6 +27,7 @@ from .vmx.exit_reasons import ExitReason
 from .vmx.exits import UnexpectedExit, VmExit
 
 INTERRUPT_WINDOW_SLICE = 64  # instructions between checks while an IRQ waits for IF=1
+HOST_MEMORY_BASE = 0xE0000000  # VMM-private host memory (VMX bitmaps, EPT tables), not guest RAM
 BOOT_GDT_ADDRESS = 0xC8000   # option-ROM area, where QEMU keeps its boot GDT too; no image loads there
 
 
@@ -37,6 +38,7 @@ class StopKind(enum.Enum):
     BUDGET = "instruction budget exhausted"
     TIMEOUT = "wall-clock budget exhausted"
     ERROR = "stopped by the VMM"        # the guest did something the VM cannot continue from
+    ENTRY_FAILED = "VM-entry failure"   # VT-x: invalid VMCS controls or guest state
 
 
 @dataclass
@@ -45,9 +47,11 @@ class VmResult:
     message: str
     eip: int
     exit_status: int | None = None
-    instructions: int | None = None    # virtual time, when the run counted it
+    instructions: int | None = None    # exact, when the whole run was counted (--max-instructions)
+    virtual_time: int = 0              # guest instructions counted while a timer was armed
     wall_seconds: float = 0.0
     exits: Counter = field(default_factory=Counter)
+    exit_seconds: Counter = field(default_factory=Counter)
 
     @property
     def status(self) -> int:
@@ -82,11 +86,26 @@ class VM:
             self.engine.map_mmio(base, length,
                                  lambda off, size, b=base: self.board.mmio_bus.read(b + off, size),
                                  lambda off, size, value, b=base: self._mmio_write(b + off, size, value))
+        self._host_next = HOST_MEMORY_BASE
+        self.tsc_reads = 0
         self.exits: Counter = Counter()          # exits (events, in native) by reason
         self.exit_seconds: Counter = Counter()   # handler wall time by reason
         self.now = 0  # virtual time in guest instructions
         self.mode = get_mode(mode)(self)
         self._load(image)
+
+    def host_alloc(self, size: int) -> int:
+        """Map ``size`` bytes of VMM-private host memory; returns its host-physical address."""
+        size = (size + 0xFFF) & ~0xFFF
+        address = self._host_next
+        self.engine.map_ram(address, size)
+        self._host_next += size
+        return address
+
+    def guest_tsc(self) -> int:
+        """A deterministic time-stamp counter: virtual time, strictly increasing per read."""
+        self.tsc_reads += 1
+        return self.now + self.tsc_reads
 
     def _mmio_write(self, addr: int, size: int, value: int) -> None:
         self.board.mmio_bus.write(addr, size, value)
@@ -179,6 +198,9 @@ class VM:
     def run(self) -> VmResult:
         started = time.perf_counter()
         try:
+            failure = self.mode.launch()
+            if failure is not None:
+                return self._result(StopKind.ENTRY_FAILED, failure, started)
             self._loop(started)
         except _Stopped as stop:
             return self._result(stop.kind, stop.message, started)
@@ -192,9 +214,11 @@ class VM:
         return self._result(StopKind.EXIT, "guest exit", started)
 
     def _result(self, kind: StopKind, message: str, started: float) -> VmResult:
-        counting = self.max_instructions is not None or self.now > 0
+        self.mode.stopped()
+        exact = self.max_instructions is not None
         return VmResult(kind, message, self.engine.reg("eip"), self.board.exit_status,
-                        self.now if counting else None, time.perf_counter() - started, Counter(self.exits))
+                        self.now if exact else None, self.now, time.perf_counter() - started,
+                        Counter(self.exits), Counter(self.exit_seconds))
 
     def _loop(self, started: float) -> None:
         eng, board = self.engine, self.board

@@ -39,6 +39,17 @@ def vector_name(vector: int) -> str:
     return VECTOR_NAMES.get(vector, f"vector {vector:#x}")
 
 
+def combine_events(first: int, second: int) -> int | None:
+    """SDM Table 6-5, for ``second`` raised while delivering ``first``: the vector to
+    deliver next (#DF, or ``second`` handled serially), or None for a triple fault."""
+    serious = second in CONTRIBUTORY or second == PF
+    if first == DF and serious:
+        return None
+    if (first in CONTRIBUTORY and second in CONTRIBUTORY) or (first == PF and serious):
+        return DF
+    return second
+
+
 class DeliveryFault(Exception):
     """A fault raised while delivering another event."""
 
@@ -101,6 +112,7 @@ class EventDelivery:
         self.engine = engine
         self.translate = translate
         self.set_cr2 = set_cr2
+        self.intercept = None
         self.delivered = 0
 
     # -- guest memory as the CPU sees it during delivery (supervisor, linear) -----------
@@ -131,7 +143,11 @@ class EventDelivery:
 
     # -- entry points --------------------------------------------------------------------
     def deliver(self, event: Event) -> None:
-        """Deliver ``event``, escalating faults during delivery to #DF and triple fault."""
+        """Deliver ``event``, escalating faults during delivery to #DF and triple fault.
+
+        ``intercept(vector, error_code, cr2)``, when set, sees each such fault first; if
+        it returns True the fault became something else (a VM exit) and delivery ends.
+        """
         current = event
         history = [vector_name(event.vector)]
         while True:
@@ -144,15 +160,16 @@ class EventDelivery:
                 return
             except DeliveryFault as fault:
                 history.append(vector_name(fault.vector))
-                first, second = current.vector, fault.vector
-                serious = second in CONTRIBUTORY or second == PF
-                if first == DF and serious:
+                if self.intercept is not None and self.intercept(fault.vector, fault.error_code, fault.cr2):
+                    return
+                nxt = combine_events(current.vector, fault.vector)
+                if nxt is None:
                     raise TripleFault(self.engine.reg("eip"), history) from None
-                if (first in CONTRIBUTORY and second in CONTRIBUTORY) or (first == PF and serious):
+                if nxt == DF:
                     current = Event(DF, "exception", 0)
                     history.append("#DF")
                 else:
-                    current = Event(second, "exception", fault.error_code, fault.cr2)
+                    current = Event(nxt, "exception", fault.error_code, fault.cr2)
 
     def _protected(self, ev: Event) -> None:
         eng = self.engine

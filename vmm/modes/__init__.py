@@ -8,10 +8,14 @@ def get_mode(name: str):
     if name == "native":
         from .native import NativeMode
         return NativeMode
+    if name == "vtx":
+        from .vtx import VtxMode
+        return VtxMode
     if name in MODES:
-        raise NotImplementedError(f"mode {name!r} is not available yet; available: native")
+        raise NotImplementedError(f"mode {name!r} is not available yet; available: "
+                                  f"{', '.join(available_modes())}")
     raise ValueError(f"unknown mode {name!r}; choose one of: {', '.join(MODES)}")
 
 
 def available_modes() -> tuple[str, ...]:
-    return ("native",)
+    return ("native", "vtx")

@@ -77,6 +77,13 @@ class NativeMode:
     def on_triple_fault(self, fault) -> None:
         pass
 
+    def launch(self) -> str | None:
+        """Start the guest; a mode with entry checks returns their failure report."""
+        return None
+
+    def stopped(self) -> None:
+        """The VM stopped: settle any state the mode keeps live."""
+
     def poll_interrupts(self) -> bool:
         """Deliver a pending interrupt if the guest accepts one; True if one still waits."""
         board = self.vm.board
@@ -101,15 +108,19 @@ class NativeMode:
         self.vm.inject(Event(exit.info["vector"], "external"))
 
     def io(self, exit: VmExit):
-        info, bus = exit.info, self.vm.board.port_bus
+        info = exit.info
         if info["direction"] == "in":
-            return bus.read(info["port"], info["size"])
-        bus.write(info["port"], info["size"], info["value"])
+            return self.vm.board.port_bus.read(info["port"], info["size"])
+        self.io_direct(info["port"], info["size"], info["value"])
+        return None
+
+    def io_direct(self, port: int, size: int, value: int) -> None:
+        """A port write reaching the board (what OUT does on the bare machine)."""
+        self.vm.board.port_bus.write(port, size, value)
         if self.vm.board.exit_status is not None:
             self.vm.request_stop("guest exit")
-        elif info["port"] in self.vm.board.TIMING_PORTS:
+        elif port in self.vm.board.TIMING_PORTS:
             self.vm.replan()
-        return None
 
     # -- memory ---------------------------------------------------------------------------
     def walk(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> Translation | None:

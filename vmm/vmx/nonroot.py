@@ -1,0 +1,423 @@
+"""VMX non-root operation: what the processor does with each guest event, per the VMCS.
+
+This is the "hardware" half of the ``vtx`` mode (the hypervisor half, the exit
+handlers, is :mod:`vmm.modes.vtx`). For every event the engine reports, the controls
+decide, as SDM vol. 3 ch. 26 says, between
+
+* a **VM exit**: the exit-information fields are filled (reason, qualification,
+  instruction length, interruption information, guest-linear address), the exit table
+  runs, and a **VM entry** follows (event injection, preemption-timer reload); and
+* **no exit**: the instruction behaves as on bare hardware, except where VMX changes
+  its result without an exit (reads of CR0/CR4 bits owned by the host return the read
+  shadow; RDTSC adds the TSC offset).
+
+Sensitive instructions that Unicorn cannot hook by type are found in the guest's code
+pages (:mod:`vmm.modes.sites`).
+"""
+from __future__ import annotations
+
+from ..cpu.delivery import BP, HAS_ERROR_CODE, OF, PF, UD, Event, TripleFault
+from ..cpu.regs import IF
+from .controls import ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased
+from .exit_reasons import ExitReason
+from .exits import VmExit
+from .qualification import (CrAccess, CrAccessType, InterruptionInfo, InterruptionType, IoInstruction,
+                            MovDr)
+from .vmcs import Field
+
+GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")  # SDM GPR numbering
+GPR_INDEX = {name: i for i, name in enumerate(GPRS)}
+CR0_TS = 1 << 3
+PREEMPTION_TIMER_RATE = 5  # IA32_VMX_MISC[4:0]: the timer counts down once per 2^5 TSC ticks
+KVM_ENOSYS = 1000          # KVM's hypercall error for an unknown number
+
+
+def _exits_for_exception(vmcs, vector: int, error_code: int) -> bool:
+    """Exception bitmap, with the #PF error-code mask/match rule (SDM §25.6.3)."""
+    bit = bool(vmcs.read(Field.EXCEPTION_BITMAP) >> vector & 1)
+    if vector != PF:
+        return bit
+    match = error_code & vmcs.read(Field.PAGE_FAULT_ERROR_CODE_MASK) == vmcs.read(Field.PAGE_FAULT_ERROR_CODE_MATCH)
+    return bit if match else not bit
+
+
+class VmxNonRoot:
+    """Mixin for a mode whose guest runs in VMX non-root operation.
+
+    Expects ``self.vm``, ``self.vmcs`` (a live VMCS), ``self.sites`` and the mode's
+    ``exit_table``; provides the engine-event methods of :class:`~vmm.modes.native.NativeMode`.
+    """
+
+    # -- controls ---------------------------------------------------------------------------
+    def pin(self, flag: PinBased) -> bool:
+        return bool(self.vmcs.read(Field.PIN_BASED_VM_EXEC_CONTROL) & flag)
+
+    def primary(self, flag: PrimaryProcBased) -> bool:
+        return bool(self.vmcs.read(Field.CPU_BASED_VM_EXEC_CONTROL) & flag)
+
+    def secondary(self, flag: SecondaryProcBased) -> bool:
+        return (self.primary(PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS)
+                and bool(self.vmcs.read(Field.SECONDARY_VM_EXEC_CONTROL) & flag))
+
+    def set_primary(self, flag: PrimaryProcBased, on: bool) -> None:
+        value = self.vmcs.read(Field.CPU_BASED_VM_EXEC_CONTROL)
+        self.vmcs.write(Field.CPU_BASED_VM_EXEC_CONTROL, value | flag if on else value & ~flag)
+
+    # -- the exit itself ---------------------------------------------------------------------
+    def vmexit(self, reason: ExitReason, *, qualification: int = 0, length: int = 0,
+               linear: int | None = None, intr_info: InterruptionInfo | None = None,
+               intr_error: int | None = None, **info):
+        """Fill the exit-information fields, run the handler, then enter the guest again."""
+        vmcs = self.vmcs
+        vmcs.set_exit_info(Field.VM_EXIT_REASON, int(reason))
+        vmcs.set_exit_info(Field.EXIT_QUALIFICATION, qualification)
+        vmcs.set_exit_info(Field.VM_EXIT_INSTRUCTION_LEN, length)
+        vmcs.set_exit_info(Field.GUEST_LINEAR_ADDRESS, linear or 0)
+        vmcs.set_exit_info(Field.VM_EXIT_INTR_INFO, intr_info.encode() if intr_info else 0)
+        vmcs.set_exit_info(Field.VM_EXIT_INTR_ERROR_CODE, intr_error or 0)
+        vectoring = self._vectoring
+        vmcs.set_exit_info(Field.IDT_VECTORING_INFO_FIELD, vectoring[0].encode() if vectoring else 0)
+        vmcs.set_exit_info(Field.IDT_VECTORING_ERROR_CODE, vectoring[1] if vectoring else 0)
+        self._vectoring = None
+        exit = VmExit(reason, qualification, linear, None, length, info)
+        result = self.vm.dispatch(exit)
+        self.vm_entry()
+        return result
+
+    def vm_entry(self) -> None:
+        """VM entry after an exit: deliver the event the handler injected, if any."""
+        info = self.vmcs.read(Field.VM_ENTRY_INTR_INFO_FIELD)
+        self._timer_start = self.vm.now
+        if not info >> 31:
+            return
+        self.vmcs.write(Field.VM_ENTRY_INTR_INFO_FIELD, 0)  # the processor clears valid
+        intr = InterruptionInfo.decode(info)
+        kind = {InterruptionType.EXTERNAL_INTERRUPT: "external",
+                InterruptionType.SOFTWARE_INTERRUPT: "software",
+                InterruptionType.SOFTWARE_EXCEPTION: "software",
+                InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION: "software"}.get(intr.type, "exception")
+        if kind == "software":  # the frame returns past the instruction
+            eng = self.vm.engine
+            eng.set_reg("eip", eng.reg("eip") + self.vmcs.read(Field.VM_ENTRY_INSTRUCTION_LEN))
+        error = self.vmcs.read(Field.VM_ENTRY_EXCEPTION_ERROR_CODE) if intr.error_code_valid else None
+        cr2 = self._inject_cr2
+        self._inject_cr2 = None
+        self.injected += 1
+        self.deliver_as_hardware(Event(intr.vector, kind, error, cr2), intr)
+
+    def deliver_as_hardware(self, event: Event, intr: InterruptionInfo) -> None:
+        """Deliver through the guest IDT; a fault on the way that the exception bitmap
+        intercepts becomes a VM exit with IDT-vectoring information (SDM §28.2.4)."""
+        self._delivering = (intr, event.error_code or 0)
+        try:
+            self.vm.inject(event)
+        finally:
+            self._delivering = None
+
+    def intercept_nested_fault(self, vector: int, error_code: int, cr2: int | None) -> bool:
+        """Called by event delivery for a fault raised while delivering another event."""
+        if self._delivering is None or not _exits_for_exception(self.vmcs, vector, error_code):
+            return False
+        self._vectoring = self._delivering
+        self._delivering = None
+        self._exception_exit(vector, error_code, InterruptionType.HARDWARE_EXCEPTION, 0, cr2)
+        return True
+
+    # -- engine events --------------------------------------------------------------------------
+    def on_exception(self, vector: int, error_code: int, software: bool) -> None:
+        eng = self.vm.engine
+        if software:
+            opcode = self.vm.read_code(eng.reg("eip") - 1, 1)
+            if vector == BP and opcode == b"\xcc" or vector == OF and opcode == b"\xce":
+                # INT3 / INTO are software exceptions: they consult the exception bitmap.
+                if _exits_for_exception(self.vmcs, vector, 0):
+                    eng.set_reg("eip", eng.reg("eip") - 1)  # the exit reports the instruction
+                    self._exception_exit(vector, 0, InterruptionType.SOFTWARE_EXCEPTION, 1, None)
+                    return
+            self.vm.inject(Event(vector, "software"))  # INT n never exits
+            return
+        self.hardware_exception(vector, error_code, None)
+
+    def on_fault(self, fault) -> None:
+        self.hardware_exception(fault.vector, fault.error_code or 0, fault.address)
+
+    def hardware_exception(self, vector: int, error_code: int, cr2: int | None) -> None:
+        if _exits_for_exception(self.vmcs, vector, error_code):
+            self._exception_exit(vector, error_code, InterruptionType.HARDWARE_EXCEPTION, 0, cr2)
+        else:
+            code = error_code if vector in HAS_ERROR_CODE else None
+            self.deliver_as_hardware(Event(vector, "exception", code, cr2),
+                                     InterruptionInfo.exception(vector, code is not None))
+
+    def _exception_exit(self, vector, error_code, itype, length, cr2) -> None:
+        has_code = itype is InterruptionType.HARDWARE_EXCEPTION and vector in HAS_ERROR_CODE
+        self.vmexit(ExitReason.EXCEPTION_NMI, qualification=cr2 or 0 if vector == PF else 0, length=length,
+                    linear=cr2 if vector == PF else None,
+                    intr_info=InterruptionInfo(vector, itype, error_code_valid=has_code),
+                    intr_error=error_code if has_code else None,
+                    vector=vector, error_code=error_code, cr2=cr2)
+
+    def on_invalid_opcode(self) -> None:
+        eng = self.vm.engine
+        eip = eng.reg("eip")
+        if self.vm.read_code(eip, 3) == b"\x0f\x01\xc1":
+            self.vmexit(ExitReason.VMCALL, length=3)
+            return
+        self.hardware_exception(UD, 0, None)
+
+    def on_triple_fault(self, fault: TripleFault) -> None:
+        self.vmcs.set_exit_info(Field.VM_EXIT_REASON, int(ExitReason.TRIPLE_FAULT))
+        self.vm.exits[ExitReason.TRIPLE_FAULT] += 1
+
+    def on_cpuid(self) -> bool:
+        self.vmexit(ExitReason.CPUID, length=2, hooked=True)
+        return True
+
+    def on_rdtsc(self) -> bool:
+        if self.primary(PrimaryProcBased.RDTSC_EXITING):
+            self.vmexit(ExitReason.RDTSC, length=2, hooked=True)
+        else:
+            offset = self.vmcs.read(Field.TSC_OFFSET) if self.primary(PrimaryProcBased.USE_TSC_OFFSETTING) else 0
+            self.write_edx_eax(self.vm.guest_tsc() + offset)
+        return True
+
+    def write_edx_eax(self, value: int) -> None:
+        eng = self.vm.engine
+        eng.set_reg("eax", value & 0xFFFFFFFF)
+        eng.set_reg("edx", (value >> 32) & 0xFFFFFFFF)
+
+    def on_halt(self) -> None:
+        if self.primary(PrimaryProcBased.HLT_EXITING):
+            eng = self.vm.engine
+            eng.set_reg("eip", eng.reg("eip") - 1)  # HLT exits before it executes
+            self.vmexit(ExitReason.HLT, length=1)
+        else:
+            self.vm.halt()
+
+    def _io_exits(self, port: int, size: int) -> bool:
+        if self.primary(PrimaryProcBased.USE_IO_BITMAPS):
+            for p in range(port, min(port + size, 0x10000)):
+                bitmap = self.io_bitmaps[0 if p < 0x8000 else 1]
+                if bitmap[(p & 0x7FFF) >> 3] >> (p & 7) & 1:
+                    return True
+            return port + size > 0x10000  # wrapping past 0xffff always exits
+        return self.primary(PrimaryProcBased.UNCONDITIONAL_IO_EXITING)
+
+    def _io_qualification(self, port: int, size: int, direction_in: bool) -> tuple[int, int]:
+        eip = self.vm.engine.reg("eip")
+        decoded = self._io_decode.get(eip)
+        if decoded is None:
+            code = self.vm.read_code(eip, 3)
+            prefix = 1 if code[:1] == b"\x66" else 0
+            opcode = code[prefix] if len(code) > prefix else 0
+            immediate = opcode in (0xE4, 0xE5, 0xE6, 0xE7)
+            string = opcode in (0x6C, 0x6D, 0x6E, 0x6F)
+            decoded = self._io_decode[eip] = (prefix + (2 if immediate else 1), immediate, string)
+        length, immediate, string = decoded
+        q = IoInstruction(port, size, direction_in, string=string, immediate=immediate).encode()
+        return q, length
+
+    def on_port_in(self, port: int, size: int) -> int:
+        if not self._io_exits(port, size):
+            return self.vm.board.port_bus.read(port, size)
+        q, length = self._io_qualification(port, size, True)
+        return self.vmexit(ExitReason.IO_INSTRUCTION, qualification=q, length=length, hooked=True,
+                           port=port, size=size, direction="in")
+
+    def on_port_out(self, port: int, size: int, value: int) -> None:
+        if not self._io_exits(port, size):
+            self.io_direct(port, size, value)
+            return
+        q, length = self._io_qualification(port, size, False)
+        self.vmexit(ExitReason.IO_INSTRUCTION, qualification=q, length=length, hooked=True,
+                    port=port, size=size, direction="out", value=value)
+
+    def next_deadline(self) -> int | None:
+        if self.pin(PinBased.PREEMPTION_TIMER):
+            return self._timer_start + (self.vmcs.read(Field.VMX_PREEMPTION_TIMER_VALUE) << PREEMPTION_TIMER_RATE)
+        return None
+
+    def on_slice_end(self) -> None:
+        deadline = self.next_deadline()
+        if deadline is not None and self.vm.now >= deadline:
+            self.vmexit(ExitReason.PREEMPTION_TIMER)
+
+    def poll_interrupts(self) -> bool:
+        """External interrupts and the interrupt window (SDM §26.2, §26.7.5)."""
+        board, eng = self.vm.board, self.vm.engine
+        if self.pin(PinBased.EXTERNAL_INTERRUPT_EXITING):
+            if board.interrupt_pending() and self.queued_irq is None:
+                info = None
+                if self.vmcs.read(Field.VM_EXIT_CONTROLS) & ExitControls.ACK_INTERRUPT_ON_EXIT:
+                    vector = board.acknowledge_interrupt()
+                    info = InterruptionInfo(vector, InterruptionType.EXTERNAL_INTERRUPT)
+                self.vmexit(ExitReason.EXTERNAL_INTERRUPT, intr_info=info)
+        elif board.interrupt_pending() and eng.reg("eflags") & IF:
+            self.deliver_as_hardware(Event(board.acknowledge_interrupt(), "external"),
+                                     InterruptionInfo(0, InterruptionType.EXTERNAL_INTERRUPT))
+        if self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) and eng.reg("eflags") & IF:
+            self.vmexit(ExitReason.INTERRUPT_WINDOW)
+        waiting = self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) or board.interrupt_pending()
+        return bool(waiting and not eng.reg("eflags") & IF)
+
+    # -- code sites: the instructions Unicorn executes without telling us -----------------------
+    def on_code_site(self, address: int) -> None:
+        insn = self.sites.decode(address)
+        if insn is None:
+            return
+        handler = self._site_handlers.get(insn.mnemonic)
+        if handler is not None:
+            handler(self, insn)
+
+    def _gpr(self, insn, operand) -> str:
+        return insn.reg_name(operand.reg)
+
+    def _site_mov_cr(self, insn) -> None:
+        a, b = insn.operands
+        to_cr = insn.reg_name(a.reg).startswith("cr")
+        cr_name, gpr = (insn.reg_name(a.reg), insn.reg_name(b.reg)) if to_cr else \
+            (insn.reg_name(b.reg), insn.reg_name(a.reg))
+        cr = int(cr_name[2:])
+        eng, vmcs = self.vm.engine, self.vmcs
+        access = CrAccessType.MOV_TO_CR if to_cr else CrAccessType.MOV_FROM_CR
+        q = CrAccess(cr, access, GPR_INDEX.get(gpr, 0)).encode()
+        if cr in (0, 4):
+            mask = vmcs.read(Field.CR0_GUEST_HOST_MASK if cr == 0 else Field.CR4_GUEST_HOST_MASK)
+            shadow = vmcs.read(Field.CR0_READ_SHADOW if cr == 0 else Field.CR4_READ_SHADOW)
+            if not mask:
+                return  # nothing owned by the host: the instruction runs natively
+            if to_cr:
+                value = eng.reg(gpr)
+                if (value ^ shadow) & mask:
+                    self.vmexit(ExitReason.CR_ACCESS, qualification=q, length=insn.size, cr=cr, gpr=gpr)
+                    return
+                eng.set_reg(cr_name, (value & ~mask) | (eng.reg(cr_name) & mask))
+            else:
+                eng.set_reg(gpr, (eng.reg(cr_name) & ~mask) | (shadow & mask))
+            self.skip_instruction(insn.size)
+        elif cr == 3:
+            if to_cr and self.primary(PrimaryProcBased.CR3_LOAD_EXITING):
+                targets = [vmcs.read(Field.CR3_TARGET_VALUE0 + 2 * i)
+                           for i in range(min(4, vmcs.read(Field.CR3_TARGET_COUNT)))]
+                if eng.reg(gpr) not in targets:
+                    self.vmexit(ExitReason.CR_ACCESS, qualification=q, length=insn.size, cr=3, gpr=gpr)
+            elif not to_cr and self.primary(PrimaryProcBased.CR3_STORE_EXITING):
+                self.vmexit(ExitReason.CR_ACCESS, qualification=q, length=insn.size, cr=3, gpr=gpr)
+
+    def _site_clts(self, insn) -> None:
+        mask, shadow = self.vmcs.read(Field.CR0_GUEST_HOST_MASK), self.vmcs.read(Field.CR0_READ_SHADOW)
+        if mask & CR0_TS and shadow & CR0_TS:
+            self.vmexit(ExitReason.CR_ACCESS, qualification=CrAccess(0, CrAccessType.CLTS).encode(),
+                        length=insn.size, cr=0)
+        elif mask & CR0_TS:
+            self.skip_instruction(insn.size)  # TS owned by the host and shadow clear: no effect
+
+    def _site_smsw(self, insn) -> None:
+        mask = self.vmcs.read(Field.CR0_GUEST_HOST_MASK)
+        op = insn.operands[0]
+        if mask and op.type == 1:  # register destination: shadowed bits come from the shadow
+            eng = self.vm.engine
+            value = (eng.reg("cr0") & ~mask) | (self.vmcs.read(Field.CR0_READ_SHADOW) & mask)
+            name = insn.reg_name(op.reg)
+            full = "e" + name[-2:] if len(name) == 2 else name
+            eng.set_reg(full, (eng.reg(full) & ~0xFFFF) | (value & 0xFFFF) if len(name) == 2 else value)
+            self.skip_instruction(insn.size)
+
+    def _site_mov_dr(self, insn) -> None:
+        if not self.primary(PrimaryProcBased.MOV_DR_EXITING):
+            return
+        a, b = insn.operands
+        to_dr = insn.reg_name(a.reg).startswith("dr")
+        dr_name, gpr = (insn.reg_name(a.reg), insn.reg_name(b.reg)) if to_dr else \
+            (insn.reg_name(b.reg), insn.reg_name(a.reg))
+        q = MovDr(int(dr_name[2:]), not to_dr, GPR_INDEX.get(gpr, 0)).encode()
+        self.vmexit(ExitReason.DR_ACCESS, qualification=q, length=insn.size, dr=dr_name, gpr=gpr,
+                    to_dr=to_dr)
+
+    def _msr_exits(self, msr: int, write: bool) -> bool:
+        if not self.primary(PrimaryProcBased.USE_MSR_BITMAPS):
+            return True
+        if msr <= 0x1FFF:
+            base = 0x800 if write else 0
+        elif 0xC0000000 <= msr <= 0xC0001FFF:
+            base = 0xC00 if write else 0x400
+        else:
+            return True
+        index = msr & 0x1FFF
+        return bool(self.msr_bitmap[base + (index >> 3)] >> (index & 7) & 1)
+
+    def _site_rdmsr(self, insn) -> None:
+        msr = self.vm.engine.reg("ecx")
+        if self._msr_exits(msr, False):
+            self.vmexit(ExitReason.MSR_READ, length=insn.size, msr=msr)
+
+    def _site_wrmsr(self, insn) -> None:
+        msr = self.vm.engine.reg("ecx")
+        if self._msr_exits(msr, True):
+            self.vmexit(ExitReason.MSR_WRITE, length=insn.size, msr=msr)
+
+    def _site_invlpg(self, insn) -> None:
+        if self.primary(PrimaryProcBased.INVLPG_EXITING):
+            linear = self.effective_address(insn)
+            self.vmexit(ExitReason.INVLPG, qualification=linear, length=insn.size, linear=linear)
+
+    def _site_descriptor_table(self, insn) -> None:
+        if self.secondary(SecondaryProcBased.DESCRIPTOR_TABLE_EXITING):
+            reason = ExitReason.GDTR_IDTR if insn.mnemonic in ("sgdt", "sidt", "lgdt", "lidt") \
+                else ExitReason.LDTR_TR
+            op = insn.operands[0]
+            displacement = op.mem.disp & 0xFFFFFFFF if op.type == 3 else 0
+            self.vmexit(reason, qualification=displacement, length=insn.size, mnemonic=insn.mnemonic)
+
+    def _site_always(reason):
+        def handler(self, insn):
+            self.vmexit(reason, length=insn.size)
+        return handler
+
+    def _site_rdpmc(self, insn) -> None:
+        if self.primary(PrimaryProcBased.RDPMC_EXITING):
+            self.vmexit(ExitReason.RDPMC, length=insn.size)
+
+    def _site_wbinvd(self, insn) -> None:
+        if self.secondary(SecondaryProcBased.WBINVD_EXITING):
+            self.vmexit(ExitReason.WBINVD, length=insn.size)
+
+    _site_handlers = {
+        "mov": None,  # filled below: only MOV to/from CRn or DRn reach a site
+        "clts": _site_clts, "smsw": _site_smsw, "rdmsr": _site_rdmsr, "wrmsr": _site_wrmsr,
+        "invlpg": _site_invlpg, "invd": _site_always(ExitReason.INVD), "wbinvd": _site_wbinvd,
+        "rdpmc": _site_rdpmc,
+    }
+    _site_handlers.update(dict.fromkeys(("sgdt", "sidt", "lgdt", "lidt", "sldt", "str", "lldt", "ltr"),
+                                        _site_descriptor_table))
+
+    def _site_mov(self, insn) -> None:
+        names = [insn.reg_name(op.reg) for op in insn.operands if op.type == 1]
+        if any(n.startswith("cr") for n in names):
+            self._site_mov_cr(insn)
+        elif any(n.startswith("dr") for n in names):
+            self._site_mov_dr(insn)
+
+    _site_handlers["mov"] = _site_mov
+    del _site_always
+
+    # -- helpers for handlers -------------------------------------------------------------------
+    def skip_instruction(self, length: int) -> None:
+        eng = self.vm.engine
+        eng.set_reg("eip", eng.reg("eip") + length)
+
+    def effective_address(self, insn) -> int:
+        eng = self.vm.engine
+        for op in insn.operands:
+            if op.type == 3:
+                m = op.mem
+                ea = m.disp
+                if m.base:
+                    ea += eng.reg(insn.reg_name(m.base))
+                if m.index:
+                    ea += eng.reg(insn.reg_name(m.index)) * m.scale
+                return ea & 0xFFFFFFFF
+        return 0
+
+
+__all__ = ["VmxNonRoot", "KVM_ENOSYS"]
