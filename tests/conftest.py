@@ -35,3 +35,49 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+class ExitLog(list):
+    """Every exit a VM dispatched: (VmExit, a copy of the VMCS exit-information fields)."""
+
+    def reasons(self):
+        return [e.reason for e, _ in self]
+
+    def of(self, reason):
+        return [(e, f) for e, f in self if e.reason == reason]
+
+
+def record_exits(vm) -> ExitLog:
+    from vmm.vmx.vmcs import Field
+    log = ExitLog()
+    dispatch = vm.dispatch
+    info_fields = (Field.VM_EXIT_REASON, Field.EXIT_QUALIFICATION, Field.VM_EXIT_INSTRUCTION_LEN,
+                   Field.VM_EXIT_INTR_INFO, Field.VM_EXIT_INTR_ERROR_CODE, Field.IDT_VECTORING_INFO_FIELD,
+                   Field.IDT_VECTORING_ERROR_CODE, Field.GUEST_LINEAR_ADDRESS)
+
+    def recording(exit):
+        vmcs = getattr(vm.mode, "vmcs", None)
+        fields = {f: vmcs.read(f) for f in info_fields} if vmcs is not None else {}
+        log.append((exit, fields))
+        return dispatch(exit)
+
+    vm.dispatch = recording
+    return log
+
+
+def make_vm(src_or_image, mode="vtx", configure=None, **vm_args):
+    """A VM for assembly source (flat, at FLAT_BASE) or a built image; ``configure(vm)``
+    runs before launch (e.g. to edit the VMCS)."""
+    if isinstance(src_or_image, str):
+        image = load_image(assemble(src_or_image), ram_size=RAM, kind="flat", load_address=FLAT_BASE)
+        ram = RAM
+    else:
+        image, ram = src_or_image, 128 << 20
+    out = bytearray()
+    vm_args.setdefault("timeout", 30)
+    vm = VM(image, mode=mode, ram_size=ram, serial_output=out.extend, **vm_args)
+    vm.serial = out
+    log = record_exits(vm)
+    if configure:
+        configure(vm)
+    return vm, log

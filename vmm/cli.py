@@ -76,12 +76,18 @@ def main():
               help="Load (and entry) address of a flat binary, e.g. 0x100000.")
 @click.option("--serial-input", type=click.File("rb"), default=None, metavar="FILE",
               help="Bytes the guest reads from the UART ('-' for stdin).")
+@click.option("--control", "controls", multiple=True, metavar="NAME[=on|off]",
+              help="vtx: set or clear a VM-execution, VM-exit or VM-entry control by its SDM name, "
+              "e.g. --control HLT_EXITING=off --control RDTSC_EXITING (repeatable).")
+@click.option("--vmcs", "vmcs_writes", multiple=True, metavar="FIELD=VALUE",
+              help="vtx: VMWRITE a field before launch, e.g. --vmcs EXCEPTION_BITMAP=0 "
+              "or --vmcs GUEST_CR0=0x80000000 (repeatable).")
 @click.option("--stat", is_flag=True, help="After the run, print exits by reason (count, share, "
               "handler time), as kvm_stat does. In native mode these are the events a bare machine sees.")
 @click.option("--stat-json", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write the same statistics as JSON.")
 def run(image, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind, load_address, serial_input,
-        stat, stat_json):
+        controls, vmcs_writes, stat, stat_json):
     """Boot IMAGE_OR_GUEST and print its serial output.
 
     IMAGE_OR_GUEST is a Multiboot ELF, a 512-byte boot sector, a flat binary (with
@@ -106,6 +112,15 @@ def run(image, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind,
                 max_instructions=max_instructions, timeout=timeout or None)
     except (NotImplementedError, ValueError) as err:
         _fail(str(err))
+    if controls or vmcs_writes:
+        if not hasattr(vm.mode, "vmcs"):
+            _fail(f"--control and --vmcs need a VT-x mode (vtx, vtx-ept), not {mode!r}")
+        from .vmx.tuning import VmcsEditError, apply_controls, apply_vmcs_writes
+        try:
+            apply_vmcs_writes(vm.mode.vmcs, vmcs_writes)
+            apply_controls(vm.mode.vmcs, controls)
+        except VmcsEditError as err:
+            _fail(str(err))
     result = vm.run()
     if result.kind.name != "EXIT":
         click.echo(f"vmm: {result.kind.value}: {result.message}", err=True)

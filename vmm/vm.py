@@ -26,6 +26,7 @@ from .mmu.paging import PageFault
 from .vmx.exit_reasons import ExitReason
 from .vmx.exits import UnexpectedExit, VmExit
 
+_clock = time.perf_counter
 INTERRUPT_WINDOW_SLICE = 64  # instructions between checks while an IRQ waits for IF=1
 HOST_MEMORY_BASE = 0xE0000000  # VMM-private host memory (VMX bitmaps, EPT tables), not guest RAM
 BOOT_GDT_ADDRESS = 0xC8000   # option-ROM area, where QEMU keeps its boot GDT too; no image loads there
@@ -92,6 +93,11 @@ class VM:
         self.exit_seconds: Counter = Counter()   # handler wall time by reason
         self.now = 0  # virtual time in guest instructions
         self.mode = get_mode(mode)(self)
+        # Engine events go straight to the mode (one Python call less per exit).
+        for event in ("on_exception", "on_invalid_opcode", "on_port_in", "on_port_out", "on_cpuid",
+                      "on_rdtsc", "on_code_site"):
+            setattr(self, event.replace("on_exception", "on_interrupt"), getattr(self.mode, event))
+        self.on_tlb_fill = self.mode.tlb_fill
         self._load(image)
 
     def host_alloc(self, size: int) -> int:
@@ -171,15 +177,16 @@ class VM:
     # -- the exit table -------------------------------------------------------------------
     def dispatch(self, exit: VmExit):
         """Count the exit, run its handler from the mode's table, time the handler."""
-        handler = self.mode.exit_table.get(exit.reason)
-        self.exits[exit.reason] += 1
+        reason = exit.reason
+        handler = self.mode.exit_table.get(reason)
+        self.exits[reason] += 1
         if handler is None:
             raise UnexpectedExit(exit, self.mode.name)
-        started = time.perf_counter()
+        started = _clock()
         try:
             return handler(exit)
         finally:
-            self.exit_seconds[exit.reason] += time.perf_counter() - started
+            self.exit_seconds[reason] += _clock() - started
 
     # -- event delivery ---------------------------------------------------------------------
     def inject(self, event: Event) -> None:

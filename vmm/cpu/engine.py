@@ -108,6 +108,7 @@ class Engine:
         self.uc.mem_map(SCRATCH_PAGE, PAGE, UC_PROT_READ)
         self.stop_reason: str | None = None
         self._init_fast_regs()
+        self._thunks: list = []
         self._install_hooks()
 
     # -- memory --------------------------------------------------------------------------
@@ -139,11 +140,27 @@ class Engine:
         self._pbuf = ctypes.byref(self._buf)
         self._read = _uclib.uc_reg_read
         self._write = _uclib.uc_reg_write
+        self._write_batch = _uclib.uc_reg_write_batch
+        self._batch_ids: dict = {}
+        self._batch_vals = (ctypes.c_uint64 * 4)()
+        self._batch_ptrs = (ctypes.c_void_p * 4)(*(ctypes.addressof(self._batch_vals) + 8 * i for i in range(4)))
 
     def reg(self, name: str) -> int:
         if self._read(self._handle, UC_REG[name], self._pbuf):
             return self.uc.reg_read(UC_REG[name])  # let the binding raise its error
         return self._buf.value & 0xFFFFFFFF
+
+    def set_regs4(self, names: tuple[str, str, str, str], values) -> None:
+        """Write four general registers in one C call (CPUID's EAX..EDX: the exit hot path)."""
+        ids = self._batch_ids.get(names)
+        if ids is None:
+            ids = self._batch_ids[names] = (ctypes.c_int * 4)(*(UC_REG[n] for n in names))
+        vals = self._batch_vals
+        for i, v in enumerate(values):
+            vals[i] = v & 0xFFFFFFFF
+        err = self._write_batch(self._handle, ids, self._batch_ptrs, 4)
+        if err:
+            raise UcError(err)
 
     def set_reg(self, name: str, value: int) -> None:
         # A fresh buffer: a segment load re-enters Python (the TLB-fill hook reads the
@@ -213,9 +230,17 @@ class Engine:
         def port_out(uc, port, size, value, _):
             self._guard(self.ops.on_port_out, port, size, value)
 
-        def cpuid(uc, _):
+        def cpuid(handle, key):
             # 1 skips Unicorn's own CPUID: the handler has written EAX..EDX itself.
-            return 1 if self._guard(self.ops.on_cpuid, default=False) else 0
+            # The hottest exit: a bare C thunk, _guard inlined.
+            if self._error is not None:
+                return 0
+            try:
+                return 1 if self.ops.on_cpuid() else 0
+            except BaseException as exc:
+                self._error = exc
+                self.uc.emu_stop()
+                return 0
 
         def rdtsc(uc, _):
             return 1 if self._guard(self.ops.on_rdtsc, default=False) else 0
@@ -227,21 +252,21 @@ class Engine:
         uc.hook_add(UC_HOOK_TLB_FILL, fill)
         uc.hook_add(UC_HOOK_INSN, port_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, port_out, None, 1, 0, X.UC_X86_INS_OUT)
-        uc.hook_add(UC_HOOK_INSN, cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
-        self._add_rdtsc_hook(rdtsc)
+        self._add_insn_hook(X.UC_X86_INS_CPUID, cpuid)
+        self._add_insn_hook(X.UC_X86_INS_RDTSC, lambda handle, key: rdtsc(self.uc, None))
 
-    def _add_rdtsc_hook(self, callback) -> None:
-        """Unicorn's C library hooks RDTSC like CPUID; the 2.1.4 Python binding only lacks
-        the table entry, so register the callback the way the binding does for CPUID."""
+    def _add_insn_hook(self, insn: int, callback) -> None:
+        """Register ``callback(handle, key) -> int`` as a bare C thunk for CPUID or RDTSC.
+
+        The 2.1.4 Python binding has no table entry for RDTSC (the C library hooks it like
+        CPUID) and wraps every callback in an extra Python frame; the exit hot path uses
+        the C signature directly, via the binding's own registration call.
+        """
         from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
-        from unicorn.unicorn_py3.unicorn import uccallback
 
-        @uccallback(self.uc, HOOK_INSN_CPUID_CFUNC)
-        def rdtsc_cb(uc, key):
-            return callback(uc, None)
-
-        self._rdtsc_cb = rdtsc_cb  # keep the C thunk alive
-        self.uc._Uc__do_hook_add(UC_HOOK_INSN, rdtsc_cb, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSC))
+        thunk = HOOK_INSN_CPUID_CFUNC(callback)
+        self._thunks.append(thunk)  # keep it alive as long as the engine
+        self.uc._Uc__do_hook_add(UC_HOOK_INSN, thunk, 1, 0, ctypes.c_int(insn))
 
     def hook_code_site(self, address: int) -> int:
         """Call ``ops.on_code_site(address)`` before an instruction that starts at ``address``.

@@ -32,6 +32,7 @@ from .sites import CodeSites
 
 HYPERVISOR_SIGNATURE = b"VMMLabPython"   # CPUID 0x4000_0000 EBX, ECX, EDX
 HYPERVISOR_MAX_LEAF = 0x40000001
+SUBLEAF_LEAVES = frozenset({4, 7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18})  # ECX selects a subleaf
 
 # Guest-state fields backed by the engine while the guest runs.
 LIVE_REGISTERS = {
@@ -197,8 +198,9 @@ class VtxMode(VmxNonRoot, NativeMode):
                 value = v.read(field)
                 v.live = False
                 v.write(field, value)
-        v.write(Field.CR0_READ_SHADOW, v.read(Field.GUEST_CR0))
-        v.write(Field.CR4_READ_SHADOW, v.read(Field.GUEST_CR4))
+        for shadow, guest in ((Field.CR0_READ_SHADOW, Field.GUEST_CR0), (Field.CR4_READ_SHADOW, Field.GUEST_CR4)):
+            if shadow not in v:
+                v.write(shadow, v.read(guest))
         problems = self.entry_checks()
         if problems:
             v.set_exit_info(Field.VM_EXIT_REASON, entry.ENTRY_FAILURE_REASON)
@@ -250,9 +252,9 @@ class VtxMode(VmxNonRoot, NativeMode):
 
     def handle_cpuid(self, exit: VmExit) -> None:
         eng = self.vm.engine
-        leaf, subleaf = eng.reg("eax"), eng.reg("ecx")
-        for name, value in zip(("eax", "ebx", "ecx", "edx"), self.cpuid(leaf, subleaf)):
-            eng.set_reg(name, value)
+        leaf = eng.reg("eax")
+        subleaf = eng.reg("ecx") if leaf in SUBLEAF_LEAVES else 0
+        eng.set_regs4(("eax", "ebx", "ecx", "edx"), self.cpuid(leaf, subleaf))
 
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
         if leaf == 0x40000000:

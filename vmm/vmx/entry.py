@@ -114,8 +114,8 @@ def check_injection(vmcs, cr0: int, rflags: int) -> list[str]:
 
 
 def entry_failure_report(problems: list[str], vmcs) -> str:
-    lines = [f"VM-entry failure: exit reason {ENTRY_FAILURE_REASON:#010x} "
-             f"(basic reason 33 INVALID_GUEST_STATE, bit 31 set)"]
+    lines = [f"exit reason {ENTRY_FAILURE_REASON:#010x} (basic reason 33 INVALID_GUEST_STATE, "
+             f"bit 31 set); {len(problems)} check(s) failed:"]
     lines += [f"  - {p}" for p in problems]
     lines += ["VMCS:"] + [f"  {line}" for line in vmcs.dump()]
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from typing import Any
 from .exit_reasons import ExitReason
 
 
-@dataclass
+@dataclass(slots=True)
 class VmExit:
     """A modeled event: SDM reason, qualification, addresses, instruction length.
 

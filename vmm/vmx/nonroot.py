@@ -30,6 +30,7 @@ GPR_INDEX = {name: i for i, name in enumerate(GPRS)}
 CR0_TS = 1 << 3
 PREEMPTION_TIMER_RATE = 5  # IA32_VMX_MISC[4:0]: the timer counts down once per 2^5 TSC ticks
 KVM_ENOSYS = 1000          # KVM's hypercall error for an unknown number
+_HOOKED = {"hooked": True}  # the engine completes the instruction (CPUID, I/O, RDTSC)
 
 
 def _exits_for_exception(vmcs, vector: int, error_code: int) -> bool:
@@ -50,14 +51,14 @@ class VmxNonRoot:
 
     # -- controls ---------------------------------------------------------------------------
     def pin(self, flag: PinBased) -> bool:
-        return bool(self.vmcs.read(Field.PIN_BASED_VM_EXEC_CONTROL) & flag)
+        return bool(self.vmcs.peek(Field.PIN_BASED_VM_EXEC_CONTROL) & flag)
 
     def primary(self, flag: PrimaryProcBased) -> bool:
-        return bool(self.vmcs.read(Field.CPU_BASED_VM_EXEC_CONTROL) & flag)
+        return bool(self.vmcs.peek(Field.CPU_BASED_VM_EXEC_CONTROL) & flag)
 
     def secondary(self, flag: SecondaryProcBased) -> bool:
         return (self.primary(PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS)
-                and bool(self.vmcs.read(Field.SECONDARY_VM_EXEC_CONTROL) & flag))
+                and bool(self.vmcs.peek(Field.SECONDARY_VM_EXEC_CONTROL) & flag))
 
     def set_primary(self, flag: PrimaryProcBased, on: bool) -> None:
         value = self.vmcs.read(Field.CPU_BASED_VM_EXEC_CONTROL)
@@ -68,16 +69,10 @@ class VmxNonRoot:
                linear: int | None = None, intr_info: InterruptionInfo | None = None,
                intr_error: int | None = None, **info):
         """Fill the exit-information fields, run the handler, then enter the guest again."""
-        vmcs = self.vmcs
-        vmcs.set_exit_info(Field.VM_EXIT_REASON, int(reason))
-        vmcs.set_exit_info(Field.EXIT_QUALIFICATION, qualification)
-        vmcs.set_exit_info(Field.VM_EXIT_INSTRUCTION_LEN, length)
-        vmcs.set_exit_info(Field.GUEST_LINEAR_ADDRESS, linear or 0)
-        vmcs.set_exit_info(Field.VM_EXIT_INTR_INFO, intr_info.encode() if intr_info else 0)
-        vmcs.set_exit_info(Field.VM_EXIT_INTR_ERROR_CODE, intr_error or 0)
         vectoring = self._vectoring
-        vmcs.set_exit_info(Field.IDT_VECTORING_INFO_FIELD, vectoring[0].encode() if vectoring else 0)
-        vmcs.set_exit_info(Field.IDT_VECTORING_ERROR_CODE, vectoring[1] if vectoring else 0)
+        self.vmcs.record_exit(int(reason), qualification, length, linear or 0,
+                              intr_info.encode() if intr_info else 0, intr_error or 0,
+                              vectoring[0].encode() if vectoring else 0, vectoring[1] if vectoring else 0)
         self._vectoring = None
         exit = VmExit(reason, qualification, linear, None, length, info)
         result = self.vm.dispatch(exit)
@@ -86,7 +81,7 @@ class VmxNonRoot:
 
     def vm_entry(self) -> None:
         """VM entry after an exit: deliver the event the handler injected, if any."""
-        info = self.vmcs.read(Field.VM_ENTRY_INTR_INFO_FIELD)
+        info = self.vmcs.peek(Field.VM_ENTRY_INTR_INFO_FIELD)
         self._timer_start = self.vm.now
         if not info >> 31:
             return
@@ -170,7 +165,10 @@ class VmxNonRoot:
         self.vm.exits[ExitReason.TRIPLE_FAULT] += 1
 
     def on_cpuid(self) -> bool:
-        self.vmexit(ExitReason.CPUID, length=2, hooked=True)
+        # CPUID always exits (SDM §26.1.2): the lean path, with nothing to qualify.
+        self.vmcs.record_exit(10, 0, 2, 0, 0, 0, 0, 0)
+        self.vm.dispatch(VmExit(ExitReason.CPUID, 0, None, None, 2, _HOOKED))
+        self.vm_entry()
         return True
 
     def on_rdtsc(self) -> bool:

@@ -376,6 +376,9 @@ _TYPE_TITLES = {
 }
 
 
+_BITS = {f: f.bits for f in Field}
+
+
 def lookup(encoding: int) -> tuple[Field, bool]:
     """Resolve an encoding to (field, high-half access); error 12 if unsupported."""
     if isinstance(encoding, Field):
@@ -424,11 +427,30 @@ class Vmcs:
         field, hi = lookup(encoding)
         self._store(field, hi, value)
 
+    def peek(self, field: Field) -> int:
+        """Read a field given as a :class:`Field` member, without decoding the encoding
+        (the controls and entry fields the exit hot path consults)."""
+        return self._values.get(field, 0)
+
+    def record_exit(self, reason: int, qualification: int, length: int, linear: int, intr_info: int,
+                    intr_error: int, vectoring: int, vectoring_error: int) -> None:
+        """The processor's VM-exit write of the exit-information fields, in one step (the
+        hot path of every exit: no per-field lookups)."""
+        v = self._values
+        v[Field.VM_EXIT_REASON] = reason & 0xFFFFFFFF
+        v[Field.EXIT_QUALIFICATION] = qualification & 0xFFFFFFFF
+        v[Field.VM_EXIT_INSTRUCTION_LEN] = length
+        v[Field.GUEST_LINEAR_ADDRESS] = linear & 0xFFFFFFFF
+        v[Field.VM_EXIT_INTR_INFO] = intr_info
+        v[Field.VM_EXIT_INTR_ERROR_CODE] = intr_error & 0xFFFFFFFF
+        v[Field.IDT_VECTORING_INFO_FIELD] = vectoring
+        v[Field.IDT_VECTORING_ERROR_CODE] = vectoring_error & 0xFFFFFFFF
+
     def _store(self, field: Field, hi: bool, value: int) -> None:
         value = int(value)
         if value < 0:
             raise ValueError(f"{field.name}: negative value {value}")
-        bits = 32 if hi else field.bits
+        bits = 32 if hi else _BITS[field]
         if self.strict and value >> bits:
             raise ValueError(f"{field.name}{' (high)' if hi else ''}: {value:#x} does not fit in {bits} bits")
         value &= (1 << bits) - 1
