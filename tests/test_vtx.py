@@ -382,3 +382,48 @@ def test_builtin_guest_has_the_same_transcript_in_vtx(name):
     expected = info.expected_path.with_suffix(".vtx.expected") if name == "exits" else info.expected_path
     assert bytes(vm.serial) == expected.read_bytes()
     assert result.exit_status == info.exit_status
+
+
+def test_code_written_after_its_page_was_scanned_is_rescanned():
+    # `patch` first runs as NOPs (page scanned: no site there), then the guest writes
+    # RDMSR; RET over it and calls it again: the write-protected code page is rescanned.
+    src = f"""
+        mov esp, 0x180000
+        call patch
+        mov dword ptr [patch], 0x90c3320f     # 0f 32 (rdmsr), c3 (ret), 90
+        mov ecx, 0x174
+        call patch
+        {EXIT}
+    patch:
+        nop; nop; nop; ret
+    """
+    vm, log, result = run(src)
+    assert result.exit_status == 1
+    [(exit, f)] = log.of(R.MSR_READ)
+    assert f[Field.VM_EXIT_INSTRUCTION_LEN] == 2 and exit.info["msr"] == 0x174
+    assert vm.mode.sites.rescans >= 1
+
+
+def test_cli_stat_table_and_json(tmp_path):
+    import json
+    from conftest import run_cli
+    out = tmp_path / "stat.json"
+    proc = run_cli("run", "exits", "--mode", "vtx", "--stat", "--stat-json", str(out))
+    assert proc.returncode == 1
+    text = proc.stdout.decode()
+    assert "exits: done" in text and "IO_INSTRUCTION" in text and "CR_ACCESS" in text
+    data = json.loads(out.read_text())
+    by_name = {row["name"]: row for row in data["exits"]}
+    assert data["mode"] == "vtx" and by_name["CPUID"]["reason"] == 10 and by_name["CPUID"]["count"] == 3
+    counts = [row["count"] for row in data["exits"]]
+    assert counts == sorted(counts, reverse=True) and data["total_exits"] == sum(counts)
+
+
+def test_cli_control_and_vmcs_options():
+    from conftest import run_cli
+    proc = run_cli("run", "hello", "--mode", "vtx", "--vmcs", "GUEST_CR0=0x80000000")
+    assert proc.returncode == 1 and b"VM-entry failure" in proc.stderr and b"CR0.PG = 1" in proc.stderr
+    proc = run_cli("run", "hello", "--mode", "vtx", "--control", "NO_SUCH_EXITING")
+    assert proc.returncode == 2 and b"no such control" in proc.stderr
+    proc = run_cli("run", "hello", "--control", "HLT_EXITING=off")
+    assert proc.returncode == 2 and b"need a VT-x mode" in proc.stderr
