@@ -152,10 +152,13 @@ def test_cr0_reads_of_owned_bits_return_the_read_shadow():
 
 
 def test_cr4_write_exits_and_read_is_shadowed():
-    vm, log, _ = run(f"mov eax, cr4; or eax, 0x10; mov cr4, eax; mov ebx, cr4; {EXIT}")
+    src = f"mov eax, cr4; or eax, 0x10; mov cr4, eax; mov ebx, cr4; {EXIT}"
+    vm, log, _ = run(src)
     [(exit, f)] = log.of(R.CR_ACCESS)
-    assert CrAccess.decode(f[Field.EXIT_QUALIFICATION]).cr == 4
-    assert vm.engine.reg("ebx") & 0x10
+    assert CrAccess.decode(f[Field.EXIT_QUALIFICATION]) == CrAccess(4, CrAccessType.MOV_TO_CR, 0)
+    assert f[Field.VM_EXIT_INSTRUCTION_LEN] == 3 and vm.engine.reg("ebx") & 0x10
+    vm, log, _ = run(src, vmcs("CR4_GUEST_HOST_MASK=0"))
+    assert not log.of(R.CR_ACCESS) and vm.engine.reg("ebx") & 0x10
 
 
 def test_cr3_load_and_store_exiting_and_targets():
