@@ -132,16 +132,20 @@ def run(image, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind,
 def _report_stats(result, *, mode: str, guest: str, show: bool, json_path: str | None) -> None:
     from rich.console import Console
 
-    from .cost.stats import exit_stats, render, stats_json
+    from .cost.stats import exit_stats, render, render_memory, stats_json
 
     rows = exit_stats(result.exits, result.exit_seconds)
     if show:
         label = "exits" if mode != "native" else "events"
-        Console().print(render(rows, f"{guest} in {mode}: {sum(r.count for r in rows)} {label}, "
-                                     f"{result.wall_seconds:.3f} s wall"))
+        console = Console()
+        console.print(render(rows, f"{guest} in {mode}: {sum(r.count for r in rows)} {label}, "
+                                   f"{result.wall_seconds:.3f} s wall"))
+        if result.memory:
+            console.print(render_memory(result.memory, f"memory virtualization ({mode})"))
     if json_path:
         text = stats_json(rows, mode=mode, guest=guest, instructions=result.instructions,
-                          virtual_time=result.virtual_time, wall_seconds=result.wall_seconds)
+                          virtual_time=result.virtual_time, wall_seconds=result.wall_seconds,
+                          memory=result.memory)
         tmp = f"{json_path}.tmp{os.getpid()}"
         try:
             with open(tmp, "w") as f:

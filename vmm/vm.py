@@ -53,6 +53,7 @@ class VmResult:
     wall_seconds: float = 0.0
     exits: Counter = field(default_factory=Counter)
     exit_seconds: Counter = field(default_factory=Counter)
+    memory: dict = field(default_factory=dict)   # the mode's memory-virtualization counters
 
     @property
     def status(self) -> int:
@@ -225,7 +226,7 @@ class VM:
         exact = self.max_instructions is not None
         return VmResult(kind, message, self.engine.reg("eip"), self.board.exit_status,
                         self.now if exact else None, self.now, time.perf_counter() - started,
-                        Counter(self.exits), Counter(self.exit_seconds))
+                        Counter(self.exits), Counter(self.exit_seconds), self.mode.memory_counters())
 
     def _loop(self, started: float) -> None:
         eng, board = self.engine, self.board
@@ -240,6 +241,7 @@ class VM:
                 if remaining <= 0:
                     raise _Stopped(StopKind.TIMEOUT, f"stopped after {self.timeout:g} s of wall-clock time "
                                    f"(--timeout) at EIP {eng.reg('eip'):#010x}")
+            self.mode.before_slice()
             stop = eng.run(count, remaining)
             if count:
                 self.now += count

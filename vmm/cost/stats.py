@@ -27,7 +27,7 @@ def exit_stats(counts: Counter, seconds: Counter) -> list[ExitStat]:
 
 
 def stats_json(rows: list[ExitStat], *, mode: str, guest: str, instructions: int | None,
-               virtual_time: int, wall_seconds: float) -> str:
+               virtual_time: int, wall_seconds: float, memory: dict | None = None) -> str:
     total = sum(s.count for s in rows)
     return json.dumps({
         "mode": mode, "guest": guest, "instructions": instructions, "virtual_time": virtual_time,
@@ -37,7 +37,19 @@ def stats_json(rows: list[ExitStat], *, mode: str, guest: str, instructions: int
                    "percent": round(100 * s.count / total, 2) if total else 0.0,
                    "handler_seconds": s.handler_seconds, "mean_handler_us": round(s.mean_us, 3)}
                   for s in rows],
+        "memory": memory or {},
     }, indent=2)
+
+
+def render_memory(counters: dict, title: str):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("memory event")
+    table.add_column("count", justify="right")
+    for name, value in counters.items():
+        table.add_row(name, str(value))
+    return table
 
 
 def render(rows: list[ExitStat], title: str):

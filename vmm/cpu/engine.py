@@ -64,6 +64,7 @@ class Fault:
     error_code: int | None
     address: int  # CR2 for #PF; the faulting linear address in any case
     access: str
+    exited: bool = False  # a VM exit already took it (its handler queued the injection)
 
 
 @dataclass

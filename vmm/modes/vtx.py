@@ -3,8 +3,9 @@
 The processor side (which event exits, with what qualification) is
 :class:`vmm.vmx.nonroot.VmxNonRoot`; this module is the hypervisor: the VMCS it sets
 up, the one exit table, and a handler per exit reason doing what KVM's
-``kvm_vmx_exit_handlers`` would. Guest memory is still translated by the guest's own
-tables here (shadow paging and EPT come with the memory-virtualization work).
+``kvm_vmx_exit_handlers`` would. Guest memory goes through shadow page tables
+(:mod:`vmm.mmu.shadow`): #PF, CR3-load and INVLPG exits keep them in step with the
+guest's own tables, as KVM did before EPT.
 
 The guest-state area of the VMCS is *live* while the guest runs: its register fields
 read and write the engine directly (KVM caches them in ``vcpu->arch.regs`` likewise),
@@ -17,19 +18,26 @@ import struct
 
 from ..cpu.cpuid import host_cpuid
 from ..cpu.delivery import GP, PF, Descriptor, combine_events
-from ..cpu.engine import PROT_EXEC, PROT_WRITE, Fill
+from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
+from ..mmu.hostmem import HostPages
+from ..mmu.paging import CR0_PG, PageFault
+from ..mmu.shadow import ShadowPaging
 from ..cpu.regs import IF
 from ..vmx import entry
 from ..vmx.controls import (ENTRY_DEFAULT1, EXIT_DEFAULT1, PINBASED_DEFAULT1, PROCBASED_DEFAULT1,
                             ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased, capability_msrs)
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import VmExit
-from ..vmx.nonroot import KVM_ENOSYS, VmxNonRoot
+from ..vmx.nonroot import KVM_ENOSYS, VmxNonRoot, exits_for_exception
 from ..vmx.qualification import CrAccess, CrAccessType, InterruptionInfo, InterruptionType
 from ..vmx.vmcs import Field, Vmcs
 from .native import NativeMode
 from .sites import CodeSites
 
+PAGE_MASK = 0xFFFFF000
+PAGING_CR0_BITS = (1 << 31) | (1 << 16) | 1   # PG, WP, PE: the shadow is rebuilt when they change
+PAGING_CR4_BITS = (1 << 4) | (1 << 5) | (1 << 7)  # PSE, PAE, PGE
+R_EXCEPTION_NMI = ExitReason.EXCEPTION_NMI
 HYPERVISOR_SIGNATURE = b"VMMLabPython"   # CPUID 0x4000_0000 EBX, ECX, EDX
 HYPERVISOR_MAX_LEAF = 0x40000001
 SUBLEAF_LEAVES = frozenset({4, 7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18})  # ECX selects a subleaf
@@ -116,6 +124,10 @@ class VtxMode(VmxNonRoot, NativeMode):
         self.msrs: dict[int, int] = {IA32_PAT: 0x0007040600070406, IA32_MISC_ENABLE: 1}
         self.delivery.intercept = self.intercept_nested_fault
         host_cpuid()  # read once now, not inside the first CPUID exit
+        self.host_pages = HostPages(vm.host_alloc, vm.engine.read_phys, vm.engine.write_phys)
+        self.shadow = ShadowPaging(self.host_pages, flush_tlb=self.request_flush)
+        self.tlb_flushes = 0
+        self._flush_pending = False
         self._set_up_vmcs()
         self.exit_table = {
             ExitReason.EXCEPTION_NMI: self.handle_exception,
@@ -150,9 +162,10 @@ class VtxMode(VmxNonRoot, NativeMode):
                 | PrimaryProcBased.UNCONDITIONAL_IO_EXITING | PrimaryProcBased.USE_MSR_BITMAPS
                 | PrimaryProcBased.RDPMC_EXITING | PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS)
         v.write(Field.SECONDARY_VM_EXEC_CONTROL, SecondaryProcBased.DESCRIPTOR_TABLE_EXITING
-                | SecondaryProcBased.WBINVD_EXITING)
+                | SecondaryProcBased.WBINVD_EXITING | SecondaryProcBased.ENABLE_VPID)
         v.write(Field.VM_EXIT_CONTROLS, EXIT_DEFAULT1 | ExitControls.ACK_INTERRUPT_ON_EXIT)
         v.write(Field.VM_ENTRY_CONTROLS, ENTRY_DEFAULT1)
+        v.write(Field.VIRTUAL_PROCESSOR_ID, 1)  # VPID on, as KVM enables it: no TLB flush per entry
         v.write(Field.EXCEPTION_BITMAP, DEFAULT_EXCEPTION_BITMAP)
         v.write(Field.CR0_GUEST_HOST_MASK, DEFAULT_CR0_MASK)
         v.write(Field.CR4_GUEST_HOST_MASK, DEFAULT_CR4_MASK)
@@ -207,6 +220,8 @@ class VtxMode(VmxNonRoot, NativeMode):
             return entry.entry_failure_report(problems, v)
         for field, name in LIVE_REGISTERS.items():
             eng.set_reg(name, v.read(field))
+        if eng.reg("cr0") & CR0_PG:
+            self.shadow.activate(eng.reg("cr3"))
         v.live = True
         v.launched = True
         self.vm_entry()
@@ -226,6 +241,101 @@ class VtxMode(VmxNonRoot, NativeMode):
 
     def stopped(self) -> None:
         self.vmcs.capture()
+
+    # -- memory: shadow paging ----------------------------------------------------------------
+    def tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
+        """A TLB miss walks the shadow tables; a miss there is a #PF VM exit, handled
+        synchronously (the hidden fault costs an exit but no stop of the engine)."""
+        self.tlb_fills += 1
+        eng = self.vm.engine
+        page = vaddr & PAGE_MASK
+        if not eng.reg("cr0") & CR0_PG:  # guest paging off: the VMM's identity map
+            return self.fill(page, page, PROT_READ | PROT_WRITE | PROT_EXEC, access)
+        if self.shadow.root is None:
+            self.shadow.activate(eng.reg("cr3"))
+        write, user = access == "write", self._user_access(vaddr)
+        hit = self.shadow.lookup(vaddr, write, user)
+        if hit is not None:
+            host_page, writable = hit
+            return self.fill(page, host_page, PROT_READ | PROT_EXEC | (PROT_WRITE if writable else 0), access)
+        error = self.shadow.fault_error_code(vaddr, write, user)
+        if not exits_for_exception(self.vmcs, PF, error):
+            return Fault(PF, error, vaddr, access)  # a VMM that does not intercept #PF: the guest sees it
+        return self.vmexit(R_EXCEPTION_NMI, qualification=vaddr, linear=vaddr,
+                           intr_info=InterruptionInfo.exception(PF, True), intr_error=error, defer_entry=True,
+                           shadow=True, access=access, write=write, user=user, vector=PF, error_code=error)
+
+    def shadow_page_fault(self, exit: VmExit) -> Fill | Fault:
+        """KVM's FNAME(page_fault): walk the guest's tables; fill the shadow (hidden
+        fault) or reflect the guest's own #PF (true fault)."""
+        info, vaddr = exit.info, exit.guest_linear
+        try:
+            t = self.walk(vaddr, info["write"], info["user"])
+        except PageFault as pf:
+            self.shadow.counters.true_faults += 1
+            self.inject_exception(PF, pf.error_code)
+            self._inject_cr2 = vaddr
+            return Fault(PF, pf.error_code, vaddr, info["access"], exited=True)
+        target = t.physical & PAGE_MASK
+        if info["write"] and self.shadow.is_protected(target):
+            self.shadow.guest_table_written(target)
+        host_page, writable = self.shadow.sync(vaddr, info["write"], t)
+        perms = PROT_READ | PROT_EXEC | (PROT_WRITE if writable else 0)
+        return self.fill(vaddr & PAGE_MASK, host_page, perms, info["access"])
+
+    def on_fault(self, fault) -> None:
+        if fault.exited:  # the #PF exit already ran; this is its VM entry, injecting it
+            self._inject_cr2 = fault.address
+            self.vm_entry()
+            return
+        super().on_fault(fault)
+
+    def guest_cr3_loaded(self, value: int) -> None:
+        if self.vm.engine.reg("cr0") & CR0_PG or self.shadow.root is not None:
+            self.shadow.activate(value)
+        self.vm.engine.flush_tlb()
+
+    def paging_mode_changed(self) -> None:
+        self.shadow.reset()
+        if self.shadow.root is None:
+            self.shadow.activate(self.vm.engine.reg("cr3"))
+        self.vm.engine.flush_tlb()
+
+    def request_flush(self) -> None:
+        """Flush Unicorn's TLB as soon as emulation stops (not inside the fill hook)."""
+        self._flush_pending = True
+        self.vm.replan()
+
+    def before_slice(self) -> None:
+        if self._flush_pending:
+            self._flush_pending = False
+            self.vm.engine.flush_tlb()
+
+    def flush_on_entry(self, deferred: bool) -> None:
+        """Without VPID every VM entry starts with an empty TLB (SDM §28.3.3.1)."""
+        if self.secondary(SecondaryProcBased.ENABLE_VPID) and self.vmcs.peek(Field.VIRTUAL_PROCESSOR_ID):
+            return
+        self.tlb_flushes += 1
+        if deferred:
+            self.request_flush()
+        else:
+            self.vm.engine.flush_tlb()
+
+    def memory_counters(self) -> dict[str, int]:
+        c = self.shadow.counters
+        return {
+            "hidden page faults (shadow filled)": c.hidden_faults,
+            "true page faults (injected)": c.true_faults,
+            "guest page-table writes intercepted": c.pte_write_intercepts,
+            "CR3 switches": c.cr3_switches,
+            "INVLPG": c.invlpg,
+            "shadow resets (paging-mode changes)": c.resets,
+            "shadow pages built": c.pages_built,
+            "shadow pages dropped": c.pages_dropped,
+            "shadow entries zapped": c.entries_zapped,
+            "shadow-table references": sum(c.references.values()),
+            "TLB flushes on VM entry": self.tlb_flushes,
+        }
 
     # -- memory: code pages are scanned for sensitive sites and write-protected -------------
     def fill(self, linear_page: int, guest_page: int, perms: int, access: str) -> Fill:
@@ -280,6 +390,7 @@ class VtxMode(VmxNonRoot, NativeMode):
         self.vm.halt()
 
     def handle_invlpg(self, exit: VmExit) -> None:
+        self.shadow.invalidate(exit.qualification)
         self.vm.engine.flush_tlb()
         self.skip(exit)
 
@@ -303,13 +414,20 @@ class VtxMode(VmxNonRoot, NativeMode):
         if q.access is CrAccessType.MOV_TO_CR:
             value = eng.reg(gpr)
             if q.cr == 0:
+                old = eng.reg("cr0")
                 eng.set_reg("cr0", value)
                 v.write(Field.CR0_READ_SHADOW, value)
+                if (old ^ value) & PAGING_CR0_BITS:
+                    self.paging_mode_changed()
             elif q.cr == 4:
+                old = eng.reg("cr4")
                 eng.set_reg("cr4", value)
                 v.write(Field.CR4_READ_SHADOW, value)
+                if (old ^ value) & PAGING_CR4_BITS:
+                    self.paging_mode_changed()
             elif q.cr == 3:
                 eng.set_reg("cr3", value)
+                self.guest_cr3_loaded(value)
         elif q.access is CrAccessType.MOV_FROM_CR:
             eng.set_reg(gpr, eng.reg(f"cr{q.cr}"))
         elif q.access is CrAccessType.CLTS:
@@ -377,10 +495,14 @@ class VtxMode(VmxNonRoot, NativeMode):
         self.vmcs.write(Field.VM_ENTRY_INTR_INFO_FIELD, info.encode())
         self.vmcs.write(Field.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code or 0)
 
-    def handle_exception(self, exit: VmExit) -> None:
-        """Reflect the exception into the guest; if the exit interrupted the delivery of
+    def handle_exception(self, exit: VmExit):
+        """A shadow page fault is the VMM's own business; anything else is reflected.
+
+        Reflect the exception into the guest; if the exit interrupted the delivery of
         another event (IDT-vectoring information), combine the two as the SDM's
         Table 6-5 does (contributory on contributory, or on #PF, becomes #DF)."""
+        if exit.info.get("shadow"):
+            return self.shadow_page_fault(exit)
         v = self.vmcs
         intr = InterruptionInfo.decode(v.read(Field.VM_EXIT_INTR_INFO))
         vector, error = intr.vector, v.read(Field.VM_EXIT_INTR_ERROR_CODE) if intr.error_code_valid else None

@@ -33,7 +33,7 @@ KVM_ENOSYS = 1000          # KVM's hypercall error for an unknown number
 _HOOKED = {"hooked": True}  # the engine completes the instruction (CPUID, I/O, RDTSC)
 
 
-def _exits_for_exception(vmcs, vector: int, error_code: int) -> bool:
+def exits_for_exception(vmcs, vector: int, error_code: int) -> bool:
     """Exception bitmap, with the #PF error-code mask/match rule (SDM §25.6.3)."""
     bit = bool(vmcs.read(Field.EXCEPTION_BITMAP) >> vector & 1)
     if vector != PF:
@@ -67,8 +67,11 @@ class VmxNonRoot:
     # -- the exit itself ---------------------------------------------------------------------
     def vmexit(self, reason: ExitReason, *, qualification: int = 0, length: int = 0,
                linear: int | None = None, intr_info: InterruptionInfo | None = None,
-               intr_error: int | None = None, **info):
-        """Fill the exit-information fields, run the handler, then enter the guest again."""
+               intr_error: int | None = None, defer_entry: bool = False, **info):
+        """Fill the exit-information fields, run the handler, then enter the guest again.
+
+        ``defer_entry``: the exit happened inside a TLB fill (a shadow page fault); the
+        VM entry's side effects wait until emulation stops."""
         vectoring = self._vectoring
         self.vmcs.record_exit(int(reason), qualification, length, linear or 0,
                               intr_info.encode() if intr_info else 0, intr_error or 0,
@@ -76,11 +79,15 @@ class VmxNonRoot:
         self._vectoring = None
         exit = VmExit(reason, qualification, linear, None, length, info)
         result = self.vm.dispatch(exit)
-        self.vm_entry()
+        if defer_entry:
+            self.flush_on_entry(deferred=True)
+        else:
+            self.vm_entry()
         return result
 
     def vm_entry(self) -> None:
         """VM entry after an exit: deliver the event the handler injected, if any."""
+        self.flush_on_entry(deferred=False)
         info = self.vmcs.peek(Field.VM_ENTRY_INTR_INFO_FIELD)
         self._timer_start = self.vm.now
         if not info >> 31:
@@ -111,7 +118,7 @@ class VmxNonRoot:
 
     def intercept_nested_fault(self, vector: int, error_code: int, cr2: int | None) -> bool:
         """Called by event delivery for a fault raised while delivering another event."""
-        if self._delivering is None or not _exits_for_exception(self.vmcs, vector, error_code):
+        if self._delivering is None or not exits_for_exception(self.vmcs, vector, error_code):
             return False
         self._vectoring = self._delivering
         self._delivering = None
@@ -125,7 +132,7 @@ class VmxNonRoot:
             opcode = self.vm.read_code(eng.reg("eip") - 1, 1)
             if vector == BP and opcode == b"\xcc" or vector == OF and opcode == b"\xce":
                 # INT3 / INTO are software exceptions: they consult the exception bitmap.
-                if _exits_for_exception(self.vmcs, vector, 0):
+                if exits_for_exception(self.vmcs, vector, 0):
                     eng.set_reg("eip", eng.reg("eip") - 1)  # the exit reports the instruction
                     self._exception_exit(vector, 0, InterruptionType.SOFTWARE_EXCEPTION, 1, None)
                     return
@@ -137,7 +144,7 @@ class VmxNonRoot:
         self.hardware_exception(fault.vector, fault.error_code or 0, fault.address)
 
     def hardware_exception(self, vector: int, error_code: int, cr2: int | None) -> None:
-        if _exits_for_exception(self.vmcs, vector, error_code):
+        if exits_for_exception(self.vmcs, vector, error_code):
             self._exception_exit(vector, error_code, InterruptionType.HARDWARE_EXCEPTION, 0, cr2)
         else:
             code = error_code if vector in HAS_ERROR_CODE else None

@@ -1,0 +1,55 @@
+"""VMM-private host memory for paging structures (shadow page tables, EPT).
+
+The structures live in host-physical memory like a real hypervisor's, outside guest
+RAM, so the "hardware" walk reads them and counts each reference. Pages are handed out
+zeroed from chunks mapped on demand.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Callable
+
+PAGE = 0x1000
+CHUNK = 0x100000
+
+
+class HostPages:
+    """A page allocator over ``map_chunk(size) -> host-physical address``."""
+
+    def __init__(self, map_chunk: Callable[[int], int], read: Callable[[int, int], bytes],
+                 write: Callable[[int, bytes], None]):
+        self._map_chunk = map_chunk
+        self.read = read
+        self.write = write
+        self._free: list[int] = []
+        self._next = 0
+        self._end = 0
+        self.allocated = 0
+
+    def alloc(self) -> int:
+        if self._free:
+            page = self._free.pop()
+            self.write(page, bytes(PAGE))
+        else:
+            if self._next >= self._end:
+                self._next = self._map_chunk(CHUNK)
+                self._end = self._next + CHUNK
+            page, self._next = self._next, self._next + PAGE
+        self.allocated += 1
+        return page
+
+    def free(self, page: int) -> None:
+        self._free.append(page)
+        self.allocated -= 1
+
+    def read32(self, addr: int) -> int:
+        return struct.unpack("<I", self.read(addr, 4))[0]
+
+    def write32(self, addr: int, value: int) -> None:
+        self.write(addr, struct.pack("<I", value & 0xFFFFFFFF))
+
+    def read64(self, addr: int) -> int:
+        return struct.unpack("<Q", self.read(addr, 8))[0]
+
+    def write64(self, addr: int, value: int) -> None:
+        self.write(addr, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))

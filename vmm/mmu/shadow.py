@@ -1,0 +1,193 @@
+"""Shadow paging: the page tables the MMU really walks while the guest believes its own
+are in use (VMware's and pre-EPT KVM's memory virtualization).
+
+For each guest CR3 the VMM keeps a shadow page directory in host memory, a 2-level
+32-bit table mapping guest-linear pages straight to host-physical frames. Entries are
+filled lazily: a TLB miss that finds no shadow entry is a page fault the guest never
+sees (a *hidden* fault: the VMM walks the guest's tables, and fills the shadow entry);
+if the guest's own tables say the page is absent or forbidden, it is a *true* fault and
+is injected into the guest.
+
+Consistency. Every guest page-table frame a walk went through is *write-protected*:
+the shadow maps it read-only. A guest write to one is intercepted (a #PF exit): the
+frame becomes *unsynced* (KVM's term) and writable, so a guest filling a table pays
+one exit, not one per entry. The architecture lets a TLB keep a stale translation until
+INVLPG or a CR3 load (SDM §4.10.4), and it never caches a not-present one, so the
+shadow may lag the same way: at INVLPG and CR3 loads every entry derived from an
+unsynced frame is zapped and the frame is protected again by the next walk through it.
+CR3 loads switch shadow roots (kept per guest CR3); a change of paging mode (CR0.PG/WP,
+CR4.PSE/PAE) drops them all.
+
+Shadow entries (4 bytes, like a guest's): P, R/W (only when the guest allows the write,
+the guest PTE is already dirty, and the frame is not a protected page table), U/S.
+Guest 4 MiB pages are shadowed with 4 KiB entries. NX is not shadowed (32-bit format).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+P, RW, US = 1, 2, 4
+PAGE_MASK = 0xFFFFF000
+
+
+@dataclass
+class ShadowCounters:
+    hidden_faults: int = 0
+    true_faults: int = 0
+    pte_write_intercepts: int = 0
+    cr3_switches: int = 0
+    invlpg: int = 0
+    resets: int = 0
+    pages_built: int = 0
+    pages_dropped: int = 0
+    entries_zapped: int = 0
+    references: Counter = field(default_factory=Counter)  # shadow-table reads by level
+
+
+class ShadowPaging:
+    """Shadow tables in host memory (``host``: a :class:`~vmm.mmu.hostmem.HostPages`)."""
+
+    def __init__(self, host, p2m: Callable[[int], int] = lambda gpa: gpa,
+                 flush_tlb: Callable[[], None] = lambda: None):
+        self.host = host
+        self.p2m = p2m
+        self.flush_tlb = flush_tlb  # the hardware TLB may still hold an entry we downgrade
+        self.roots: dict[int, int] = {}            # guest CR3 page -> shadow page directory
+        self.tables: dict[int, dict[int, int]] = {}  # shadow PD -> {PDE index: shadow PT}
+        self.root: int | None = None
+        self.guest_cr3: int | None = None
+        self.derived: dict[int, set[tuple[int, int]]] = {}  # guest table frame -> {(root, linear page)}
+        self.rmap: dict[int, set[tuple[int, int]]] = {}     # target guest frame -> {(root, linear page)}
+        self.protected: set[int] = set()                    # guest table frames mapped read-only
+        self.unsynced: set[int] = set()                     # written since their entries were shadowed
+        self.counters = ShadowCounters()
+
+    # -- the hardware side: a TLB miss walks the shadow tables -----------------------------------
+    def lookup(self, linear: int, write: bool, user: bool) -> tuple[int, bool] | None:
+        """(host page, writable) if the shadow allows this access; None is a shadow #PF."""
+        if self.root is None:
+            return None
+        refs = self.counters.references
+        pde = self.host.read32(self.root + (linear >> 22) * 4)
+        refs["shadow PDE"] += 1
+        if not pde & P:
+            return None
+        pte = self.host.read32((pde & PAGE_MASK) + ((linear >> 12) & 0x3FF) * 4)
+        refs["shadow PTE"] += 1
+        if not pte & P or (write and not pte & RW) or (user and not pte & US):
+            return None
+        return pte & PAGE_MASK, bool(pte & RW)
+
+    def fault_error_code(self, linear: int, write: bool, user: bool) -> int:
+        """The #PF error code the shadow walk produces (what the exit reports)."""
+        present = False
+        if self.root is not None:
+            pde = self.host.read32(self.root + (linear >> 22) * 4)
+            if pde & P:
+                present = bool(self.host.read32((pde & PAGE_MASK) + ((linear >> 12) & 0x3FF) * 4) & P)
+        return int(present) | (2 if write else 0) | (4 if user else 0)
+
+    # -- the VMM side -------------------------------------------------------------------------
+    def activate(self, guest_cr3: int) -> None:
+        """CR3 load: switch to (or build) the shadow root for this guest CR3."""
+        page = guest_cr3 & PAGE_MASK
+        self.counters.cr3_switches += 1
+        self.resync()
+        root = self.roots.get(page)
+        if root is None:
+            root = self.roots[page] = self.host.alloc()
+            self.tables[root] = {}
+            self.counters.pages_built += 1
+        self.root, self.guest_cr3 = root, page
+
+    def is_protected(self, frame: int) -> bool:
+        return frame & PAGE_MASK in self.protected
+
+    def sync(self, linear: int, write: bool, translation) -> tuple[int, bool]:
+        """Install the shadow entry for ``linear`` from a successful guest walk."""
+        lp = linear & PAGE_MASK
+        root = self.root
+        target = translation.physical & PAGE_MASK
+        table_frames = {addr & PAGE_MASK for _, addr, _ in translation.entries}
+        for frame in table_frames:
+            if frame not in self.protected and frame not in self.unsynced:
+                self._protect(frame)
+            self.derived.setdefault(frame, set()).add((root, lp))
+        writable = translation.writable and (translation.dirty or write) and target not in self.protected
+        host_page = self.p2m(target)
+        pts = self.tables[root]
+        index = linear >> 22
+        pt = pts.get(index)
+        if pt is None:
+            pt = pts[index] = self.host.alloc()
+            self.counters.pages_built += 1
+            self.host.write32(root + index * 4, pt | P | RW | US)
+        self.host.write32(pt + ((linear >> 12) & 0x3FF) * 4,
+                          host_page | P | (RW if writable else 0) | (US if translation.user else 0))
+        self.rmap.setdefault(target, set()).add((root, lp))
+        self.counters.hidden_faults += 1
+        return host_page, writable
+
+    def _protect(self, frame: int) -> None:
+        """A guest page-table frame: drop write access from every shadow entry mapping it."""
+        self.protected.add(frame)
+        for root, lp in self.rmap.get(frame, ()):
+            addr = self._pte_address(root, lp)
+            if addr is not None:
+                pte = self.host.read32(addr)
+                if pte & RW:
+                    self.host.write32(addr, pte & ~RW)
+                    self.flush_tlb()
+
+    def guest_table_written(self, frame: int) -> None:
+        """The guest writes one of its page-table frames: unprotect it, mark it unsynced."""
+        frame &= PAGE_MASK
+        self.counters.pte_write_intercepts += 1
+        self.protected.discard(frame)
+        self.unsynced.add(frame)
+
+    def resync(self) -> None:
+        """Zap every entry derived from an unsynced table (the guest may have changed it)."""
+        for frame in self.unsynced:
+            for root, lp in self.derived.pop(frame, ()):
+                self._zap(root, lp)
+        self.unsynced.clear()
+
+    def invalidate(self, linear: int) -> None:
+        """INVLPG: drop the current root's entry for this page, and resync."""
+        self.counters.invlpg += 1
+        if self.root is not None:
+            self._zap(self.root, linear & PAGE_MASK)
+        self.resync()
+
+    def reset(self) -> None:
+        """A paging-mode change: every shadow table is dropped and rebuilt on demand."""
+        self.counters.resets += 1
+        for root, pts in self.tables.items():
+            for pt in pts.values():
+                self.host.free(pt)
+                self.counters.pages_dropped += 1
+            self.host.free(root)
+            self.counters.pages_dropped += 1
+        self.roots.clear()
+        self.tables.clear()
+        self.derived.clear()
+        self.rmap.clear()
+        self.protected.clear()
+        self.unsynced.clear()
+        self.root = None
+        if self.guest_cr3 is not None:
+            self.activate(self.guest_cr3)
+            self.counters.cr3_switches -= 1  # rebuilding the root is not a guest CR3 load
+
+    def _pte_address(self, root: int, lp: int) -> int | None:
+        pt = self.tables.get(root, {}).get(lp >> 22)
+        return None if pt is None else pt + ((lp >> 12) & 0x3FF) * 4
+
+    def _zap(self, root: int, lp: int) -> None:
+        addr = self._pte_address(root, lp)
+        if addr is not None and self.host.read32(addr) & P:
+            self.host.write32(addr, 0)
+            self.counters.entries_zapped += 1
