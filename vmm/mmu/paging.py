@@ -1,126 +1,400 @@
 """Guest paging walkers: what the MMU does on a TLB miss, one paging-structure read at a time.
 
-32-bit paging (SDM vol. 3 §4.3): CR3 bits 31:12 locate the page directory; a linear
-address splits into directory index (31:22), table index (21:12) and offset (11:0).
+One walker (:class:`GuestWalker`) with one loop over levels, parameterised by the paging
+format (:class:`PagingFormat`), chosen from CR0.PG, CR4.PAE and EFER.LME/LMA by
+:func:`paging_format` (SDM vol. 3 §4.1). ``MAXPHYADDR`` (M below) is 36 unless the walker
+is built with another value.
 
-PDE / PTE bits (4 bytes each)::
+32-bit paging (§4.3), 4-byte entries, CR3 bits 31:12 locate the page directory::
 
-    bit 0  P     present            bit 5  A    accessed
-    bit 1  R/W   writable           bit 6  D    dirty (PTE, or PDE with PS=1)
-    bit 2  U/S   user               bit 7  PS   4 MiB page (PDE, when CR4.PSE=1)
-    bit 3  PWT   bit 4 PCD          bit 8  G    global (PTE / 4 MiB PDE, CR4.PGE)
-    bits 31:12  frame (PTE, or page table for a PDE); 4 MiB PDE: bits 31:22 frame
+    linear  31:22 PDE index | 21:12 PTE index | 11:0 offset   (4 MiB page: 21:0 offset)
+    PDE/PTE bit 0 P        bit 1 R/W      bit 2 U/S     bit 3 PWT    bit 4 PCD
+            bit 5 A        bit 6 D (leaf) bit 7 PS (PDE, honoured when CR4.PSE=1;
+            PAT in a PTE)  bit 8 G (leaf) bits 11:9 ignored
+            bits 31:12 page table / 4 KiB frame
+    4 MiB PDE: bits 31:22 frame 31:22, bits (M-20):13 frame (M-1):32 (PSE-36),
+            bit 12 PAT, bits 21:(M-19) reserved (-> #PF with RSVD)
 
-Access rights (§4.6): a user-mode access needs U/S=1 at every level; a write needs R/W=1
-at every level, for supervisor accesses only when CR0.WP=1. The walker sets A on every
-entry it uses and D on the leaf for writes, as the processor does.
+PAE paging (§4.4), 8-byte entries; CR3 bits 31:5 locate a 4-entry PDPT whose entries
+behave like registers (loaded at MOV CR3 on hardware: pass them as ``pdptes=``, or let
+the walker read them each walk under the tag "PDPTE", as QEMU does)::
 
-#PF error code (§4.7): bit 0 P (0: not present, 1: protection), bit 1 W/R, bit 2 U/S,
-bit 3 RSVD, bit 4 I/D (only with NX or SMEP, so never for 32-bit paging here).
+    linear  31:30 PDPTE | 29:21 PDE | 20:12 PTE | 11:0 offset  (2 MiB page: 20:0 offset)
+    PDPTE   bit 0 P, bits 3/4 PWT/PCD, bits (M-1):12 page directory;
+            reserved: bits 2:1, 8:5, 63:M (no R/W, U/S, A or XD here)
+    PDE/PTE bits 0-8 as above (PS in a PDE: 2 MiB page, always honoured);
+            bits (M-1):12 table / frame (2 MiB: (M-1):21, bit 12 PAT, 20:13 reserved);
+            bits 62:M reserved; bit 63 XD if EFER.NXE=1, else reserved
 
-Every read is reported to ``refs`` as (tag, physical address) so the cost model and the
-tracer can attribute it (DESIGN §4).
+4-level paging (§4.5, IA-32e), 8-byte entries, CR3 bits 51:12 locate the PML4::
+
+    linear  47:39 PML4E | 38:30 PDPTE | 29:21 PDE | 20:12 PTE | 11:0 offset
+    PML4E   bits 0-5 as above, bit 7 PS reserved
+    PDPTE   PS=1: 1 GiB page, frame (M-1):30, bit 12 PAT, bits 29:13 reserved
+    PDE     PS=1: 2 MiB page, frame (M-1):21, bit 12 PAT, bits 20:13 reserved
+    all     bits 51:M reserved, bits 62:52 ignored, bit 63 XD if EFER.NXE=1 else reserved
+
+Access rights (§4.6): U/S and R/W are ANDed over all levels (not the PAE PDPTEs); XD is
+ORed. A user-mode access needs a user-mode address (U/S=1 everywhere); a user write
+needs R/W=1; a supervisor write needs R/W=1 only when CR0.WP=1. Fetches fault on XD=1
+when EFER.NXE=1 (PAE and 4-level only). SMEP (CR4.SMEP): a supervisor fetch from a
+user-mode address faults. SMAP (CR4.SMAP): a supervisor data access to a user-mode
+address faults unless EFLAGS.AC=1 (``ac=True``; implicit supervisor accesses, such as
+descriptor-table reads at CPL3, must pass ``ac=False``).
+
+Order of checks, as the processor does them: each entry as it is read (P=0: not-present
+fault; a reserved bit set: RSVD fault), then the rights of the whole translation.
+
+#PF error code (§4.7): bit 0 P (0 not present, 1 protection or reserved bit), bit 1 W/R
+(the access was a write), bit 2 U/S (user-mode access), bit 3 RSVD, bit 4 I/D (an
+instruction fetch, reported only when CR4.SMEP=1 or when PAE/4-level paging runs with
+EFER.NXE=1). CR2 is the linear address.
+
+Accessed and dirty flags (§4.8): when the access succeeds (and ``set_ad``), A is set in
+every entry used (not in PAE PDPTEs) and D in the leaf for a write. Each update is
+written as *value-as-read | flags*, only if that differs from the value read.
+
+Every paging-structure read goes through :meth:`GuestWalker.read_entry` with the level
+name ("PML4E", "PDPTE", "PDE", "PTE"), every A/D update through
+:meth:`GuestWalker.write_entry`; a walk may be given another ``memory`` object with
+those two methods (the 2-D walker translates each guest table address through EPT
+there, see :mod:`vmm.mmu.nested`). Reads are counted per walker (``references`` and
+``counts`` by level) and reported to the optional ``refs(level, address)`` callback
+(DESIGN §4).
+
+Not modelled: 5-level paging (CR4.LA57), protection keys (CR4.PKE), the canonical-address
+check of 4-level paging (a non-canonical address is a #GP, which is the caller's), PAT
+and memory types, global pages (the TLB is not here), CET shadow-stack accesses.
 """
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
+# -- entry bits (SDM vol. 3 tables 4-4 .. 4-20) ----------------------------------------------
 P, RW, US, PWT, PCD, A, D, PS, G = 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80, 0x100
+PAT_PTE, PAT_LARGE = 0x80, 0x1000
+XD = 1 << 63
 
+ENTRY_BIT_NAMES = {P: "P", RW: "R/W", US: "U/S", PWT: "PWT", PCD: "PCD", A: "A", D: "D",
+                   PS: "PS", G: "G", XD: "XD"}
+
+# -- #PF error code (SDM §4.7) --------------------------------------------------------------
 PF_P, PF_WR, PF_US, PF_RSVD, PF_ID = 1, 2, 4, 8, 16
 
+# -- control registers and EFER -------------------------------------------------------------
 CR0_WP, CR0_PG = 1 << 16, 1 << 31
-CR4_PSE = 1 << 4
+CR4_PSE, CR4_PAE, CR4_SMEP, CR4_SMAP = 1 << 4, 1 << 5, 1 << 20, 1 << 21
+EFER_LME, EFER_LMA, EFER_NXE = 1 << 8, 1 << 10, 1 << 11
+EFLAGS_AC = 1 << 18
+
+MAXPHYADDR = 36
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+
+def _bits(hi: int, lo: int) -> int:
+    """Mask of bits hi..lo inclusive (empty when hi < lo)."""
+    return ((1 << (hi + 1)) - 1) & ~((1 << lo) - 1) if hi >= lo else 0
 
 
 class PageFault(Exception):
     """A guest page fault: CR2 (the linear address) and the SDM error code."""
 
     def __init__(self, address: int, error_code: int):
-        super().__init__(f"#PF at {address:#010x} error code {error_code:#x}")
+        super().__init__(f"#PF at {address:#010x} error code {error_code:#x} ({describe_error_code(error_code)})")
         self.address = address
         self.error_code = error_code
 
 
+def describe_error_code(code: int) -> str:
+    parts = ["protection" if code & PF_P else "not present", "write" if code & PF_WR else "read",
+             "user" if code & PF_US else "supervisor"]
+    if code & PF_RSVD:
+        parts.append("reserved bit")
+    if code & PF_ID:
+        parts.append("instruction fetch")
+    return ", ".join(parts)
+
+
 @dataclass
 class Translation:
-    """The result of a walk: the guest-physical address and the rights of the mapping."""
+    """The result of a walk: the guest-physical address and the rights of the mapping.
+
+    ``writable``, ``executable`` and ``readable`` are the rights of the translation for
+    the privilege of this access (CR0.WP, NX, SMEP, SMAP and AC taken into account);
+    ``user`` is U/S ANDed over the levels. ``entries`` lists the entries used, top level
+    first, as ``(level name, physical address, value as read)``.
+    """
 
     linear: int
     physical: int
-    writable: bool       # for this access's privilege (CR0.WP taken into account)
+    writable: bool
     user: bool
     dirty: bool
     page_size: int
-    entries: list[tuple[str, int, int]] = field(default_factory=list)  # (level, phys addr, value)
+    entries: list[tuple[str, int, int]] = field(default_factory=list)
+    executable: bool = True
+    readable: bool = True
+    format: str = "32-bit"
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.entries)
 
 
-# Tags for references, read by the cost model: "guest L2" is the page directory.
-LEVEL_NAMES_32 = ("PDE", "PTE")
+# -- paging formats --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Level:
+    name: str
+    shift: int          # lowest linear-address bit of this level's index
+    index_bits: int
+    large: int = 0      # page size an entry with PS=1 maps here (0: PS is not a page size)
+    register: bool = False  # PAE PDPTE: no rights, no A flag
+
+    @property
+    def index_mask(self) -> int:
+        return (1 << self.index_bits) - 1
 
 
-class Walker32:
-    """The two-level 32-bit walker over guest-physical memory.
+@dataclass(frozen=True)
+class PagingFormat:
+    name: str
+    entry_size: int
+    levels: tuple[Level, ...]
+    cr3_mask: int
+    nx: bool            # has an XD bit (PAE, 4-level)
 
-    ``read32(gpa)`` and ``write32(gpa, value)`` access guest-physical memory (in
-    ``vtx-ept`` they will themselves go through EPT; here they are plain reads).
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        return tuple(level.name for level in self.levels)
+
+
+PAGING_32 = PagingFormat("32-bit", 4, (Level("PDE", 22, 10, large=4 * MiB), Level("PTE", 12, 10)),
+                         cr3_mask=0xFFFFF000, nx=False)
+PAGING_PAE = PagingFormat("PAE", 8, (Level("PDPTE", 30, 2, register=True), Level("PDE", 21, 9, large=2 * MiB),
+                                     Level("PTE", 12, 9)),
+                          cr3_mask=0xFFFFFFE0, nx=True)
+PAGING_4LEVEL = PagingFormat("4-level", 8, (Level("PML4E", 39, 9), Level("PDPTE", 30, 9, large=GiB),
+                                            Level("PDE", 21, 9, large=2 * MiB), Level("PTE", 12, 9)),
+                             cr3_mask=_bits(51, 12), nx=True)
+FORMATS = {f.name: f for f in (PAGING_32, PAGING_PAE, PAGING_4LEVEL)}
+
+
+def paging_format(cr0: int, cr4: int, efer: int = 0) -> PagingFormat | None:
+    """The paging format in use (SDM §4.1.1), or None when CR0.PG = 0.
+
+    CR4.PAE = 0: 32-bit; CR4.PAE = 1 and IA32_EFER.LME = 0: PAE; LME = 1 (so LMA = 1
+    once paging is on): 4-level. LA57 (5-level) is not modelled.
+    """
+    if not cr0 & CR0_PG:
+        return None
+    if not cr4 & CR4_PAE:
+        return PAGING_32
+    if efer & (EFER_LME | EFER_LMA):
+        return PAGING_4LEVEL
+    return PAGING_PAE
+
+
+class EntryMemory(Protocol):
+    def read_entry(self, physical_address: int, size: int, level_name: str) -> int: ...
+
+    def write_entry(self, physical_address: int, size: int, level_name: str, value: int) -> None: ...
+
+
+class GuestWalker:
+    """The guest page walker for all three formats (see the module docstring).
+
+    ``read(physical_address, size) -> int`` and ``write(physical_address, size, value)``
+    reach the memory the tables live in (guest-physical in ``native``; host-physical when
+    a :class:`~vmm.mmu.nested.NestedWalker` hands them EPT-translated addresses).
+    """
+
+    def __init__(self, read: Callable[[int, int], int], write: Callable[[int, int, int], None], *,
+                 maxphyaddr: int = MAXPHYADDR, refs: Callable[[str, int], None] | None = None):
+        self.read = read
+        self.write = write
+        self.maxphyaddr = maxphyaddr
+        self.refs = refs
+        self.references = 0
+        self.counts: Counter[str] = Counter()
+        self._masks: dict[tuple[str, bool], tuple[tuple[int, int], ...]] = {}
+        self._address_mask = _bits(maxphyaddr - 1, 12)
+
+    # -- the one place paging structures are read and written ---------------------------------
+    def read_entry(self, physical_address: int, size: int, level_name: str) -> int:
+        self.references += 1
+        self.counts[level_name] += 1
+        if self.refs is not None:
+            self.refs(level_name, physical_address)
+        return self.read(physical_address, size)
+
+    def write_entry(self, physical_address: int, size: int, level_name: str, value: int) -> None:
+        self.write(physical_address, size, value)
+
+    # -- reserved bits --------------------------------------------------------------------------
+    def reserved_masks(self, fmt: PagingFormat, nxe: bool) -> tuple[tuple[int, int], ...]:
+        """Per level: (reserved bits of a present entry that references a table or a 4 KiB
+        page, reserved bits of a present entry that maps a large page)."""
+        key = (fmt.name, nxe)
+        masks = self._masks.get(key)
+        if masks is None:
+            masks = self._masks[key] = self._compute_masks(fmt, nxe)
+        return masks
+
+    def _compute_masks(self, fmt: PagingFormat, nxe: bool) -> tuple[tuple[int, int], ...]:
+        m = self.maxphyaddr
+        if fmt is PAGING_32:
+            # PSE-36: bits (M-20):13 hold address bits (M-1):32, bits 21:(M-19) are reserved.
+            return ((0, _bits(21, min(m, 40) - 19)), (0, 0))
+        xd = 0 if nxe else XD
+        if fmt is PAGING_PAE:
+            high = _bits(62, m) | xd
+            return ((_bits(2, 1) | _bits(8, 5) | _bits(63, m), 0),
+                    (high, high | _bits(20, 13)),
+                    (high, 0))
+        high = _bits(51, m) | xd
+        return ((high | PS, 0), (high, high | _bits(29, 13)), (high, high | _bits(20, 13)), (high, 0))
+
+    # -- PAE PDPTE registers ----------------------------------------------------------------
+    def load_pdptes(self, cr3: int, memory: EntryMemory | None = None) -> tuple[int, int, int, int]:
+        """Read the four PAE PDPTEs as MOV to CR3 does (tagged "PDPTE"). Check them with
+        :func:`pdpte_reserved` (hardware raises #GP on a reserved bit)."""
+        mem = self if memory is None else memory
+        base = cr3 & PAGING_PAE.cr3_mask
+        return tuple(mem.read_entry(base + 8 * i, 8, "PDPTE") for i in range(4))  # type: ignore[return-value]
+
+    def pdpte_reserved(self, value: int) -> int:
+        """The reserved bits set in a present PAE PDPTE (0 if none or not present)."""
+        return value & self.reserved_masks(PAGING_PAE, False)[0][0] if value & P else 0
+
+    # -- the walk -----------------------------------------------------------------------------
+    def walk(self, cr0: int, cr3: int, cr4: int, linear: int, *, write: bool, user: bool,
+             fetch: bool = False, set_ad: bool = True, efer: int = 0, ac: bool = False,
+             pdptes: tuple[int, ...] | None = None, memory: EntryMemory | None = None) -> Translation:
+        """Translate ``linear`` for one access; raise :class:`PageFault` if it faults.
+
+        ``write``/``fetch`` give the access type (neither: a data read), ``user`` its
+        privilege (CPL3, not an implicit supervisor access), ``ac`` EFLAGS.AC for SMAP.
+        With CR0.PG = 0 the address is returned unchanged (no entries, all rights).
+        """
+        if write and fetch:
+            raise ValueError("an access is a read, a write or a fetch")
+        fmt = paging_format(cr0, cr4, efer)
+        if fmt is None:
+            linear &= 0xFFFFFFFF
+            return Translation(linear, linear, True, True, True, 4 * KiB, [], format="none")
+        mem = self if memory is None else memory
+        nxe = fmt.nx and bool(efer & EFER_NXE)
+        smep = bool(cr4 & CR4_SMEP)
+        if fmt is not PAGING_4LEVEL:
+            linear &= 0xFFFFFFFF
+        else:
+            linear &= (1 << 64) - 1
+        masks = self.reserved_masks(fmt, nxe)
+        size = fmt.entry_size
+        pse = fmt is not PAGING_32 or bool(cr4 & CR4_PSE)
+        table = cr3 & fmt.cr3_mask
+        rw = us = True
+        xd = False
+        entries: list[tuple[str, int, int]] = []
+        last = len(fmt.levels) - 1
+        for i, level in enumerate(fmt.levels):
+            index = (linear >> level.shift) & level.index_mask
+            addr = table + index * size
+            if level.register and pdptes is not None:
+                value = pdptes[index]
+            else:
+                value = mem.read_entry(addr, size, level.name)
+            entries.append((level.name, addr, value))
+            if not value & P:
+                raise PageFault(linear, _error(False, write, user, fetch, False, smep or nxe))
+            large = bool(level.large and value & PS and pse)
+            if value & masks[i][large]:
+                raise PageFault(linear, _error(True, write, user, fetch, True, smep or nxe))
+            if not level.register:
+                rw = rw and bool(value & RW)
+                us = us and bool(value & US)
+            if nxe and value & XD:
+                xd = True
+            if large:
+                page = level.large
+                if fmt is PAGING_32:
+                    frame = (value & 0xFFC00000) | ((value >> 13) & 0xFF) << 32
+                else:
+                    frame = value & self._address_mask & ~(page - 1)
+                break
+            if i == last:
+                page = 4 * KiB
+                frame = value & (0xFFFFF000 if fmt is PAGING_32 else self._address_mask)
+                break
+            table = value & (0xFFFFF000 if fmt is PAGING_32 else self._address_mask)
+
+        # Rights of the translation for this access's privilege (§4.6).
+        if user:
+            readable = us
+            writable = us and rw
+            executable = us and not xd
+        else:
+            smap_blocks = bool(cr4 & CR4_SMAP) and us and not ac
+            readable = not smap_blocks
+            writable = not smap_blocks and (rw or not cr0 & CR0_WP)
+            executable = not xd and not (smep and us)
+        allowed = executable if fetch else writable if write else readable
+        if not allowed:
+            raise PageFault(linear, _error(True, write, user, fetch, False, smep or nxe))
+
+        leaf_value = entries[-1][2]
+        if set_ad:
+            for i, (name, addr, value) in enumerate(entries):
+                if fmt.levels[i].register:
+                    continue
+                new = value | A
+                if i == len(entries) - 1 and write:
+                    new |= D
+                if new != value:
+                    mem.write_entry(addr, size, name, new)
+                    if i == len(entries) - 1:
+                        leaf_value = new
+        return Translation(linear, frame | (linear & (page - 1)), writable, us, bool(leaf_value & D), page,
+                           entries, executable=executable, readable=readable, format=fmt.name)
+
+
+def _error(present: bool, write: bool, user: bool, fetch: bool, rsvd: bool, id_reported: bool) -> int:
+    return ((PF_P if present else 0) | (PF_WR if write else 0) | (PF_US if user else 0)
+            | (PF_RSVD if rsvd else 0) | (PF_ID if fetch and id_reported else 0))
+
+
+# -- compatibility: the walker native mode has used since the 2-level days ---------------------
+LEVEL_NAMES_32 = PAGING_32.level_names
+
+
+class Walker32(GuestWalker):
+    """:class:`GuestWalker` over 32-bit accessors ``read32(pa)`` / ``write32(pa, value)``.
+
+    Kept for :mod:`vmm.modes.native`; it walks every format (8-byte entries are read as
+    two dwords), choosing it from CR0/CR4 and ``efer``.
     """
 
     levels = 2
 
-    def __init__(self, read32: Callable[[int], int], write32: Callable[[int, int], None]):
+    def __init__(self, read32: Callable[[int], int], write32: Callable[[int, int], None], **kwargs):
         self.read32 = read32
         self.write32 = write32
-        self.references = 0
 
-    def walk(self, cr0: int, cr3: int, cr4: int, linear: int, *, write: bool, user: bool,
-             fetch: bool = False, set_ad: bool = True) -> Translation:
-        linear &= 0xFFFFFFFF
-        table = cr3 & 0xFFFFF000
-        shift = 22
-        entries: list[tuple[str, int, int]] = []
-        user_ok, write_ok = True, True
-        used: list[tuple[int, int]] = []
-        for level in range(self.levels):
-            addr = table + ((linear >> shift) & 0x3FF) * 4
-            value = self.read32(addr)
-            self.references += 1
-            entries.append((LEVEL_NAMES_32[level], addr, value))
-            if not value & P:
-                raise PageFault(linear, _error(False, write, user))
-            user_ok &= bool(value & US)
-            write_ok &= bool(value & RW)
-            used.append((addr, value))
-            leaf = level == self.levels - 1 or (value & PS and cr4 & CR4_PSE)
-            if leaf:
-                size = 1 << shift
-                frame = value & ~(size - 1) & 0xFFFFFFFF
-                if level == 0 and value & PS:
-                    frame = value & 0xFFC00000
-                break
-            table = value & 0xFFFFF000
-            shift = 12
-        if user and not user_ok:
-            raise PageFault(linear, _error(True, write, user))
-        writable = write_ok or (not user and not cr0 & CR0_WP)
-        if write and not writable:
-            raise PageFault(linear, _error(True, write, user))
-        if set_ad:
-            for i, (addr, value) in enumerate(used):
-                new = value | A
-                if i == len(used) - 1 and write:
-                    new |= D
-                if new != value:
-                    self.write32(addr, new)
-                    used[i] = (addr, new)
-        dirty = bool(used[-1][1] & D)
-        return Translation(linear, frame | (linear & (size - 1)), writable, user_ok, dirty, size, entries)
+        def read(pa: int, size: int) -> int:
+            if size == 4:
+                return read32(pa)
+            return read32(pa) | read32(pa + 4) << 32
 
+        def write(pa: int, size: int, value: int) -> None:
+            write32(pa, value & 0xFFFFFFFF)
+            if size == 8:
+                write32(pa + 4, value >> 32 & 0xFFFFFFFF)
 
-def _error(present: bool, write: bool, user: bool) -> int:
-    return (PF_P if present else 0) | (PF_WR if write else 0) | (PF_US if user else 0)
+        super().__init__(read, write, **kwargs)
 
 
 def phys_reader(read_bytes: Callable[[int, int], bytes]) -> Callable[[int], int]:
@@ -130,3 +404,13 @@ def phys_reader(read_bytes: Callable[[int, int], bytes]) -> Callable[[int], int]
 
 def phys_writer(write_bytes: Callable[[int, bytes], None]) -> Callable[[int, int], None]:
     return lambda addr, value: write_bytes(addr, struct.pack("<I", value & 0xFFFFFFFF))
+
+
+def memory_reader(read_bytes: Callable[[int, int], bytes]) -> Callable[[int, int], int]:
+    """Adapt ``read(addr, size) -> bytes`` to the walkers' ``read(addr, size) -> int``."""
+    return lambda addr, size: int.from_bytes(read_bytes(addr, size), "little")
+
+
+def memory_writer(write_bytes: Callable[[int, bytes], None]) -> Callable[[int, int, int], None]:
+    """Adapt ``write(addr, data)`` to the walkers' ``write(addr, size, value)``."""
+    return lambda addr, size, value: write_bytes(addr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))

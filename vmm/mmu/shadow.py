@@ -9,14 +9,13 @@ if the guest's own tables say the page is absent or forbidden, it is a *true* fa
 is injected into the guest.
 
 Consistency. Every guest page-table frame a walk went through is *write-protected*:
-the shadow maps it read-only. A guest write to one is intercepted (a #PF exit): the
-frame becomes *unsynced* (KVM's term) and writable, so a guest filling a table pays
-one exit, not one per entry. The architecture lets a TLB keep a stale translation until
-INVLPG or a CR3 load (SDM §4.10.4), and it never caches a not-present one, so the
-shadow may lag the same way: at INVLPG and CR3 loads every entry derived from an
-unsynced frame is zapped and the frame is protected again by the next walk through it.
-CR3 loads switch shadow roots (kept per guest CR3); a change of paging mode (CR0.PG/WP,
-CR4.PSE/PAE) drops them all.
+the shadow maps it read-only. A guest write to one is intercepted (a #PF exit): every
+shadow entry derived from that frame is zapped, and the frame is left writable until
+the next walk through it protects it again, so a guest filling a table in a loop pays
+one exit per walk in between, not one per entry. The shadow therefore never holds a
+translation the guest's tables no longer give. CR3 loads switch shadow roots (kept per
+guest CR3); INVLPG drops one entry; a change of paging mode (CR0.PG/WP, CR4.PSE/PAE)
+drops them all.
 
 Shadow entries (4 bytes, like a guest's): P, R/W (only when the guest allows the write,
 the guest PTE is already dirty, and the frame is not a protected page table), U/S.
@@ -61,7 +60,6 @@ class ShadowPaging:
         self.derived: dict[int, set[tuple[int, int]]] = {}  # guest table frame -> {(root, linear page)}
         self.rmap: dict[int, set[tuple[int, int]]] = {}     # target guest frame -> {(root, linear page)}
         self.protected: set[int] = set()                    # guest table frames mapped read-only
-        self.unsynced: set[int] = set()                     # written since their entries were shadowed
         self.counters = ShadowCounters()
 
     # -- the hardware side: a TLB miss walks the shadow tables -----------------------------------
@@ -94,7 +92,6 @@ class ShadowPaging:
         """CR3 load: switch to (or build) the shadow root for this guest CR3."""
         page = guest_cr3 & PAGE_MASK
         self.counters.cr3_switches += 1
-        self.resync()
         root = self.roots.get(page)
         if root is None:
             root = self.roots[page] = self.host.alloc()
@@ -111,8 +108,12 @@ class ShadowPaging:
         root = self.root
         target = translation.physical & PAGE_MASK
         table_frames = {addr & PAGE_MASK for _, addr, _ in translation.entries}
+        if write:
+            # The guest writes a table this very walk went through (a self-mapped page
+            # directory): let the write through; the next walk protects the frame again.
+            table_frames.discard(target)
         for frame in table_frames:
-            if frame not in self.protected and frame not in self.unsynced:
+            if frame not in self.protected:
                 self._protect(frame)
             self.derived.setdefault(frame, set()).add((root, lp))
         writable = translation.writable and (translation.dirty or write) and target not in self.protected
@@ -142,25 +143,22 @@ class ShadowPaging:
                     self.flush_tlb()
 
     def guest_table_written(self, frame: int) -> None:
-        """The guest writes one of its page-table frames: unprotect it, mark it unsynced."""
+        """The guest writes one of its page-table frames: zap what was derived from it
+        and let the write through (the next walk using the frame protects it again)."""
         frame &= PAGE_MASK
         self.counters.pte_write_intercepts += 1
         self.protected.discard(frame)
-        self.unsynced.add(frame)
-
-    def resync(self) -> None:
-        """Zap every entry derived from an unsynced table (the guest may have changed it)."""
-        for frame in self.unsynced:
-            for root, lp in self.derived.pop(frame, ()):
-                self._zap(root, lp)
-        self.unsynced.clear()
+        zapped = False
+        for root, lp in self.derived.pop(frame, ()):
+            zapped |= self._zap(root, lp)
+        if zapped:
+            self.flush_tlb()
 
     def invalidate(self, linear: int) -> None:
-        """INVLPG: drop the current root's entry for this page, and resync."""
+        """INVLPG: drop the current root's entry for this page."""
         self.counters.invlpg += 1
         if self.root is not None:
             self._zap(self.root, linear & PAGE_MASK)
-        self.resync()
 
     def reset(self) -> None:
         """A paging-mode change: every shadow table is dropped and rebuilt on demand."""
@@ -176,7 +174,6 @@ class ShadowPaging:
         self.derived.clear()
         self.rmap.clear()
         self.protected.clear()
-        self.unsynced.clear()
         self.root = None
         if self.guest_cr3 is not None:
             self.activate(self.guest_cr3)
@@ -186,8 +183,10 @@ class ShadowPaging:
         pt = self.tables.get(root, {}).get(lp >> 22)
         return None if pt is None else pt + ((lp >> 12) & 0x3FF) * 4
 
-    def _zap(self, root: int, lp: int) -> None:
+    def _zap(self, root: int, lp: int) -> bool:
         addr = self._pte_address(root, lp)
         if addr is not None and self.host.read32(addr) & P:
             self.host.write32(addr, 0)
             self.counters.entries_zapped += 1
+            return True
+        return False

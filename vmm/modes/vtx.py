@@ -302,9 +302,10 @@ class VtxMode(VmxNonRoot, NativeMode):
         self.vm.engine.flush_tlb()
 
     def request_flush(self) -> None:
-        """Flush Unicorn's TLB as soon as emulation stops (not inside the fill hook)."""
-        self._flush_pending = True
-        self.vm.replan()
+        """Flush Unicorn's TLB now. Safe inside the TLB-fill hook (QEMU's own MOV CR3
+        helper flushes in the middle of a translation block); stopping emulation there
+        instead would abort and restart the faulting instruction."""
+        self.vm.engine.flush_tlb()
 
     def before_slice(self) -> None:
         if self._flush_pending:

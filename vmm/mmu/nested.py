@@ -1,0 +1,196 @@
+"""The two-dimensional page walk: guest paging under EPT (SDM vol. 3 §29.3.2;
+Bhargava et al., ASPLOS 2008).
+
+With EPT on, the guest's CR3 and every address in its paging-structure entries are
+guest-physical. Translating a guest-linear address therefore:
+
+1. for each guest level: translates the guest-physical address of the guest entry
+   through EPT (m EPT entries, tagged (guest level, EPT level)), then reads the guest
+   entry itself from host memory (tagged (guest level, None));
+2. checks the guest rights (guest #PF), sets the guest A/D flags (each update is a data
+   write to the guest table: it needs EPT write permission unless EPT A/D flags are on,
+   in which case step 1 already treated every guest table access as a write);
+3. translates the final guest-physical address through EPT for the access itself
+   (tagged ("data", EPT level)).
+
+A cold walk of an n-level guest table under an m-level EPT reads n(m+1) + m =
+(n+1)(m+1) - 1 entries: 24 for 4-level paging on 4-level EPT, 14 for 32-bit paging.
+With PAE paging the four PDPTEs are registers (loaded by :meth:`NestedWalker.load_pdptes`
+as MOV to CR3 does under EPT); when they are passed as ``pdptes=`` a PAE walk is a
+2-level walk (14 references).
+
+Page-walk cache (``pwc=True``): remembers the EPT translation of each guest
+paging-structure page, keyed by (EPTP, guest-physical page), so a later walk through the
+same guest tables costs only the n guest reads plus the m references of the data
+translation. :meth:`NestedWalker.flush` drops it (what INVEPT does); the mode must call it
+whenever the EPT tables lose a mapping or a right. Final (data) translations are not
+cached: that is the TLB's job.
+
+A/D order: guest A/D flags are set once the guest translation succeeded, before the
+final EPT translation, so an EPT violation on the data leaves them set, as on hardware.
+Faults: guest page faults propagate as :class:`~vmm.mmu.paging.PageFault`, EPT
+violations as :class:`~vmm.mmu.ept.EptViolation` (``linear`` set, qualification bit 8 =
+0 for a guest table access, 1 for the data access; ``tag`` names the guest level or
+"data"), misconfigurations as :class:`~vmm.mmu.ept.EptMisconfiguration`. The references
+of the walk so far are in ``last_references`` in every case.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+from ..vmx.qualification import EptViolation as EptViolationQualification
+from .ept import EptMisconfiguration, Eptp, EptTranslation, EptViolation, EptWalker
+from .paging import PAGING_PAE, GuestWalker, Translation
+
+RefKey = tuple[str, Union[str, None]]
+
+
+@dataclass
+class NestedTranslation:
+    """A completed 2-D translation. Rights are the guest's (for this access's privilege)
+    ANDed with EPT's; ``page_size`` is the smaller of the two page sizes (what a TLB
+    entry may cover); ``references`` counts the entries read by this walk."""
+
+    linear: int
+    guest_physical: int
+    host_physical: int
+    readable: bool
+    writable: bool
+    executable: bool
+    user: bool
+    dirty: bool
+    page_size: int
+    guest: Translation
+    ept: EptTranslation
+    references: Counter = field(default_factory=Counter)
+
+    @property
+    def reference_count(self) -> int:
+        return sum(self.references.values())
+
+
+class _EptBackedTables:
+    """The ``memory`` a guest walk uses under EPT: guest table addresses are translated
+    (or found in the page-walk cache), then the entry is read from host memory."""
+
+    def __init__(self, nested: "NestedWalker", eptp: Eptp, linear: int, refs: Counter):
+        self.nested = nested
+        self.eptp = eptp
+        self.linear = linear
+        self.refs = refs
+        self.pages: dict[int, EptTranslation] = {}
+
+    def _page(self, gpa: int, level: str) -> EptTranslation:
+        return self.nested._table_translation(self.eptp, gpa, level, self.linear, self.refs, self.pages)
+
+    def read_entry(self, gpa: int, size: int, level: str) -> int:
+        t = self._page(gpa, level)
+        self.refs[(level, None)] += 1
+        return self.nested.guest.read((t.host_physical & ~0xFFF) | (gpa & 0xFFF), size)
+
+    def write_entry(self, gpa: int, size: int, level: str, value: int) -> None:
+        t = self.pages.get(gpa >> 12) or self._page(gpa, level)
+        if not t.writable:
+            q = EptViolationQualification(write=True, readable=t.readable, writable=t.writable,
+                                          executable=t.executable, linear_valid=True, translated=False)
+            raise EptViolation(gpa, self.linear, q, [], level)
+        self.nested.guest.write((t.host_physical & ~0xFFF) | (gpa & 0xFFF), size, value)
+
+
+class NestedWalker:
+    """Guest paging under EPT. ``guest``: a :class:`GuestWalker` whose ``read``/``write``
+    reach host-physical memory (or a zero-argument factory returning one); ``ept``: the
+    :class:`EptWalker` over the same host memory."""
+
+    def __init__(self, guest: GuestWalker | Callable[[], GuestWalker], ept: EptWalker, *, pwc: bool = False):
+        self.guest = guest if isinstance(guest, GuestWalker) else guest()
+        self.ept = ept
+        self.pwc_enabled = pwc
+        self.pwc: dict[tuple[int, int], EptTranslation] = {}
+        self.pwc_hits = 0
+        self.pwc_misses = 0
+        self.flushes = 0
+        self.walks = 0
+        self.counts: Counter = Counter()       # all walks: (guest level | "data", EPT level | None)
+        self.last_references: Counter = Counter()
+
+    @property
+    def references(self) -> int:
+        return sum(self.counts.values())
+
+    def flush(self) -> None:
+        """INVEPT: forget the cached EPT translations of guest paging-structure pages."""
+        self.pwc.clear()
+        self.flushes += 1
+
+    # -- internals --------------------------------------------------------------------------
+    def _count(self, refs: Counter, key: RefKey, n: int = 1) -> None:
+        refs[key] += n
+        self.counts[key] += n
+
+    def _ept(self, eptp: Eptp, gpa: int, access: str, refs: Counter, *, linear: int | None,
+             guest_paging_structure: bool, tag: str) -> EptTranslation:
+        try:
+            t = self.ept.translate(eptp, gpa, access, linear=linear,
+                                   guest_paging_structure=guest_paging_structure, tag=tag)
+        except (EptViolation, EptMisconfiguration) as e:
+            for name, _, _ in getattr(e, "entries", ()):
+                self._count(refs, (tag, name))
+            raise
+        for name, _, _ in t.entries:
+            self._count(refs, (tag, name))
+        return t
+
+    def _table_translation(self, eptp: Eptp, gpa: int, level: str, linear: int, refs: Counter,
+                           pages: dict[int, EptTranslation]) -> EptTranslation:
+        key = (eptp.encode(), gpa >> 12)
+        if self.pwc_enabled:
+            hit = self.pwc.get(key)
+            if hit is not None:
+                self.pwc_hits += 1
+                pages[gpa >> 12] = hit
+                return hit
+            self.pwc_misses += 1
+        t = self._ept(eptp, gpa, "read", refs, linear=linear, guest_paging_structure=True, tag=level)
+        pages[gpa >> 12] = t
+        if self.pwc_enabled:
+            self.pwc[key] = t
+        return t
+
+    # -- the walk ---------------------------------------------------------------------------
+    def walk(self, cr0: int, cr3: int, cr4: int, linear: int, *, eptp: int | Eptp, write: bool, user: bool,
+             fetch: bool = False, set_ad: bool = True, efer: int = 0, ac: bool = False,
+             pdptes: tuple[int, ...] | None = None) -> NestedTranslation:
+        """Translate guest-linear ``linear`` to host-physical (see the module docstring)."""
+        if not isinstance(eptp, Eptp):
+            eptp = Eptp.decode(eptp, self.ept.maxphyaddr)
+        self.walks += 1
+        refs: Counter = Counter()
+        self.last_references = refs
+        memory = _EptBackedTables(self, eptp, linear, refs)
+        for_guest = self.guest.walk(cr0, cr3, cr4, linear, write=write, user=user, fetch=fetch, set_ad=set_ad,
+                                    efer=efer, ac=ac, pdptes=pdptes, memory=memory)
+        access = "fetch" if fetch else "write" if write else "read"
+        data = self._ept(eptp, for_guest.physical, access, refs, linear=for_guest.linear,
+                         guest_paging_structure=False, tag="data")
+        return NestedTranslation(
+            linear=for_guest.linear, guest_physical=for_guest.physical, host_physical=data.host_physical,
+            readable=for_guest.readable and data.readable, writable=for_guest.writable and data.writable,
+            executable=for_guest.executable and data.executable, user=for_guest.user, dirty=for_guest.dirty,
+            page_size=min(for_guest.page_size, data.page_size), guest=for_guest, ept=data, references=refs)
+
+    def load_pdptes(self, cr3: int, *, eptp: int | Eptp) -> tuple[int, int, int, int]:
+        """MOV to CR3 with PAE paging under EPT: the four PDPTEs are read through EPT as
+        data reads (not as guest paging-structure accesses, so never needing W) and an
+        EPT violation there has no valid guest-linear address (qualification bit 7 = 0)."""
+        if not isinstance(eptp, Eptp):
+            eptp = Eptp.decode(eptp, self.ept.maxphyaddr)
+        refs: Counter = Counter()
+        self.last_references = refs
+        base = cr3 & PAGING_PAE.cr3_mask
+        t = self._ept(eptp, base, "read", refs, linear=None, guest_paging_structure=False, tag="PDPTE")
+        hpa = t.host_physical
+        self._count(refs, ("PDPTE", None), 4)
+        return tuple(self.guest.read(hpa + 8 * i, 8) for i in range(4))  # type: ignore[return-value]
