@@ -40,6 +40,7 @@ class StopKind(enum.Enum):
     TIMEOUT = "wall-clock budget exhausted"
     ERROR = "stopped by the VMM"        # the guest did something the VM cannot continue from
     ENTRY_FAILED = "VM-entry failure"   # VT-x: invalid VMCS controls or guest state
+    BREAKPOINT = "breakpoint"           # stopped before an instruction the user asked for
 
 
 @dataclass
@@ -89,6 +90,7 @@ class VM:
                                  lambda off, size, b=base: self.board.mmio_bus.read(b + off, size),
                                  lambda off, size, value, b=base: self._mmio_write(b + off, size, value))
         self._host_next = HOST_MEMORY_BASE
+        self._breakpoint_hit: int | None = None
         self.tsc_reads = 0
         self.exits: Counter = Counter()          # exits (events, in native) by reason
         self.exit_seconds: Counter = Counter()   # handler wall time by reason
@@ -197,6 +199,13 @@ class VM:
     def request_stop(self, reason: str) -> None:
         self.engine.request_stop(reason)
 
+    def break_at(self, address: int) -> None:
+        """Stop the run before the instruction at ``address`` (linear) executes."""
+        def hit(a: int) -> None:
+            self._breakpoint_hit = a
+            self.engine.request_stop(f"breakpoint at {a:#010x}")
+        self.engine.add_breakpoint(address, hit)
+
     def replan(self) -> None:
         """The guest reprogrammed a timer or interrupt controller: end this slice so the
         run loop recomputes when the next interrupt can arrive."""
@@ -275,6 +284,8 @@ class VM:
         elif stop is Stop.SLICE_DONE:
             self.mode.on_slice_end()
         elif stop is Stop.REQUESTED:
+            if self._breakpoint_hit is not None:
+                raise _Stopped(StopKind.BREAKPOINT, eng.stop_reason)
             if self.board.exit_status is None and eng.stop_reason:
                 raise _Stopped(StopKind.ERROR, eng.stop_reason)
         elif stop is Stop.TIMEOUT:

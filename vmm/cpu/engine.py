@@ -277,6 +277,11 @@ class Engine:
         """
         return self.uc.hook_add(UC_HOOK_CODE, self._site_callback, None, address, address)
 
+    def add_breakpoint(self, address: int, callback) -> int:
+        """Call ``callback(address)`` before the instruction at ``address`` executes."""
+        return self.uc.hook_add(UC_HOOK_CODE, lambda uc, a, size, _: self._guard(callback, a),
+                                None, address, address)
+
     def remove_hook(self, handle: int) -> None:
         self.uc.hook_del(handle)
 

@@ -149,7 +149,6 @@ class EptTranslation:
     of the R/W/X bits of the entries used; ``entries`` the entries as read,
     ``(EPT level name, host-physical address, value)``."""
 
-    gpa: int
     host_physical: int
     readable: bool
     writable: bool
@@ -157,6 +156,7 @@ class EptTranslation:
     memory_type: int
     page_size: int
     entries: list[tuple[str, int, int]] = field(default_factory=list)
+    gpa: int = 0
     ignore_pat: bool = False
 
     def allows(self, access: str) -> bool:
@@ -301,8 +301,8 @@ class EptWalker:
                 if new != value:
                     self.write64(addr, new)
         leaf = entries[-1][2]
-        return EptTranslation(gpa, frame | (gpa & (page - 1)), bool(combined & EPT_R), bool(combined & EPT_W),
-                              bool(combined & EPT_X), memory_type, page, entries,
+        return EptTranslation(frame | (gpa & (page - 1)), bool(combined & EPT_R), bool(combined & EPT_W),
+                              bool(combined & EPT_X), memory_type, page, entries, gpa=gpa,
                               ignore_pat=bool(leaf & EPT_IGNORE_PAT))
 
 

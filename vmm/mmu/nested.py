@@ -42,7 +42,7 @@ from typing import Callable, Union
 
 from ..vmx.qualification import EptViolation as EptViolationQualification
 from .ept import EptMisconfiguration, Eptp, EptTranslation, EptViolation, EptWalker
-from .paging import PAGING_PAE, GuestWalker, Translation
+from .paging import PAGING_4LEVEL, PAGING_PAE, GuestWalker, Translation, paging_format
 
 RefKey = tuple[str, Union[str, None]]
 
@@ -87,7 +87,7 @@ class _EptBackedTables:
 
     def read_entry(self, gpa: int, size: int, level: str) -> int:
         t = self._page(gpa, level)
-        self.refs[(level, None)] += 1
+        self.nested._count(self.refs, (level, None))
         return self.nested.guest.read((t.host_physical & ~0xFFF) | (gpa & 0xFFF), size)
 
     def write_entry(self, gpa: int, size: int, level: str, value: int) -> None:
@@ -169,6 +169,7 @@ class NestedWalker:
         self.walks += 1
         refs: Counter = Counter()
         self.last_references = refs
+        linear &= (1 << 64) - 1 if paging_format(cr0, cr4, efer) is PAGING_4LEVEL else 0xFFFFFFFF
         memory = _EptBackedTables(self, eptp, linear, refs)
         for_guest = self.guest.walk(cr0, cr3, cr4, linear, write=write, user=user, fetch=fetch, set_ad=set_ad,
                                     efer=efer, ac=ac, pdptes=pdptes, memory=memory)
