@@ -380,10 +380,11 @@ def test_unexpected_exit_reason_stops_the_vm_with_a_dump():
 
 
 # -- every built-in guest ------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["vtx", "vtx-ept"])
 @pytest.mark.parametrize("name", [g.name for g in list_guests()])
-def test_builtin_guest_has_the_same_transcript_in_vtx(name):
+def test_builtin_guest_has_the_same_transcript_in_vtx(name, mode):
     info = next(g for g in list_guests() if g.name == name)
-    vm, _ = make_vm(load_image(build_guest(name).elf, ram_size=128 << 20, image_name=name))
+    vm, _ = make_vm(load_image(build_guest(name).elf, ram_size=128 << 20, image_name=name), mode=mode)
     result = vm.run()
     assert result.kind is StopKind.EXIT, result.message
     expected = info.expected_path.with_suffix(".vtx.expected") if name == "exits" else info.expected_path

@@ -82,12 +82,14 @@ def main():
 @click.option("--vmcs", "vmcs_writes", multiple=True, metavar="FIELD=VALUE",
               help="vtx: VMWRITE a field before launch, e.g. --vmcs EXCEPTION_BITMAP=0 "
               "or --vmcs GUEST_CR0=0x80000000 (repeatable).")
+@click.option("--page-walk-cache", is_flag=True,
+              help="vtx-ept: cache the EPT translation of guest page-table pages (fewer 2-D walk references).")
 @click.option("--stat", is_flag=True, help="After the run, print exits by reason (count, share, "
               "handler time), as kvm_stat does. In native mode these are the events a bare machine sees.")
 @click.option("--stat-json", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write the same statistics as JSON.")
 def run(image, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind, load_address, serial_input,
-        controls, vmcs_writes, stat, stat_json):
+        controls, vmcs_writes, page_walk_cache, stat, stat_json):
     """Boot IMAGE_OR_GUEST and print its serial output.
 
     IMAGE_OR_GUEST is a Multiboot ELF, a 512-byte boot sector, a flat binary (with
@@ -107,9 +109,12 @@ def run(image, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind,
         out.flush()
 
     try:
+        if page_walk_cache and mode != "vtx-ept":
+            _fail("--page-walk-cache belongs to --mode vtx-ept")
         vm = VM(loaded, mode=mode, ram_size=ram_size, serial_output=write,
                 serial_input=serial_input.read() if serial_input else None,
-                max_instructions=max_instructions, timeout=timeout or None)
+                max_instructions=max_instructions, timeout=timeout or None,
+                mode_options={"page_walk_cache": True} if page_walk_cache else None)
     except (NotImplementedError, ValueError) as err:
         _fail(str(err))
     if controls or vmcs_writes:
@@ -155,6 +160,51 @@ def _report_stats(result, *, mode: str, guest: str, show: bool, json_path: str |
             if os.path.exists(tmp):
                 os.unlink(tmp)
             _fail(f"cannot write {json_path}: {err.strerror}")
+
+
+@main.command()
+@click.argument("image", metavar="IMAGE_OR_GUEST")
+@click.option("--gva", required=True, callback=_parse_int, metavar="ADDR",
+              help="The guest-linear address to translate, e.g. 0x40001004.")
+@click.option("--mode", type=click.Choice(("native", "vtx", "vtx-ept")), default="vtx-ept", show_default=True,
+              help="native: the guest's own 1-D walk; vtx: plus the shadow tables the MMU really walks; "
+              "vtx-ept: the 2-D walk, each guest entry's address translated through EPT.")
+@click.option("--at", "when", default="end", show_default=True, metavar="WHEN",
+              help="When to look: 'end' (after the guest stops), a number of guest instructions, "
+              "or a symbol or address at which to stop (before that instruction runs).")
+@click.option("--access", type=click.Choice(("read", "write", "fetch")), default="read", show_default=True)
+@click.option("--user", is_flag=True, help="Translate as a user-mode (CPL 3) access.")
+@click.option("--timeout", type=float, default=10.0, show_default=True, metavar="S")
+def walk(image, gva, mode, when, access, user, timeout):
+    """Explain how the guest translates one address: every paging-structure entry, its
+    address and bits, each EPT step (vtx-ept) or the shadow entries (vtx), and the result
+    or the fault.
+
+    \b
+    Example:
+      vmm walk paging --gva 0x40001004 --at pf_handler --mode vtx-ept
+    """
+    from .trace.walk import explain
+    from .vm import VM
+
+    loaded = _resolve_image(image, ram_size=128 << 20, kind="auto", cmdline=None, modules=(), load_address=None)
+    budget = None
+    if when != "end":
+        try:
+            budget = int(when, 0)
+        except ValueError:
+            budget = None
+    vm = VM(loaded, mode=mode, serial_output=lambda data: None, max_instructions=budget, timeout=timeout or None)
+    if when != "end" and budget is None:
+        address = loaded.symbols.get(when)
+        if address is None:
+            _fail(f"--at {when}: not a number and not a symbol of the image "
+                  f"({len(loaded.symbols)} symbols; built-in guests have their labels)")
+        vm.break_at(address)
+    result = vm.run()
+    click.echo(f"{image} in {mode}: {result.kind.value} at EIP {result.eip:#010x}")
+    for line in explain(vm, gva, access, user):
+        click.echo(line)
 
 
 @main.command()

@@ -73,7 +73,7 @@ class VM:
 
     def __init__(self, image: LoadedImage, *, mode: str = "native", ram_size: int = 128 << 20,
                  serial_output=None, serial_input=None, max_instructions: int | None = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, mode_options: dict | None = None):
         from .modes import get_mode
 
         self.image = image
@@ -84,18 +84,18 @@ class VM:
                            serial_output=serial_output or sys.stdout.buffer.write,
                            serial_input=serial_input)
         self.engine = Engine(self)
-        self.engine.map_ram(0, ram_size)
         for base, length, _name in self.board.mmio_bus.regions():
             self.engine.map_mmio(base, length,
-                                 lambda off, size, b=base: self.board.mmio_bus.read(b + off, size),
-                                 lambda off, size, value, b=base: self._mmio_write(b + off, size, value))
+                                 lambda off, size, b=base: self.mode.on_mmio(b + off, size, None),
+                                 lambda off, size, value, b=base: self.mode.on_mmio(b + off, size, value))
         self._host_next = HOST_MEMORY_BASE
         self._breakpoint_hit: int | None = None
         self.tsc_reads = 0
         self.exits: Counter = Counter()          # exits (events, in native) by reason
         self.exit_seconds: Counter = Counter()   # handler wall time by reason
         self.now = 0  # virtual time in guest instructions
-        self.mode = get_mode(mode)(self)
+        self.mode = get_mode(mode)(self, **(mode_options or {}))
+        self.mode.map_guest_ram()
         # Engine events go straight to the mode (one Python call less per exit).
         for event in ("on_exception", "on_invalid_opcode", "on_port_in", "on_port_out", "on_cpuid",
                       "on_rdtsc", "on_code_site"):
@@ -116,14 +116,10 @@ class VM:
         self.tsc_reads += 1
         return self.now + self.tsc_reads
 
-    def _mmio_write(self, addr: int, size: int, value: int) -> None:
-        self.board.mmio_bus.write(addr, size, value)
-        self.replan()  # the local APIC is the only MMIO device: its timer may have changed
-
     # -- boot ----------------------------------------------------------------------------
     def _load(self, image: LoadedImage) -> None:
         for addr, data in image.chunks:
-            self.engine.write_phys(addr, data)
+            self.mode.write_guest(addr, data)
         eng = self.engine
         if image.real_mode:
             eng.set_reg("cr0", 0x10)
@@ -136,7 +132,7 @@ class VM:
             # Multiboot entry state: PE=1, PG=0, flat 4 GiB CS/DS, IF=0. The GDT is ours
             # and the guest must load its own before touching a segment register.
             gdt = struct.pack("<QQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)
-            eng.write_phys(BOOT_GDT_ADDRESS, gdt)
+            self.mode.write_guest(BOOT_GDT_ADDRESS, gdt)
             eng.set_table("gdtr", BOOT_GDT_ADDRESS, len(gdt) - 1)
             eng.set_reg("cr0", 0x11)
             eng.set_reg("cr4", 0)  # as QEMU's Multiboot entry (Unicorn's default sets SSE bits)
@@ -195,6 +191,10 @@ class VM:
     def inject(self, event: Event) -> None:
         """Deliver an event into the guest (VT-x: VM-entry event injection)."""
         self.mode.delivery.deliver(event)
+
+    def stop_guest(self, message: str) -> None:
+        """Stop the VM now, with a reason (called after emulation stopped)."""
+        raise _Stopped(StopKind.ERROR, message)
 
     def request_stop(self, reason: str) -> None:
         self.engine.request_stop(reason)

@@ -293,6 +293,11 @@ class Engine:
         self.uc.msr_write(index, value)
 
     # -- running -------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """True inside ``emu_start`` (hooks), where host memory cannot be mapped."""
+        return self._running
+
     def request_stop(self, reason: str) -> None:
         """Called from a handler: stop after the current instruction."""
         self.stop_reason = reason

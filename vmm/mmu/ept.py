@@ -395,6 +395,12 @@ class EptBuilder:
         addr = self._entry_address(gpa, level, create=True)
         self.write64(addr, self.leaf_value(hpa, size, r, w, x, memory_type, ignore_pat))
 
+    def map_mmio_marker(self, gpa: int) -> None:
+        """KVM's MMIO trick: a deliberately misconfigured leaf (write without read) for a
+        device page, so that every access to it exits with EPT misconfiguration."""
+        addr = self._entry_address(gpa, 3, create=True)
+        self.write64(addr, (gpa & ~0xFFF & self._address_mask) | EPT_W)
+
     def map_range(self, gpa: int, hpa: int, length: int, r: bool = True, w: bool = True, x: bool = True,
                   memory_type: int = MT_WB, large: bool = True) -> None:
         """Map ``length`` bytes, with the largest pages alignment allows when ``large``."""

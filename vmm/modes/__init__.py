@@ -11,6 +11,9 @@ def get_mode(name: str):
     if name == "vtx":
         from .vtx import VtxMode
         return VtxMode
+    if name == "vtx-ept":
+        from .vtx_ept import VtxEptMode
+        return VtxEptMode
     if name in MODES:
         raise NotImplementedError(f"mode {name!r} is not available yet; available: "
                                   f"{', '.join(available_modes())}")
@@ -18,4 +21,4 @@ def get_mode(name: str):
 
 
 def available_modes() -> tuple[str, ...]:
-    return ("native", "vtx")
+    return ("native", "vtx", "vtx-ept")

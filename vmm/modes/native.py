@@ -84,6 +84,24 @@ class NativeMode:
     def on_triple_fault(self, fault) -> None:
         pass
 
+    # -- guest-physical memory ----------------------------------------------------------------
+    def map_guest_ram(self) -> None:
+        """Give the guest its RAM: here all of it, at host-physical = guest-physical."""
+        self.vm.engine.map_ram(0, self.vm.ram_size)
+
+    def write_guest(self, gpa: int, data: bytes) -> None:
+        """The loader's writes into guest-physical memory."""
+        self.vm.engine.write_phys(gpa, data)
+
+    def on_mmio(self, address: int, size: int, value: int | None) -> int | None:
+        """An access to a device page (the local APIC): straight to the board."""
+        bus = self.vm.board.mmio_bus
+        if value is None:
+            return bus.read(address, size)
+        bus.write(address, size, value)
+        self.vm.replan()  # the APIC timer may have changed
+        return None
+
     def launch(self) -> str | None:
         """Start the guest; a mode with entry checks returns their failure report."""
         return None

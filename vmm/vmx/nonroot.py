@@ -67,7 +67,7 @@ class VmxNonRoot:
     # -- the exit itself ---------------------------------------------------------------------
     def vmexit(self, reason: ExitReason, *, qualification: int = 0, length: int = 0,
                linear: int | None = None, intr_info: InterruptionInfo | None = None,
-               intr_error: int | None = None, defer_entry: bool = False, **info):
+               intr_error: int | None = None, gpa: int | None = None, defer_entry: bool = False, **info):
         """Fill the exit-information fields, run the handler, then enter the guest again.
 
         ``defer_entry``: the exit happened inside a TLB fill (a shadow page fault); the
@@ -77,7 +77,9 @@ class VmxNonRoot:
                               intr_info.encode() if intr_info else 0, intr_error or 0,
                               vectoring[0].encode() if vectoring else 0, vectoring[1] if vectoring else 0)
         self._vectoring = None
-        exit = VmExit(reason, qualification, linear, None, length, info)
+        if gpa is not None:
+            self.vmcs.set_exit_info(Field.GUEST_PHYSICAL_ADDRESS, gpa)
+        exit = VmExit(reason, qualification, linear, gpa, length, info)
         result = self.vm.dispatch(exit)
         if defer_entry:
             self.flush_on_entry(deferred=True)

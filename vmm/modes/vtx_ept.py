@@ -1,0 +1,234 @@
+"""``vtx-ept``: VT-x with extended page tables (2008): the guest owns its page tables.
+
+No CR3, INVLPG or #PF exits any more: a TLB miss walks the guest's tables *and* EPT,
+two-dimensionally (:mod:`vmm.mmu.nested`), every reference counted by (guest level,
+EPT level). The EPT tables live in host memory and start empty; the hypervisor fills
+them on EPT violations, as KVM's TDP MMU does: guest RAM is backed lazily (a host frame
+is allocated and mapped the first time the guest touches the page; the p2m is the
+identity, guest RAM occupying host addresses 0..RAM), and a device page gets an entry
+that is deliberately misconfigured (write without read), so every access to it is an
+EPT-misconfiguration exit that the VMM emulates on the board, as KVM does for MMIO.
+
+VPID: with it (the default), VM entries keep the TLB; without it (``--control
+ENABLE_VPID=off``) every VM entry flushes it and the 2-D walks show the price.
+``page_walk_cache``: remembers the EPT translation of guest page-table pages.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
+from ..mmu.ept import EptBuilder, EptMisconfiguration, EptViolation, EptWalker
+from ..mmu.nested import NestedWalker
+from ..mmu.paging import CR0_PG, GuestWalker, PageFault
+from ..vmx.controls import PrimaryProcBased, SecondaryProcBased
+from ..vmx.exit_reasons import ExitReason
+from ..vmx.exits import VmExit
+from ..vmx.qualification import EptViolation as EptQualification
+from ..vmx.vmcs import Field
+from .vtx import PAGE_MASK, VtxMode
+
+PF = 14
+BACKING = -1  # pseudo-vectors: Faults that stop emulation so a host frame can be mapped,
+OUTSIDE = -2  # or so the VM can stop on an access outside RAM and devices
+
+
+class VtxEptMode(VtxMode):
+    name = "vtx-ept"
+
+    def __init__(self, vm, page_walk_cache: bool = False):
+        super().__init__(vm)
+        eng, pages = vm.engine, self.host_pages
+        self.ept_builder = EptBuilder(pages.read64, pages.write64, pages.alloc)
+        self.ept = EptWalker(pages.read64, pages.write64)
+
+        def guest_read(pa: int, size: int) -> int:
+            return int.from_bytes(eng.read_phys(pa, size), "little")
+
+        def guest_write(pa: int, size: int, value: int) -> None:
+            eng.write_phys(pa, value.to_bytes(size, "little"))
+
+        self.nested = NestedWalker(GuestWalker(guest_read, guest_write), self.ept, pwc=page_walk_cache)
+        # The VMM's own walks (event delivery, decoding) are software: not counted.
+        self._software = NestedWalker(GuestWalker(guest_read, guest_write),
+                                      EptWalker(pages.read64, pages.write64))
+        self.backed: set[int] = set()
+        self.ept_violations = 0
+        self.mmio_exits = 0
+        self.invepts = 0
+        self.walk_refs: Counter = Counter()
+        self.walks_2d = 0
+        v = self.vmcs
+        v.write(Field.EPT_POINTER, self.ept_builder.eptp(ad=False))
+        v.write(Field.SECONDARY_VM_EXEC_CONTROL, v.read(Field.SECONDARY_VM_EXEC_CONTROL)
+                | SecondaryProcBased.ENABLE_EPT | SecondaryProcBased.UNRESTRICTED_GUEST)
+        primary = v.read(Field.CPU_BASED_VM_EXEC_CONTROL) & ~int(
+            PrimaryProcBased.CR3_LOAD_EXITING | PrimaryProcBased.CR3_STORE_EXITING | PrimaryProcBased.INVLPG_EXITING)
+        v.write(Field.CPU_BASED_VM_EXEC_CONTROL, primary)
+        v.write(Field.EXCEPTION_BITMAP, v.read(Field.EXCEPTION_BITMAP) & ~(1 << PF))
+        v.write(Field.CR0_GUEST_HOST_MASK, (1 << 30) | (1 << 29))   # CD, NW: paging is the guest's own
+        v.write(Field.CR4_GUEST_HOST_MASK, 1 << 13)                 # VMXE
+        self.exit_table[ExitReason.EPT_VIOLATION] = self.handle_ept_violation
+        self.exit_table[ExitReason.EPT_MISCONFIG] = self.handle_ept_misconfig
+
+    # -- guest RAM: backed lazily -------------------------------------------------------------
+    def map_guest_ram(self) -> None:
+        """Nothing up front: host frames are allocated when EPT first maps them."""
+
+    def back(self, gpa: int) -> int:
+        """Allocate the host frame of a guest RAM page (zeroed); returns its address."""
+        page = gpa & PAGE_MASK
+        if page not in self.backed:
+            self.vm.engine.map_ram(page, 0x1000)
+            self.backed.add(page)
+        return page
+
+    def write_guest(self, gpa: int, data: bytes) -> None:
+        end = gpa + len(data)
+        for page in range(gpa & PAGE_MASK, end, 0x1000):
+            self.back(page)
+        self.vm.engine.write_phys(gpa, data)
+
+    def is_ram(self, gpa: int) -> bool:
+        return 0 <= gpa < self.vm.ram_size
+
+    # -- the hardware: TLB misses walk guest tables and EPT ---------------------------------------
+    def tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
+        self.tlb_fills += 1
+        eng = self.vm.engine
+        cr0 = eng.reg("cr0")
+        write, fetch = access == "write", access == "fetch"
+        user = self._user_access(vaddr)
+        eptp = self.vmcs.peek(Field.EPT_POINTER)
+        for _ in range(8):  # each EPT violation maps one more page; a walk needs at most 5
+            try:
+                if cr0 & CR0_PG:
+                    t = self.nested.walk(cr0, eng.reg("cr3"), eng.reg("cr4"), vaddr, eptp=eptp, write=write,
+                                         user=user, fetch=fetch)
+                    self.walk_refs.update(t.references)
+                    host, w, x = t.host_physical, t.writable, t.executable
+                else:  # guest paging off: the linear address is guest-physical, EPT alone
+                    self.nested.last_references = Counter()
+                    e = self.ept.translate(eptp, vaddr, access, linear=vaddr, tag="data")
+                    self.walk_refs.update(("data", name) for name, _, _ in e.entries)
+                    host, w, x = e.host_physical, e.writable, e.executable
+                self.walks_2d += 1
+                perms = PROT_READ | (PROT_WRITE if w else 0) | (PROT_EXEC if x else 0)
+                return self.fill(vaddr & PAGE_MASK, host & PAGE_MASK, perms, access)
+            except PageFault as pf:
+                self.walk_refs.update(self.nested.last_references)
+                return Fault(PF, pf.error_code, pf.address, access)  # the guest's own #PF
+            except EptViolation as v:
+                self.walk_refs.update(self.nested.last_references)
+                outcome = self.vmexit(ExitReason.EPT_VIOLATION, qualification=v.exit_qualification,
+                                      linear=v.linear, gpa=v.gpa, defer_entry=True, gpa_fault=v.gpa)
+                if outcome is not None:
+                    return outcome
+            except EptMisconfiguration as m:
+                self.walk_refs.update(self.nested.last_references)
+                if not self.vm.board.mmio_bus.find(m.gpa):
+                    raise
+                # A device page: map the host MMIO region; each access is then an
+                # EPT-misconfiguration exit (see on_mmio).
+                return Fill(m.gpa & PAGE_MASK, PROT_READ | PROT_WRITE)
+        raise RuntimeError(f"EPT violations did not converge for {vaddr:#x}")
+
+    def translate(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> int:
+        """The VMM's software walk (delivery, decoding): guest tables and EPT, uncounted;
+        guest RAM it touches is backed on the way."""
+        eng = self.vm.engine
+        eptp = self.vmcs.peek(Field.EPT_POINTER)
+        for _ in range(8):
+            try:
+                cr0 = eng.reg("cr0")
+                if not cr0 & CR0_PG:
+                    gpa = linear & 0xFFFFFFFF
+                    return self._software.ept.translate(eptp, gpa, "write" if write else "read").host_physical
+                return self._software.walk(cr0, eng.reg("cr3"), eng.reg("cr4"), linear, eptp=eptp, write=write,
+                                           user=user, set_ad=set_ad).host_physical
+            except EptViolation as v:
+                if not self.is_ram(v.gpa):
+                    raise PageFault(linear, 0) from None
+                self.map_ram_page(v.gpa)
+            except EptMisconfiguration as m:
+                return m.gpa
+        raise RuntimeError(f"EPT did not converge for {linear:#x}")
+
+    def map_ram_page(self, gpa: int) -> None:
+        page = self.back(gpa)
+        self.ept_builder.map(page, page, 0x1000, True, True, True)
+
+    # -- exit handlers ------------------------------------------------------------------------
+    def handle_ept_violation(self, exit: VmExit):
+        """KVM's tdp_page_fault: back and map guest RAM; give a device page its MMIO
+        (misconfigured) entry; anything else is outside the guest: stop."""
+        self.ept_violations += 1
+        gpa = exit.info["gpa_fault"]
+        if self.is_ram(gpa):
+            if gpa & PAGE_MASK not in self.backed and self.vm.engine.running:
+                # Unicorn cannot map host memory while it emulates: stop, back the frame,
+                # and run the faulting instruction again (on_fault).
+                return Fault(BACKING, None, gpa, "backing", exited=True)
+            self.map_ram_page(gpa)
+            return None
+        if self.vm.board.mmio_bus.find(gpa):
+            self.ept_builder.map_mmio_marker(gpa)
+            return None
+        q = EptQualification.decode(exit.qualification)
+        self._outside = (f"EPT violation at guest-physical {gpa:#010x} outside RAM and devices "
+                         f"({q.describe()})")
+        return Fault(OUTSIDE, None, gpa, "outside", exited=True)
+
+    def on_mmio(self, address: int, size: int, value: int | None) -> int | None:
+        return self.vmexit(ExitReason.EPT_MISCONFIG, gpa=address, defer_entry=True,
+                           address=address, size=size, value=value)
+
+    def handle_ept_misconfig(self, exit: VmExit):
+        """KVM's MMIO path: emulate the access on the device model."""
+        self.mmio_exits += 1
+        info = exit.info
+        if info["value"] is None:
+            return self.vm.board.mmio_bus.read(info["address"], info["size"])
+        self.vm.board.mmio_bus.write(info["address"], info["size"], info["value"])
+        self.vm.replan()
+        return None
+
+    def on_fault(self, fault) -> None:
+        if fault.vector == BACKING:
+            self.map_ram_page(fault.address)
+            return
+        if fault.vector == OUTSIDE:
+            self.vm.stop_guest(self._outside)
+        super().on_fault(fault)
+
+    def invept(self) -> None:
+        """INVEPT (all contexts): drop cached EPT-derived translations."""
+        self.invepts += 1
+        self.nested.flush()
+        self.vm.engine.flush_tlb()
+
+    # shadow-paging machinery of plain vtx has nothing to do here
+    def guest_cr3_loaded(self, value: int) -> None:
+        self.vm.engine.flush_tlb()
+
+    def paging_mode_changed(self) -> None:
+        self.vm.engine.flush_tlb()
+
+    def memory_counters(self) -> dict[str, int]:
+        r = self.walk_refs
+        guest = sum(n for (level, ept), n in r.items() if ept is None)
+        ept_tables = sum(n for (level, ept), n in r.items() if ept is not None and level != "data")
+        ept_data = sum(n for (level, ept), n in r.items() if ept is not None and level == "data")
+        return {
+            "TLB misses (2-D walks)": self.walks_2d,
+            "walk references": guest + ept_tables + ept_data,
+            "  guest page-table entries": guest,
+            "  EPT entries translating guest tables": ept_tables,
+            "  EPT entries translating the data page": ept_data,
+            "EPT violations (pages mapped)": self.ept_violations,
+            "guest RAM pages backed": len(self.backed),
+            "EPT misconfigurations (MMIO accesses)": self.mmio_exits,
+            "page-walk cache hits": self.nested.pwc_hits,
+            "INVEPT": self.invepts,
+            "TLB flushes on VM entry": self.tlb_flushes,
+        }
