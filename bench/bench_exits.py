@@ -60,7 +60,7 @@ def vtx(code: bytes) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     n = args.iterations
     with_cpuid, with_nop = loop(n, "cpuid"), loop(n, "nop; nop")

@@ -433,3 +433,51 @@ def test_the_page_walk_cache_changes_costs_not_results(data):
         assert outcome(nested, eptp, r["mode"], r["cr0"], r["cr3"], r["cr4"], r["efer"], lin, kind, user, ac,
                        r["pdptes"], set_ad=True) == res
         assert nested.last_references.total() <= cold
+
+
+# -- fast_walk_32 (the emulator's shortcut for the common case) must be invisible ---------------
+from vmm.mmu.ept import Eptp  # noqa: E402
+from vmm.mmu.nested import FAST_WALK_REFERENCES, fast_walk_32  # noqa: E402
+
+_guest_flags = st.sampled_from([0, P, P | RW, P | US, ALL, P | A, P | RW | A, ALL | A, ALL | A | D, P | A | D])
+_ept_rights = st.sampled_from([0, 1, 3, 5, 7, 4, 2])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pde=_guest_flags, pte=_guest_flags, pde_ps=st.booleans(), rights=st.lists(_ept_rights, min_size=3, max_size=3),
+       write=st.booleans(), user=st.booleans(), fetch=st.booleans(), wp=st.booleans(), twice=st.booleans())
+def test_fast_walk_agrees_with_the_full_walk(pde, pte, pde_ps, rights, write, user, fetch, wp, twice):
+    m = Machine()
+    write = write and not fetch
+    m.gwrite(0x1000 + (LIN32 >> 22) * 4, 4, 0x2000 | pde | (0x80 if pde_ps else 0))
+    m.gwrite(0x2000 + ((LIN32 >> 12) & 0x3FF) * 4, 4, 0x5000 | pte)
+    for gpa, r in zip((0x1000, 0x2000, 0x5000), rights):   # EPT rights of the PD, PT and data pages
+        if r == 0:
+            m.builder.unmap(gpa)
+        elif r & 2 and not r & 1:
+            m.builder.map_mmio_marker(gpa)
+        else:
+            m.builder.map(gpa, gpa + OFFSET, 4096, bool(r & 1), bool(r & 2), bool(r & 4))
+    cr0 = PG | (CR0_WP if wp else 0)
+    before = bytes(m.host.b)
+    for _ in range(2 if twice else 1):   # a second call exercises the memo
+        fast = fast_walk_32(m.nested, Eptp.decode(m.eptp), cr0, 0x1000, 0, LIN32, write, user, fetch)
+    if fast is None:
+        assert bytes(m.host.b) == before   # nothing written when it declines
+        return
+    assert bytes(m.host.b) == before
+    full = m.nested.walk(cr0, 0x1000, 0, LIN32, eptp=m.eptp, write=write, user=user, fetch=fetch)
+    assert fast == (full.host_physical, full.writable, full.executable)
+    assert full.references == FAST_WALK_REFERENCES
+    assert bytes(m.host.b) == before       # the full walk set nothing either: A/D were already set
+
+
+def test_fast_walk_memo_follows_ept_edits():
+    m = Machine()
+    m.gwrite(0x1000 + (LIN32 >> 22) * 4, 4, 0x2000 | ALL | A)
+    m.gwrite(0x2000 + ((LIN32 >> 12) & 0x3FF) * 4, 4, 0x5000 | ALL | A | D)
+    eptp = Eptp.decode(m.eptp)
+    assert fast_walk_32(m.nested, eptp, PG, 0x1000, 0, LIN32, False, False, False) is not None
+    m.builder.unmap(0x5000)
+    m.nested.ept_changed()      # the owner of the EPT tables reports the edit
+    assert fast_walk_32(m.nested, eptp, PG, 0x1000, 0, LIN32, False, False, False) is None

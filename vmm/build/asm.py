@@ -588,8 +588,15 @@ def assemble_lines(lines: list[SourceLine], base: int) -> Assembled:
     ks = _ks()
     try:
         enc, _count = ks.asm(body + table, base)
-    except KsError as exc:
-        raise _locate(ks, lines, names, base, exc) from None
+    except KsError:
+        # keystone 0.9.2 now and then rejects a valid directive ('.balign 16, 0xcc')
+        # after earlier failed assemblies in the same process (seen in the test suite);
+        # a second attempt with a fresh engine is the arbiter before blaming the source.
+        ks = _ks()
+        try:
+            enc, _count = ks.asm(body + table, base)
+        except KsError as exc:
+            raise _locate(ks, lines, names, base, exc) from None
     data = bytes(enc or b"")
     n = 4 * len(names)
     if len(data) < n:

@@ -122,7 +122,16 @@ class Engine:
                          lambda uc, off, sz, val, data: write(off, sz, val), None)
 
     def read_phys(self, addr: int, size: int) -> bytes:
-        return bytes(self.uc.mem_read(addr, size))
+        buf = self._membuf if size <= 64 else ctypes.create_string_buffer(size)
+        if self._mem_read(self._handle, addr, buf, size):
+            return bytes(self.uc.mem_read(addr, size))  # let the binding raise its error
+        return buf.raw[:size]
+
+    def read_u64(self, addr: int) -> int:
+        """One 8-byte little-endian read (paging-structure entries: the walk hot path)."""
+        if self._mem_read(self._handle, addr, self._pu64, 8):
+            return int.from_bytes(self.uc.mem_read(addr, 8), "little")
+        return self._u64.value
 
     def write_phys(self, addr: int, data: bytes) -> None:
         self.uc.mem_write(addr, bytes(data))
@@ -142,6 +151,10 @@ class Engine:
         self._read = _uclib.uc_reg_read
         self._write = _uclib.uc_reg_write
         self._write_batch = _uclib.uc_reg_write_batch
+        self._mem_read = _uclib.uc_mem_read
+        self._membuf = ctypes.create_string_buffer(64)
+        self._u64 = ctypes.c_uint64()
+        self._pu64 = ctypes.cast(ctypes.pointer(self._u64), self._mem_read.argtypes[2])
         self._batch_ids: dict = {}
         self._batch_vals = (ctypes.c_uint64 * 4)()
         self._batch_ptrs = (ctypes.c_void_p * 4)(*(ctypes.addressof(self._batch_vals) + 8 * i for i in range(4)))

@@ -227,6 +227,23 @@ class EptWalker:
         self.references = 0
         self.counts: Counter[tuple[str, str]] = Counter()
         self._address_mask = _bits(maxphyaddr - 1, 12)
+        self._eptps: dict[int, Eptp] = {}
+        # reserved-bit masks by (level, large page), as entry_reserved computes them
+        ones = _bits(63, 0)
+        self._reserved = {(level, large): entry_reserved(ones if large else ones & ~EPT_LARGE, level, maxphyaddr)
+                          | (EPT_LARGE & entry_reserved(ones, level, maxphyaddr) if level == 0 else 0)
+                          for level in range(4) for large in (False, True)}
+
+    def _eptp(self, raw: int) -> Eptp:
+        """Decode and check an EPTP once (it changes only when the VMM writes it)."""
+        eptp = self._eptps.get(raw)
+        if eptp is None:
+            eptp = Eptp.decode(raw, self.maxphyaddr)
+            problems = eptp.problems(self.maxphyaddr)
+            if problems:
+                raise ValueError("invalid EPTP: " + "; ".join(problems))
+            self._eptps[raw] = eptp
+        return eptp
 
     def read_entry(self, hpa: int, level_name: str, tag: str) -> int:
         self.references += 1
@@ -247,20 +264,26 @@ class EptWalker:
         """
         if access not in _NEED:
             raise ValueError(f"access {access!r} is not one of {ACCESSES}")
-        if not isinstance(eptp, Eptp):
-            eptp = Eptp.decode(eptp, self.maxphyaddr)
-        problems = eptp.problems(self.maxphyaddr)
-        if problems:
-            raise ValueError("invalid EPTP: " + "; ".join(problems))
+        if isinstance(eptp, Eptp):
+            problems = eptp.problems(self.maxphyaddr)
+            if problems:
+                raise ValueError("invalid EPTP: " + "; ".join(problems))
+        else:
+            eptp = self._eptp(eptp)
         as_write = access == "write" or (guest_paging_structure and eptp.ad)
         need = EPT_W if as_write else _NEED[access]
 
         table = eptp.pml4
         combined = EPT_RWX
         entries: list[tuple[str, int, int]] = []
+        counts, refs, read64 = self.counts, self.refs, self.read64
         for level, name in enumerate(EPT_LEVEL_NAMES):
             addr = table + ((gpa >> EPT_LEVEL_SHIFTS[level]) & 0x1FF) * 8
-            value = self.read_entry(addr, name, tag)
+            self.references += 1                  # read_entry, inlined: the 2-D walk hot path
+            counts[(tag, name)] += 1
+            if refs is not None:
+                refs(tag, name, addr)
+            value = read64(addr)
             entries.append((name, addr, value))
             rwx = value & EPT_RWX
             if not rwx:
@@ -270,7 +293,7 @@ class EptWalker:
                 raise EptMisconfiguration(gpa, f"{name} {value:#x}: write without read", entries, tag)
             if rwx == EPT_X and not self.execute_only:
                 raise EptMisconfiguration(gpa, f"{name} {value:#x}: execute-only not supported", entries, tag)
-            reserved = entry_reserved(value, level, self.maxphyaddr)
+            reserved = value & self._reserved[(level, bool(value & EPT_LARGE) and level in (1, 2))]
             if reserved:
                 raise EptMisconfiguration(gpa, f"{name} {value:#x}: reserved bits {reserved:#x}", entries, tag)
             combined &= rwx

@@ -17,10 +17,12 @@ class HostPages:
     """A page allocator over ``map_chunk(size) -> host-physical address``."""
 
     def __init__(self, map_chunk: Callable[[int], int], read: Callable[[int, int], bytes],
-                 write: Callable[[int, bytes], None]):
+                 write: Callable[[int, bytes], None], read_u64: Callable[[int], int] | None = None):
         self._map_chunk = map_chunk
         self.read = read
         self.write = write
+        if read_u64 is not None:
+            self.read64 = read_u64
         self._free: list[int] = []
         self._next = 0
         self._end = 0
@@ -49,7 +51,7 @@ class HostPages:
         self.write(addr, struct.pack("<I", value & 0xFFFFFFFF))
 
     def read64(self, addr: int) -> int:
-        return struct.unpack("<Q", self.read(addr, 8))[0]
+        return int.from_bytes(self.read(addr, 8), "little")
 
     def write64(self, addr: int, value: int) -> None:
         self.write(addr, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))

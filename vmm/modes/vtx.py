@@ -38,6 +38,8 @@ PAGE_MASK = 0xFFFFF000
 PAGING_CR0_BITS = (1 << 31) | (1 << 16) | 1   # PG, WP, PE: the shadow is rebuilt when they change
 PAGING_CR4_BITS = (1 << 4) | (1 << 5) | (1 << 7)  # PSE, PAE, PGE
 R_EXCEPTION_NMI = ExitReason.EXCEPTION_NMI
+_ACTIVATE_SECONDARY = PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS._value_
+_ENABLE_VPID = SecondaryProcBased.ENABLE_VPID._value_
 HYPERVISOR_SIGNATURE = b"VMMLabPython"   # CPUID 0x4000_0000 EBX, ECX, EDX
 HYPERVISOR_MAX_LEAF = 0x40000001
 SUBLEAF_LEAVES = frozenset({4, 7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18})  # ECX selects a subleaf
@@ -124,7 +126,7 @@ class VtxMode(VmxNonRoot, NativeMode):
         self.msrs: dict[int, int] = {IA32_PAT: 0x0007040600070406, IA32_MISC_ENABLE: 1}
         self.delivery.intercept = self.intercept_nested_fault
         host_cpuid()  # read once now, not inside the first CPUID exit
-        self.host_pages = HostPages(vm.host_alloc, vm.engine.read_phys, vm.engine.write_phys)
+        self.host_pages = HostPages(vm.host_alloc, vm.engine.read_phys, vm.engine.write_phys, vm.engine.read_u64)
         self.shadow = ShadowPaging(self.host_pages, flush_tlb=self.request_flush)
         self.tlb_flushes = 0
         self._flush_pending = False
@@ -314,7 +316,10 @@ class VtxMode(VmxNonRoot, NativeMode):
 
     def flush_on_entry(self, deferred: bool) -> None:
         """Without VPID every VM entry starts with an empty TLB (SDM §28.3.3.1)."""
-        if self.secondary(SecondaryProcBased.ENABLE_VPID) and self.vmcs.peek(Field.VIRTUAL_PROCESSOR_ID):
+        v = self.vmcs._values  # every entry passes here: plain dict reads
+        if (v.get(Field.CPU_BASED_VM_EXEC_CONTROL, 0) & _ACTIVATE_SECONDARY
+                and v.get(Field.SECONDARY_VM_EXEC_CONTROL, 0) & _ENABLE_VPID
+                and v.get(Field.VIRTUAL_PROCESSOR_ID, 0)):
             return
         self.tlb_flushes += 1
         if deferred:

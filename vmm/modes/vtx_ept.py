@@ -19,7 +19,7 @@ from collections import Counter
 
 from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
 from ..mmu.ept import EptBuilder, EptMisconfiguration, EptViolation, EptWalker
-from ..mmu.nested import NestedWalker
+from ..mmu.nested import FAST_WALK_REFERENCES, NestedWalker, fast_walk_32
 from ..mmu.paging import CR0_PG, GuestWalker, PageFault
 from ..vmx.controls import PrimaryProcBased, SecondaryProcBased
 from ..vmx.exit_reasons import ExitReason
@@ -31,6 +31,7 @@ from .vtx import PAGE_MASK, VtxMode
 PF = 14
 BACKING = -1  # pseudo-vectors: Faults that stop emulation so a host frame can be mapped,
 OUTSIDE = -2  # or so the VM can stop on an access outside RAM and devices
+BACKING_CHUNK = 0x10000
 
 
 class VtxEptMode(VtxMode):
@@ -39,11 +40,17 @@ class VtxEptMode(VtxMode):
     def __init__(self, vm, page_walk_cache: bool = False):
         super().__init__(vm)
         eng, pages = vm.engine, self.host_pages
-        self.ept_builder = EptBuilder(pages.read64, pages.write64, pages.alloc)
-        self.ept = EptWalker(pages.read64, pages.write64)
+
+        def ept_write64(hpa: int, value: int) -> None:  # every EPT edit passes here
+            pages.write64(hpa, value)
+            if hasattr(self, "nested"):
+                self.nested.ept_changed()
+
+        self.ept_builder = EptBuilder(pages.read64, ept_write64, pages.alloc)
+        self.ept = EptWalker(pages.read64, ept_write64)
 
         def guest_read(pa: int, size: int) -> int:
-            return int.from_bytes(eng.read_phys(pa, size), "little")
+            return eng.read_u64(pa) & 0xFFFFFFFF if size == 4 else eng.read_u64(pa)
 
         def guest_write(pa: int, size: int, value: int) -> None:
             eng.write_phys(pa, value.to_bytes(size, "little"))
@@ -52,7 +59,8 @@ class VtxEptMode(VtxMode):
         # The VMM's own walks (event delivery, decoding) are software: not counted.
         self._software = NestedWalker(GuestWalker(guest_read, guest_write),
                                       EptWalker(pages.read64, pages.write64))
-        self.backed: set[int] = set()
+        self.backed: set[int] = set()          # guest pages the guest or loader touched
+        self.backed_chunks: set[int] = set()   # host memory allocated, BACKING_CHUNK each
         self.ept_violations = 0
         self.mmio_exits = 0
         self.invepts = 0
@@ -76,12 +84,20 @@ class VtxEptMode(VtxMode):
         """Nothing up front: host frames are allocated when EPT first maps them."""
 
     def back(self, gpa: int) -> int:
-        """Allocate the host frame of a guest RAM page (zeroed); returns its address."""
+        """Allocate the host frames of the guest RAM chunk holding ``gpa`` (zeroed);
+        returns the page's host address. Host memory is allocated a chunk (64 KiB) at a
+        time, as a host kernel would back guest memory with larger pages; EPT entries are
+        still created page by page, on each page's first EPT violation."""
+        chunk = gpa & ~(BACKING_CHUNK - 1)
+        if chunk not in self.backed_chunks:
+            self.vm.engine.map_ram(chunk, min(BACKING_CHUNK, self.vm.ram_size - chunk))
+            self.backed_chunks.add(chunk)
         page = gpa & PAGE_MASK
-        if page not in self.backed:
-            self.vm.engine.map_ram(page, 0x1000)
-            self.backed.add(page)
+        self.backed.add(page)
         return page
+
+    def is_backed(self, gpa: int) -> bool:
+        return gpa & ~(BACKING_CHUNK - 1) in self.backed_chunks
 
     def write_guest(self, gpa: int, data: bytes) -> None:
         end = gpa + len(data)
@@ -103,10 +119,14 @@ class VtxEptMode(VtxMode):
         for _ in range(8):  # each EPT violation maps one more page; a walk needs at most 5
             try:
                 if cr0 & CR0_PG:
-                    t = self.nested.walk(cr0, eng.reg("cr3"), eng.reg("cr4"), vaddr, eptp=eptp, write=write,
-                                         user=user, fetch=fetch)
-                    self.walk_refs.update(t.references)
-                    host, w, x = t.host_physical, t.writable, t.executable
+                    cr3, cr4 = eng.reg("cr3"), eng.reg("cr4")
+                    fast = fast_walk_32(self.nested, self.ept._eptp(eptp), cr0, cr3, cr4, vaddr, write, user, fetch)
+                    if fast is not None:
+                        host, w, x = fast
+                    else:
+                        t = self.nested.walk(cr0, cr3, cr4, vaddr, eptp=eptp, write=write, user=user, fetch=fetch)
+                        self.walk_refs.update(t.references)
+                        host, w, x = t.host_physical, t.writable, t.executable
                 else:  # guest paging off: the linear address is guest-physical, EPT alone
                     self.nested.last_references = Counter()
                     e = self.ept.translate(eptp, vaddr, access, linear=vaddr, tag="data")
@@ -165,7 +185,7 @@ class VtxEptMode(VtxMode):
         self.ept_violations += 1
         gpa = exit.info["gpa_fault"]
         if self.is_ram(gpa):
-            if gpa & PAGE_MASK not in self.backed and self.vm.engine.running:
+            if not self.is_backed(gpa) and self.vm.engine.running:
                 # Unicorn cannot map host memory while it emulates: stop, back the frame,
                 # and run the faulting instruction again (on_fault).
                 return Fault(BACKING, None, gpa, "backing", exited=True)
@@ -214,8 +234,15 @@ class VtxEptMode(VtxMode):
     def paging_mode_changed(self) -> None:
         self.vm.engine.flush_tlb()
 
+    def references(self) -> Counter:
+        """Every paging-structure read of every 2-D walk, by (guest level, EPT level)."""
+        refs = Counter(self.walk_refs)
+        for key, n in FAST_WALK_REFERENCES.items():
+            refs[key] += n * self.nested.fast_walks
+        return refs
+
     def memory_counters(self) -> dict[str, int]:
-        r = self.walk_refs
+        r = self.references()
         guest = sum(n for (level, ept), n in r.items() if ept is None)
         ept_tables = sum(n for (level, ept), n in r.items() if ept is not None and level != "data")
         ept_data = sum(n for (level, ept), n in r.items() if ept is not None and level == "data")

@@ -30,7 +30,9 @@ GPR_INDEX = {name: i for i, name in enumerate(GPRS)}
 CR0_TS = 1 << 3
 PREEMPTION_TIMER_RATE = 5  # IA32_VMX_MISC[4:0]: the timer counts down once per 2^5 TSC ticks
 KVM_ENOSYS = 1000          # KVM's hypercall error for an unknown number
-_HOOKED = {"hooked": True}  # the engine completes the instruction (CPUID, I/O, RDTSC)
+_HOOKED = {"hooked": True}
+_ACTIVATE_SECONDARY = PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS._value_
+_CPUID_EXIT = VmExit(ExitReason.CPUID, 0, None, None, 2, _HOOKED)  # immutable: shared by every CPUID exit  # the engine completes the instruction (CPUID, I/O, RDTSC)
 
 
 def exits_for_exception(vmcs, vector: int, error_code: int) -> bool:
@@ -50,15 +52,17 @@ class VmxNonRoot:
     """
 
     # -- controls ---------------------------------------------------------------------------
+    # (flag._value_: an int AND with an IntFlag goes through enum machinery, ~1 us; these
+    # checks run on every exit.)
     def pin(self, flag: PinBased) -> bool:
-        return bool(self.vmcs.peek(Field.PIN_BASED_VM_EXEC_CONTROL) & flag)
+        return bool(self.vmcs.peek(Field.PIN_BASED_VM_EXEC_CONTROL) & flag._value_)
 
     def primary(self, flag: PrimaryProcBased) -> bool:
-        return bool(self.vmcs.peek(Field.CPU_BASED_VM_EXEC_CONTROL) & flag)
+        return bool(self.vmcs.peek(Field.CPU_BASED_VM_EXEC_CONTROL) & flag._value_)
 
     def secondary(self, flag: SecondaryProcBased) -> bool:
-        return (self.primary(PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS)
-                and bool(self.vmcs.peek(Field.SECONDARY_VM_EXEC_CONTROL) & flag))
+        return (bool(self.vmcs.peek(Field.CPU_BASED_VM_EXEC_CONTROL) & _ACTIVATE_SECONDARY)
+                and bool(self.vmcs.peek(Field.SECONDARY_VM_EXEC_CONTROL) & flag._value_))
 
     def set_primary(self, flag: PrimaryProcBased, on: bool) -> None:
         value = self.vmcs.read(Field.CPU_BASED_VM_EXEC_CONTROL)
@@ -90,10 +94,10 @@ class VmxNonRoot:
     def vm_entry(self) -> None:
         """VM entry after an exit: deliver the event the handler injected, if any."""
         self.flush_on_entry(deferred=False)
-        info = self.vmcs.peek(Field.VM_ENTRY_INTR_INFO_FIELD)
         self._timer_start = self.vm.now
-        if not info >> 31:
+        if not self.vmcs.peek(Field.VM_ENTRY_INTR_INFO_FIELD) >> 31:
             return
+        info = self.vmcs.peek(Field.VM_ENTRY_INTR_INFO_FIELD)
         self.vmcs.write(Field.VM_ENTRY_INTR_INFO_FIELD, 0)  # the processor clears valid
         intr = InterruptionInfo.decode(info)
         kind = {InterruptionType.EXTERNAL_INTERRUPT: "external",
@@ -176,7 +180,7 @@ class VmxNonRoot:
     def on_cpuid(self) -> bool:
         # CPUID always exits (SDM §26.1.2): the lean path, with nothing to qualify.
         self.vmcs.record_exit(10, 0, 2, 0, 0, 0, 0, 0)
-        self.vm.dispatch(VmExit(ExitReason.CPUID, 0, None, None, 2, _HOOKED))
+        self.vm.dispatch(_CPUID_EXIT)
         self.vm_entry()
         return True
 
