@@ -120,6 +120,8 @@ def test_invept_flushes_the_page_walk_cache():
     assert vm.mode.nested.pwc
     vm.mode.invept()
     assert not vm.mode.nested.pwc and vm.mode.memory_counters()["INVEPT"] == 1
+    vm.mode.invvpid(1)
+    assert vm.mode.memory_counters()["INVVPID"] == 1
 
 
 def test_real_mode_boot_sector_runs_under_unrestricted_guest(tmp_path):

@@ -64,6 +64,7 @@ class VtxEptMode(VtxMode):
         self.ept_violations = 0
         self.mmio_exits = 0
         self.invepts = 0
+        self.invvpids = 0
         self.walk_refs: Counter = Counter()
         self.walks_2d = 0
         v = self.vmcs
@@ -221,10 +222,17 @@ class VtxEptMode(VtxMode):
             self.vm.stop_guest(self._outside)
         super().on_fault(fault)
 
-    def invept(self) -> None:
-        """INVEPT (all contexts): drop cached EPT-derived translations."""
+    def invept(self, single_context: bool = False) -> None:
+        """INVEPT: drop cached EPT-derived translations. This model has one EPTP, so the
+        single-context and all-context types flush the same things."""
         self.invepts += 1
         self.nested.flush()
+        self.vm.engine.flush_tlb()
+
+    def invvpid(self, vpid: int | None = None) -> None:
+        """INVVPID: drop the translations tagged with this VPID (the model's one vCPU:
+        the whole TLB). The walk caches are EPT's, so INVEPT's, not touched here."""
+        self.invvpids += 1
         self.vm.engine.flush_tlb()
 
     # shadow-paging machinery of plain vtx has nothing to do here
@@ -257,5 +265,6 @@ class VtxEptMode(VtxMode):
             "EPT misconfigurations (MMIO accesses)": self.mmio_exits,
             "page-walk cache hits": self.nested.pwc_hits,
             "INVEPT": self.invepts,
+            "INVVPID": self.invvpids,
             "TLB flushes on VM entry": self.tlb_flushes,
         }
