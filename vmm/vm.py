@@ -90,7 +90,12 @@ class VM:
                                  lambda off, size, value, b=base: self.mode.on_mmio(b + off, size, value))
         self._host_next = HOST_MEMORY_BASE
         self._breakpoint_hit: int | None = None
+        self._breakpoints: dict[int, int] = {}
+        self._stepping_over: int | None = None
+        self._launched = False
         self.tsc_reads = 0
+        from .trace.tracer import NullTracer
+        self.tracer = NullTracer()               # vmm.trace.tracer.Tracer attaches itself here
         self.exits: Counter = Counter()          # exits (events, in native) by reason
         self.exit_seconds: Counter = Counter()   # handler wall time by reason
         self.now = 0  # virtual time in guest instructions
@@ -182,14 +187,20 @@ class VM:
         if handler is None:
             raise UnexpectedExit(exit, self.mode.name)
         started = _clock()
+        result = None
         try:
-            return handler(exit)
+            result = handler(exit)
+            return result
         finally:
             self.exit_seconds[reason] += _clock() - started
+            if self.tracer.enabled:
+                self.tracer.exit(exit, result, getattr(self.mode, "vmcs", None))
 
     # -- event delivery ---------------------------------------------------------------------
     def inject(self, event: Event) -> None:
         """Deliver an event into the guest (VT-x: VM-entry event injection)."""
+        if self.tracer.enabled:
+            self.tracer.inject(event)
         self.mode.delivery.deliver(event)
 
     def stop_guest(self, message: str) -> None:
@@ -201,10 +212,50 @@ class VM:
 
     def break_at(self, address: int) -> None:
         """Stop the run before the instruction at ``address`` (linear) executes."""
+        if address in self._breakpoints:
+            return
+
         def hit(a: int) -> None:
+            if self._stepping_over == a:
+                return
             self._breakpoint_hit = a
             self.engine.request_stop(f"breakpoint at {a:#010x}")
-        self.engine.add_breakpoint(address, hit)
+        self._breakpoints[address] = self.engine.add_breakpoint(address, hit)
+
+    def remove_breakpoint(self, address: int) -> bool:
+        handle = self._breakpoints.pop(address, None)
+        if handle is not None:
+            self.engine.remove_hook(handle)
+        return handle is not None
+
+    @property
+    def breakpoints(self) -> list[int]:
+        return sorted(self._breakpoints)
+
+    def step(self) -> VmResult:
+        """Execute one guest instruction, with whatever exits and events it causes.
+
+        Returns a result of kind BREAKPOINT ("step") when the VM can go on, or the reason
+        it stopped. A breakpoint at the current EIP does not stop its own step.
+        """
+        return self.run(single_step=True)
+
+    def read_linear(self, address: int, size: int) -> bytes:
+        """Guest memory as the guest sees it at CPL0 (raises PageFault if unmapped)."""
+        out = b""
+        while len(out) < size:
+            chunk = min(size - len(out), 0x1000 - (address & 0xFFF))
+            out += self.engine.read_phys(self.mode.translate(address, write=False, user=False, set_ad=False), chunk)
+            address += chunk
+        return out
+
+    def write_linear(self, address: int, data: bytes) -> None:
+        done = 0
+        while done < len(data):
+            chunk = min(len(data) - done, 0x1000 - ((address + done) & 0xFFF))
+            phys = self.mode.translate(address + done, write=True, user=False, set_ad=False)
+            self.engine.write_phys(phys, data[done:done + chunk])
+            done += chunk
 
     def replan(self) -> None:
         """The guest reprogrammed a timer or interrupt controller: end this slice so the
@@ -212,12 +263,25 @@ class VM:
         self.engine.uc.emu_stop()
 
     # -- running -------------------------------------------------------------------------
-    def run(self) -> VmResult:
+    def run(self, single_step: bool = False) -> VmResult:
+        """Run (or go on running, after a breakpoint or a step) until the VM stops."""
         started = time.perf_counter()
+        self._breakpoint_hit = None
         try:
-            failure = self.mode.launch()
-            if failure is not None:
-                return self._result(StopKind.ENTRY_FAILED, failure, started)
+            if not self._launched:
+                self._launched = True
+                failure = self.mode.launch()
+                if failure is not None:
+                    return self._result(StopKind.ENTRY_FAILED, failure, started)
+            eip = self.engine.reg("eip")
+            if single_step or eip in self._breakpoints:
+                self._stepping_over = eip  # the breakpoint we stand on does not fire again
+                try:
+                    self._loop(started, single_step=True)
+                finally:
+                    self._stepping_over = None
+                if single_step:
+                    return self._result(StopKind.BREAKPOINT, f"step to {self.engine.reg('eip'):#010x}", started)
             self._loop(started)
         except _Stopped as stop:
             return self._result(stop.kind, stop.message, started)
@@ -233,17 +297,22 @@ class VM:
     def _result(self, kind: StopKind, message: str, started: float) -> VmResult:
         self.mode.stopped()
         exact = self.max_instructions is not None
-        return VmResult(kind, message, self.engine.reg("eip"), self.board.exit_status,
-                        self.now if exact else None, self.now, time.perf_counter() - started,
-                        Counter(self.exits), Counter(self.exit_seconds), self.mode.memory_counters())
+        result = VmResult(kind, message, self.engine.reg("eip"), self.board.exit_status,
+                          self.now if exact else None, self.now, time.perf_counter() - started,
+                          Counter(self.exits), Counter(self.exit_seconds), self.mode.memory_counters())
+        if self.tracer.enabled and kind is not StopKind.BREAKPOINT:
+            self.tracer.stop(result)
+        return result
 
-    def _loop(self, started: float) -> None:
+    def _loop(self, started: float, single_step: bool = False) -> None:
         eng, board = self.engine, self.board
         while True:
             if board.exit_status is not None:
+                if single_step:
+                    raise _Stopped(StopKind.EXIT, "guest exit")
                 return
             waiting = self.mode.poll_interrupts()
-            count = self._slice(waiting)
+            count = 1 if single_step else self._slice(waiting)
             remaining = None
             if self.timeout is not None:
                 remaining = self.timeout - (time.perf_counter() - started)
@@ -256,6 +325,8 @@ class VM:
                 self.now += count
                 board.advance(self.now)
             self._after(stop)
+            if single_step and board.exit_status is None:
+                return
             if self.max_instructions is not None and self.now >= self.max_instructions:
                 raise _Stopped(StopKind.BUDGET, f"stopped after {self.now} instructions (--max-instructions) "
                                f"at EIP {eng.reg('eip'):#010x}")

@@ -110,6 +110,7 @@ class Engine:
         self.stop_reason: str | None = None
         self._init_fast_regs()
         self._thunks: list = []
+        self.fill_observer = None  # called with (vaddr, access, answer) on every TLB fill
         self._install_hooks()
 
     # -- memory --------------------------------------------------------------------------
@@ -156,6 +157,8 @@ class Engine:
         self._u64 = ctypes.c_uint64()
         self._pu64 = ctypes.cast(ctypes.pointer(self._u64), self._mem_read.argtypes[2])
         self._batch_ids: dict = {}
+        self._regs_ptrs: dict = {}
+        self._regs_keep: list = []
         self._batch_vals = (ctypes.c_uint64 * 4)()
         self._batch_ptrs = (ctypes.c_void_p * 4)(*(ctypes.addressof(self._batch_vals) + 8 * i for i in range(4)))
 
@@ -221,6 +224,8 @@ class Engine:
             if self._fault is not None:
                 return False  # the first fault of this run is the one to deliver
             answer = self._guard(self.ops.on_tlb_fill, vaddr, _ACCESS.get(access, ACCESS_READ))
+            if self.fill_observer is not None:  # the tracer: page map and --walks
+                self._guard(self.fill_observer, vaddr, _ACCESS.get(access, ACCESS_READ), answer)
             if isinstance(answer, Fill):
                 entry.paddr = answer.host_page
                 entry.perms = answer.perms
@@ -294,6 +299,74 @@ class Engine:
         """Call ``callback(address)`` before the instruction at ``address`` executes."""
         return self.uc.hook_add(UC_HOOK_CODE, lambda uc, a, size, _: self._guard(callback, a),
                                 None, address, address)
+
+    def add_instruction_hook(self, callback) -> int:
+        """``callback(address, size)`` before *every* instruction: the tracer only (this is
+        the one per-instruction Python hook, and it caps the engine at a few M instr/s).
+        Registered as a bare C thunk, without the binding's wrapper frame."""
+        # The binding's prototype turns the engine handle into a ctypes pointer object on
+        # every call; plain integers are cheaper, and this runs once per instruction.
+        code_hook = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+
+        def thunk(handle, address, size, data):
+            if self._error is not None:
+                return
+            try:
+                callback(address, size)
+            except BaseException as exc:
+                self._error = exc
+                self.uc.emu_stop()
+
+        cthunk = code_hook(thunk)
+        self._thunks.append(cthunk)
+        return self.uc._Uc__do_hook_add(UC_HOOK_CODE, cthunk, 1, 0)
+
+    def read_regs(self, ids, values) -> None:
+        """Read the registers named by a ctypes int array ``ids`` into ``values``
+        (a ctypes uint64 array), in one C call."""
+        ptrs = self._regs_ptrs.get(id(values))
+        if ptrs is None:
+            ptrs = self._regs_ptrs[id(values)] = (ctypes.c_void_p * len(values))(
+                *(ctypes.addressof(values) + 8 * i for i in range(len(values))))
+            self._regs_keep.append((values, ptrs))
+        if _uclib.uc_reg_read_batch(self._handle, ids, ptrs, len(values)):
+            raise UcError(UC_ERR_EXCEPTION)
+
+    def add_raw_instruction_hook(self, thunk) -> int:
+        """Like :meth:`add_instruction_hook`, but ``thunk(handle, address, size, data)`` is
+        called from C directly, one Python frame less: it must catch its own exceptions
+        and hand them to :meth:`fail`."""
+        code_hook = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+        cthunk = code_hook(thunk)
+        self._thunks.append(cthunk)
+        return self.uc._Uc__do_hook_add(UC_HOOK_CODE, cthunk, 1, 0)
+
+    def fail(self, exc: BaseException) -> None:
+        """A hook failed: stop emulation and re-raise ``exc`` from :meth:`run`."""
+        if self._error is None:
+            self._error = exc
+        self.uc.emu_stop()
+
+    def read_regs_thunk(self, ids, values):
+        """A zero-argument function that reads the registers named by ``ids`` (a ctypes int
+        array) into ``values`` (a ctypes uint64 array) in one C call: the tracer's hot path."""
+        ptrs = (ctypes.c_void_p * len(values))(*(ctypes.addressof(values) + 8 * i for i in range(len(values))))
+        self._regs_keep.append((ids, values, ptrs))
+        # Plain-address prototype: the binding's argtypes convert the arrays on every call,
+        # which costs more than the read itself.
+        batch = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                 ctypes.c_int)(("uc_reg_read_batch", _uclib))
+        handle, a_ids, a_ptrs, n = self.uc._uch.value, ctypes.addressof(ids), ctypes.addressof(ptrs), len(values)
+        call = lambda: batch(handle, a_ids, a_ptrs, n)  # noqa: E731
+        call.parts = (batch, handle, a_ids, a_ptrs, n)  # for callers that inline the call
+        return call
+
+    def read_raw(self, addr: int, size: int) -> bytes:
+        """Host-physical bytes, no error raised (b"" when unmapped)."""
+        buf = self._membuf
+        if size > 64 or self._mem_read(self._handle, addr, buf, size):
+            return b""
+        return buf.raw[:size]
 
     def remove_hook(self, handle: int) -> None:
         self.uc.hook_del(handle)

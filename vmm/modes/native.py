@@ -31,6 +31,8 @@ class NativeMode:
         self.delivery = EventDelivery(eng, lambda linear, write: self.translate(linear, write, user=False),
                                       lambda cr2: eng.set_reg("cr2", cr2))
         self.tlb_fills = 0
+        self.code_watchers: list = []   # objects with fetch(linear_page, page) and written(page)
+        self.code_frames: set[int] = set()
         self.exit_table = {
             ExitReason.EXCEPTION_NMI: self.exception,
             ExitReason.EXTERNAL_INTERRUPT: self.external_interrupt,
@@ -177,7 +179,29 @@ class NativeMode:
         return self.fill(vaddr & PAGE_MASK, t.physical & PAGE_MASK, perms, access)
 
     def fill(self, linear_page: int, guest_page: int, perms: int, access: str) -> Fill:
-        """Last step of a TLB fill; modes that watch code pages hook in here."""
+        """Last step of a TLB fill: the code-page policy for whoever watches code.
+
+        Watchers (the sensitive-site scanner of the VT-x modes, the tracer's decode cache)
+        learn of each code page when it is first fetched; a code page is then mapped
+        without write permission, so a write to it comes back as a fill, is reported, and
+        maps the page writable but not executable until the next fetch (self-modifying
+        code, and code and data sharing a page, keep working).
+        """
+        watchers = self.code_watchers
+        if not watchers:
+            return Fill(guest_page, perms)
+        if access == "fetch":
+            for w in watchers:
+                w.fetch(linear_page, guest_page)
+            self.code_frames.add(guest_page)
+            return Fill(guest_page, perms & ~PROT_WRITE)
+        if guest_page in self.code_frames:
+            if access == "write":
+                self.code_frames.discard(guest_page)
+                for w in watchers:
+                    w.written(guest_page)
+                return Fill(guest_page, perms & ~PROT_EXEC)
+            return Fill(guest_page, perms & ~PROT_WRITE)
         return Fill(guest_page, perms)
 
     def _user_access(self, vaddr: int) -> bool:

@@ -77,9 +77,6 @@ class CodeSites:
         self.code_pages.setdefault(physical_page, set()).add(linear_page)
         self.pages_scanned += 1
 
-    def is_code(self, physical_page: int) -> bool:
-        return physical_page in self.code_pages
-
     def written(self, physical_page: int) -> None:
         """The guest is about to write a scanned frame: rescan it at its next fetch."""
         for linear_page in self.code_pages.pop(physical_page, ()):

@@ -114,6 +114,7 @@ class VtxMode(VmxNonRoot, NativeMode):
         NativeMode.__init__(self, vm)
         self.vmcs = LiveVmcs(vm.engine)
         self.sites = CodeSites(vm.engine, vm.read_code)
+        self.code_watchers.append(self.sites)
         self.io_bitmaps = (bytearray(0x1000), bytearray(0x1000))
         self.msr_bitmap = bytearray(0x1000)
         self._io_decode: dict[int, tuple[int, bool, bool]] = {}
@@ -342,19 +343,6 @@ class VtxMode(VmxNonRoot, NativeMode):
             "shadow-table references": sum(c.references.values()),
             "TLB flushes on VM entry": self.tlb_flushes,
         }
-
-    # -- memory: code pages are scanned for sensitive sites and write-protected -------------
-    def fill(self, linear_page: int, guest_page: int, perms: int, access: str) -> Fill:
-        sites = self.sites
-        if access == "fetch":
-            sites.fetch(linear_page, guest_page)
-            return Fill(guest_page, perms & ~PROT_WRITE)
-        if sites.is_code(guest_page):
-            if access == "write":
-                sites.written(guest_page)
-                return Fill(guest_page, perms & ~PROT_EXEC)
-            return Fill(guest_page, perms & ~PROT_WRITE)
-        return Fill(guest_page, perms)
 
     # -- exit handlers: the hypervisor ------------------------------------------------------
     def skip(self, exit: VmExit) -> None:

@@ -1,0 +1,348 @@
+"""The instruction tracer: every executed instruction, with the VM exits, injected events
+and page walks it caused, as text or JSON lines.
+
+This is the only place with a per-instruction Python hook, and it exists only while a
+trace runs (`NullTracer` otherwise: the VM calls it at exits and deliveries, which are
+already slow paths, and never per instruction).
+
+Event objects (JSON lines, one per line; field names are stable):
+
+``{"type": "insn", "n": 12, "eip": 1048588, "bytes": "b8 00 00 00 00", "asm": "mov eax, 0",
+  "ring": 0, "changed": {"eax": 0}}``
+    instruction number ``n`` (0-based, counted from the start of the run), its address,
+    bytes, disassembly, CPL, and the registers it changed (the value after it).
+``{"type": "exit", "n": 12, "reason": 30, "name": "IO_INSTRUCTION", "qualification": 66060288,
+  "decoded": "OUT dx, 1 byte, port 0x3f8", "length": 1, "info": {...}, "result": null}``
+    a VM exit (in ``native`` the same record stands for the event a bare machine sees):
+    SDM reason, qualification and its decoding, instruction length, the handler's result.
+``{"type": "inject", "n": 40, "vector": 14, "kind": "exception", "error_code": 2, "cr2": ...}``
+    an event delivered through the guest IDT.
+``{"type": "walk", "n": 3, "linear": ..., "access": "read", "host_page": ..., "perms": "rwx"}``
+    a TLB miss and what the MMU answered (``"fault": vector`` instead when it faulted); only
+    with ``walks=True``.
+``{"type": "stop", "n": ..., "kind": "guest exit", "message": "..."}``
+    the end of the run.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+from functools import lru_cache
+
+from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, Cs
+
+from ..vmx.exit_reasons import ExitReason
+from ..vmx.qualification import CrAccess, EptViolation, InterruptionInfo, IoInstruction, MovDr
+
+TRACED_REGS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eflags")
+_PERMS = "rwx"
+
+
+class NullTracer:
+    """Tracing off: every call is a no-op (the VM checks ``enabled`` first anyway)."""
+
+    enabled = False
+
+    def exit(self, exit, result, vmcs) -> None:
+        pass
+
+    def inject(self, event) -> None:
+        pass
+
+    def stop(self, result) -> None:
+        pass
+
+
+@lru_cache(maxsize=2)
+def _decoder(bits: int) -> Cs:
+    return Cs(CS_ARCH_X86, CS_MODE_32 if bits == 32 else CS_MODE_16)
+
+
+def describe_exit(exit, vmcs) -> str:
+    """The exit's qualification decoded the SDM way, for people."""
+    r, q = exit.reason, exit.qualification
+    try:
+        if r is ExitReason.CR_ACCESS:
+            return CrAccess.decode(q).describe()
+        if r is ExitReason.IO_INSTRUCTION:
+            if vmcs is None:
+                info = exit.info
+                return f"{'IN' if info['direction'] == 'in' else 'OUT'} port {info['port']:#x}, {info['size']} byte(s)"
+            return IoInstruction.decode(q).describe()
+        if r is ExitReason.DR_ACCESS:
+            return MovDr.decode(q).describe()
+        if r in (ExitReason.EPT_VIOLATION,):
+            return EptViolation.decode(q).describe() + f", guest-physical {exit.guest_physical:#x}"
+        if r is ExitReason.EPT_MISCONFIG:
+            return f"guest-physical {exit.guest_physical:#x} (MMIO)"
+        if r is ExitReason.INVLPG:
+            return f"INVLPG {q:#x}"
+        if r in (ExitReason.EXCEPTION_NMI, ExitReason.EXTERNAL_INTERRUPT):
+            if vmcs is not None:
+                from ..vmx.vmcs import Field
+                raw = vmcs.read(Field.VM_EXIT_INTR_INFO)
+                if raw >> 31:
+                    return InterruptionInfo.decode(raw).describe()
+            vector = exit.info.get("vector")
+            return f"vector {vector:#x}" if vector is not None else ""
+        if r in (ExitReason.MSR_READ, ExitReason.MSR_WRITE):
+            return f"MSR {exit.info.get('msr', 0):#x}"
+        if r in (ExitReason.GDTR_IDTR, ExitReason.LDTR_TR):
+            return f"{exit.info.get('mnemonic', '').upper()}, displacement {q:#x}"
+    except (ValueError, KeyError):
+        pass
+    return ""
+
+
+def _plain(value):
+    if isinstance(value, (int, str, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+class Tracer:
+    """Writes a trace of ``vm`` to ``out`` (a text file object).
+
+    Filters: ``start``/``count`` select instructions by number, ``address_range`` by EIP,
+    ``ring`` ("user" or "kernel") by CPL; ``exits_only`` leaves instructions out (and then
+    installs no per-instruction hook at all). Events that happen during a selected
+    instruction are printed after it.
+    """
+
+    enabled = True
+
+    def __init__(self, vm, out, fmt: str = "text", *, start: int = 0, count: int | None = None,
+                 address_range: tuple[int, int] | None = None, ring: str | None = None,
+                 exits_only: bool = False, walks: bool = False, color: bool = False):
+        if fmt not in ("text", "jsonl"):
+            raise ValueError(f"trace format {fmt!r}: choose text or jsonl")
+        self.vm, self.out, self.fmt = vm, out, fmt
+        self.start, self.end = start, None if count is None else start + count
+        self.address_range, self.ring = address_range, ring
+        self.exits_only, self.walks, self.color = exits_only, walks, color
+        self.n = -1                  # number of the instruction being executed
+        self.instructions = 0
+        self.events = 0
+        self._prev = None            # (n, eip, decoded, ring) of the instruction in flight
+        self._pending: list[dict] = []
+        self._pages: dict[int, int] = {}            # linear code page -> host page
+        self._decoded: dict[int, tuple[str, str]] = {}  # EIP -> (asm, hex bytes)
+        self._decoded_pages: dict[int, set[int]] = {}   # host page -> EIPs decoded from it
+        eng = vm.engine
+        # the traced registers, then CS and CR0 (for the CPL), in one batch read
+        read = TRACED_REGS + ("cs", "cr0")
+        self._ids = (ctypes.c_int * len(read))(*(eng_reg_id(r) for r in read))
+        self._vals = (ctypes.c_uint64 * len(read))()
+        self._ntraced = len(TRACED_REGS)
+        self._last = None
+        eng.fill_observer = self._filled
+        self._read_batch = eng.read_regs_thunk(self._ids, self._vals)
+        if not exits_only:
+            vm.mode.code_watchers.append(self)   # decode each instruction once, until its page is written
+            unfiltered = not (start or count is not None or address_range or ring)
+            if unfiltered:
+                eng.add_raw_instruction_hook(self._fast_hook())
+            else:
+                eng.add_instruction_hook(self._instruction)
+        vm.tracer = self
+
+    # -- code watcher: the decode cache lives until the code page is written ----------------------
+    def fetch(self, linear_page: int, page: int) -> None:
+        self._pages[linear_page] = page
+
+    def written(self, page: int) -> None:
+        for eip in self._decoded_pages.pop(page, ()):
+            self._decoded.pop(eip, None)
+
+    # -- per instruction ----------------------------------------------------------------------
+    def _filled(self, vaddr: int, access: str, answer) -> None:
+        host = getattr(answer, "host_page", None)
+        if self.walks and self._selected_n():
+            event = {"type": "walk", "n": self._number(), "linear": vaddr, "access": access}
+            if host is not None:
+                event["host_page"] = host
+                event["perms"] = "".join(c if answer.perms >> i & 1 else "-" for i, c in enumerate(_PERMS))
+            else:
+                event["fault"] = getattr(answer, "vector", None)
+            self._event(event)
+
+    def _number(self):
+        return None if self.exits_only else max(self.n, 0)
+
+    def _selected_n(self) -> bool:
+        if self.exits_only:
+            return True
+        n = max(self.n, 0)
+        return n >= self.start and (self.end is None or n < self.end)
+
+    def _instruction(self, address: int, size: int) -> None:
+        """Before each instruction: finish the previous one (its changed registers), then
+        note this one. The hot path of tracing; kept flat on purpose."""
+        self._read_batch()
+        regs = self._vals[:]
+        if self._prev is not None:
+            self._emit_instruction(regs)
+        self.n = n = self.n + 1
+        self.instructions += 1
+        self._last = regs
+        if n < self.start or (self.end is not None and n >= self.end) or (
+                self.address_range and not self.address_range[0] <= address < self.address_range[1]):
+            self._prev = None
+            return
+        cpl = regs[-2] & 3 if regs[-1] & 1 else 0
+        if self.ring and (self.ring == "user") != (cpl == 3):
+            self._prev = None
+            return
+        decoded = self._decoded.get(address)
+        if decoded is None:
+            decoded = self._decode(address, size, 32 if regs[-1] & 1 else 16)
+        self._prev = (n, address, decoded, cpl)
+
+    def _fast_hook(self):
+        """The per-instruction hook for an unfiltered trace, as a closure over locals: the
+        same work as :meth:`_instruction`, with the attribute lookups done once."""
+        batch, handle, a_ids, a_ptrs, nregs = self._read_batch.parts
+        vals, decoded_cache, decode = self._vals, self._decoded, self._decode
+        write, names, jsonl, color = self.out.write, TRACED_REGS, self.fmt == "jsonl", self.color
+        flush_pending, fail = self._flush_pending, self.vm.engine.fail
+
+        def hook(_handle, address: int, size: int, _data) -> None:
+            try:
+                batch(handle, a_ids, a_ptrs, nregs)
+                regs = vals[:]
+                prev = self._prev
+                if prev is not None:
+                    n0, eip, (asm, hexbytes), cpl0 = prev
+                    last = self._last
+                    if jsonl:
+                        changed = ", ".join([f'"{k}": {v}' for k, v, o in zip(names, regs, last) if v != o])
+                        write(f'{{"type": "insn", "n": {n0}, "eip": {eip}, "bytes": "{hexbytes}", '
+                              f'"asm": "{asm}", "ring": {cpl0}, "changed": {{{changed}}}}}\n')
+                    else:
+                        changed = " ".join([f"{k}={v:#x}" for k, v, o in zip(names, regs, last) if v != o])
+                        if color:
+                            line = f"\x1b[2m{n0:>8}\x1b[0m {eip:08x}  {hexbytes:<24} \x1b[1m{asm:<32}\x1b[0m {changed}"
+                        else:
+                            line = f"{n0:>8} {eip:08x}  {hexbytes:<24} {asm:<32} {changed}"
+                        write(line.rstrip() + "\n")
+                    if self._pending:
+                        flush_pending()
+                self.n = n = self.n + 1
+                self.instructions = n + 1
+                self._last = regs
+                d = decoded_cache.get(address)
+                if d is None:
+                    d = decode(address, size, 32 if regs[-1] & 1 else 16)
+                self._prev = (n, address, d, regs[-2] & 3 if regs[-1] & 1 else 0)
+            except BaseException as exc:
+                fail(exc)
+
+        return hook
+
+    def _decode(self, address: int, size: int, bits: int) -> tuple[str, str]:
+        eng = self.vm.engine
+        host = self._pages.get(address & ~0xFFF)
+        code = eng.read_raw(host | (address & 0xFFF), size) if host is not None else b""
+        if len(code) != size:  # crosses a page, or a page fetched before tracing began
+            try:
+                code = self.vm.read_linear(address, size)
+            except Exception:
+                code = b""
+        insn = next(_decoder(bits).disasm(code, address, 1), None)
+        decoded = (f"{insn.mnemonic} {insn.op_str}".strip() if insn else "(undecodable)", code.hex(" "))
+        if host is not None and (address & 0xFFF) + size <= 0x1000:  # cacheable: we see writes to it
+            self._decoded[address] = decoded
+            self._decoded_pages.setdefault(host, set()).add(address)
+        return decoded
+
+    def _emit_instruction(self, regs) -> None:
+        n, eip, (asm, hexbytes), cpl = self._prev
+        last = self._last
+        self._prev = None
+        names = TRACED_REGS
+        if self.fmt == "jsonl":
+            changed = ", ".join([f'"{names[i]}": {regs[i]}' for i in range(self._ntraced) if regs[i] != last[i]])
+            self.out.write(f'{{"type": "insn", "n": {n}, "eip": {eip}, "bytes": "{hexbytes}", '
+                           f'"asm": "{asm}", "ring": {cpl}, "changed": {{{changed}}}}}\n')
+        else:
+            changed = " ".join([f"{names[i]}={regs[i]:#x}" for i in range(self._ntraced) if regs[i] != last[i]])
+            if self.color:
+                line = f"\x1b[2m{n:>8}\x1b[0m {eip:08x}  {hexbytes:<24} \x1b[1m{asm:<32}\x1b[0m {changed}"
+            else:
+                line = f"{n:>8} {eip:08x}  {hexbytes:<24} {asm:<32} {changed}"
+            self.out.write(line.rstrip() + "\n")
+        if self._pending:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        for event in self._pending:
+            self._write_event(event)
+        self._pending.clear()
+
+    # -- events from the VM -----------------------------------------------------------------------
+    def _event(self, event: dict) -> None:
+        self.events += 1
+        if self._prev is not None:
+            self._pending.append(event)
+        else:
+            self._write_event(event)
+
+    def _write_event(self, event: dict) -> None:
+        if self.fmt == "jsonl":
+            self.out.write(json.dumps(_plain(event)) + "\n")
+            return
+        kind = event["type"]
+        if kind == "exit":
+            text = (f"  -> VM exit {event['reason']} {event['name']}"
+                    + (f": {event['decoded']}" if event["decoded"] else "")
+                    + (f" (length {event['length']})" if event["length"] else "")
+                    + (f" = {event['result']:#x}" if isinstance(event.get("result"), int) else ""))
+        elif kind == "inject":
+            text = (f"  -> deliver vector {event['vector']:#x} ({event['kind']})"
+                    + (f" error code {event['error_code']:#x}" if event.get("error_code") is not None else "")
+                    + (f" CR2 {event['cr2']:#x}" if event.get("cr2") is not None else ""))
+        elif kind == "walk":
+            if "fault" in event:
+                text = f"  -> TLB miss {event['linear']:#010x} {event['access']}: fault {event['fault']}"
+            else:
+                text = (f"  -> TLB miss {event['linear']:#010x} {event['access']}: host page "
+                        f"{event['host_page']:#010x} {event['perms']}")
+        else:
+            text = f"  -> {kind}: {event.get('message', '')}"
+        if self.color:
+            text = f"\x1b[33m{text}\x1b[0m"
+        self.out.write(text + "\n")
+
+    def exit(self, exit, result, vmcs) -> None:
+        if not self._selected_n():
+            return
+        self._event({"type": "exit", "n": self._number(), "reason": int(exit.reason), "name": exit.reason.name,
+                     "qualification": exit.qualification, "decoded": describe_exit(exit, vmcs),
+                     "length": exit.instruction_length,
+                     "info": {k: v for k, v in exit.info.items() if k != "hooked"},
+                     "result": result if isinstance(result, int) and not isinstance(result, bool) else None})
+
+    def inject(self, event) -> None:
+        if not self._selected_n():
+            return
+        self._event({"type": "inject", "n": self._number(), "vector": event.vector, "kind": event.kind,
+                     "error_code": event.error_code, "cr2": event.cr2})
+
+    def stop(self, result) -> None:
+        # The hook of the instruction after the one that stopped the VM may have fired
+        # without the instruction running: EIP still points at it then, and it is dropped.
+        if self._prev is not None and self.vm.engine.reg("eip") != self._prev[1]:
+            self._read_batch()
+            self._emit_instruction(self._vals[:])
+        self._prev = None
+        self._flush_pending()
+        self._write_event({"type": "stop", "n": self._number(), "kind": result.kind.value,
+                           "message": result.message.splitlines()[0] if result.message else ""})
+        self.out.flush()
+
+
+def eng_reg_id(name: str) -> int:
+    from ..cpu.regs import UC_REG
+    return UC_REG[name]
