@@ -82,6 +82,12 @@ def main():
 @click.option("--vmcs", "vmcs_writes", multiple=True, metavar="FIELD=VALUE",
               help="vtx: VMWRITE a field before launch, e.g. --vmcs EXCEPTION_BITMAP=0 "
               "or --vmcs GUEST_CR0=0x80000000 (repeatable).")
+@click.option("--gdb", "gdb_address", default=None, metavar="[HOST]:PORT",
+              help="Serve the GDB remote protocol (loopback by default) and wait for gdb before the first "
+              "instruction: gdb -ex 'target remote :1234' guest.elf. In gdb, 'monitor stat' prints the exit "
+              "statistics and 'monitor walk ADDR' explains a translation.")
+@click.option("--wait", is_flag=True, help="With --gdb: wait for the debugger before running (what --gdb "
+              "always does; accepted for QEMU-style command lines).")
 @click.option("--page-walk-cache", is_flag=True,
               help="vtx-ept: cache the EPT translation of guest page-table pages (fewer 2-D walk references).")
 @click.option("--stat", is_flag=True, help="After the run, print exits by reason (count, share, "
@@ -89,7 +95,7 @@ def main():
 @click.option("--stat-json", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write the same statistics as JSON.")
 def run(image, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind, load_address, serial_input,
-        controls, vmcs_writes, page_walk_cache, stat, stat_json):
+        controls, vmcs_writes, gdb_address, wait, page_walk_cache, stat, stat_json):
     """Boot IMAGE_OR_GUEST and print its serial output.
 
     IMAGE_OR_GUEST is a Multiboot ELF, a 512-byte boot sector, a flat binary (with
@@ -126,7 +132,24 @@ def run(image, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind,
             apply_controls(vm.mode.vmcs, controls)
         except VmcsEditError as err:
             _fail(str(err))
-    result = vm.run()
+    if wait and not gdb_address:
+        _fail("--wait goes with --gdb [HOST]:PORT")
+    if gdb_address:
+        from .trace.gdbstub import serve_gdb
+        host, _, port_text = gdb_address.rpartition(":")
+        try:
+            port = int(port_text)
+        except ValueError:
+            _fail(f"--gdb {gdb_address}: expected [HOST]:PORT, e.g. :1234")
+        vm.timeout = None  # the debugger decides how long the guest runs
+        try:
+            result = serve_gdb(vm, host or "127.0.0.1", port, symbols=loaded.symbols,
+                               on_listen=lambda p: click.echo(f"vmm: waiting for gdb on {host or '127.0.0.1'}:{p}",
+                                                              err=True))
+        except OSError as err:
+            _fail(f"--gdb {gdb_address}: {err.strerror or err}")
+    else:
+        result = vm.run()
     if result.kind.name != "EXIT":
         click.echo(f"vmm: {result.kind.value}: {result.message}", err=True)
     if stat or stat_json:

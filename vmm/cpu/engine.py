@@ -111,6 +111,7 @@ class Engine:
         self._init_fast_regs()
         self._thunks: list = []
         self.fill_observer = None  # called with (vaddr, access, answer) on every TLB fill
+        self._counting = False
         self._install_hooks()
 
     # -- memory --------------------------------------------------------------------------
@@ -297,8 +298,11 @@ class Engine:
 
     def add_breakpoint(self, address: int, callback) -> int:
         """Call ``callback(address)`` before the instruction at ``address`` executes."""
-        return self.uc.hook_add(UC_HOOK_CODE, lambda uc, a, size, _: self._guard(callback, a),
-                                None, address, address)
+        handle = self.uc.hook_add(UC_HOOK_CODE, lambda uc, a, size, _: self._guard(callback, a),
+                                  None, address, address)
+        # Code hooks are compiled into translated blocks: retranslate the one holding it.
+        self.uc.ctl_remove_cache(address, address + 1)
+        return handle
 
     def add_instruction_hook(self, callback) -> int:
         """``callback(address, size)`` before *every* instruction: the tracer only (this is
@@ -400,6 +404,13 @@ class Engine:
         self._fault = self.pending_fault = None
         self.stop_reason = None
         begin = self.reg("eip")  # UC_MODE_32 sets EIP = begin, also in real mode
+        if bool(count) != self._counting:
+            # Unicorn adds its instruction-count hook to blocks as it translates them and
+            # does not flush those translated before: a counted run over code translated
+            # in a free run would overshoot its count (measured: a 1-instruction step
+            # ran 3). Switching between free and counted runs drops the translations.
+            self.uc.ctl_flush_tb()
+            self._counting = bool(count)
         timeout_us = int(timeout_s * 1e6) if timeout_s else 0
         started = time.perf_counter()
         self._running = True
