@@ -185,7 +185,7 @@ def test_paging_off_translates_the_linear_address_through_ept_only():
 def test_a_guest_factory_is_accepted():
     m = Machine()
     nested = NestedWalker(lambda: GuestWalker(m.host.read, m.host.write), m.ept)
-    regs = guest32(m)
+    guest32(m)
     assert nested.walk(PG, 0x1000, 0, LIN32, eptp=m.eptp, write=False, user=False).host_physical == OFFSET + 0x5234
 
 

@@ -1,7 +1,6 @@
 """The exception-escalation fix (DESIGN §3): consecutive handled faults keep their vectors."""
 from __future__ import annotations
 
-import pytest
 from keystone import KS_ARCH_X86, KS_MODE_32, Ks
 from unicorn import UC_PROT_ALL
 

@@ -16,14 +16,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .cpu.delivery import Event, TripleFault, vector_name, PF
+from .cpu.delivery import Event, TripleFault, PF
 from .cpu.engine import Engine, EngineError, Fault, Fill, Stop
 from .cpu.faultaddr import precise_fault_address
 from .cpu.regs import IF
 from .devices.board import Board
 from .loader.image import LoadedImage
 from .mmu.paging import PageFault
-from .vmx.exit_reasons import ExitReason
 from .vmx.exits import UnexpectedExit, VmExit
 
 _clock = time.perf_counter
