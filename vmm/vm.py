@@ -5,7 +5,8 @@ the mode's exit table (DESIGN §2). Virtual time is counted in guest instruction
 is deterministic: the engine runs free (no counter, full speed) unless a timer is armed
 or an instruction budget is set, and then in slices that end at the next timer deadline.
 A slice cut short by an event is charged in full (Unicorn does not say how far it got):
-the clock may run ahead by at most one slice per event, the same way on every run.
+slices are at most SLICE_QUANTUM instructions, so the clock may run ahead by at most that
+much per event, the same way on every run.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .cpu.delivery import Event, TripleFault, PF
-from .cpu.engine import Engine, EngineError, Fault, Fill, Stop
+from .cpu.engine import Engine, EngineError, Fault, Fill, GuestMemoryError, Stop
 from .cpu.faultaddr import precise_fault_address
 from .cpu.regs import IF
 from .devices.board import Board
@@ -26,7 +27,8 @@ from .mmu.paging import PageFault
 from .vmx.exits import UnexpectedExit, VmExit
 
 _clock = time.perf_counter
-INTERRUPT_WINDOW_SLICE = 64  # instructions between checks while an IRQ waits for IF=1
+INTERRUPT_WINDOW_SLICE = 64
+SLICE_QUANTUM = 4096  # longest counted slice: bounds how far virtual time can run ahead per early stop  # instructions between checks while an IRQ waits for IF=1
 HOST_MEMORY_BASE = 0xE0000000  # VMM-private host memory (VMX bitmaps, EPT tables), not guest RAM
 BOOT_GDT_ADDRESS = 0xC8000   # option-ROM area, where QEMU keeps its boot GDT too; no image loads there
 
@@ -92,6 +94,7 @@ class VM:
         self._breakpoints: dict[int, int] = {}
         self._stepping_over: int | None = None
         self._launched = False
+        self._counted_slice = False
         self.tsc_reads = 0
         from .trace.tracer import NullTracer
         self.tracer = NullTracer()               # vmm.trace.tracer.Tracer attaches itself here
@@ -257,9 +260,12 @@ class VM:
             done += chunk
 
     def replan(self) -> None:
-        """The guest reprogrammed a timer or interrupt controller: end this slice so the
-        run loop recomputes when the next interrupt can arrive."""
-        self.engine.uc.emu_stop()
+        """The guest reprogrammed a timer or interrupt controller: end a free run so the
+        run loop recomputes when the next interrupt can arrive. A counted slice is left to
+        finish (it is at most SLICE_QUANTUM long), because stopping it early would charge
+        the whole slice to virtual time."""
+        if not self._counted_slice:
+            self.engine.uc.emu_stop()
 
     # -- running -------------------------------------------------------------------------
     def run(self, single_step: bool = False) -> VmResult:
@@ -291,6 +297,8 @@ class VM:
             return self._result(StopKind.ERROR, f"{ue}\n{self.dump_state()}", started)
         except EngineError as err:
             return self._result(StopKind.ERROR, f"the engine stopped: {err}\n{self.dump_state()}", started)
+        except GuestMemoryError as err:
+            return self._result(StopKind.ERROR, f"{err} at EIP {self.engine.reg('eip'):#010x}", started)
         return self._result(StopKind.EXIT, "guest exit", started)
 
     def _result(self, kind: StopKind, message: str, started: float) -> VmResult:
@@ -319,6 +327,7 @@ class VM:
                     raise _Stopped(StopKind.TIMEOUT, f"stopped after {self.timeout:g} s of wall-clock time "
                                    f"(--timeout) at EIP {eng.reg('eip'):#010x}")
             self.mode.before_slice()
+            self._counted_slice = bool(count)
             stop = eng.run(count, remaining)
             if count:
                 self.now += count
@@ -340,7 +349,7 @@ class VM:
                 limits.append(nxt - self.now)
         if irq_waiting:
             limits.append(INTERRUPT_WINDOW_SLICE)
-        return max(1, min(limits)) if limits else 0
+        return max(1, min(min(limits), SLICE_QUANTUM)) if limits else 0
 
     def _after(self, stop: Stop) -> None:
         eng = self.engine

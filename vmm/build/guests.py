@@ -6,7 +6,7 @@ Images are Multiboot v1 ELF32 files loaded at 1 MiB with the Multiboot header fi
 
     >>> from vmm.build.guests import list_guests, build_guest
     >>> [g.name for g in list_guests()]
-    ['hello', 'pmode', 'paging', 'user', 'timer', 'exits']
+    ['hello', 'pmode', 'paging', 'user', 'timer', 'exits', 'popek']
     >>> g = build_guest("hello")
     >>> hex(g.entry), hex(g.load_address), len(g.flat) >= len(g.elf) // 4
     ('0x10000c', '0x100000', True)
@@ -110,6 +110,8 @@ _DESCRIPTIONS = [
     ("timer", "8259 PIC remap, PIT mode 2 at 100 Hz, 10 IRQ0 ticks with sti;hlt and EOI", 0),
     ("exits", "one of each VM-exit-causing operation (CPUID, I/O, MSR, CR, INVLPG, RDTSC, DR, "
               "SGDT/STR, #BP/#UD, VMCALL, HLT + IRQ0) and what it returned", 0),
+    ("popek", "Popek & Goldberg: each sensitive-but-unprivileged x86 instruction (PUSHF, POPF, "
+              "SGDT, SMSW, LAR, far CALL, INT n...) checked against its CPL-0 result", 0),
 ]
 
 

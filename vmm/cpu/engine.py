@@ -41,6 +41,16 @@ _ACCESS = {UC_MEM_WRITE: ACCESS_WRITE, UC_MEM_FETCH: ACCESS_FETCH}
 PROT_READ, PROT_WRITE, PROT_EXEC = UC_PROT_READ, UC_PROT_WRITE, UC_PROT_EXEC
 
 
+class GuestMemoryError(Exception):
+    """The VMM touched host-physical memory that is not there (a guest pointed a page
+    table, a stack or a jump outside its RAM and devices): the VM stops with it."""
+
+    def __init__(self, address: int, size: int, access: str):
+        super().__init__(f"{access} of {size} bytes at physical {address:#010x}, outside the guest's RAM "
+                         f"and devices")
+        self.address, self.size, self.access = address, size, access
+
+
 class EngineError(Exception):
     """Unicorn stopped for a reason the VMM has no model for: the VM stops with it."""
 
@@ -126,17 +136,26 @@ class Engine:
     def read_phys(self, addr: int, size: int) -> bytes:
         buf = self._membuf if size <= 64 else ctypes.create_string_buffer(size)
         if self._mem_read(self._handle, addr, buf, size):
-            return bytes(self.uc.mem_read(addr, size))  # let the binding raise its error
+            return bytes(self._slow_read(addr, size))
         return buf.raw[:size]
 
     def read_u64(self, addr: int) -> int:
         """One 8-byte little-endian read (paging-structure entries: the walk hot path)."""
         if self._mem_read(self._handle, addr, self._pu64, 8):
-            return int.from_bytes(self.uc.mem_read(addr, 8), "little")
+            return int.from_bytes(self._slow_read(addr, 8), "little")
         return self._u64.value
 
+    def _slow_read(self, addr: int, size: int) -> bytes:
+        try:
+            return self.uc.mem_read(addr, size)
+        except UcError:
+            raise GuestMemoryError(addr, size, "read") from None
+
     def write_phys(self, addr: int, data: bytes) -> None:
-        self.uc.mem_write(addr, bytes(data))
+        try:
+            self.uc.mem_write(addr, bytes(data))
+        except UcError:
+            raise GuestMemoryError(addr, len(data), "write") from None
 
     def flush_tlb(self) -> None:
         """Drop every cached translation (CR3 load, INVLPG, INVEPT, VM entry without VPID)."""

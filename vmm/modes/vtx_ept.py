@@ -50,7 +50,9 @@ class VtxEptMode(VtxMode):
         self.ept = EptWalker(pages.read64, ept_write64)
 
         def guest_read(pa: int, size: int) -> int:
-            return eng.read_u64(pa) & 0xFFFFFFFF if size == 4 else eng.read_u64(pa)
+            if size == 8:
+                return eng.read_u64(pa)
+            return int.from_bytes(eng.read_phys(pa, size), "little")  # may be the last bytes of RAM
 
         def guest_write(pa: int, size: int, value: int) -> None:
             eng.write_phys(pa, value.to_bytes(size, "little"))

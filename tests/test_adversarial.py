@@ -1,0 +1,87 @@
+"""Guests that misbehave on purpose: each is contained and stopped with a reason, in every
+mode available, and the VMM never raises."""
+from __future__ import annotations
+
+import pytest
+
+from vmm.vm import StopKind
+
+from conftest import make_vm
+
+MODES = ("native", "vtx", "vtx-ept")
+
+PIT_FASTEST = """
+    mov al, 0x11; out 0x20, al; mov al, 0x20; out 0x21, al; mov al, 4; out 0x21, al; mov al, 1; out 0x21, al
+    mov al, 0xfe; out 0x21, al
+    mov al, 0x34; out 0x43, al; mov al, 1; out 0x40, al; mov al, 0; out 0x40, al
+    sti
+spin: jmp spin
+"""
+
+CASES = {
+    # name: (source, expected stop kind, fragment of the message)
+    "exit flood (I/O in a tight loop)": ("spin: in al, 0x80; jmp spin", StopKind.TIMEOUT, "wall-clock"),
+    "CPUID flood": ("spin: cpuid; jmp spin", StopKind.TIMEOUT, "wall-clock"),
+    "triple fault on purpose": ("xor ecx, ecx; div ecx", StopKind.TRIPLE_FAULT, "triple fault at EIP"),
+    "PIT at the fastest rate, no IDT": (PIT_FASTEST, StopKind.TRIPLE_FAULT, "vector 0x20"),
+    "garbage GDT": (".byte 0x0f,0x01,0x15; .long 0x50000; mov ax, 0x10; mov ds, ax; hlt",
+                    StopKind.TRIPLE_FAULT, "#GP"),
+}
+
+OUTSIDE = {
+    "jump outside RAM": "mov eax, 0xdeadbeef; jmp eax",
+    "page tables outside RAM": ("mov eax, 0xfff00000; mov cr3, eax; mov eax, cr0; or eax, 0x80000000; "
+                                "mov cr0, eax; nop"),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_misbehaving_guest_is_stopped_with_its_reason(case, mode):
+    src, kind, fragment = CASES[case]
+    vm, _ = make_vm(src, mode=mode, timeout=1.0)
+    result = vm.run()
+    assert result.kind is kind and fragment in result.message
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", sorted(OUTSIDE))
+def test_memory_outside_the_guest_stops_it(case, mode):
+    vm, _ = make_vm(OUTSIDE[case], mode=mode, timeout=5)
+    result = vm.run()
+    assert result.kind is StopKind.ERROR
+    assert "outside" in result.message and ("RAM" in result.message)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_fastest_timer_is_bounded_by_the_instruction_budget(mode):
+    # With an IDT that acknowledges each tick, the guest is flooded with IRQ0 but the
+    # budget still ends the run at exactly the budget.
+    src = """
+        lea eax, [tick]
+        mov word ptr [idt + 8*0x20], ax
+        mov word ptr [idt + 8*0x20 + 2], 0x08
+        mov word ptr [idt + 8*0x20 + 4], 0x8e00
+        shr eax, 16
+        mov word ptr [idt + 8*0x20 + 6], ax
+        .byte 0x0f, 0x01, 0x1d
+        .long idtr
+        mov esp, 0x180000
+    """ + PIT_FASTEST + """
+    tick:
+        push eax
+        mov al, 0x20
+        out 0x20, al
+        pop eax
+        iretd
+    idtr:
+        .word 0x7ff
+        .long idt
+    .align 8
+    idt:
+        .space 2048
+    """
+    vm, _ = make_vm(src, mode=mode, max_instructions=6_000, timeout=30)
+    result = vm.run()
+    assert result.kind is StopKind.BUDGET and result.instructions == 6_000
+    assert result.exits.total() > 100  # the ticks kept coming
