@@ -19,6 +19,34 @@ def assemble(src: str, base: int = FLAT_BASE, bits: int = 32) -> bytes:
     return bytes(ks.asm(src, base)[0])
 
 
+def set_gate(vector, handler: str, gate="0x8e00") -> str:
+    """Assembly pointing IDT entry ``vector`` at label ``handler`` (code selector 0x08;
+    ``gate``: the type/DPL/P word, 0x8e00 a present DPL-0 interrupt gate). Needs IDT_DATA."""
+    return f"""
+    lea eax, [{handler}]
+    mov word ptr [idt + 8*{vector}], ax
+    mov word ptr [idt + 8*{vector} + 2], 0x08
+    mov word ptr [idt + 8*{vector} + 4], {gate}
+    shr eax, 16
+    mov word ptr [idt + 8*{vector} + 6], ax
+"""
+
+
+LOAD_IDT = """
+    .byte 0x0f, 0x01, 0x1d      # lidt [idtr]  (keystone would add a 0x66 prefix)
+    .long idtr
+"""
+
+IDT_DATA = """
+idtr:
+    .word 0x7ff
+    .long idt
+.align 8
+idt:
+    .space 2048
+"""
+
+
 def run_flat(src: str, **vm_args):
     """Assemble ``src`` at FLAT_BASE, boot it in a VM, return (result, serial bytes)."""
     out = bytearray()

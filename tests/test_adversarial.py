@@ -6,7 +6,7 @@ import pytest
 
 from vmm.vm import StopKind
 
-from conftest import make_vm
+from conftest import IDT_DATA, LOAD_IDT, make_vm, set_gate
 
 MODES = ("native", "vtx", "vtx-ept")
 
@@ -57,30 +57,14 @@ def test_memory_outside_the_guest_stops_it(case, mode):
 def test_the_fastest_timer_is_bounded_by_the_instruction_budget(mode):
     # With an IDT that acknowledges each tick, the guest is flooded with IRQ0 but the
     # budget still ends the run at exactly the budget.
-    src = """
-        lea eax, [tick]
-        mov word ptr [idt + 8*0x20], ax
-        mov word ptr [idt + 8*0x20 + 2], 0x08
-        mov word ptr [idt + 8*0x20 + 4], 0x8e00
-        shr eax, 16
-        mov word ptr [idt + 8*0x20 + 6], ax
-        .byte 0x0f, 0x01, 0x1d
-        .long idtr
-        mov esp, 0x180000
-    """ + PIT_FASTEST + """
+    src = set_gate(0x20, "tick") + LOAD_IDT + "mov esp, 0x180000" + PIT_FASTEST + """
     tick:
         push eax
         mov al, 0x20
         out 0x20, al
         pop eax
         iretd
-    idtr:
-        .word 0x7ff
-        .long idt
-    .align 8
-    idt:
-        .space 2048
-    """
+    """ + IDT_DATA
     vm, _ = make_vm(src, mode=mode, max_instructions=6_000, timeout=30)
     result = vm.run()
     assert result.kind is StopKind.BUDGET and result.instructions == 6_000

@@ -8,7 +8,7 @@ from vmm.loader.image import load_image
 from vmm.vm import VM, StopKind
 from vmm.vmx.exit_reasons import ExitReason
 
-from conftest import RAM, assemble, run_flat
+from conftest import IDT_DATA, LOAD_IDT, RAM, assemble, run_flat, set_gate
 
 GUESTS = [g.name for g in list_guests()]
 
@@ -57,15 +57,8 @@ def test_cli_hlt_is_a_clean_stop():
     assert "interrupts disabled" in result.message
 
 
-IDT_GUEST = """
-    lea eax, [handler]
-    mov word ptr [idt + 8*{vec}], ax
-    mov word ptr [idt + 8*{vec} + 2], 0x08
-    mov word ptr [idt + 8*{vec} + 4], {gate}
-    shr eax, 16
-    mov word ptr [idt + 8*{vec} + 6], ax
-    .byte 0x0f, 0x01, 0x1d      # lidt [idtr]  (keystone would add a 0x66 prefix)
-    .long idtr
+def idt_guest(vec, gate, body) -> str:
+    return set_gate(vec, "handler", gate) + LOAD_IDT + f"""
     mov esp, 0x180000
     push 0x202
     popfd
@@ -79,19 +72,13 @@ handler:
     mov edx, cr2
     mov al, 0x21
     out 0xf4, al
-idtr:
-    .word 0x7ff
-    .long idt
-.align 8
-idt:
-    .space 2048
-"""
+""" + IDT_DATA
 
 
 def _idt_run(vec, body, gate=0x8E00):
     from vmm.cpu.engine import Engine  # noqa: F401  (the VM drives it)
     out = bytearray()
-    src = IDT_GUEST.format(vec=vec, gate=gate, body=body)
+    src = idt_guest(vec, gate, body)
     image = load_image(assemble(src), ram_size=RAM, kind="flat", load_address=0x100000)
     vm = VM(image, ram_size=RAM, serial_output=out.extend, timeout=20)
     result = vm.run()
@@ -117,14 +104,14 @@ def test_software_interrupt_returns_after_the_instruction():
     result, regs = _idt_run(0x80, "int 0x80")
     assert result.exit_status == (0x21 << 1) | 1
     # no error code for INT n: [esp] is the return EIP, just past the 2-byte INT
-    int_at = assemble(IDT_GUEST.format(vec=0x80, gate=0x8E00, body="int 0x80")).index(b"\xcd\x80")
+    int_at = assemble(idt_guest(0x80, 0x8E00, "int 0x80")).index(b"\xcd\x80")
     assert regs["ebx"] == 0x100000 + int_at + 2
 
 
 def test_software_interrupt_through_a_dpl0_gate_from_ring0_is_allowed_and_ud_is_delivered():
     result, regs = _idt_run(6, "ud2")
     assert result.exit_status == (0x21 << 1) | 1
-    ud_at = assemble(IDT_GUEST.format(vec=6, gate=0x8E00, body="ud2")).index(b"\x0f\x0b")
+    ud_at = assemble(idt_guest(6, 0x8E00, "ud2")).index(b"\x0f\x0b")
     assert regs["ebx"] == 0x100000 + ud_at  # a fault: saved EIP is the UD2 itself
 
 

@@ -16,7 +16,7 @@ from vmm.vmx.qualification import (CrAccess, CrAccessType, InterruptionInfo, Int
 from vmm.vmx.tuning import apply_controls, apply_vmcs_writes
 from vmm.vmx.vmcs import Field
 
-from conftest import assemble, make_vm
+from conftest import IDT_DATA, LOAD_IDT, assemble, make_vm, set_gate
 
 EXIT = "mov al, 0; out 0xf4, al"
 
@@ -223,21 +223,10 @@ def test_vmcall_exits_with_length_3_and_returns_enosys():
 
 
 # -- exceptions and event injection ---------------------------------------------------------------
-IDT_SRC = """
-    lea eax, [handler]
-    mov word ptr [idt + 8*{vec}], ax
-    mov word ptr [idt + 8*{vec} + 2], 0x08
-    mov word ptr [idt + 8*{vec} + 4], {gate}
-    shr eax, 16
-    mov word ptr [idt + 8*{vec} + 6], ax
-    lea eax, [df_handler]
-    mov word ptr [idt + 8*8], ax
-    mov word ptr [idt + 8*8 + 2], 0x08
-    mov word ptr [idt + 8*8 + 4], 0x8e00
-    shr eax, 16
-    mov word ptr [idt + 8*8 + 6], ax
-    .byte 0x0f, 0x01, 0x1d
-    .long idtr
+def idt_src(vec, gate, body) -> str:
+    """A guest with its own handler for ``vec`` (saves [esp] in ESI, exits 0x21) and a
+    #DF handler (EDI = 0xdf, exits 0x22)."""
+    return set_gate(vec, "handler", gate) + set_gate(8, "df_handler") + LOAD_IDT + f"""
     mov esp, 0x180000
     {body}
     hlt
@@ -249,17 +238,11 @@ df_handler:
     mov edi, 0xdf
     mov al, 0x22
     out 0xf4, al
-idtr:
-    .word 0x7ff
-    .long idt
-.align 8
-idt:
-    .space 2048
-"""
+""" + IDT_DATA
 
 
 def test_ud_in_exception_bitmap_exits_and_is_reflected():
-    src = IDT_SRC.format(vec=6, gate=0x8E00, body="ud2")
+    src = idt_src(6, 0x8E00, "ud2")
     vm, log, result = run(src)
     [(exit, f)] = log.of(R.EXCEPTION_NMI)
     info = InterruptionInfo.decode(f[Field.VM_EXIT_INTR_INFO])
@@ -271,7 +254,7 @@ def test_ud_in_exception_bitmap_exits_and_is_reflected():
 
 
 def test_int3_is_a_software_exception_with_length_1():
-    src = IDT_SRC.format(vec=3, gate=0x8E00, body="int3")
+    src = idt_src(3, 0x8E00, "int3")
     vm, log, result = run(src, vmcs("EXCEPTION_BITMAP=0x8"))
     [(exit, f)] = log.of(R.EXCEPTION_NMI)
     info = InterruptionInfo.decode(f[Field.VM_EXIT_INTR_INFO])
@@ -282,7 +265,7 @@ def test_int3_is_a_software_exception_with_length_1():
 
 def test_exit_during_delivery_records_idt_vectoring_and_becomes_double_fault():
     # #DE's gate is not present: delivering #DE raises #NP, which the bitmap intercepts.
-    src = IDT_SRC.format(vec=0, gate=0x0E00, body="xor ecx, ecx; div ecx")
+    src = idt_src(0, 0x0E00, "xor ecx, ecx; div ecx")
     vm, log, result = run(src, vmcs("EXCEPTION_BITMAP=0x800"))
     [(exit, f)] = log.of(R.EXCEPTION_NMI)
     vectoring = InterruptionInfo.decode(f[Field.IDT_VECTORING_INFO_FIELD])
