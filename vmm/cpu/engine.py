@@ -14,6 +14,7 @@ undefined opcode, IN/OUT/CPUID, a TLB miss (``UC_HOOK_TLB_FILL`` with
 from __future__ import annotations
 
 import ctypes
+import struct
 import enum
 import time
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from .regs import UC_REG, UC_TABLE
 
 PAGE = 0x1000
 SCRATCH_PAGE = 0xFFFFF000  # host page outside guest RAM, see the TLB-fill hook
+TRAMPOLINE_HOST = 0xFFFFE000    # the VMM's IRET trampoline (Engine.iret_to), host side
+TRAMPOLINE_LINEAR = 0xFFFFE000  # ... and where it sits in every guest's linear space
+TRAMPOLINE_STACK = 0x800        # offset of its stack frame in that page
 
 ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = "read", "write", "fetch"
 _ACCESS = {UC_MEM_WRITE: ACCESS_WRITE, UC_MEM_FETCH: ACCESS_FETCH}
@@ -122,6 +126,7 @@ class Engine:
         self._thunks: list = []
         self.fill_observer = None  # called with (vaddr, access, answer) on every TLB fill
         self._counting = False
+        self.trampoline: int | None = None
         self._install_hooks()
 
     # -- memory --------------------------------------------------------------------------
@@ -243,6 +248,9 @@ class Engine:
         def fill(uc, vaddr, access, entry, _):
             if self._fault is not None:
                 return False  # the first fault of this run is the one to deliver
+            if self.trampoline is not None and vaddr & ~0xFFF == TRAMPOLINE_LINEAR:
+                entry.paddr, entry.perms = TRAMPOLINE_HOST, UC_PROT_ALL
+                return True
             answer = self._guard(self.ops.on_tlb_fill, vaddr, _ACCESS.get(access, ACCESS_READ))
             if self.fill_observer is not None:  # the tracer: page map and --walks
                 self._guard(self.fill_observer, vaddr, _ACCESS.get(access, ACCESS_READ), answer)
@@ -488,10 +496,46 @@ class Engine:
         ring 1 enter it with IRET from a ring-0 trampoline instead (DESIGN §3).
         """
         if cpl != 0:
-            raise ValueError("enter_ring reaches ring 0 only")
+            raise ValueError("enter_ring reaches ring 0 only; use iret_to for rings 1-3")
         cr0 = self.reg("cr0")
         self.set_reg("cr0", cr0 & ~1)
         self.set_reg("ss", 0)
         self.set_reg("cr0", cr0)
         self.set_reg("cs", cs)
         self.set_reg("ss", ss)
+
+    def iret_to(self, *, eip: int, cs: int, eflags: int, esp: int, ss: int, vmm_cs: int, vmm_ss: int) -> None:
+        """Enter any ring (a deprivileged kernel's ring 1 above all) the way the CPU allows:
+        a 32-bit IRET executed at CPL 0 from the VMM's trampoline page.
+
+        ``reg_write`` cannot load a less privileged CS/SS pair (see :meth:`enter_ring`),
+        so the engine first reaches CPL 0 with the VMM's own ring-0 descriptors
+        ``vmm_cs``/``vmm_ss`` (a VMM that deprivileges its guest owns the GDT the CPU uses
+        and reserves entries for itself, as Xen does), pushes an IRET frame on a stack in
+        the trampoline page, and runs the one IRET there. The trampoline occupies the
+        linear page TRAMPOLINE_LINEAR, which the TLB-fill hook serves before asking the
+        mode: the top of the linear address space is the VMM's, as in Xen's 32-bit PV.
+        """
+        if self.trampoline is None:
+            self.uc.mem_map(TRAMPOLINE_HOST, PAGE, UC_PROT_ALL)
+            self.uc.mem_write(TRAMPOLINE_HOST, b"\xcf")  # IRETD
+            self.trampoline = TRAMPOLINE_HOST
+        self.enter_ring(0, vmm_cs, vmm_ss)
+        frame = struct.pack("<IIIII", eip, cs, eflags, esp, ss)
+        self.uc.mem_write(TRAMPOLINE_HOST + TRAMPOLINE_STACK, frame)
+        self.set_reg("esp", TRAMPOLINE_LINEAR + TRAMPOLINE_STACK)
+        self.set_reg("eip", TRAMPOLINE_LINEAR)
+        if not self._counting:
+            self.uc.ctl_flush_tb()
+            self._counting = True
+        self._running = True
+        try:
+            self.uc.emu_start(TRAMPOLINE_LINEAR, 0, count=1)
+        finally:
+            self._running = False
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if self.reg("eip") != eip or self.reg("cs") != cs:
+            raise EngineError(f"IRET to {cs:#06x}:{eip:#010x} did not land (CS {self.reg('cs'):#06x}, "
+                              f"EIP {self.reg('eip'):#010x}): check the descriptors")
