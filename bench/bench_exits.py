@@ -18,7 +18,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 
 from keystone import KS_ARCH_X86, KS_MODE_32, Ks  # noqa: E402
-from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_32, Uc  # noqa: E402
+from compute import run_raw_unicorn  # noqa: E402
 from unicorn import x86_const as X  # noqa: E402
 
 BASE = 0x100000
@@ -30,18 +30,10 @@ def loop(iterations: int, body: str) -> bytes:
 
 
 def raw(code: bytes, hook_cpuid: bool) -> float:
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map(0, 16 << 20)
-    uc.mem_write(BASE, code)
-    if hook_cpuid:
-        def cpuid(uc, data):
-            uc.reg_write(X.UC_X86_REG_EAX, 0)
-            return 1
-        uc.hook_add(UC_HOOK_INSN, cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
-    uc.hook_add(UC_HOOK_INSN, lambda uc, port, size, value, data: uc.emu_stop(), None, 1, 0, X.UC_X86_INS_OUT)
-    start = time.perf_counter()
-    uc.emu_start(BASE, 0)
-    return time.perf_counter() - start
+    def cpuid(uc, data):
+        uc.reg_write(X.UC_X86_REG_EAX, 0)
+        return 1
+    return run_raw_unicorn(code, BASE, [(X.UC_X86_INS_CPUID, cpuid)] if hook_cpuid else [])
 
 
 def vtx(code: bytes) -> float:

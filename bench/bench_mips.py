@@ -15,19 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from compute import LOAD_ADDRESS, compute_loop  # noqa: E402
-from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_32, Uc  # noqa: E402
-from unicorn import x86_const as X  # noqa: E402
-
-
-def raw_unicorn(code: bytes) -> float:
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map(0, 16 << 20)
-    uc.mem_write(LOAD_ADDRESS, code)
-    uc.hook_add(UC_HOOK_INSN, lambda uc, port, size, value, data: uc.emu_stop(), None, 1, 0, X.UC_X86_INS_OUT)
-    start = time.perf_counter()
-    uc.emu_start(LOAD_ADDRESS, 0)
-    return time.perf_counter() - start
+from compute import LOAD_ADDRESS, compute_loop, run_raw_unicorn  # noqa: E402
 
 
 def native(code: bytes) -> float:
@@ -45,7 +33,7 @@ def native(code: bytes) -> float:
 
 def measure(iterations: int, repeat: int) -> dict[str, float]:
     code, instructions = compute_loop(iterations)
-    best = {"raw unicorn": min(raw_unicorn(code) for _ in range(repeat)),
+    best = {"raw unicorn": min(run_raw_unicorn(code) for _ in range(repeat)),
             "native": min(native(code) for _ in range(repeat))}
     return {name: instructions / seconds / 1e6 for name, seconds in best.items()}
 

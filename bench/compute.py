@@ -27,3 +27,24 @@ def compute_loop(iterations: int) -> tuple[bytes, int]:
     """
     code = bytes(Ks(KS_ARCH_X86, KS_MODE_32).asm(src, LOAD_ADDRESS)[0])
     return code, 2 + 4 * iterations + 2
+
+
+def run_raw_unicorn(code: bytes, base: int = LOAD_ADDRESS, hooks=()) -> float:
+    """Seconds for plain Unicorn (no VMM) to run ``code`` at ``base`` until its OUT.
+
+    ``hooks``: ``(insn, callback)`` pairs added as UC_HOOK_INSN before the run.
+    """
+    import time
+
+    from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_32, Uc
+    from unicorn import x86_const as X
+
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 16 << 20)
+    uc.mem_write(base, code)
+    for insn, callback in hooks:
+        uc.hook_add(UC_HOOK_INSN, callback, None, 1, 0, insn)
+    uc.hook_add(UC_HOOK_INSN, lambda uc, port, size, value, data: uc.emu_stop(), None, 1, 0, X.UC_X86_INS_OUT)
+    start = time.perf_counter()
+    uc.emu_start(base, 0)
+    return time.perf_counter() - start

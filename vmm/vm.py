@@ -326,7 +326,6 @@ class VM:
                 if remaining <= 0:
                     raise _Stopped(StopKind.TIMEOUT, f"stopped after {self.timeout:g} s of wall-clock time "
                                    f"(--timeout) at EIP {eng.reg('eip'):#010x}")
-            self.mode.before_slice()
             self._counted_slice = bool(count)
             stop = eng.run(count, remaining)
             if count:

@@ -182,7 +182,6 @@ class Engine:
         self._u64 = ctypes.c_uint64()
         self._pu64 = ctypes.cast(ctypes.pointer(self._u64), self._mem_read.argtypes[2])
         self._batch_ids: dict = {}
-        self._regs_ptrs: dict = {}
         self._regs_keep: list = []
         self._batch_vals = (ctypes.c_uint64 * 4)()
         self._batch_ptrs = (ctypes.c_void_p * 4)(*(ctypes.addressof(self._batch_vals) + 8 * i for i in range(4)))
@@ -351,32 +350,6 @@ class Engine:
         cthunk = code_hook(thunk)
         self._thunks.append(cthunk)
         return self.uc._Uc__do_hook_add(UC_HOOK_CODE, cthunk, 1, 0)
-
-    def read_regs(self, ids, values) -> None:
-        """Read the registers named by a ctypes int array ``ids`` into ``values``
-        (a ctypes uint64 array), in one C call."""
-        ptrs = self._regs_ptrs.get(id(values))
-        if ptrs is None:
-            ptrs = self._regs_ptrs[id(values)] = (ctypes.c_void_p * len(values))(
-                *(ctypes.addressof(values) + 8 * i for i in range(len(values))))
-            self._regs_keep.append((values, ptrs))
-        if _uclib.uc_reg_read_batch(self._handle, ids, ptrs, len(values)):
-            raise UcError(UC_ERR_EXCEPTION)
-
-    def add_raw_instruction_hook(self, thunk) -> int:
-        """Like :meth:`add_instruction_hook`, but ``thunk(handle, address, size, data)`` is
-        called from C directly, one Python frame less: it must catch its own exceptions
-        and hand them to :meth:`fail`."""
-        code_hook = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
-        cthunk = code_hook(thunk)
-        self._thunks.append(cthunk)
-        return self.uc._Uc__do_hook_add(UC_HOOK_CODE, cthunk, 1, 0)
-
-    def fail(self, exc: BaseException) -> None:
-        """A hook failed: stop emulation and re-raise ``exc`` from :meth:`run`."""
-        if self._error is None:
-            self._error = exc
-        self.uc.emu_stop()
 
     def read_regs_thunk(self, ids, values):
         """A zero-argument function that reads the registers named by ``ids`` (a ctypes int

@@ -76,9 +76,6 @@ class NativeMode:
     def on_slice_end(self) -> None:
         pass
 
-    def before_slice(self) -> None:
-        """Work a hook had to defer until emulation stopped (e.g. a TLB flush)."""
-
     def memory_counters(self) -> dict[str, int]:
         """Counts of the mode's memory-virtualization events, for statistics."""
         return {"TLB fills (guest walks)": self.tlb_fills}

@@ -130,7 +130,6 @@ class VtxMode(VmxNonRoot, NativeMode):
         self.host_pages = HostPages(vm.host_alloc, vm.engine.read_phys, vm.engine.write_phys, vm.engine.read_u64)
         self.shadow = ShadowPaging(self.host_pages, flush_tlb=self.request_flush)
         self.tlb_flushes = 0
-        self._flush_pending = False
         self._set_up_vmcs()
         self.exit_table = {
             ExitReason.EXCEPTION_NMI: self.handle_exception,
@@ -309,11 +308,6 @@ class VtxMode(VmxNonRoot, NativeMode):
         helper flushes in the middle of a translation block); stopping emulation there
         instead would abort and restart the faulting instruction."""
         self.vm.engine.flush_tlb()
-
-    def before_slice(self) -> None:
-        if self._flush_pending:
-            self._flush_pending = False
-            self.vm.engine.flush_tlb()
 
     def flush_on_entry(self, deferred: bool) -> None:
         """Without VPID every VM entry starts with an empty TLB (SDM §28.3.3.1)."""
