@@ -351,6 +351,21 @@ class Engine:
         self._thunks.append(cthunk)
         return self.uc._Uc__do_hook_add(UC_HOOK_CODE, cthunk, 1, 0)
 
+    def add_raw_instruction_hook(self, thunk) -> int:
+        """Like :meth:`add_instruction_hook`, but ``thunk(handle, address, size, data)`` is
+        called from C directly, one Python frame less: it must catch its own exceptions
+        and hand them to :meth:`fail`."""
+        code_hook = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+        cthunk = code_hook(thunk)
+        self._thunks.append(cthunk)
+        return self.uc._Uc__do_hook_add(UC_HOOK_CODE, cthunk, 1, 0)
+
+    def fail(self, exc: BaseException) -> None:
+        """A hook failed: stop emulation and re-raise ``exc`` from :meth:`run`."""
+        if self._error is None:
+            self._error = exc
+        self.uc.emu_stop()
+
     def read_regs_thunk(self, ids, values):
         """A zero-argument function that reads the registers named by ``ids`` (a ctypes int
         array) into ``values`` (a ctypes uint64 array) in one C call: the tracer's hot path."""
