@@ -160,6 +160,7 @@ def run(image, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind,
 def _report_stats(result, *, mode: str, guest: str, show: bool, json_path: str | None) -> None:
     from rich.console import Console
 
+    from .cost.events import render_events
     from .cost.stats import exit_stats, render, render_memory, stats_json
 
     rows = exit_stats(result.exits, result.exit_seconds)
@@ -168,12 +169,15 @@ def _report_stats(result, *, mode: str, guest: str, show: bool, json_path: str |
         console = Console()
         console.print(render(rows, f"{guest} in {mode}: {sum(r.count for r in rows)} {label}, "
                                    f"{result.wall_seconds:.3f} s wall"))
+        for category, counts in result.events.items():
+            console.print(render_events(category, counts, result.event_seconds.get(category, {}),
+                                        f"{category} ({mode}): {sum(counts.values())}"))
         if result.memory:
             console.print(render_memory(result.memory, f"memory virtualization ({mode})"))
     if json_path:
         text = stats_json(rows, mode=mode, guest=guest, instructions=result.instructions,
                           virtual_time=result.virtual_time, wall_seconds=result.wall_seconds,
-                          memory=result.memory)
+                          memory=result.memory, events=result.events)
         tmp = f"{json_path}.tmp{os.getpid()}"
         try:
             with open(tmp, "w") as f:

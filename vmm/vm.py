@@ -56,6 +56,8 @@ class VmResult:
     exits: Counter = field(default_factory=Counter)
     exit_seconds: Counter = field(default_factory=Counter)
     memory: dict = field(default_factory=dict)   # the mode's memory-virtualization counters
+    events: dict = field(default_factory=dict)   # the mode's own events: category -> Counter(name)
+    event_seconds: dict = field(default_factory=dict)  # handler time, same keys
 
     @property
     def status(self) -> int:
@@ -304,9 +306,11 @@ class VM:
     def _result(self, kind: StopKind, message: str, started: float) -> VmResult:
         self.mode.stopped()
         exact = self.max_instructions is not None
+        events, event_seconds = self.mode.events.snapshot()
         result = VmResult(kind, message, self.engine.reg("eip"), self.board.exit_status,
                           self.now if exact else None, self.now, time.perf_counter() - started,
-                          Counter(self.exits), Counter(self.exit_seconds), self.mode.memory_counters())
+                          Counter(self.exits), Counter(self.exit_seconds), self.mode.memory_counters(),
+                          events, event_seconds)
         if self.tracer.enabled and kind is not StopKind.BREAKPOINT:
             self.tracer.stop(result)
         return result

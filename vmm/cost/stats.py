@@ -27,7 +27,8 @@ def exit_stats(counts: Counter, seconds: Counter) -> list[ExitStat]:
 
 
 def stats_json(rows: list[ExitStat], *, mode: str, guest: str, instructions: int | None,
-               virtual_time: int, wall_seconds: float, memory: dict | None = None) -> str:
+               virtual_time: int, wall_seconds: float, memory: dict | None = None,
+               events: dict | None = None) -> str:
     total = sum(s.count for s in rows)
     return json.dumps({
         "mode": mode, "guest": guest, "instructions": instructions, "virtual_time": virtual_time,
@@ -38,6 +39,7 @@ def stats_json(rows: list[ExitStat], *, mode: str, guest: str, instructions: int
                    "handler_seconds": s.handler_seconds, "mean_handler_us": round(s.mean_us, 3)}
                   for s in rows],
         "memory": memory or {},
+        "events": {category: dict(counts) for category, counts in (events or {}).items()},
     }, indent=2)
 
 

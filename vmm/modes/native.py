@@ -10,6 +10,7 @@ subclass this one and change what an event becomes.
 """
 from __future__ import annotations
 
+from ..cost.events import EventCounters
 from ..cpu.delivery import Event, EventDelivery
 from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
 from ..cpu.regs import IF
@@ -31,6 +32,7 @@ class NativeMode:
         self.delivery = EventDelivery(eng, lambda linear, write: self.translate(linear, write, user=False),
                                       lambda cr2: eng.set_reg("cr2", cr2))
         self.tlb_fills = 0
+        self.events = EventCounters()   # the mode's own events (traps, callouts, hypercalls)
         self.code_watchers: list = []   # objects with fetch(linear_page, page) and written(page)
         self.code_frames: set[int] = set()
         self.exit_table = {
