@@ -153,6 +153,7 @@ class VM:
         for name, value in image.registers.items():
             eng.set_reg(name, value)
         eng.set_reg("eip", image.entry)
+        self.mode.boot(image)
 
     # -- VcpuOps: what the engine calls; the mode decides what each event becomes -------
     def on_interrupt(self, vector: int, error_code: int, software: bool) -> None:

@@ -1,24 +1,40 @@
 """The six ways to run a guest (DESIGN §1). Each mode is an exit table plus an MMU policy."""
 from __future__ import annotations
 
+import importlib
+
 MODES = ("native", "trap", "bt", "pv", "vtx", "vtx-ept")
+# mode name -> (module in this package, class)
+_CLASSES = {
+    "native": ("native", "NativeMode"),
+    "trap": ("trap", "TrapMode"),
+    "bt": ("bt", "BtMode"),
+    "pv": ("pv", "PvMode"),
+    "vtx": ("vtx", "VtxMode"),
+    "vtx-ept": ("vtx_ept", "VtxEptMode"),
+}
 
 
 def get_mode(name: str):
-    if name == "native":
-        from .native import NativeMode
-        return NativeMode
-    if name == "vtx":
-        from .vtx import VtxMode
-        return VtxMode
-    if name == "vtx-ept":
-        from .vtx_ept import VtxEptMode
-        return VtxEptMode
-    if name in MODES:
+    if name not in _CLASSES:
+        raise ValueError(f"unknown mode {name!r}; choose one of: {', '.join(MODES)}")
+    module, cls = _CLASSES[name]
+    try:
+        return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{module}":
+            raise
         raise NotImplementedError(f"mode {name!r} is not available yet; available: "
-                                  f"{', '.join(available_modes())}")
-    raise ValueError(f"unknown mode {name!r}; choose one of: {', '.join(MODES)}")
+                                  f"{', '.join(available_modes())}") from None
 
 
 def available_modes() -> tuple[str, ...]:
-    return ("native", "vtx", "vtx-ept")
+    """The modes whose implementation is present, in DESIGN order."""
+    found = []
+    for name in MODES:
+        try:
+            get_mode(name)
+        except NotImplementedError:
+            continue
+        found.append(name)
+    return tuple(found)

@@ -103,6 +103,10 @@ class NativeMode:
         self.vm.replan()  # the APIC timer may have changed
         return None
 
+    def boot(self, image) -> None:
+        """The image is loaded and the boot state (Multiboot's) set: a mode that boots its
+        guests differently (pv: ring 1, paging on, start-info page) changes it here."""
+
     def launch(self) -> str | None:
         """Start the guest; a mode with entry checks returns their failure report."""
         return None
