@@ -15,26 +15,26 @@ _CLASSES = {
 }
 
 
-def get_mode(name: str):
-    if name not in _CLASSES:
-        raise ValueError(f"unknown mode {name!r}; choose one of: {', '.join(MODES)}")
+def _load(name: str):
     module, cls = _CLASSES[name]
     try:
         return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
     except ModuleNotFoundError as err:
         if err.name != f"{__name__}.{module}":
             raise
+        return None
+
+
+def get_mode(name: str):
+    if name not in _CLASSES:
+        raise ValueError(f"unknown mode {name!r}; choose one of: {', '.join(MODES)}")
+    mode = _load(name)
+    if mode is None:
         raise NotImplementedError(f"mode {name!r} is not available yet; available: "
-                                  f"{', '.join(available_modes())}") from None
+                                  f"{', '.join(available_modes())}")
+    return mode
 
 
 def available_modes() -> tuple[str, ...]:
     """The modes whose implementation is present, in DESIGN order."""
-    found = []
-    for name in MODES:
-        try:
-            get_mode(name)
-        except NotImplementedError:
-            continue
-        found.append(name)
-    return tuple(found)
+    return tuple(name for name in MODES if _load(name) is not None)
