@@ -399,10 +399,10 @@ class VM:
 
     def halt(self) -> None:
         """HLT: sleep until the next interrupt, skipping virtual time to the next timer."""
-        if self.board.interrupt_pending():
-            if self.engine.reg("eflags") & IF:
-                return
-        if not self.engine.reg("eflags") & IF:
+        enabled = self.mode.interrupts_enabled()
+        if self.board.interrupt_pending() and enabled:
+            return
+        if not enabled:
             raise _Stopped(StopKind.HALTED, f"guest halted with interrupts disabled at EIP "
                            f"{self.engine.reg('eip') - 1:#010x}")
         nxt = self.board.next_deliverable_event()

@@ -134,12 +134,40 @@ class EventDelivery:
     def descriptor(self, selector: int, ext: int) -> Descriptor:
         """Read a GDT/LDT descriptor; #GP(selector) if outside the table."""
         table = "ldtr" if selector & 4 else "gdtr"
-        _, base, limit = self.engine.table(table)
+        _, base, limit = self.table(table)
         index = selector & 0xFFF8
         if index + 7 > limit:
             raise DeliveryFault(GP, (selector & 0xFFFC) | ext)
         lo, hi = struct.unpack("<II", self._read(base + index, 8))
         return Descriptor.parse(lo, hi)
+
+    # -- the processor state delivery reads and writes ------------------------------------
+    # A VMM that runs its guest kernel deprivileged (``trap``) overrides these four: the
+    # guest's own tables and privilege level are virtual there, and the frame it sees
+    # must hold the values it would see on bare hardware.
+    def table(self, name: str) -> tuple[int, int, int]:
+        """(selector, base, limit) of GDTR, LDTR, IDTR or TR as the guest defined it."""
+        return self.engine.table(name)
+
+    def cpl(self) -> int:
+        return self.engine.reg("cs") & 3
+
+    def saved_state(self) -> tuple[int, int, int]:
+        """(EFLAGS, CS, SS) to push in the frame."""
+        eng = self.engine
+        return eng.reg("eflags"), eng.reg("cs"), eng.reg("ss")
+
+    def enter(self, *, cpl: int, new_cpl: int, cs: int, ss: int | None, esp: int, eflags: int,
+              eip: int) -> None:
+        """Load the handler's state; ``ss`` is None when the stack did not switch."""
+        eng = self.engine
+        if new_cpl != cpl:
+            eng.enter_ring(new_cpl, cs, ss)
+        else:
+            eng.set_reg("cs", cs)
+        eng.set_reg("esp", esp)
+        eng.set_reg("eflags", eflags)
+        eng.set_reg("eip", eip)
 
     # -- entry points --------------------------------------------------------------------
     def deliver(self, event: Event) -> None:
@@ -175,8 +203,8 @@ class EventDelivery:
         eng = self.engine
         software = ev.kind == "software"
         ext = 0 if software else 1
-        cpl = eng.reg("cs") & 3
-        _, idt_base, idt_limit = eng.table("idtr")
+        cpl = self.cpl()
+        _, idt_base, idt_limit = self.table("idtr")
         gate_error = ev.vector * 8 + 2 + ext
         if ev.vector * 8 + 7 > idt_limit:
             raise DeliveryFault(GP, gate_error)
@@ -199,14 +227,15 @@ class EventDelivery:
             raise DeliveryFault(NP, (selector & 0xFFFC) | ext)
         new_cpl = cpl if code.conforming else code.dpl
 
-        eflags, eip, esp = eng.reg("eflags"), eng.reg("eip"), eng.reg("esp")
-        cs, ss = eng.reg("cs"), eng.reg("ss")
+        eflags, cs, ss = self.saved_state()
+        eip, esp = eng.reg("eip"), eng.reg("esp")
         frame = [eflags, cs, eip]
-        if new_cpl < cpl:
-            _, tss_base, tss_limit = eng.table("tr")
+        switched = new_cpl < cpl
+        if switched:
+            tss_selector, tss_base, tss_limit = self.table("tr")
             slot = 4 + 8 * new_cpl
             if slot + 5 > tss_limit:
-                raise DeliveryFault(TS, (eng.table("tr")[0] & 0xFFFC) | ext)
+                raise DeliveryFault(TS, (tss_selector & 0xFFFC) | ext)
             new_esp = self._u32(tss_base + slot)
             new_ss = struct.unpack("<H", self._read(tss_base + slot + 4, 2))[0]
             stack = self.descriptor(new_ss, ext) if new_ss & 0xFFFC else None
@@ -235,16 +264,11 @@ class EventDelivery:
 
         if ev.vector == PF and ev.cr2 is not None:
             self.set_cr2(ev.cr2)
-        if new_cpl != cpl:
-            eng.enter_ring(new_cpl, (selector & 0xFFFC) | new_cpl, new_ss)
-        else:
-            eng.set_reg("cs", (selector & 0xFFFC) | new_cpl)
-        eng.set_reg("esp", top)
         new_flags = eflags & ~(TF | NT | RF | VM)
         if gate_type == GATE_INT32:
             new_flags &= ~IF
-        eng.set_reg("eflags", new_flags)
-        eng.set_reg("eip", offset)
+        self.enter(cpl=cpl, new_cpl=new_cpl, cs=(selector & 0xFFFC) | new_cpl, ss=new_ss if switched else None,
+                   esp=top, eflags=new_flags, eip=offset)
 
     def _real(self, ev: Event) -> None:
         eng = self.engine

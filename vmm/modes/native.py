@@ -114,12 +114,16 @@ class NativeMode:
     def stopped(self) -> None:
         """The VM stopped: settle any state the mode keeps live."""
 
+    def interrupts_enabled(self) -> bool:
+        """The guest's EFLAGS.IF (a deprivileged guest's is virtual)."""
+        return bool(self.vm.engine.reg("eflags") & IF)
+
     def poll_interrupts(self) -> bool:
         """Deliver a pending interrupt if the guest accepts one; True if one still waits."""
         board = self.vm.board
         if not board.interrupt_pending():
             return False
-        if self.vm.engine.reg("eflags") & IF:
+        if self.interrupts_enabled():
             self.vm.dispatch(VmExit(ExitReason.EXTERNAL_INTERRUPT, info={"vector": board.acknowledge_interrupt()}))
             return board.interrupt_pending()
         return True
