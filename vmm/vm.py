@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from .cpu.delivery import Event, TripleFault, PF
 from .cpu.engine import Engine, EngineError, Fault, Fill, GuestMemoryError, Stop
 from .cpu.faultaddr import precise_fault_address
-from .cpu.regs import IF
 from .devices.board import Board
 from .loader.image import LoadedImage
 from .mmu.paging import PageFault
