@@ -103,6 +103,9 @@ class VcpuOps(Protocol):
     def read_code_byte(self, linear: int) -> int: ...
 
 
+_REG_MASK = {name: 0xFFFF for name in ("cs", "ss", "ds", "es", "fs", "gs")}
+
+
 class Engine:
     """A 32-bit x86 CPU with host-physical memory, driven by a :class:`VcpuOps`."""
 
@@ -127,6 +130,7 @@ class Engine:
         self.fill_observer = None  # called with (vaddr, access, answer) on every TLB fill
         self._counting = False
         self.trampoline: int | None = None
+        self._pending_iret: dict | None = None
         self._install_hooks()
 
     # -- memory --------------------------------------------------------------------------
@@ -189,7 +193,9 @@ class Engine:
     def reg(self, name: str) -> int:
         if self._read(self._handle, UC_REG[name], self._pbuf):
             return self.uc.reg_read(UC_REG[name])  # let the binding raise its error
-        return self._buf.value & 0xFFFFFFFF
+        # Unicorn stores only 16 bits for a segment register: the rest of the shared
+        # buffer is whatever the previous read left there.
+        return self._buf.value & _REG_MASK.get(name, 0xFFFFFFFF)
 
     def set_regs4(self, names: tuple[str, str, str, str], values) -> None:
         """Write four general registers in one C call (CPUID's EAX..EDX: the exit hot path)."""
@@ -446,6 +452,11 @@ class Engine:
             self._fault = None
         if self._error is not None:
             raise self._error
+        if self._pending_iret is not None:
+            frame, self._pending_iret = self._pending_iret, None
+            self.iret_to(**frame)
+            if self.stop_reason is None:
+                return Stop.SLICE_DONE
         if self.stop_reason is not None:
             return Stop.REQUESTED
         if timeout_us and time.perf_counter() - started >= timeout_s:
@@ -491,6 +502,16 @@ class Engine:
         self.set_reg("cr0", cr0)
         self.set_reg("cs", cs)
         self.set_reg("ss", ss)
+
+    def iret_soon(self, **frame) -> None:
+        """:meth:`iret_to`, from wherever the VMM is: now between runs, or, inside a hook
+        (where ``emu_start`` cannot be re-entered), as soon as the current run stops,
+        which it is asked to do before the next guest instruction."""
+        if not self._running:
+            self.iret_to(**frame)
+            return
+        self._pending_iret = frame
+        self.uc.emu_stop()
 
     def iret_to(self, *, eip: int, cs: int, eflags: int, esp: int, ss: int, vmm_cs: int, vmm_ss: int) -> None:
         """Enter any ring (a deprivileged kernel's ring 1 above all) the way the CPU allows:
