@@ -180,7 +180,7 @@ def test_a_boot_sector_cannot_be_deprivileged():
 SELECTOR_WORDS = ("CPL", "CS=", "SS=", "TR=", "str=")
 
 
-@pytest.mark.parametrize("name", [g.name for g in list_guests()])
+@pytest.mark.parametrize("name", [g.name for g in list_guests() if g.expected_path.exists()])
 def test_builtin_guest_transcript_in_trap(name):
     info = next(g for g in list_guests() if g.name == name)
     vm, _ = make_vm(load_image(build_guest(name).elf, ram_size=128 << 20, image_name=name), mode="trap")

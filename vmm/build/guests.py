@@ -6,7 +6,7 @@ Images are Multiboot v1 ELF32 files loaded at 1 MiB with the Multiboot header fi
 
     >>> from vmm.build.guests import list_guests, build_guest
     >>> [g.name for g in list_guests()]
-    ['hello', 'pmode', 'paging', 'user', 'timer', 'exits', 'popek']
+    ['hello', 'pmode', 'paging', 'user', 'timer', 'exits', 'popek', 'smc']
     >>> g = build_guest("hello")
     >>> hex(g.entry), hex(g.load_address), len(g.flat) >= len(g.elf) // 4
     ('0x10000c', '0x100000', True)
@@ -112,6 +112,8 @@ _DESCRIPTIONS = [
               "SGDT/STR, #BP/#UD, VMCALL, HLT + IRQ0) and what it returned", 0),
     ("popek", "Popek & Goldberg: each sensitive-but-unprivileged x86 instruction (PUSHF, POPF, "
               "SGDT, SMSW, LAR, far CALL, INT n...) checked against its CPL-0 result", 0),
+    ("smc", "self-modifying code: a function patched in place and called again (bt invalidates "
+            "its translations)", 0),
 ]
 
 

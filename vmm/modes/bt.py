@@ -1,0 +1,118 @@
+"""``bt``: binary translation, as VMware's VMM did it before VT-x.
+
+The guest kernel runs at CPL 0 from the translation cache of
+:mod:`vmm.modes.translator`: each privileged or sensitive instruction, and each indirect
+branch, is a *callout* into the VMM instead of a trap. A callout is cheap compared with
+a trap or a VM exit (Adams & Agesen measured ~35 cycles for a translated CR8 write
+against thousands for a VM exit); that is BT's advantage, and the indirect branches,
+which native code runs for free, are its cost.
+
+What a callout does depends on the instruction. Most are accounted and then executed
+as the translation would: the kernel really is at CPL 0 here, so POPF, SGDT, PUSH CS...
+give the right answers (BT fixes the sensitive instructions that trap-and-emulate
+cannot). The ones that change what the VMM maintains are emulated by the VMM: MOV to
+CR3 switches shadow page tables, MOV to CR0/CR4 that changes the paging mode resets
+them, INVLPG drops a shadow entry. Memory goes through shadow paging
+(:mod:`vmm.modes.shadowed`). User code (CPL 3) runs directly: its callout hooks return
+at once.
+"""
+from __future__ import annotations
+
+import time
+
+from ..mmu.paging import Walker32, phys_reader, phys_writer
+from .native import NativeMode
+from .privileged import Emulator, decoder
+from .shadowed import PAGING_CR0_BITS, PAGING_CR4_BITS, ShadowMmu
+from .translator import Translator, callout_kind
+
+_clock = time.perf_counter
+
+
+def callout_name(insn) -> str:
+    """How the statistics name a callout: the mnemonic, with the register that matters."""
+    m = insn.mnemonic
+    if m == "mov":
+        names = [insn.reg_name(op.reg) if op.type == 1 else "m" for op in insn.operands]
+        special = next((n for n in names if n[:2] in ("cr", "dr") or n in ("cs", "ss", "ds", "es", "fs", "gs")), "")
+        return f"mov {special}, r" if names[0] == special else f"mov r, {special}"
+    if m in ("push", "pop"):
+        return f"{m} {insn.op_str}"
+    if m in ("call", "jmp") and callout_kind(insn) == "indirect":
+        return f"{m} (indirect)"
+    if m in ("call", "jmp", "ljmp", "lcall"):
+        return f"{m.lstrip('l')} far"
+    return m
+
+
+class BtMode(ShadowMmu, NativeMode):
+    name = "bt"
+
+    def __init__(self, vm):
+        NativeMode.__init__(self, vm)
+        eng = vm.engine
+        self.walker = Walker32(phys_reader(eng.read_phys), phys_writer(eng.write_phys))
+        self.init_shadow()
+        self.translator = Translator(vm.read_code, eng.hook_code_site, eng.remove_hook, self.events)
+        self.code_watchers.append(self)
+        self._fetch_address: int | None = None
+        self.operands = Emulator(self)  # effective addresses of INVLPG operands
+
+    def boot(self, image) -> None:
+        if image.real_mode:
+            raise ValueError("bt mode translates protected-mode kernels (Multiboot, flat); a boot sector "
+                             "starts in real mode")
+
+    # -- the translation cache follows the code pages the CPU fetches -------------------------------
+    def tlb_fill(self, vaddr, access):
+        if access == "fetch":
+            self._fetch_address = vaddr
+        return ShadowMmu.tlb_fill(self, vaddr, access)
+
+    def fetch(self, linear_page: int, physical_page: int) -> None:
+        entry, self._fetch_address = self._fetch_address, None
+        self.translator.fetch(linear_page, physical_page, entry)
+
+    def written(self, physical_page: int) -> None:
+        self.translator.written(physical_page)
+
+    # -- callouts ----------------------------------------------------------------------------------
+    def on_code_site(self, address: int) -> None:
+        eng = self.vm.engine
+        if eng.reg("cs") & 3:
+            return  # user code runs directly
+        started = _clock()
+        insn = self.translator.decoded.get(address)
+        if insn is None:
+            insn = next(decoder().disasm(self.vm.read_code(address), address, 1), None)
+            if insn is None:
+                return
+        name = callout_name(insn)
+        emulate = _EMULATED.get(name)
+        if emulate is not None:
+            emulate(self, insn)
+            eng.set_reg("eip", (address + insn.size) & 0xFFFFFFFF)
+        self.events.timed("callouts", name, started)
+
+    def _write_cr(self, insn) -> None:
+        eng = self.vm.engine
+        cr, gpr = (insn.reg_name(op.reg) for op in insn.operands)
+        value = eng.reg(gpr)
+        old = eng.reg(cr)
+        eng.set_reg(cr, value)
+        if cr == "cr3":
+            self.guest_cr3_loaded(value)
+        elif (cr == "cr0" and (old ^ value) & PAGING_CR0_BITS) or (cr == "cr4" and (old ^ value) & PAGING_CR4_BITS):
+            self.paging_mode_changed()
+
+    def _invlpg(self, insn) -> None:
+        self.guest_invlpg(self.operands.address(insn, insn.operands[0]))
+
+    def memory_counters(self) -> dict[str, int]:
+        return ShadowMmu.memory_counters(self)
+
+
+_EMULATED = {
+    "mov cr0, r": BtMode._write_cr, "mov cr3, r": BtMode._write_cr, "mov cr4, r": BtMode._write_cr,
+    "invlpg": BtMode._invlpg,
+}
