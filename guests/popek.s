@@ -115,6 +115,18 @@ popek_popf:
     and eax, 1
     mov edx, 1
     CHECK mn_popf, "POPFD with IF=1: IF", print_dec
+// The same silence for IOPL, which PUSHF cannot hide: at CPL 0 POPF sets it, at CPL 1
+// (> IOPL 0) it keeps the old value, and PUSHF then shows that nothing changed.
+    PV_SAVE_FLAGS eax
+    mov esi, eax                    // the flags to restore
+    or eax, 3 << 12                 // IOPL := 3
+    PV_RESTORE_FLAGS eax
+    PV_SAVE_FLAGS eax
+    PV_RESTORE_FLAGS esi
+    shr eax, 12
+    and eax, 3
+    mov edx, 3
+    CHECK mn_popf, "POPFD with IOPL=3: IOPL", print_dec
 
 // ---- 3. SGDT / SIDT: read GDTR / IDTR ------------------------------------------------
 // LGDT/LIDT are privileged (they trap; the VMM records the guest's values and loads its

@@ -205,7 +205,7 @@ def test_popek_in_trap_names_the_offending_instructions():
     r = run_cli("run", "popek", "--mode", "trap")
     assert r.returncode == 3
     last = r.stdout.decode().splitlines()[-1]
-    assert last == ("virtualizability: fails for PUSHF, SGDT, SIDT, STR, SMSW, PUSH CS, MOV from CS, LAR, "
+    assert last == ("virtualizability: fails for PUSHF, POPF, SGDT, SIDT, STR, SMSW, PUSH CS, MOV from CS, LAR, "
                     "MOV SS, far CALL, far JMP, far RET")
 
 
