@@ -193,9 +193,10 @@ def _report_stats(result, *, mode: str, guest: str, show: bool, json_path: str |
 @click.argument("image", metavar="IMAGE_OR_GUEST")
 @click.option("--gva", required=True, callback=_parse_int, metavar="ADDR",
               help="The guest-linear address to translate, e.g. 0x40001004.")
-@click.option("--mode", type=click.Choice(("native", "vtx", "vtx-ept")), default="vtx-ept", show_default=True,
-              help="native: the guest's own 1-D walk; vtx: plus the shadow tables the MMU really walks; "
-              "vtx-ept: the 2-D walk, each guest entry's address translated through EPT.")
+@click.option("--mode", type=click.Choice(("native", "trap", "bt", "vtx", "vtx-ept")), default="vtx-ept",
+              show_default=True,
+              help="native: the guest's own 1-D walk; vtx, trap, bt: plus the shadow tables the MMU really "
+              "walks; vtx-ept: the 2-D walk, each guest entry's address translated through EPT.")
 @click.option("--at", "when", default="end", show_default=True, metavar="WHEN",
               help="When to look: 'end' (after the guest stops), a number of guest instructions, "
               "or a symbol or address at which to stop (before that instruction runs).")

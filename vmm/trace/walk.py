@@ -79,7 +79,7 @@ def explain(vm, linear: int, access: str = "read", user: bool = False) -> list[s
             for kind, pa, size, value, *_ in log:
                 lines.append(f"  guest entry at guest-physical {pa:#010x} = {value:#0{2 + 2 * size}x}  "
                              f"{pte_flags(value)}")
-        if mode.name == "vtx":
+        if getattr(mode, "shadow", None) is not None:  # vtx, trap, bt: the tables the MMU really walks
             lines += _shadow_lines(mode, linear)
     if isinstance(result, str):
         lines.append(f"result: {result}")
