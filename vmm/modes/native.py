@@ -95,7 +95,9 @@ class NativeMode:
         self.vm.engine.write_phys(gpa, data)
 
     def on_mmio(self, address: int, size: int, value: int | None) -> int | None:
-        """An access to a device page (the local APIC): straight to the board."""
+        """An access to a device page (the local APIC): straight to the board. Counted by
+        register (a TPR write is the 32-bit stand-in for Adams & Agesen's cr8wr)."""
+        self.events.add("mmio", f"{'read' if value is None else 'write'} {address:#010x}")
         bus = self.vm.board.mmio_bus
         if value is None:
             return bus.read(address, size)
