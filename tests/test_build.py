@@ -299,7 +299,7 @@ def test_elf_writer_output_parses():
 
 def test_catalog():
     names = [g.name for g in list_guests()]
-    assert names == ["hello", "pmode", "paging", "user", "timer", "exits", "popek"]
+    assert names == ["hello", "pmode", "paging", "user", "timer", "exits", "popek", "smc"]
     for g in list_guests():
         assert g.source_path.is_file(), g.source_path
         assert g.expected_path.is_file(), g.expected_path
