@@ -29,7 +29,7 @@ import struct
 import time
 
 from ..cpu.delivery import GP, PF, Descriptor, EventDelivery
-from ..cpu.engine import PROT_READ, Fault, Fill
+from ..cpu.engine import PROT_READ, Fault, Fill, GuestMemoryError
 from ..cpu.regs import IF
 from ..mmu.paging import PageFault, Walker32, phys_reader, phys_writer
 from .native import NativeMode
@@ -199,7 +199,13 @@ class TrapMode(ShadowMmu, NativeMode):
     def rebuild_gdt(self) -> None:
         _, base, limit = self.virtual_tables["gdtr"]
         size = min(limit + 1, 0x10000)
-        raw = bytearray(self.read_guest(base, size) if size else b"")
+        raw = bytearray()
+        while len(raw) < size:  # page by page: an unmapped part reads as not-present descriptors
+            chunk = min(size - len(raw), 0x1000 - ((base + len(raw)) & 0xFFF))
+            try:
+                raw += self.read_guest((base + len(raw)) & 0xFFFFFFFF, chunk)
+            except (PageFault, GuestMemoryError):
+                raw += bytes(chunk)
         raw += bytes(-len(raw) % 8)
         for i in range(0, len(raw), 8):
             struct.pack_into("<Q", raw, i, compress(struct.unpack_from("<Q", raw, i)[0]))
@@ -210,7 +216,7 @@ class TrapMode(ShadowMmu, NativeMode):
         for offset in range(0, size, 0x1000):
             try:
                 frames.add(self.translate((base + offset) & 0xFFFFFFFF, False, False, set_ad=False) & PAGE_MASK)
-            except PageFault:
+            except (PageFault, GuestMemoryError):
                 pass
         # The guest's GDT pages are mapped read-only (the code-page policy of NativeMode.fill)
         # so that a store to one reaches the VMM, which rebuilds the shadow at its next trap.
