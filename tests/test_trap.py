@@ -156,6 +156,7 @@ def test_exceptions_reach_the_guest_with_the_virtual_cs_and_iret_restores_the_vi
 
 def test_the_vmm_area_is_read_only_to_the_guest():
     vm, log = make_vm(f"""
+        mov esp, 0x180000
         {set_gate(14, "pf")}
         {LOAD_IDT}
         mov dword ptr [{SHADOW_GDT:#x}], 0

@@ -293,7 +293,10 @@ def trace(image, mode, fmt, output, start, count, address_range, ring, exits_onl
                 timeout=timeout or None)
     except (NotImplementedError, ValueError) as exc:
         _fail(str(exc))
-    out = open(output, "w") if output else sys.stdout
+    try:
+        out = open(output, "w") if output else sys.stdout
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror or exc}")
     try:
         Tracer(vm, out, fmt, start=start, count=count, address_range=address_range, ring=ring,
                exits_only=exits_only, walks=walks, color=out.isatty() and fmt == "text")
@@ -342,6 +345,10 @@ def build(guest, output):
             os.unlink(tmp)
         _fail(f"cannot write {output}: {err.strerror}")
     click.echo(f"wrote {output} ({len(elf)} bytes)")
+
+
+from .cli_fuzz import fuzz  # noqa: E402  (registered last: its module stands alone)
+main.add_command(fuzz)
 
 
 if __name__ == "__main__":

@@ -291,6 +291,8 @@ class VM:
                     return self._result(StopKind.BREAKPOINT, f"step to {self.engine.reg('eip'):#010x}", started)
             self._loop(started)
         except _Stopped as stop:
+            if stop.kind is StopKind.ERROR and self.board.exit_status is not None:
+                return self._result(StopKind.EXIT, "guest exit", started)  # ran past its exit write
             return self._result(stop.kind, stop.message, started)
         except TripleFault as tf:
             self.mode.on_triple_fault(tf)
@@ -300,6 +302,8 @@ class VM:
         except EngineError as err:
             return self._result(StopKind.ERROR, f"the engine stopped: {err}\n{self.dump_state()}", started)
         except GuestMemoryError as err:
+            if self.board.exit_status is not None:
+                return self._result(StopKind.EXIT, "guest exit", started)
             return self._result(StopKind.ERROR, f"{err} at EIP {self.engine.reg('eip'):#010x}", started)
         return self._result(StopKind.EXIT, "guest exit", started)
 
@@ -373,7 +377,9 @@ class VM:
         elif stop is Stop.TIMEOUT:
             raise _Stopped(StopKind.TIMEOUT, f"stopped after {self.timeout:g} s of wall-clock time "
                            f"(--timeout) at EIP {eng.reg('eip'):#010x}")
-        elif stop is Stop.UNMAPPED:
+        elif stop is Stop.UNMAPPED and self.board.exit_status is None:
+            # (After the guest's exit write, Unicorn may still run the rest of the
+            # translated block: whatever those instructions touch, the guest has exited.)
             raise _Stopped(StopKind.ERROR, f"guest accessed memory outside its RAM and devices "
                            f"({eng.stop_reason}) at EIP {eng.reg('eip'):#010x}")
 

@@ -21,3 +21,11 @@ CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE = 1, 2, 4, 8, 0x10, 0x20
 CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = 1 << 16, 1 << 18, 1 << 29, 1 << 30, 1 << 31
 CR4_VME, CR4_PVI, CR4_TSD, CR4_DE, CR4_PSE, CR4_PAE, CR4_MCE, CR4_PGE = (1 << i for i in range(8))
 CR4_SMEP, CR4_SMAP = 1 << 20, 1 << 21
+
+
+def debug_register(name: str, cr4: int) -> str | None:
+    """The engine register a MOV DRn names: DR4/DR5 alias DR6/DR7 while CR4.DE = 0 and
+    raise #UD with CR4.DE = 1 (SDM vol. 3 §18.2.2); None means #UD."""
+    if name in ("dr4", "dr5"):
+        return None if cr4 & CR4_DE else ("dr6" if name == "dr4" else "dr7")
+    return name if name in UC_REG else None

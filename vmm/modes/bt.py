@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 
-from ..mmu.paging import Walker32, phys_reader, phys_writer
 from .native import NativeMode
 from .privileged import Emulator, decoder
 from .shadowed import PAGING_CR0_BITS, PAGING_CR4_BITS, ShadowMmu
@@ -51,7 +50,6 @@ class BtMode(ShadowMmu, NativeMode):
     def __init__(self, vm):
         NativeMode.__init__(self, vm)
         eng = vm.engine
-        self.walker = Walker32(phys_reader(eng.read_phys), phys_writer(eng.write_phys))
         self.init_shadow()
         self.translator = Translator(vm.read_code, eng.hook_code_site, eng.remove_hook, self.events)
         self.code_watchers.append(self)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from ..cost.events import EventCounters
 from ..cpu.delivery import Event, EventDelivery
-from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
+from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill, GuestMemoryError
 from ..cpu.regs import IF
 from ..mmu.paging import CR0_PG, PageFault, Translation, Walker32, phys_reader, phys_writer
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import VmExit
 
 PAGE_MASK = ~0xFFF & 0xFFFFFFFF
+UNBACKED_PAGE = 0xDFFFF000  # below the VMM's host memory (0xE0000000), above any guest RAM: never mapped
 ALL = PROT_READ | PROT_WRITE | PROT_EXEC
 
 
@@ -28,7 +29,11 @@ class NativeMode:
     def __init__(self, vm):
         self.vm = vm
         eng = vm.engine
-        self.walker = Walker32(phys_reader(eng.read_phys), phys_writer(eng.write_phys))
+        self.ram_size = vm.ram_size
+        self.device_ranges = [(base, base + length) for base, length, _ in vm.board.mmio_bus.regions()]
+        # The guest's page tables are read (and A/D bits written) only inside its RAM: a
+        # CR3 or PDE pointing elsewhere stops the VM instead of reaching VMM memory.
+        self.walker = Walker32(phys_reader(self.read_guest_phys), phys_writer(self.write_guest_phys))
         self.delivery = EventDelivery(eng, lambda linear, write: self.translate(linear, write, user=False),
                                       lambda cr2: eng.set_reg("cr2", cr2))
         self.tlb_fills = 0
@@ -41,6 +46,22 @@ class NativeMode:
             ExitReason.IO_INSTRUCTION: self.io,
             ExitReason.HLT: lambda exit: vm.halt(),
         }
+
+    # -- the guest's physical memory: its RAM and its devices, nothing of the VMM's ------------
+    def is_guest_physical(self, page: int) -> bool:
+        if page < self.ram_size:
+            return True
+        return any(lo <= page < hi for lo, hi in self.device_ranges)
+
+    def read_guest_phys(self, address: int, size: int) -> bytes:
+        if address + size > self.ram_size:
+            raise GuestMemoryError(address, size, "read")
+        return self.vm.engine.read_phys(address, size)
+
+    def write_guest_phys(self, address: int, data: bytes) -> None:
+        if address + len(data) > self.ram_size:
+            raise GuestMemoryError(address, len(data), "write")
+        self.vm.engine.write_phys(address, data)
 
     # -- engine events ----------------------------------------------------------------------
     def on_exception(self, vector: int, error_code: int, software: bool) -> None:
@@ -171,7 +192,10 @@ class NativeMode:
     def translate(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> int:
         """Guest-linear to guest-physical (== host-physical in native); raises PageFault."""
         t = self.walk(linear, write, user, set_ad)
-        return linear & 0xFFFFFFFF if t is None else t.physical
+        physical = linear & 0xFFFFFFFF if t is None else t.physical
+        if not self.is_guest_physical(physical & PAGE_MASK):
+            raise GuestMemoryError(physical, 1, "write" if write else "read")
+        return physical
 
     def tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
         self.tlb_fills += 1
@@ -196,6 +220,12 @@ class NativeMode:
         maps the page writable but not executable until the next fetch (self-modifying
         code, and code and data sharing a page, keep working).
         """
+        if guest_page >= self.ram_size and not self.is_guest_physical(guest_page) \
+                and self.vm.engine.read_raw(guest_page, 1):
+            # VMM memory (VMX bitmaps, shadow tables, the trampoline) is never the guest's:
+            # map a page with nothing behind it, so that the access (if the guest really
+            # makes it) stops the VM as one outside its RAM and devices does.
+            guest_page = UNBACKED_PAGE
         watchers = self.code_watchers
         if not watchers:
             return Fill(guest_page, perms)

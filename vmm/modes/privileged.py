@@ -16,7 +16,7 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG
 
 from ..cpu.delivery import GP, Descriptor
-from ..cpu.regs import CR0_TS, IF
+from ..cpu.regs import CR0_TS, IF, debug_register
 from .shadowed import PAGING_CR4_BITS
 
 _WIDE = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi", "di": "edi", "sp": "esp", "bp": "ebp",
@@ -190,13 +190,19 @@ class Emulator:
             n = int(src_name[2:])
             self.eng.set_reg(dst_name, self.mode.vcr0 if n == 0 else self.eng.reg(src_name))
         elif dst_name.startswith("dr"):
-            self.eng.set_reg(dst_name, self.reg(src_name))
+            self.eng.set_reg(self._dr(dst_name), self.reg(src_name))
         elif src_name.startswith("dr"):
-            self.eng.set_reg(dst_name, self.eng.reg(src_name))
+            self.eng.set_reg(dst_name, self.eng.reg(self._dr(src_name)))
         elif dst_name == "ss":
             self.load_ss(self.read(insn, src, 2) & 0xFFFF)
         else:
             raise NotEmulated("mov")
+
+    def _dr(self, name: str) -> str:
+        dr = debug_register(name, self.eng.reg("cr4"))
+        if dr is None:
+            raise GuestFault(6, None)
+        return dr
 
     def write_cr(self, n: int, value: int) -> None:
         m = self.mode

@@ -31,7 +31,7 @@ import time
 from ..cpu.delivery import GP, PF, Descriptor, EventDelivery
 from ..cpu.engine import PROT_READ, Fault, Fill, GuestMemoryError
 from ..cpu.regs import IF
-from ..mmu.paging import PageFault, Walker32, phys_reader, phys_writer
+from ..mmu.paging import PageFault
 from .native import NativeMode
 from .privileged import Emulator, NotEmulated
 from .shadowed import ShadowMmu
@@ -107,8 +107,6 @@ class TrapMode(ShadowMmu, NativeMode):
 
     def __init__(self, vm):
         NativeMode.__init__(self, vm)
-        eng = vm.engine
-        self.walker = Walker32(phys_reader(eng.read_phys), phys_writer(eng.write_phys))
         self.init_shadow()
         self.vmm_area = vm.host_alloc(VMM_AREA_SIZE)
         self.vif = False

@@ -22,7 +22,7 @@ from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
 from ..mmu.hostmem import HostPages
 from ..mmu.paging import CR0_PG, PageFault
 from ..mmu.shadow import ShadowPaging
-from ..cpu.regs import IF
+from ..cpu.regs import IF, debug_register
 from ..vmx import entry
 from ..vmx.controls import (ENTRY_DEFAULT1, EXIT_DEFAULT1, PINBASED_DEFAULT1, PROCBASED_DEFAULT1,
                             ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased, capability_msrs)
@@ -260,6 +260,16 @@ class VtxMode(VmxNonRoot, NativeMode):
         if hit is not None:
             host_page, writable = hit
             return self.fill(page, host_page, PROT_READ | PROT_EXEC | (PROT_WRITE if writable else 0), access)
+        if not eng.running:
+            # The VMM's own access between runs (a segment load while it delivers an
+            # event reads the GDT through the MMU): fill the shadow from the guest's
+            # tables as KVM's software walk would; there is no guest instruction to fault.
+            try:
+                t = self.walk(vaddr, write, user)
+            except PageFault as pf:
+                self.shadow.counters.true_faults += 1
+                return Fault(PF, pf.error_code, vaddr, access)
+            return self._shadow_fill(vaddr, write, access, t)
         error = self.shadow.fault_error_code(vaddr, write, user)
         if not exits_for_exception(self.vmcs, PF, error):
             return Fault(PF, error, vaddr, access)  # a VMM that does not intercept #PF: the guest sees it
@@ -278,12 +288,16 @@ class VtxMode(VmxNonRoot, NativeMode):
             self.inject_exception(PF, pf.error_code)
             self._inject_cr2 = vaddr
             return Fault(PF, pf.error_code, vaddr, info["access"], exited=True)
+        return self._shadow_fill(vaddr, info["write"], info["access"], t)
+
+    def _shadow_fill(self, vaddr: int, write: bool, access: str, t) -> Fill:
+        """Install the shadow entry for a successful guest walk and answer the fill."""
         target = t.physical & PAGE_MASK
-        if info["write"] and self.shadow.is_protected(target):
+        if write and self.shadow.is_protected(target):
             self.shadow.guest_table_written(target)
-        host_page, writable = self.shadow.sync(vaddr, info["write"], t)
+        host_page, writable = self.shadow.sync(vaddr, write, t)
         perms = PROT_READ | PROT_EXEC | (PROT_WRITE if writable else 0)
-        return self.fill(vaddr & PAGE_MASK, host_page, perms, info["access"])
+        return self.fill(vaddr & PAGE_MASK, host_page, perms, access)
 
     def on_fault(self, fault) -> None:
         if fault.exited:  # the #PF exit already ran; this is its VM entry, injecting it
@@ -425,10 +439,14 @@ class VtxMode(VmxNonRoot, NativeMode):
 
     def handle_dr_access(self, exit: VmExit) -> None:
         eng, info = self.vm.engine, exit.info
+        dr = debug_register(info["dr"], eng.reg("cr4"))
+        if dr is None:
+            self.inject_exception(6)  # #UD: DR4/DR5 with CR4.DE set
+            return
         if info["to_dr"]:
-            eng.set_reg(info["dr"], eng.reg(info["gpr"]))
+            eng.set_reg(dr, eng.reg(info["gpr"]))
         else:
-            eng.set_reg(info["gpr"], eng.reg(info["dr"]))
+            eng.set_reg(info["gpr"], eng.reg(dr))
         self.skip(exit)
 
     def handle_rdmsr(self, exit: VmExit) -> None:

@@ -150,7 +150,8 @@ class VtxEptMode(VtxMode):
             except EptMisconfiguration as m:
                 self.walk_refs.update(self.nested.last_references)
                 if not self.vm.board.mmio_bus.find(m.gpa):
-                    raise
+                    self.vm.stop_guest(f"EPT misconfiguration at guest-physical {m.gpa:#010x} "
+                                       f"(a RAM page: the VMM's EPT is wrong, not the guest)")
                 # A device page: map the host MMIO region; each access is then an
                 # EPT-misconfiguration exit (see on_mmio).
                 return Fill(m.gpa & PAGE_MASK, PROT_READ | PROT_WRITE)

@@ -7,7 +7,8 @@ exit-reason field set; the VM stops and the report lists every check that failed
 Checked here:
 
 * §27.2.1.1 controls against the capability MSRs (allowed-0 / allowed-1 settings);
-  unrestricted guest requires enable EPT; CR3-target count at most 4;
+  unrestricted guest requires enable EPT; CR3-target count at most 4; with enable EPT,
+  the EPT pointer: memory type UC or WB, a 4-level walk, no reserved bit set;
 * §27.3.1.1 guest CR0 and CR4 against the fixed bits: CR0.PG=1 requires CR0.PE=1,
   CR0.NW=1 requires CR0.CD=1; without unrestricted guest CR0.PE must be 1
   (IA32_VMX_CR0_FIXED0). This model does not require CR4.VMXE in the guest (a real
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..mmu.ept import Eptp
 from .controls import PrimaryProcBased, SecondaryProcBased, check_all
 from .exit_reasons import ExitReason, exit_reason_word
 from .qualification import InterruptionInfo, InterruptionType
@@ -48,6 +50,9 @@ def check_controls(vmcs) -> list[str]:
     if primary & PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS:
         if secondary & SecondaryProcBased.UNRESTRICTED_GUEST and not secondary & SecondaryProcBased.ENABLE_EPT:
             problems.append("unrestricted guest requires enable EPT")
+        if secondary & SecondaryProcBased.ENABLE_EPT:
+            eptp = vmcs.read(Field.EPT_POINTER)
+            problems += [f"EPT pointer {eptp:#x}: {p}" for p in Eptp.decode(eptp).problems()]
     if vmcs.read(Field.CR3_TARGET_COUNT) > 4:
         problems.append(f"CR3-target count {vmcs.read(Field.CR3_TARGET_COUNT)} is above 4")
     return problems

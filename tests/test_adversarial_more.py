@@ -1,0 +1,123 @@
+"""Hostile guests beyond tests/test_adversarial.py: the same misbehaviour in every available
+mode (trap and bt too), and the minimised cases the fuzz harnesses found. Each asserts
+what a contained guest must get: a clean stop with a reason, and no way into the VMM's
+own memory."""
+from __future__ import annotations
+
+import pytest
+
+from vmm.fuzz.core import Containment
+from vmm.modes import available_modes
+from vmm.vm import HOST_MEMORY_BASE, StopKind
+from vmm.vmx.vmcs import Field
+
+from conftest import RAM, make_vm
+from test_adversarial import CASES, OUTSIDE, PIT_FASTEST
+
+# Flat guests boot in every mode but pv (a PV kernel has its own boot protocol and image).
+FLAT_MODES = tuple(m for m in available_modes() if m != "pv")
+NEW_MODES = tuple(m for m in FLAT_MODES if m not in ("native", "vtx", "vtx-ept"))
+
+
+@pytest.mark.parametrize("mode", NEW_MODES)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_misbehaving_guest_is_stopped_in_the_newer_modes(case, mode):
+    src, kind, fragment = CASES[case]
+    vm, _ = make_vm(src, mode=mode, timeout=1.0)
+    result = vm.run()
+    assert result.kind is kind and fragment in result.message, result.message
+
+
+@pytest.mark.parametrize("mode", NEW_MODES)
+@pytest.mark.parametrize("case", sorted(OUTSIDE))
+def test_memory_outside_the_guest_stops_it_in_the_newer_modes(case, mode):
+    vm, _ = make_vm(OUTSIDE[case], mode=mode, timeout=5)
+    result = vm.run()
+    assert result.kind is StopKind.ERROR and "outside" in result.message
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_exit_flood_under_an_instruction_budget(mode):
+    vm, _ = make_vm("spin: out 0x80, al; in al, 0x71; cpuid; jmp spin", mode=mode, max_instructions=30_000,
+                    timeout=30)
+    result = vm.run()
+    assert result.kind is StopKind.BUDGET and result.instructions == 30_000
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_fastest_pit_without_idt_triple_faults_in_every_mode(mode):
+    vm, _ = make_vm(PIT_FASTEST, mode=mode, timeout=5)
+    result = vm.run()
+    assert result.kind is StopKind.TRIPLE_FAULT
+
+
+# -- found by the fuzz harnesses (vmm fuzz), minimised --------------------------------------------
+
+# With paging off, a guest-physical address outside RAM must not reach host memory: a
+# store to VMM-private memory (VMX bitmaps, shadow and EPT tables live from
+# HOST_MEMORY_BASE up) or to a page mapped just past RAM must stop the guest, not land.
+ESCAPES = {
+    "store into VMM-private memory, paging off": f"mov dword ptr [{HOST_MEMORY_BASE:#x}], 0x41414141; hlt",
+    "store just past RAM, paging off": f"mov dword ptr [{RAM:#x}], 0x41414141; hlt",
+    "PTE mapping VMM-private memory": f"""
+        mov edi, 0x300000; mov ecx, 1024; xor eax, eax; rep stosd     # page directory at 3 MiB
+        mov dword ptr [0x300000], 0x00000083                          # PDE 0: 4 MiB identity
+        mov dword ptr [0x300004], 0x00301003                          # PDE 1: table at 0x301000
+        mov dword ptr [0x301000], {HOST_MEMORY_BASE | 3:#x}            # 0x400000 -> VMM memory
+        mov eax, 0x10; mov cr4, eax
+        mov eax, 0x300000; mov cr3, eax
+        mov eax, cr0; or eax, 0x80000000; mov cr0, eax
+        mov dword ptr [0x400000], 0x41414141
+        hlt""",
+}
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+@pytest.mark.parametrize("case", sorted(ESCAPES))
+def test_guest_cannot_write_outside_its_vm(case, mode):
+    vm, _ = make_vm(ESCAPES[case], mode=mode, timeout=5)
+    guard = Containment(vm)
+    result = vm.run()
+    assert guard.breaches() == [], f"{mode}: {result.kind.name} {result.message}"
+    assert result.kind is StopKind.ERROR and "outside" in result.message, result.message
+
+
+@pytest.mark.parametrize("mode", [m for m in FLAT_MODES if m in ("vtx", "vtx-ept")])
+@pytest.mark.parametrize("dr", [4, 5])
+def test_mov_dr4_dr5_is_contained(mode, dr):
+    # DR4/DR5 alias DR6/DR7 with CR4.DE = 0 (SDM vol. 3 §18.2.2); the MOV-DR exit must
+    # not hand the VMM a register name the engine does not have.
+    modrm = 0xC0 | (dr << 3)
+    vm, _ = make_vm(f".byte 0x0f, 0x21, {modrm:#x}; .byte 0x0f, 0x23, {modrm:#x}; mov al, 0; out 0xf4, al",
+                    mode=mode, timeout=5)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+
+
+def _misconfigure_kernel_page(vm):
+    """Make the EPT leaf of the guest's code page write-only (a misconfiguration)."""
+    mode = vm.mode
+    mode.map_ram_page(0x100000)
+    name, address, value = mode.ept_builder.lookup(0x100000)
+    mode.ept_builder.write64(address, (value & ~7) | 2)
+
+
+@pytest.mark.skipif("vtx-ept" not in FLAT_MODES, reason="vtx-ept not available")
+def test_ept_misconfiguration_of_ram_stops_the_guest():
+    vm, _ = make_vm("nop; hlt", mode="vtx-ept", timeout=5, configure=_misconfigure_kernel_page)
+    result = vm.run()
+    assert result.kind is StopKind.ERROR and "misconfiguration" in result.message.lower()
+
+
+@pytest.mark.skipif("vtx-ept" not in FLAT_MODES, reason="vtx-ept not available")
+@pytest.mark.parametrize("low_bits", [0x2E, 0x1E, 0x5E | 0x100, 0x1F])   # memory type 6, walk 2/4, reserved
+def test_invalid_ept_pointer_fails_vm_entry(low_bits):
+    def bad_eptp(vm):
+        eptp = vm.mode.vmcs.read(Field.EPT_POINTER)
+        vm.mode.vmcs.write(Field.EPT_POINTER, (eptp & ~0xFFF) | low_bits)
+    vm, _ = make_vm("nop; hlt", mode="vtx-ept", timeout=5, configure=bad_eptp)
+    result = vm.run()
+    if low_bits == 0x1E:   # WB, 4-level: valid
+        assert result.kind is not StopKind.ENTRY_FAILED
+    else:
+        assert result.kind is StopKind.ENTRY_FAILED and "EPT pointer" in result.message
