@@ -77,6 +77,12 @@ def test_directory_as_module(tmp_path):
     _one_line_error(run_cli("run", image, "--module", str(tmp_path)), "is a directory")
 
 
+def test_file_that_fails_to_read():
+    # Readable by name, unreadable in content for every user (root included): a read of
+    # /proc/self/mem at offset 0 fails with EIO.
+    _one_line_error(run_cli("run", "/proc/self/mem"), "cannot read image file")
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_file(tmp_path):
     path = _write(tmp_path, "secret.elf", _kernel([Segment(MB, b"\xf4" * 16)]))
