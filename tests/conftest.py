@@ -109,3 +109,39 @@ def make_vm(src_or_image, mode="vtx", configure=None, **vm_args):
     if configure:
         configure(vm)
     return vm, log
+
+
+# -- PV guests: flat code at FLAT_BASE, the hypercall page 64 KiB after it -----------------
+PV_HYPERCALL_PAGE = FLAT_BASE + 0x10000
+PV_DATA = PV_HYPERCALL_PAGE + 0x1000   # 16 KiB of zeroed data pages for tests
+
+
+def pv_elf(src: str) -> bytes:
+    """A Xen PV kernel (ELF with Xen notes) from assembly; ``call PV_HYPERCALL_PAGE + nr*32``
+    reaches hypercall ``nr``."""
+    from vmm.build import elf
+    from vmm.loader.xen import xen_note
+    from vmm.pv import abi
+
+    code = assemble(src)
+    assert len(code) <= 0xF000, "test guest too large"
+    notes = b"".join(xen_note(k, v) for k, v in (
+        (abi.XEN_ELFNOTE_GUEST_OS, b"vmm-test\0"), (abi.XEN_ELFNOTE_XEN_VERSION, b"xen-3.0\0"),
+        (abi.XEN_ELFNOTE_VIRT_BASE, 0), (abi.XEN_ELFNOTE_ENTRY, FLAT_BASE),
+        (abi.XEN_ELFNOTE_HYPERCALL_PAGE, PV_HYPERCALL_PAGE)))
+    notes_at = (len(code) + 3) & ~3
+    data = code.ljust(notes_at, b"\0") + notes
+    memsz = PV_DATA + 0x4000 - FLAT_BASE
+    return elf.write_elf32([elf.Segment(FLAT_BASE, data, memsz=memsz)], FLAT_BASE,
+                           notes=[(FLAT_BASE + notes_at, len(notes))])
+
+
+def pv_vm(src: str, ram: int = RAM, **vm_args):
+    """A pv-mode VM for a PV test kernel; ``vm.serial`` collects its console."""
+    from vmm.loader.xen import load_xen
+
+    out = bytearray()
+    vm_args.setdefault("timeout", 20)
+    vm = VM(load_xen(pv_elf(src), ram_size=ram), mode="pv", ram_size=ram, serial_output=out.extend, **vm_args)
+    vm.serial = out
+    return vm

@@ -18,7 +18,7 @@ from conftest import run_cli
 SEED = 20240607
 # Cases per harness: each runs in every mode the harness covers, so the runs are a few
 # hundred per harness (ept's cases are mostly walks, microseconds each).
-CI_CASES = {"instructions": 60, "paging": 60, "ept": 300, "vmcs": 150, "hypercalls": 60}
+CI_CASES = {"instructions": 60, "paging": 60, "ept": 300, "vmcs": 150, "hypercalls": 300}
 
 
 @pytest.mark.parametrize("name", sorted(HARNESSES))

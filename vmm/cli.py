@@ -18,15 +18,30 @@ def _fail(message: str) -> None:
 
 def _resolve_image(target: str, *, ram_size: int, kind: str, cmdline: str | None, modules: tuple[str, ...],
                    load_address: int | None):
-    """A path to an image file, or the name of a built-in guest (built on demand)."""
+    """A path to an image file, or the name of a built-in guest (built on demand).
+
+    Under ``--mode pv`` a built-in guest is built in its pv flavour and every image is
+    loaded as a Xen PV kernel (ELF notes, vmm.loader.xen); the mode comes from the
+    command's own ``--mode`` option.
+    """
     from .build.guests import build_guest, list_guests
     from .loader.image import ImageError, load_image
+    from .loader.xen import load_xen
 
+    ctx = click.get_current_context(silent=True)
+    pv = ctx is not None and ctx.params.get("mode") == "pv"
     try:
         if not os.path.exists(target) and target in {g.name for g in list_guests()}:
-            built = build_guest(target)
+            built = build_guest(target, "pv" if pv else "native")
+            if pv:
+                return load_xen(built.elf, ram_size=ram_size, cmdline=cmdline, modules=list(modules),
+                                image_name=target)
             return load_image(built.elf, ram_size=ram_size, cmdline=cmdline, modules=list(modules),
                               image_name=target)
+        if pv:
+            if kind not in ("auto", "multiboot") or load_address is not None:
+                _fail("--mode pv boots Xen PV kernels (ELF with Xen notes): no --kind or --load-address")
+            return load_xen(target, ram_size=ram_size, cmdline=cmdline, modules=list(modules))
         return load_image(target, ram_size=ram_size, kind=kind, cmdline=cmdline, modules=list(modules),
                           load_address=load_address)
     except ImageError as err:
@@ -349,6 +364,8 @@ def build(guest, output):
 
 from .cli_fuzz import fuzz  # noqa: E402  (registered last: its module stands alone)
 main.add_command(fuzz)
+from .cli_bench import bench  # noqa: E402  (registered last: its module stands alone)
+main.add_command(bench)
 
 
 if __name__ == "__main__":

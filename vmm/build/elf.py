@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 ELFCLASS32, ELFDATA2LSB, EV_CURRENT = 1, 1, 1
 ET_EXEC, EM_386 = 2, 3
-PT_LOAD = 1
+PT_LOAD, PT_NOTE = 1, 4
 PF_X, PF_W, PF_R = 1, 2, 4
 SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_NOBITS = 0, 1, 2, 3, 8
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 1, 2, 4
@@ -54,18 +54,22 @@ class _StrTab:
         return off
 
 
-def write_elf32(segments: list[Segment], entry: int, symbols: dict[str, int] | None = None) -> bytes:
+def write_elf32(segments: list[Segment], entry: int, symbols: dict[str, int] | None = None,
+                notes: list[tuple[int, int]] = ()) -> bytes:
     """Return the bytes of an i386 ET_EXEC ELF holding ``segments``, entering at ``entry``.
 
     ``symbols`` (name -> address) go into ``.symtab`` as global symbols of the section that
-    contains them, so debuggers can resolve labels.
+    contains them, so debuggers can resolve labels. ``notes`` lists ``(address, size)``
+    ranges of ELF notes inside the segments' file bytes (a PV kernel's Xen notes), each
+    described by a PT_NOTE program header after the PT_LOAD ones.
     """
     if not segments:
         raise ValueError("an ELF image needs at least one segment")
     symbols = symbols or {}
     nseg = len(segments)
+    nphdr = nseg + len(notes)
     phoff = 52
-    offset = _align(phoff + 32 * nseg, PAGE)
+    offset = _align(phoff + 32 * nphdr, PAGE)
     placed: list[tuple[Segment, int]] = []
     for seg in segments:
         # p_offset must be congruent to p_vaddr modulo the page size.
@@ -112,12 +116,21 @@ def write_elf32(segments: list[Segment], entry: int, symbols: dict[str, int] | N
     out = bytearray(shoff + 40 * len(sections))
     ident = b"\x7fELF" + bytes([ELFCLASS32, ELFDATA2LSB, EV_CURRENT]) + bytes(9)
     struct.pack_into("<16sHHIIIIIHHHHHH", out, 0, ident, ET_EXEC, EM_386, EV_CURRENT, entry,
-                     phoff, shoff, 0, 52, 32, nseg, 40, len(sections), len(sections) - 1)
+                     phoff, shoff, 0, 52, 32, nphdr, 40, len(sections), len(sections) - 1)
     for i, (seg, off) in enumerate(placed):
         vaddr = seg.paddr if seg.vaddr is None else seg.vaddr
         struct.pack_into("<IIIIIIII", out, phoff + 32 * i, PT_LOAD, off, vaddr, seg.paddr,
                          len(seg.data), seg.size_in_memory, seg.flags, PAGE)
         out[off:off + len(seg.data)] = seg.data
+    for i, (address, size) in enumerate(notes):
+        for seg, off in placed:
+            vaddr = seg.paddr if seg.vaddr is None else seg.vaddr
+            if vaddr <= address and address + size <= vaddr + len(seg.data):
+                struct.pack_into("<IIIIIIII", out, phoff + 32 * (nseg + i), PT_NOTE, off + address - vaddr,
+                                 address, address, size, size, PF_R, 4)
+                break
+        else:
+            raise ValueError(f"note at {address:#x} ({size} bytes) lies outside the segments' file bytes")
     out[symtab_off:symtab_off + len(symtab)] = symtab
     out[strtab_off:strtab_off + len(strtab.data)] = strtab.data
     out[shstr_off:shstr_off + len(shstr.data)] = shstr.data

@@ -6,7 +6,7 @@ Images are Multiboot v1 ELF32 files loaded at 1 MiB with the Multiboot header fi
 
     >>> from vmm.build.guests import list_guests, build_guest
     >>> [g.name for g in list_guests()]
-    ['hello', 'pmode', 'paging', 'user', 'timer', 'exits', 'popek', 'smc']
+    ['hello', 'pmode', 'paging', 'user', 'timer', 'exits', 'popek', 'smc', 'nanobench', 'macrobench']
     >>> g = build_guest("hello")
     >>> hex(g.entry), hex(g.load_address), len(g.flat) >= len(g.elf) // 4
     ('0x10000c', '0x100000', True)
@@ -36,7 +36,7 @@ __all__ = ["GuestInfo", "BuiltGuest", "list_guests", "get_guest", "build_guest",
 
 LOAD_ADDRESS = 0x00100000
 #: Flavours the pvops layer implements today (guests/include/pvops.inc).
-FLAVOURS = ("native",)
+FLAVOURS = ("native", "pv")
 _CACHE_FORMAT = 1
 
 
@@ -114,6 +114,10 @@ _DESCRIPTIONS = [
               "SGDT, SMSW, LAR, far CALL, INT n...) checked against its CPL-0 result", 0),
     ("smc", "self-modifying code: a function patched in place and called again (bt invalidates "
             "its translations)", 0),
+    ("nanobench", "nanobenchmarks (Adams & Agesen: syscall, in, cr8wr, callret, pgfault, divzero, "
+                  "ptemod; kvm-unit-tests vmexit rows), one loop picked by the command line", 0),
+    ("macrobench", "macro workloads (forkwait, compute, iobound, tlbmiss), one loop picked by the "
+                   "command line", 0),
 ]
 
 
@@ -215,7 +219,10 @@ def build_guest(name: str, flavour: str = "native", *, use_cache: bool = True) -
         raise asm.AsmError(f"guest {gname}: no _start label", str(source))
     entry = out.symbols["_start"]
     stored = flat.rstrip(b"\0")  # the zero-filled tail becomes p_memsz - p_filesz
-    data = elf.write_elf32([elf.Segment(LOAD_ADDRESS, stored, memsz=len(flat))], entry, out.symbols)
+    notes = []
+    if "xen_notes" in out.symbols:  # the pv flavour's Xen ELF notes (guests/include/xen.inc)
+        notes = [(out.symbols["xen_notes"], out.symbols["xen_notes_end"] - out.symbols["xen_notes"])]
+    data = elf.write_elf32([elf.Segment(LOAD_ADDRESS, stored, memsz=len(flat))], entry, out.symbols, notes)
     built = BuiltGuest(gname, flavour, data, dict(out.symbols), entry, LOAD_ADDRESS, flat)
 
     if use_cache:
