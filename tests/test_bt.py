@@ -111,3 +111,20 @@ def test_stat_prints_callouts_and_translation_counters():
     assert r.returncode == 1
     assert "callouts (bt)" in out and "ret" in out
     assert "translation (bt)" in out and "self-modifying code" in out
+
+
+def test_task_priority_writes_are_patched_not_mmio():
+    # 32-bit kernels raise the TPR by a store to the local APIC page; the translator
+    # patches it (as VMware and VirtualBox did): the VMM updates the APIC model itself.
+    vm, result = run(f"""
+        mov esi, 5
+    l:  mov dword ptr [0xfee00080], esi
+        dec esi
+        jnz l
+        mov eax, dword ptr [0xfee00080]
+        mov edi, eax
+        {EXIT}""")
+    c = result.events["callouts"]
+    assert c["mov tpr, r"] == 5 and c["mov r, tpr"] == 1
+    assert vm.engine.reg("edi") == 1                      # the last value written
+    assert vm.board.mmio_bus.accesses["lapic"] == 6       # each access reached the model once

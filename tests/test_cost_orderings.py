@@ -42,8 +42,6 @@ def test_bt_beats_first_generation_vtx(workload):
 
 
 @needs("bt")
-@pytest.mark.xfail(strict=True, reason="cr8wr cannot run yet: a local-APIC write hangs the VMM "
-                   "(NativeMode.on_mmio stops emulation inside the MMIO write; see vmm.cost.workloads)")
 def test_bt_beats_first_generation_vtx_on_cr8wr():
     assert cycles("cr8wr", "bt", "p4-2005") < cycles("cr8wr", "vtx", "p4-2005")
 

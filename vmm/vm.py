@@ -261,13 +261,15 @@ class VM:
             self.engine.write_phys(phys, data[done:done + chunk])
             done += chunk
 
-    def replan(self) -> None:
+    def replan(self) -> bool:
         """The guest reprogrammed a timer or interrupt controller: end a free run so the
         run loop recomputes when the next interrupt can arrive. A counted slice is left to
         finish (it is at most SLICE_QUANTUM long), because stopping it early would charge
-        the whole slice to virtual time."""
-        if not self._counted_slice:
+        the whole slice to virtual time. True if the run was asked to stop."""
+        if not self._counted_slice and self.engine.running:
             self.engine.uc.emu_stop()
+            return True
+        return False
 
     # -- running -------------------------------------------------------------------------
     def run(self, single_step: bool = False) -> VmResult:

@@ -149,6 +149,8 @@ def model_cycles(counts: Counts, mode: str, profile: Profile) -> Breakdown:
 
     # -- the mode's own events ------------------------------------------------------------------------
     for category, names in sorted(counts.events.items()):
+        if category == "mmio":
+            continue  # the same accesses as the device-page line above
         for name, n in sorted(names.items()):
             c = profile.event(category, name)
             if c is None:

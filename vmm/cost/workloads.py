@@ -37,15 +37,10 @@ class Workload:
 
 
 AA, KUT, MACRO = "adams-agesen", "kvm-unit-tests", "macro"
-_APIC_WRITE_BLOCKED = ("every local-APIC write hangs the VMM today: NativeMode.on_mmio calls "
-                       "vm.replan() (emu_stop) inside Unicorn's MMIO write callback, and Unicorn "
-                       "then executes the same store again, forever")
-
 WORKLOADS: tuple[Workload, ...] = (
     Workload("syscall", "nanobench", AA, 200, "int 0x80 from ring 3 to the kernel and IRET back"),
     Workload("in", "nanobench", AA, 200, "IN from an emulated port (the UART's line status)"),
-    Workload("cr8wr", "nanobench", AA, 200, "a task-priority write (local APIC TPR; 32-bit x86 has no CR8)",
-             blocked=_APIC_WRITE_BLOCKED),
+    Workload("cr8wr", "nanobench", AA, 200, "a task-priority write (local APIC TPR; 32-bit x86 has no CR8)"),
     Workload("callret", "nanobench", AA, 200, "a near CALL and RET"),
     Workload("pgfault", "nanobench", AA, 200, "a not-present page faulted in by the kernel, then unmapped"),
     Workload("divzero", "nanobench", AA, 200, "#DE from DIV by zero, handled and skipped"),

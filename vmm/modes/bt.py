@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import time
 
+from capstone.x86 import X86_OP_MEM
+
+from ..mmu.paging import PageFault
 from .native import NativeMode
 from .privileged import Emulator, decoder
 from .shadowed import PAGING_CR0_BITS, PAGING_CR4_BITS, ShadowMmu
-from .translator import Translator, callout_kind
+from .translator import APIC_TPR, Translator, callout_kind, tpr_operand
 
 _clock = time.perf_counter
 
@@ -42,6 +45,10 @@ def callout_name(insn) -> str:
     if m in ("call", "jmp", "ljmp", "lcall"):
         return f"{m.lstrip('l')} far"
     return m
+
+
+def _tpr_name(insn) -> str:
+    return "mov tpr, r" if insn.operands[0].type == X86_OP_MEM else "mov r, tpr"
 
 
 class BtMode(ShadowMmu, NativeMode):
@@ -85,6 +92,12 @@ class BtMode(ShadowMmu, NativeMode):
             insn = next(decoder().disasm(self.vm.read_code(address), address, 1), None)
             if insn is None:
                 return
+        if tpr_operand(insn) is not None:
+            name = _tpr_name(insn)
+            if self._patched_tpr(insn):
+                eng.set_reg("eip", (address + insn.size) & 0xFFFFFFFF)
+            self.events.timed("callouts", name, started)
+            return
         name = callout_name(insn)
         emulate = _EMULATED.get(name)
         if emulate is not None:
@@ -102,6 +115,23 @@ class BtMode(ShadowMmu, NativeMode):
             self.guest_cr3_loaded(value)
         elif (cr == "cr0" and (old ^ value) & PAGING_CR0_BITS) or (cr == "cr4" and (old ^ value) & PAGING_CR4_BITS):
             self.paging_mode_changed()
+
+    def _patched_tpr(self, insn) -> bool:
+        """A task-priority access, patched as VMware and VirtualBox patched 32-bit kernels'
+        TPR instructions: the VMM performs it on the APIC model directly, no MMIO access.
+        False (the instruction runs as it is) if the guest does not map the APIC there."""
+        try:
+            if self.translate(APIC_TPR, True, False) != APIC_TPR:
+                return False
+        except PageFault:
+            return False
+        dst, src = insn.operands
+        if dst.type == X86_OP_MEM:
+            self.mmio_write(APIC_TPR, dst.size, self.operands.read(insn, src, dst.size))
+        else:
+            self.events.add("mmio", f"read {APIC_TPR:#010x}")
+            self.operands.set_reg(insn.reg_name(dst.reg), self.vm.board.mmio_bus.read(APIC_TPR, src.size))
+        return True
 
     def _invlpg(self, insn) -> None:
         self.guest_invlpg(self.operands.address(insn, insn.operands[0]))

@@ -19,6 +19,9 @@ from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import VmExit
 
 PAGE_MASK = ~0xFFF & 0xFFFFFFFF
+# Local-APIC registers whose write changes when the next timer interrupt comes: SVR
+# (software enable), LVT timer, initial count, divide configuration.
+APIC_TIMER_REGISTERS = frozenset({0x0F0, 0x320, 0x380, 0x3E0})
 UNBACKED_PAGE = 0xDFFFF000  # below the VMM's host memory (0xE0000000), above any guest RAM: never mapped
 ALL = PROT_READ | PROT_WRITE | PROT_EXEC
 
@@ -38,6 +41,7 @@ class NativeMode:
                                       lambda cr2: eng.set_reg("cr2", cr2))
         self.tlb_fills = 0
         self.events = EventCounters()   # the mode's own events (traps, callouts, hypercalls)
+        self._replayed_store: tuple[int, int, int] | None = None
         self.code_watchers: list = []   # objects with fetch(linear_page, page) and written(page)
         self.code_frames: set[int] = set()
         self.exit_table = {
@@ -118,13 +122,29 @@ class NativeMode:
     def on_mmio(self, address: int, size: int, value: int | None) -> int | None:
         """An access to a device page (the local APIC): straight to the board. Counted by
         register (a TPR write is the 32-bit stand-in for Adams & Agesen's cr8wr)."""
-        self.events.add("mmio", f"{'read' if value is None else 'write'} {address:#010x}")
-        bus = self.vm.board.mmio_bus
         if value is None:
-            return bus.read(address, size)
-        bus.write(address, size, value)
-        self.vm.replan()  # the APIC timer may have changed
+            self.events.add("mmio", f"read {address:#010x}")
+            return self.vm.board.mmio_bus.read(address, size)
+        self.mmio_write(address, size, value)
         return None
+
+    def replayed_store(self, address: int, size: int, value: int | None) -> bool:
+        """True (once) for Unicorn's replay of the store that ended the last run."""
+        replay = self._replayed_store is not None and self._replayed_store == (address, size, value)
+        self._replayed_store = None
+        return replay
+
+    def mmio_write(self, address: int, size: int, value: int) -> None:
+        """A device store. One that reprograms the APIC timer ends a free run so the run
+        loop replans (VM.replan). Stopping inside an MMIO callback makes Unicorn execute
+        the store again when the run resumes (measured: it restarts the instruction), so
+        that replay is recognised and absorbed, never written twice."""
+        if self.replayed_store(address, size, value):
+            return
+        self.events.add("mmio", f"write {address:#010x}")
+        self.vm.board.mmio_bus.write(address, size, value)
+        if address & 0xFFF in APIC_TIMER_REGISTERS and self.vm.replan():
+            self._replayed_store = (address, size, value)
 
     def boot(self, image) -> None:
         """The image is loaded and the boot state (Multiboot's) set: a mode that boots its

@@ -36,6 +36,7 @@ MACHINE_BASE = 0x10000000          # machine frame = pseudo-physical frame + 0x1
 ERROR_P, ERROR_W, ERROR_U = 1, 2, 4
 IOPL = 3 << IOPL_SHIFT
 SYSENTER_MSRS = (0x174, 0x175, 0x176)  # IA32_SYSENTER_CS, _ESP, _EIP
+IA32_PAT, PAT_POWER_ON = 0x277, 0x0007040600070406
 # SCHEDOP_shutdown reason -> isa-debug-exit value, so that `vmm run` exits as QEMU would
 # had the guest written that value to port 0xf4: poweroff = EXIT_OK (status 1).
 SHUTDOWN_EXIT_VALUE = {abi.Shutdown.poweroff: 0, abi.Shutdown.reboot: 1, abi.Shutdown.suspend: 2,
@@ -65,6 +66,7 @@ class PvMode(NativeMode):
         self.callbacks = None
         self.debugregs = {n: 0 for n in (0, 1, 2, 3, 6, 7)}
         self.msrs = dict.fromkeys(SYSENTER_MSRS, 0)
+        self.msrs[IA32_PAT] = PAT_POWER_ON
         self.hypercall_page_override = hypercall_page
         self._pending = None               # a ring change to make outside emulation
         self._blocked = False
@@ -278,7 +280,7 @@ class PvMode(NativeMode):
 
     def _emulate_msr(self) -> bool:
         """RDMSR/WRMSR fault in ring 1; like Xen's emulate_privileged_op, the VMM emulates
-        the SYSENTER MSRs (the domain's own copies, never the real ones); any other MSR
+        the SYSENTER MSRs and PAT (the domain's own copies, never the real ones); any other MSR
         stays a #GP for the guest."""
         eng = self.vm.engine
         eip = eng.reg("eip")

@@ -30,11 +30,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from capstone import CS_GRP_BRANCH_RELATIVE, CS_GRP_CALL, CS_GRP_INT, CS_GRP_IRET, CS_GRP_JUMP, CS_GRP_RET
-from capstone.x86 import X86_OP_IMM, X86_OP_REG
+from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG
 
 from .privileged import decoder
 
 PAGE_MASK = 0xFFFFF000
+APIC_TPR = 0xFEE00080
+_TPR_BYTES = APIC_TPR.to_bytes(4, "little")
 PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf2\xf3")
 # First opcode bytes of the instructions a callout stands for (the 0x0F and 0xFF rows
 # are narrowed by their second byte / ModRM.reg below).
@@ -62,10 +64,24 @@ SENSITIVE = frozenset(["pushfd", "popfd", "pushf", "popf", "sgdt", "sidt", "sldt
 SEGMENTS = frozenset(["cs", "ss", "ds", "es", "fs", "gs"])
 
 
+def tpr_operand(insn):
+    """The memory operand of a MOV to or from the local APIC's task-priority register,
+    by absolute address (what 32-bit kernels write where 64-bit ones use CR8), or None."""
+    if insn.mnemonic != "mov":
+        return None
+    for op in insn.operands:
+        if op.type == X86_OP_MEM and not op.mem.base and not op.mem.index and op.mem.disp & 0xFFFFFFFF == APIC_TPR:
+            return op
+    return None
+
+
 def callout_kind(insn) -> str | None:
     """Why an instruction needs the VMM: "privileged", "sensitive", "indirect" (its
-    target must be looked up in the translation cache), or None."""
+    target must be looked up in the translation cache), "tpr" (a task-priority access
+    the translator patches), or None."""
     m = insn.mnemonic
+    if tpr_operand(insn) is not None:
+        return "tpr"
     if m in PRIVILEGED:
         return "privileged"
     if m in SENSITIVE:
@@ -106,6 +122,28 @@ def candidates(page: bytes) -> list[int]:
         if b == 0xFF and (j + 1 >= n or (page[j + 1] >> 3) & 7 not in FF_REGS):
             continue
         found.append(i)
+    found += tpr_candidates(page)
+    return sorted(set(found))
+
+
+def tpr_candidates(page: bytes) -> list[int]:
+    """Offsets of MOVs with the TPR's absolute address (A1/A3 moffs32, or 89/8B/C7 with a
+    disp32-only ModRM), and of the prefixes that may stand before them."""
+    found = []
+    i = page.find(_TPR_BYTES)
+    while i >= 0:
+        starts = []
+        if i >= 1 and page[i - 1] in (0xA1, 0xA3):
+            starts.append(i - 1)
+        if i >= 2 and page[i - 2] in (0x89, 0x8B, 0xC7) and page[i - 1] & 0xC7 == 0x05:
+            starts.append(i - 2)
+        for start in starts:
+            found.append(start)
+            j = start - 1
+            while j >= 0 and start - j <= 4 and page[j] in PREFIXES:
+                found.append(j)
+                j -= 1
+        i = page.find(_TPR_BYTES, i + 1)
     return found
 
 

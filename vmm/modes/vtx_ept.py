@@ -204,6 +204,8 @@ class VtxEptMode(VtxMode):
         return Fault(OUTSIDE, None, gpa, "outside", exited=True)
 
     def on_mmio(self, address: int, size: int, value: int | None) -> int | None:
+        if value is not None and self.replayed_store(address, size, value):
+            return None  # Unicorn's replay of a store already emulated (NativeMode.mmio_write)
         return self.vmexit(ExitReason.EPT_MISCONFIG, gpa=address, defer_entry=True,
                            address=address, size=size, value=value)
 
@@ -213,8 +215,7 @@ class VtxEptMode(VtxMode):
         info = exit.info
         if info["value"] is None:
             return self.vm.board.mmio_bus.read(info["address"], info["size"])
-        self.vm.board.mmio_bus.write(info["address"], info["size"], info["value"])
-        self.vm.replan()
+        self.mmio_write(info["address"], info["size"], info["value"])
         return None
 
     def on_fault(self, fault) -> None:

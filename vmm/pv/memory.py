@@ -81,8 +81,9 @@ class DomainMemory:
         return self.max_pages - len(self.released)
 
     # -- entries -----------------------------------------------------------------------------
-    def check_entry(self, value: int) -> None:
-        """An entry the domain may write anywhere a page-table entry goes."""
+    def check_entry(self, value: int, type_rule: bool = True) -> None:
+        """An entry the domain may write anywhere a page-table entry goes; ``type_rule``:
+        also refuse a writable mapping of a page-table frame (entries of L1 tables)."""
         if not value & PTE_P:
             return  # not-present entries are the guest's to use as it likes
         mfn = value >> PAGE_SHIFT
@@ -93,7 +94,7 @@ class DomainMemory:
             return
         if not self.mappable(mfn):
             raise HypercallError(Errno.EPERM, f"machine frame {mfn:#x} is not the domain's")
-        if value & PTE_W and mfn in self.pt_frames:
+        if type_rule and value & PTE_W and mfn in self.pt_frames:
             raise HypercallError(Errno.EINVAL, f"frame {mfn:#x} is a page table: no writable mapping")
 
     def table(self, mfn: int) -> tuple[int, ...]:
@@ -129,7 +130,10 @@ class DomainMemory:
         frame = machine_ptr >> PAGE_SHIFT
         if not self.owns(frame):
             raise HypercallError(Errno.EPERM, f"entry at machine {machine_ptr:#x} is not in the domain's memory")
-        self.check_entry(value)
+        # In a page directory the W bit of an entry covers the 4 MiB it maps, not the L1
+        # frame it names; a frame not yet a page table is a plain page until it becomes
+        # one (validated then, as Xen types a page when it is first used as a table).
+        self.check_entry(value, type_rule=frame in self.pt_frames and frame not in self.l2_frames)
         new_table = None
         if frame in self.l2_frames and value & PTE_P and not value & PTE_PS:
             l1 = value >> PAGE_SHIFT
