@@ -62,7 +62,7 @@ WORKLOADS: tuple[Workload, ...] = (
 BY_NAME = {w.name: w for w in WORKLOADS}
 #: What `vmm bench` runs with no --workload: the papers' rows that run today and the
 #: macro workloads, chosen to finish in well under a minute in every mode.
-DEFAULT_SET = ("syscall", "in", "callret", "pgfault", "divzero", "ptemod", "cpuid", "vmcall",
+DEFAULT_SET = ("syscall", "in", "cr8wr", "callret", "pgfault", "divzero", "ptemod", "cpuid", "vmcall",
                "forkwait", "compute", "iobound", "tlbmiss")
 
 
