@@ -88,9 +88,7 @@ def code_bytes(calls: list[list[int]]) -> bytes:
         for reg, value in zip((3, 1, 2, 6, 7), args):        # ebx ecx edx esi edi
             out += _mov(reg, value)
         out += INT_0x82
-    shutdown_reason = DATA + PAGE - 4                          # struct sched_shutdown { reason = 0 }
-    out += _mov(0, SCHED_OP) + _mov(3, SCHEDOP_SHUTDOWN) + _mov(1, shutdown_reason) + INT_0x82
-    out += b"\xeb\xfe"                                         # should the shutdown return
+    out += shutdown_bytes()                                     # struct sched_shutdown { reason = 0 }
     return bytes(out)
 
 
@@ -101,12 +99,26 @@ def _note(kind: int, desc: bytes) -> bytes:
 
 def pv_image(case: dict) -> bytes:
     """A PV kernel ELF: code, data page, hypercall page, Xen notes, in one segment."""
-    from ..build.elf import Segment, write_elf32
-
     code = code_bytes(case["calls"])
     if len(code) > 0x2000:
         raise ValueError("too many hypercalls for the code pages")
-    data = bytearray(case_data(case))
+    return pv_kernel(code, case_data(case))
+
+
+def shutdown_bytes() -> bytes:
+    """sched_op(SCHEDOP_shutdown, {poweroff}), and a loop should it return."""
+    reason = DATA + PAGE - 4
+    return _mov(0, SCHED_OP) + _mov(3, SCHEDOP_SHUTDOWN) + _mov(1, reason) + INT_0x82 + b"\xeb\xfe"
+
+
+def pv_kernel(code: bytes, data_page: bytes = bytes(PAGE)) -> bytes:
+    """A PV kernel ELF around ``code`` (at most 8 KiB, entered at CODE in ring 1): a data
+    page, the hypercall page and the Xen notes, in one segment."""
+    from ..build.elf import Segment, write_elf32
+
+    if len(code) > 0x2000:
+        raise ValueError("code larger than the kernel's two code pages")
+    data = bytearray(data_page)
     data[PAGE - 4:PAGE] = bytes(4)
     notes = (_note(5, b"xen-3.0\0") + _note(3, struct.pack("<I", VIRT_BASE)) + _note(1, struct.pack("<I", CODE))
              + _note(2, struct.pack("<I", HYPERCALL_PAGE)) + _note(6, b"vmm-fuzz\0"))
