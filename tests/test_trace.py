@@ -128,3 +128,20 @@ def test_cli_trace_text_and_stat(tmp_path):
     evs = [json.loads(line) for line in out.read_text().splitlines()]
     assert sum(e["type"] == "exit" and e["name"] == "EXTERNAL_INTERRUPT" for e in evs) == 10
     assert evs[-1]["type"] == "stop"
+
+
+def test_mode_events_appear_where_they_happen():
+    # trap: each emulated privileged instruction follows the instruction that trapped;
+    # bt: translations and callouts; both as their own event type in JSON lines.
+    for mode, category, name in (("trap", "traps", "lgdt"), ("bt", "callouts", "lgdt")):
+        vm = VM(load_image(build_guest("hello").elf, ram_size=16 << 20), mode=mode, ram_size=16 << 20,
+                serial_output=lambda data: None)
+        out = io.StringIO()
+        Tracer(vm, out, "jsonl")
+        vm.run()
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        events = [e for e in lines if e["type"] == "event"]
+        assert any(e["category"] == category and e["name"] == name for e in events), mode
+        first = next(i for i, e in enumerate(lines) if e["type"] == "event" and e["name"] == name)
+        previous = next(e for e in reversed(lines[:first]) if e["type"] == "insn")
+        assert previous["asm"].startswith("lgdt")

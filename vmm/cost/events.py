@@ -19,16 +19,21 @@ class EventCounters:
     def __init__(self) -> None:
         self.counts: defaultdict[str, Counter] = defaultdict(Counter)
         self.seconds: defaultdict[str, Counter] = defaultdict(Counter)
+        self.observer = None  # the tracer, when one is attached: observer(category, name, n)
 
     def add(self, category: str, name: str, n: int = 1, seconds: float = 0.0) -> None:
         self.counts[category][name] += n
         if seconds:
             self.seconds[category][name] += seconds
+        if self.observer is not None:
+            self.observer(category, name, n)
 
     def timed(self, category: str, name: str, started: float) -> None:
         """Count one event whose handler began at ``started`` (``time.perf_counter``)."""
         self.counts[category][name] += 1
         self.seconds[category][name] += _clock() - started
+        if self.observer is not None:
+            self.observer(category, name, 1)
 
     def total(self, category: str) -> int:
         return sum(self.counts.get(category, Counter()).values())

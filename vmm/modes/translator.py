@@ -204,6 +204,7 @@ class Translator:
         """Hook every callout site starting at page offsets [lo, hi)."""
         dis = decoder()
         code = t.code
+        placed = 0
         for offset in candidates(code):
             if not lo <= offset < hi:
                 continue
@@ -212,7 +213,9 @@ class Translator:
                 continue
             t.hooks[insn.address] = self.hook(insn.address)
             self.decoded[insn.address] = insn
-            self.events.add("translation", "callout sites")
+            placed += 1
+        if placed:
+            self.events.add("translation", "callout sites", placed)
 
     def revalidate(self, t: PageTranslation) -> None:
         """The page was written since it was translated: compare, and retranslate the part

@@ -146,6 +146,7 @@ class Tracer:
                 eng.add_raw_instruction_hook(self._fast_hook())
             else:
                 eng.add_instruction_hook(self._instruction)
+        vm.mode.events.observer = self.mode_event   # traps, callouts, hypercalls... as they happen
         vm.tracer = self
 
     # -- code watcher: the decode cache lives until the code page is written ----------------------
@@ -251,6 +252,18 @@ class Tracer:
             except Exception:
                 code = b""
         insn = next(_decoder(bits).disasm(code, address, 1), None)
+        if insn is None or insn.size != size:
+            # Unicorn reports no usable size for an instruction that faults as it is
+            # translated (a privileged one at CPL > 0, trap mode's #GP): decode up to 15.
+            longer = code
+            for n in (15, 0x1000 - (address & 0xFFF)):  # the next page may be unmapped
+                try:
+                    longer = self.vm.read_linear(address, min(n, 15))
+                    break
+                except Exception:
+                    continue
+            insn = next(_decoder(bits).disasm(longer, address, 1), None) or insn
+            code = longer[:insn.size] if insn is not None else code
         decoded = (f"{insn.mnemonic} {insn.op_str}".strip() if insn else "(undecodable)", code.hex(" "))
         if host is not None and (address & 0xFFF) + size <= 0x1000:  # cacheable: we see writes to it
             self._decoded[address] = decoded
@@ -309,6 +322,8 @@ class Tracer:
             else:
                 text = (f"  -> TLB miss {event['linear']:#010x} {event['access']}: host page "
                         f"{event['host_page']:#010x} {event['perms']}")
+        elif kind == "event":
+            text = f"  -> {event['category']}: {event['name']}" + (f" x{event['count']}" if event["count"] != 1 else "")
         else:
             text = f"  -> {kind}: {event.get('message', '')}"
         if self.color:
@@ -323,6 +338,13 @@ class Tracer:
                      "length": exit.instruction_length,
                      "info": {k: v for k, v in exit.info.items() if k != "hooked"},
                      "result": result if isinstance(result, int) and not isinstance(result, bool) else None})
+
+    def mode_event(self, category: str, name: str, n: int) -> None:
+        """One of the mode's own events (a trap emulated, a callout, a hypercall, a block
+        translated): shown where it happened, like an exit."""
+        if not self._selected_n():
+            return
+        self._event({"type": "event", "n": self._number(), "category": category, "name": name, "count": n})
 
     def inject(self, event) -> None:
         if not self._selected_n():
