@@ -267,7 +267,7 @@ class VM:
         finish (it is at most SLICE_QUANTUM long), because stopping it early would charge
         the whole slice to virtual time. True if the run was asked to stop."""
         if not self._counted_slice and self.engine.running:
-            self.engine.uc.emu_stop()
+            self.engine.end_run()
             return True
         return False
 

@@ -409,6 +409,11 @@ class Engine:
         """True inside ``emu_start`` (hooks), where host memory cannot be mapped."""
         return self._running
 
+    def end_run(self) -> None:
+        """Called from a handler: end the current run after this instruction, with no
+        reason to report (the run loop looks again: replans timers, delivers events)."""
+        self.uc.emu_stop()
+
     def request_stop(self, reason: str) -> None:
         """Called from a handler: stop after the current instruction."""
         self.stop_reason = reason

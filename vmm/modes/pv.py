@@ -229,9 +229,8 @@ class PvMode(NativeMode):
             self._enter(eip, cs, eflags, esp, ss)
 
     def _stop_soon(self) -> None:
-        """End the current engine run after this hook, without a stop reason (the engine
-        has no such primitive; VM.replan does the same)."""
-        self.vm.engine.uc.emu_stop()
+        """End the current engine run after this hook, without a stop reason."""
+        self.vm.engine.end_run()
 
     # -- events from the engine ------------------------------------------------------------
     def on_exception(self, vector: int, error_code: int, software: bool) -> None:
