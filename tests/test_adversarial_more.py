@@ -121,3 +121,14 @@ def test_invalid_ept_pointer_fails_vm_entry(low_bits):
         assert result.kind is not StopKind.ENTRY_FAILED
     else:
         assert result.kind is StopKind.ENTRY_FAILED and "EPT pointer" in result.message
+
+
+def test_vmcs_letting_shadow_faults_through_stops_the_guest_with_a_reason():
+    # Found by `vmm fuzz --harness vmcs --seed 11` (case 618): a hypervisor that stops
+    # intercepting #PF mid-run under shadow paging. The guest's hidden faults can then
+    # never be filled; the VM must stop with why, not crash the process.
+    from vmm.fuzz.core import replay
+
+    case = {"writes": [[0x4006, "flip", 0]], "after": 40}      # PAGE_FAULT_ERROR_CODE_MASK ^= 1
+    report = replay({"harness": "vmcs", "mode": "vtx", "seed": 11, "index": 618, "case": case})
+    assert dict(report.outcomes) == {"ERROR": 1}

@@ -240,6 +240,14 @@ class Engine:
         uc = self.uc
 
         def intr(uc, vector, _):
+            if self._fault is not None:
+                # A TLB fill refused in this run, raised by QEMU and reported here instead of
+                # ending emulation (measured under shadow paging with #PF not intercepted):
+                # end the run; run() reports the refused fill as Stop.FAULT, as usual.
+                quirks.clear_pending_exception(uc)
+                self.uc.emu_stop()
+                return
+
             def handle():
                 error_code, software = quirks.read_exception_info(uc)
                 self.ops.on_interrupt(vector, error_code, software)
@@ -454,9 +462,12 @@ class Engine:
             raise EngineError(f"{err} at EIP {self.reg('eip'):#010x}") from err
         finally:
             self._running = False
-            self._fault = None
+            fault, self._fault = self._fault, None
         if self._error is not None:
             raise self._error
+        if fault is not None:
+            self.pending_fault = fault
+            return Stop.FAULT
         if self._pending_iret is not None:
             frame, self._pending_iret = self._pending_iret, None
             self.iret_to(**frame)

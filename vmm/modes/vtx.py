@@ -272,7 +272,16 @@ class VtxMode(VmxNonRoot, NativeMode):
             return self._shadow_fill(vaddr, write, access, t)
         error = self.shadow.fault_error_code(vaddr, write, user)
         if not exits_for_exception(self.vmcs, PF, error):
-            return Fault(PF, error, vaddr, access)  # a VMM that does not intercept #PF: the guest sees it
+            # A hypervisor that lets this #PF through under shadow paging: the guest sees its
+            # own faults; a miss its tables would satisfy (a hidden fault) can never be
+            # filled, so the VM stops with why (KVM forces the #PF intercept without EPT).
+            try:
+                self.walk(vaddr, write, user, set_ad=False)
+            except PageFault as pf:
+                return Fault(PF, pf.error_code, vaddr, access)
+            self.vm.stop_guest(f"shadow paging needs #PF exits: EXCEPTION_BITMAP and PAGE_FAULT_ERROR_CODE_"
+                               f"MASK/MATCH let a hidden fault (error code {error:#x}) at {vaddr:#010x} "
+                               f"through to the guest, and the shadow tables cannot be filled")
         return self.vmexit(R_EXCEPTION_NMI, qualification=vaddr, linear=vaddr,
                            intr_info=InterruptionInfo.exception(PF, True), intr_error=error, defer_entry=True,
                            shadow=True, access=access, write=write, user=user, vector=PF, error_code=error)
