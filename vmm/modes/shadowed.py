@@ -82,16 +82,22 @@ class ShadowMmu:
         self.vm.engine.flush_tlb()
 
     def memory_counters(self) -> dict[str, int]:
-        c = self.shadow.counters
-        return {
-            "hidden page faults (shadow filled)": c.hidden_faults,
-            "true page faults (delivered)": c.true_faults,
-            "guest page-table writes intercepted": c.pte_write_intercepts,
-            "CR3 switches": c.cr3_switches,
-            "INVLPG": c.invlpg,
-            "shadow resets (paging-mode changes)": c.resets,
-            "shadow pages built": c.pages_built,
-            "shadow pages dropped": c.pages_dropped,
-            "shadow entries zapped": c.entries_zapped,
-            "shadow-table references": sum(c.references.values()),
-        }
+        return shadow_counters(self.shadow, "delivered")
+
+
+def shadow_counters(shadow, true_faults: str) -> dict[str, int]:
+    """The shadow-paging statistics of ``vmm run --stat`` (``true_faults``: what the VMM
+    did with the guest's own faults, "delivered" or "injected")."""
+    c = shadow.counters
+    return {
+        "hidden page faults (shadow filled)": c.hidden_faults,
+        f"true page faults ({true_faults})": c.true_faults,
+        "guest page-table writes intercepted": c.pte_write_intercepts,
+        "CR3 switches": c.cr3_switches,
+        "INVLPG": c.invlpg,
+        "shadow resets (paging-mode changes)": c.resets,
+        "shadow pages built": c.pages_built,
+        "shadow pages dropped": c.pages_dropped,
+        "shadow entries zapped": c.entries_zapped,
+        "shadow-table references": sum(c.references.values()),
+    }

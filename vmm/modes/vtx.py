@@ -32,6 +32,7 @@ from ..vmx.nonroot import KVM_ENOSYS, VmxNonRoot, exits_for_exception
 from ..vmx.qualification import CrAccess, CrAccessType, InterruptionInfo, InterruptionType
 from ..vmx.vmcs import Field, Vmcs
 from .native import NativeMode
+from .shadowed import shadow_counters
 from .sites import CodeSites
 
 PAGE_MASK = 0xFFFFF000
@@ -346,20 +347,7 @@ class VtxMode(VmxNonRoot, NativeMode):
             self.vm.engine.flush_tlb()
 
     def memory_counters(self) -> dict[str, int]:
-        c = self.shadow.counters
-        return {
-            "hidden page faults (shadow filled)": c.hidden_faults,
-            "true page faults (injected)": c.true_faults,
-            "guest page-table writes intercepted": c.pte_write_intercepts,
-            "CR3 switches": c.cr3_switches,
-            "INVLPG": c.invlpg,
-            "shadow resets (paging-mode changes)": c.resets,
-            "shadow pages built": c.pages_built,
-            "shadow pages dropped": c.pages_dropped,
-            "shadow entries zapped": c.entries_zapped,
-            "shadow-table references": sum(c.references.values()),
-            "TLB flushes on VM entry": self.tlb_flushes,
-        }
+        return {**shadow_counters(self.shadow, "injected"), "TLB flushes on VM entry": self.tlb_flushes}
 
     # -- exit handlers: the hypervisor ------------------------------------------------------
     def skip(self, exit: VmExit) -> None:
