@@ -132,3 +132,13 @@ def test_vmcs_letting_shadow_faults_through_stops_the_guest_with_a_reason():
     case = {"writes": [[0x4006, "flip", 0]], "after": 40}      # PAGE_FAULT_ERROR_CODE_MASK ^= 1
     report = replay({"harness": "vmcs", "mode": "vtx", "seed": 11, "index": 618, "case": case})
     assert dict(report.outcomes) == {"ERROR": 1}
+
+
+def test_fault_address_of_a_16_bit_address_in_32_bit_code():
+    # Found by the instructions harness in pv: `mov eax, [di]` (0x67 prefix) faulting made
+    # the CR2 decoder ask the engine for register "di".
+    from vmm.cpu.faultaddr import precise_fault_address
+
+    regs = {"edi": 0x12345, "esp": 0x8000, "ebp": 0, "esi": 0}
+    code = bytes.fromhex("678b05")                       # mov eax, dword ptr [di]
+    assert precise_fault_address(0x2000, "read", 0x100000, code, regs.__getitem__) == 0x2345

@@ -131,6 +131,7 @@ class Engine:
         self._counting = False
         self.trampoline: int | None = None
         self._pending_iret: dict | None = None
+        self._vmm_access = False
         self._install_hooks()
 
     # -- memory --------------------------------------------------------------------------
@@ -213,7 +214,14 @@ class Engine:
         # A fresh buffer: a segment load re-enters Python (the TLB-fill hook reads the
         # GDT) and QEMU reads the value again after that, so it must not be shared.
         buf = ctypes.c_uint64(value & 0xFFFFFFFF)
-        err = self._write(self._handle, UC_REG[name], ctypes.byref(buf))
+        segment = name in _REG_MASK
+        if segment:
+            self._vmm_access = True  # the fills it causes must not be refused (see the fill hook)
+        try:
+            err = self._write(self._handle, UC_REG[name], ctypes.byref(buf))
+        finally:
+            if segment:
+                self._vmm_access = False
         if err:
             raise UcError(err)
 
@@ -259,7 +267,8 @@ class Engine:
             return True  # handled: we delivered #UD or stopped
 
         def fill(uc, vaddr, access, entry, _):
-            if self._fault is not None:
+            vmm_access = self._vmm_access or not self._running
+            if self._fault is not None and not vmm_access:
                 return False  # the first fault of this run is the one to deliver
             if self.trampoline is not None and vaddr & ~0xFFF == TRAMPOLINE_LINEAR:
                 entry.paddr, entry.perms = TRAMPOLINE_HOST, UC_PROT_ALL
@@ -271,13 +280,17 @@ class Engine:
                 entry.paddr = answer.host_page
                 entry.perms = answer.perms
                 return True
-            if not self._running:
+            if vmm_access:
                 # A segment load by reg_write (event delivery) reads the GDT through the
-                # softmmu outside emu_start, where a refused fill would longjmp into
-                # nowhere. Delivery reads every descriptor through the walker first, so
-                # this is a VMM bug: answer with a read-only zero page and raise it.
+                # softmmu; refusing that fill would make QEMU raise an exception with a
+                # longjmp across the Python frames that called reg_write (outside
+                # emu_start: into nowhere; inside a hook: over the hook's frames, which
+                # corrupts the interpreter). Delivery reads every descriptor through the
+                # walker first, so this is a VMM bug: answer a read-only zero page and
+                # stop the VM with it.
                 if self._error is None:
-                    self._error = RuntimeError(f"internal: MMU fault at {vaddr:#x} outside emulation")
+                    self._error = EngineError(f"internal: MMU fault at {vaddr:#x} during a segment load by "
+                                              "the VMM")
                 entry.paddr, entry.perms = SCRATCH_PAGE, UC_PROT_READ
                 return True
             if isinstance(answer, Fault):
@@ -412,6 +425,12 @@ class Engine:
         self.uc.msr_write(index, value)
 
     # -- running -------------------------------------------------------------------------
+    @property
+    def vmm_access(self) -> bool:
+        """True while the VMM itself loads a segment register (a TLB fill it causes must
+        be answered: a refusal would raise the exception across the VMM's own frames)."""
+        return self._vmm_access
+
     @property
     def running(self) -> bool:
         """True inside ``emu_start`` (hooks), where host memory cannot be mapped."""

@@ -25,6 +25,20 @@ def _decoder(bits: int) -> Cs:
     return cs
 
 
+_WIDE = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi", "di": "edi", "sp": "esp", "bp": "ebp"}
+
+
+def _address_register(reg, name: str) -> int:
+    """A base or index register: 32-bit, or the low half of one (a 0x67 prefix makes
+    the address 16-bit: [bx+si], [di]...); segment and other registers count 0."""
+    if name in _WIDE:
+        return reg(_WIDE[name]) & 0xFFFF
+    try:
+        return reg(name)
+    except KeyError:
+        return 0
+
+
 def _candidates(insn, reg) -> list[int]:
     out = []
     for op in insn.operands:
@@ -32,9 +46,11 @@ def _candidates(insn, reg) -> list[int]:
             m = op.mem
             ea = m.disp
             if m.base:
-                ea += reg(insn.reg_name(m.base))
+                ea += _address_register(reg, insn.reg_name(m.base))
             if m.index:
-                ea += reg(insn.reg_name(m.index)) * m.scale
+                ea += _address_register(reg, insn.reg_name(m.index)) * m.scale
+            if insn.prefix[3] == 0x67:
+                ea &= 0xFFFF
             out.append(ea & 0xFFFFFFFF)
     esp = reg("esp")
     size = 2 if insn.prefix[2] == 0x66 else 4

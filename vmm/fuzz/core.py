@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -266,6 +267,7 @@ def run_vm(run: Run, build: Callable[[], VM], *, prepare: Callable[[VM], None] |
         return None
     guard = Containment(vm, guest_ranges(vm) if guest_ranges else None)
     budget = vm.timeout or 5.0
+    here = sys._getframe()
     result = None
     started = time.perf_counter()
     try:
@@ -279,6 +281,12 @@ def run_vm(run: Run, build: Callable[[], VM], *, prepare: Callable[[VM], None] |
     except Exception as exc:
         run.crash(exc, "VM.run")
     elapsed = time.perf_counter() - started
+    if sys._getframe() is not here:
+        # A longjmp inside the engine skipped Python frames (an exception QEMU raised under
+        # a call the VMM made from a hook): the interpreter is damaged and would crash later.
+        os.write(2, (f"vmm fuzz: CRASH: the interpreter's frame stack was corrupted by the run of "
+                     f"{json.dumps(run.reproducer)}\n").encode())
+        os._exit(70)
     if result is not None and elapsed > budget + HANG_MARGIN:
         run.fail("HANG", f"run took {elapsed:.1f} s with a {budget:g} s budget ({result.kind.name})")
     breaches = guard.breaches()

@@ -261,10 +261,10 @@ class VtxMode(VmxNonRoot, NativeMode):
         if hit is not None:
             host_page, writable = hit
             return self.fill(page, host_page, PROT_READ | PROT_EXEC | (PROT_WRITE if writable else 0), access)
-        if not eng.running:
-            # The VMM's own access between runs (a segment load while it delivers an
-            # event reads the GDT through the MMU): fill the shadow from the guest's
-            # tables as KVM's software walk would; there is no guest instruction to fault.
+        if not eng.running or eng.vmm_access:
+            # The VMM's own access (a segment load while it delivers an event reads the
+            # GDT through the MMU): fill the shadow from the guest's tables as KVM's
+            # software walk would; there is no guest instruction to fault.
             try:
                 t = self.walk(vaddr, write, user)
             except PageFault as pf:
