@@ -32,7 +32,7 @@ from ..vmx.nonroot import KVM_ENOSYS, VmxNonRoot, exits_for_exception
 from ..vmx.qualification import CrAccess, CrAccessType, InterruptionInfo, InterruptionType
 from ..vmx.vmcs import Field, Vmcs
 from .native import NativeMode
-from .shadowed import shadow_counters
+from .shadowed import ShadowMmu, shadow_counters
 from .sites import CodeSites
 
 PAGE_MASK = 0xFFFFF000
@@ -108,7 +108,7 @@ class LiveVmcs(Vmcs):
             self.live = True
 
 
-class VtxMode(VmxNonRoot, NativeMode):
+class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
     name = "vtx"
 
     def __init__(self, vm):
@@ -315,17 +315,6 @@ class VtxMode(VmxNonRoot, NativeMode):
             self.vm_entry()
             return
         super().on_fault(fault)
-
-    def guest_cr3_loaded(self, value: int) -> None:
-        if self.vm.engine.reg("cr0") & CR0_PG or self.shadow.root is not None:
-            self.shadow.activate(value)
-        self.vm.engine.flush_tlb()
-
-    def paging_mode_changed(self) -> None:
-        self.shadow.reset()
-        if self.shadow.root is None:
-            self.shadow.activate(self.vm.engine.reg("cr3"))
-        self.vm.engine.flush_tlb()
 
     def request_flush(self) -> None:
         """Flush Unicorn's TLB now. Safe inside the TLB-fill hook (QEMU's own MOV CR3
