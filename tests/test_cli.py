@@ -104,3 +104,12 @@ def test_help_explains_options():
     assert proc.returncode == 0
     for option in (b"--mode", b"--max-instructions", b"--timeout", b"--cmdline", b"--module"):
         assert option in proc.stdout
+
+
+def test_build_a_pv_kernel_and_boot_it_from_the_file(tmp_path):
+    elf = tmp_path / "hello-pv.elf"
+    assert run_cli("build", "hello", "--flavour", "pv", "-o", str(elf)).returncode == 0
+    booted = run_cli("run", str(elf), "--mode", "pv")
+    assert booted.returncode == 1 and booted.stdout.startswith(b"Hello from the vmm 'hello' guest!")
+    wrong = run_cli("run", str(elf))
+    assert wrong.returncode == 2 and b"is a Xen PV kernel" in wrong.stderr and b"--mode pv" in wrong.stderr

@@ -42,10 +42,23 @@ def _resolve_image(target: str, *, ram_size: int, kind: str, cmdline: str | None
             if kind not in ("auto", "multiboot") or load_address is not None:
                 _fail("--mode pv boots Xen PV kernels (ELF with Xen notes): no --kind or --load-address")
             return load_xen(target, ram_size=ram_size, cmdline=cmdline, modules=list(modules))
+        if kind == "auto" and _is_pv_kernel(target, ram_size):
+            _fail(f"{target} is a Xen PV kernel (it carries Xen ELF notes): boot it with --mode pv")
         return load_image(target, ram_size=ram_size, kind=kind, cmdline=cmdline, modules=list(modules),
                           load_address=load_address)
     except ImageError as err:
         _fail(str(err))
+
+
+def _is_pv_kernel(path: str, ram_size: int) -> bool:
+    from .loader.image import ImageError
+    from .loader.xen import load_xen
+
+    try:
+        load_xen(path, ram_size=ram_size)
+    except ImageError:
+        return False
+    return True
 
 
 def _parse_int(ctx, param, value):
@@ -343,13 +356,17 @@ def guests():
 @main.command()
 @click.argument("guest")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the ELF.")
-def build(guest, output):
-    """Assemble a built-in GUEST into a Multiboot ELF (bootable with qemu -kernel)."""
+@click.option("--flavour", type=click.Choice(["native", "pv"]), default="native", show_default=True,
+              help="native: a Multiboot ELF (boots with qemu -kernel and every mode but pv); pv: a Xen PV "
+              "kernel with its ELF notes (boots with --mode pv).")
+def build(guest, output, flavour):
+    """Assemble a built-in GUEST into an ELF: Multiboot (bootable with qemu -kernel) or,
+    with --flavour pv, a Xen x86_32 PV kernel (vmm run FILE --mode pv)."""
     from .build.guests import build_guest, list_guests
 
     if guest not in {g.name for g in list_guests()}:
         _fail(f"no built-in guest named {guest!r}; `vmm guests` lists them")
-    elf = build_guest(guest).elf
+    elf = build_guest(guest, flavour).elf
     tmp = f"{output}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
