@@ -33,6 +33,7 @@ from .regs import UC_REG, UC_TABLE
 
 PAGE = 0x1000
 SCRATCH_PAGE = 0xFFFFF000  # host page outside guest RAM, see the TLB-fill hook
+STAND_IN_PAGE = 0xFFFFD000  # a descriptor page the VMM's own segment loads never fault on (fill hook)
 TRAMPOLINE_HOST = 0xFFFFE000    # the VMM's IRET trampoline (Engine.iret_to), host side
 TRAMPOLINE_LINEAR = 0xFFFFE000  # ... and where it sits in every guest's linear space
 TRAMPOLINE_STACK = 0x800        # offset of its stack frame in that page
@@ -124,6 +125,7 @@ class Engine:
         self._fault: Fault | None = None        # first MMU fault of the current run
         self.pending_fault: Fault | None = None  # the fault that ended the last run
         self.uc.mem_map(SCRATCH_PAGE, PAGE, UC_PROT_READ)
+        self.uc.mem_map(STAND_IN_PAGE, PAGE, UC_PROT_READ)
         self.stop_reason: str | None = None
         self._init_fast_regs()
         self._thunks: list = []
@@ -131,7 +133,7 @@ class Engine:
         self._counting = False
         self.trampoline: int | None = None
         self._pending_iret: dict | None = None
-        self._vmm_access = False
+        self._segment_load: tuple[str, int] | None = None   # (register, selector) the VMM is loading
         self._install_hooks()
 
     # -- memory --------------------------------------------------------------------------
@@ -216,12 +218,12 @@ class Engine:
         buf = ctypes.c_uint64(value & 0xFFFFFFFF)
         segment = name in _REG_MASK
         if segment:
-            self._vmm_access = True  # the fills it causes must not be refused (see the fill hook)
+            self._segment_load = (name, value & 0xFFFF)  # its fills must not be refused (fill hook)
         try:
             err = self._write(self._handle, UC_REG[name], ctypes.byref(buf))
         finally:
             if segment:
-                self._vmm_access = False
+                self._segment_load = None
         if err:
             raise UcError(err)
 
@@ -243,6 +245,24 @@ class Engine:
             self._error = exc
             self.uc.emu_stop()
             return default
+
+    def _stand_in_descriptor(self, vaddr: int) -> int:
+        """A host page for a descriptor-table fill the mode could not answer, while the VMM
+        loads a segment register: it holds, where the selector points, a flat descriptor
+        the load accepts (code for CS, writable data otherwise, DPL = RPL), so that QEMU
+        does not raise an exception across the VMM's frames. The VM then stops with the
+        error recorded."""
+        page = bytearray(PAGE)
+        if self._segment_load is not None:
+            name, selector = self._segment_load
+            table = "ldtr" if selector & 4 else "gdtr"
+            _, base, _ = self.table(table)
+            slot = (base + (selector & 0xFFF8)) & 0xFFFFFFFF
+            if slot & ~0xFFF == vaddr & ~0xFFF and slot & 0xFFF <= PAGE - 8:
+                access = (0x9B if name == "cs" else 0x93) | (selector & 3) << 5
+                struct.pack_into("<Q", page, slot & 0xFFF, 0x00CF00000000FFFF | access << 40)
+        self.uc.mem_write(STAND_IN_PAGE, bytes(page))
+        return STAND_IN_PAGE
 
     def _install_hooks(self) -> None:
         uc = self.uc
@@ -267,7 +287,7 @@ class Engine:
             return True  # handled: we delivered #UD or stopped
 
         def fill(uc, vaddr, access, entry, _):
-            vmm_access = self._vmm_access or not self._running
+            vmm_access = self._segment_load is not None or not self._running
             if self._fault is not None and not vmm_access:
                 return False  # the first fault of this run is the one to deliver
             if self.trampoline is not None and vaddr & ~0xFFF == TRAMPOLINE_LINEAR:
@@ -291,7 +311,7 @@ class Engine:
                 if self._error is None:
                     self._error = EngineError(f"internal: MMU fault at {vaddr:#x} during a segment load by "
                                               "the VMM")
-                entry.paddr, entry.perms = SCRATCH_PAGE, UC_PROT_READ
+                entry.paddr, entry.perms = self._stand_in_descriptor(vaddr), UC_PROT_READ
                 return True
             if isinstance(answer, Fault):
                 self._fault = answer
@@ -429,7 +449,7 @@ class Engine:
     def vmm_access(self) -> bool:
         """True while the VMM itself loads a segment register (a TLB fill it causes must
         be answered: a refusal would raise the exception across the VMM's own frames)."""
-        return self._vmm_access
+        return self._segment_load is not None
 
     @property
     def running(self) -> bool:

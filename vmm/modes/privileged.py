@@ -188,6 +188,8 @@ class Emulator:
             self.write_cr(int(dst_name[2:]), self.reg(src_name))
         elif src_name.startswith("cr"):
             n = int(src_name[2:])
+            if n not in (0, 2, 3, 4):
+                raise GuestFault(6, None)  # CR1, CR5-CR7 do not exist: #UD
             self.eng.set_reg(dst_name, self.mode.vcr0 if n == 0 else self.eng.reg(src_name))
         elif dst_name.startswith("dr"):
             self.eng.set_reg(self._dr(dst_name), self.reg(src_name))

@@ -108,6 +108,28 @@ class VtxEptMode(VtxMode):
             self.back(page)
         self.vm.engine.write_phys(gpa, data)
 
+    def eptp_in_use(self, stop: bool = True) -> int:
+        """The EPT pointer the processor walks with. It took the VMCS field at VM entry;
+        a VMWRITE of an invalid value mid-run (which the next VM entry would refuse) stops
+        the guest when it next misses the TLB, and the VMM's own accesses keep the last
+        valid pointer, as the processor keeps the one it entered with."""
+        raw = self.vmcs.peek(Field.EPT_POINTER)
+        if raw == self._eptp_valid:
+            return raw
+        try:
+            self.ept._eptp(raw)
+        except ValueError as err:
+            eng = self.vm.engine
+            if stop and eng.running and not eng.vmm_access and self._eptp_valid is not None:
+                self.vm.stop_guest(f"{err} (EPT_POINTER {raw:#x} written while the guest ran)")
+            if self._eptp_valid is None:
+                raise
+            return self._eptp_valid
+        self._eptp_valid = raw
+        return raw
+
+    _eptp_valid: int | None = None
+
     def is_ram(self, gpa: int) -> bool:
         return 0 <= gpa < self.vm.ram_size
 
@@ -118,7 +140,7 @@ class VtxEptMode(VtxMode):
         cr0 = eng.reg("cr0")
         write, fetch = access == "write", access == "fetch"
         user = self._user_access(vaddr)
-        eptp = self.vmcs.peek(Field.EPT_POINTER)
+        eptp = self.eptp_in_use()
         for _ in range(8):  # each EPT violation maps one more page; a walk needs at most 5
             try:
                 if cr0 & CR0_PG:
@@ -155,13 +177,14 @@ class VtxEptMode(VtxMode):
                 # A device page: map the host MMIO region; each access is then an
                 # EPT-misconfiguration exit (see on_mmio).
                 return Fill(m.gpa & PAGE_MASK, PROT_READ | PROT_WRITE)
-        raise RuntimeError(f"EPT violations did not converge for {vaddr:#x}")
+        self.vm.stop_guest(f"EPT violations at {vaddr:#010x} do not converge: the EPT pointer "
+                           f"{eptp:#x} does not name the tables the VMM maps guest memory into")
 
     def translate(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> int:
         """The VMM's software walk (delivery, decoding): guest tables and EPT, uncounted;
         guest RAM it touches is backed on the way."""
         eng = self.vm.engine
-        eptp = self.vmcs.peek(Field.EPT_POINTER)
+        eptp = self.eptp_in_use(stop=False)
         for _ in range(8):
             try:
                 cr0 = eng.reg("cr0")

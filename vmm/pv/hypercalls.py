@@ -31,7 +31,9 @@ def set_trap_table(pv, table, *_):
         return 0
     entries, raw, at = {}, b"", table
     for i in range(257):
-        if len(raw) < abi.TRAP_INFO_SIZE:  # one guest page at a time: the list may end anywhere
+        while len(raw) < abi.TRAP_INFO_SIZE:  # a page at a time: the list may end anywhere, and
+            if at > 0xFFFFFFFF:                 # an entry may straddle two pages
+                raise HypercallError(Errno.EFAULT, "trap table runs past the top of the address space")
             raw += pv.access.read(at, 4096 - (at & 0xFFF))
             at = (at | 0xFFF) + 1
         vector, flags, cs, address = struct.unpack_from(abi.TRAP_INFO_FORMAT, raw)
