@@ -42,36 +42,9 @@ kmain:
     SET_GATE 0x80, GATE_INT_USER
     SET_HANDLER 0x80, syscall_handler
     call paging_on
-    mov esi, test_table
-kmain_next:
-    mov eax, dword ptr [esi]
+    call run_selected                   // cmdline.inc
     test eax, eax
-    jz kmain_done
-    cmp dword ptr [selected], 0
-    jne kmain_named
-    cmp dword ptr [esi + 8], 0          // no workload named: every one in the default run
-    jne kmain_run
-    jmp kmain_skip
-kmain_named:
-    cmp dword ptr [selected], esi
-    jne kmain_skip
-kmain_run:
-    push esi
-    mov esi, eax
-    call print_str
-    pop esi
-    PRINT ": "
-    PRINT_DEC [iterations]
-    PRINT " iterations\n"
-    push esi
-    call dword ptr [esi + 4]
-    pop esi
-kmain_skip:
-    add esi, 12
-    jmp kmain_next
-kmain_done:
-    cmp dword ptr [selected], -1
-    jne kmain_ok
+    jz kmain_ok
     PRINT "macrobench: unknown workload on the command line\n"
     EXIT EXIT_FAIL
 kmain_ok:
