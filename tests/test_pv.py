@@ -37,6 +37,20 @@ def hc(nr: int) -> str:
     return f"call {PV_HYPERCALL_PAGE + int(nr) * 32}"
 
 
+# stack_switch to the kernel stack, then Xen's iret hypercall into ring 3 at label `user`
+TO_RING3 = f"""
+    mov ebx, {abi.FLAT_KERNEL_DS}
+    mov ecx, {PV_DATA + 0x3000}
+    {hc(H.stack_switch)}
+    push {abi.FLAT_RING3_DS}
+    push {PV_DATA + 0x2800}
+    push 0x202
+    push {abi.FLAT_RING3_CS}
+    mov eax, user
+    push eax
+    jmp {PV_HYPERCALL_PAGE + 23 * 32}"""
+
+
 POWEROFF = f"""
     mov dword ptr [{ARG + 0xff0}], 0
     mov ebx, {abi.SCHEDOP_shutdown}
@@ -156,16 +170,7 @@ def test_hypercall_from_ring3_is_a_gp_not_a_hypercall():
     mov dword ptr [{ARG + 12}], 0
     mov ebx, {ARG}
     {hc(H.set_trap_table)}
-    mov ebx, {abi.FLAT_KERNEL_DS}
-    mov ecx, {PV_DATA + 0x3000}
-    {hc(H.stack_switch)}
-    push {abi.FLAT_RING3_DS}
-    push {PV_DATA + 0x2800}
-    push 0x202
-    push {abi.FLAT_RING3_CS}
-    mov eax, user
-    push eax
-    jmp {PV_HYPERCALL_PAGE + 23 * 32}
+    {TO_RING3}
 user:
     mov eax, {int(H.console_io)}
     int 0x82
@@ -451,16 +456,7 @@ def test_int80_from_ring3_goes_straight_to_the_guest_and_dpl_is_checked():
     mov dword ptr [{ARG + 28}], 0
     mov ebx, {ARG}
     {hc(H.set_trap_table)}
-    mov ebx, {abi.FLAT_KERNEL_DS}
-    mov ecx, {PV_DATA + 0x3000}
-    {hc(H.stack_switch)}
-    push {abi.FLAT_RING3_DS}
-    push {PV_DATA + 0x2800}
-    push 0x202
-    push {abi.FLAT_RING3_CS}
-    mov eax, user
-    push eax
-    jmp {PV_HYPERCALL_PAGE + 23 * 32}
+    {TO_RING3}
 user:
     mov eax, 41
     int 0x80
