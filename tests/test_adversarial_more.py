@@ -190,3 +190,18 @@ def test_fuzz_findings_stay_fixed(harness, mode, case):
     report = replay({"harness": harness, "mode": mode, "seed": 11, "index": 0, "case": case})
     assert not report.failures, [f.detail for f in report.findings]
     assert sys._getframe() is here
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_privileged_instructions_with_16_bit_addresses(mode):
+    # INVLPG [di] and LGDT [bx] under a 0x67 prefix: every VMM decoder computes the
+    # address from 16-bit registers (one asked the engine for register "di").
+    src = """
+        mov edi, 0x12345
+        .byte 0x67, 0x0f, 0x01, 0x3d      # invlpg [di]
+        mov al, 0
+        out 0xf4, al
+    """
+    vm, _ = make_vm(src, mode=mode, timeout=5)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message

@@ -39,19 +39,22 @@ def _address_register(reg, name: str) -> int:
         return 0
 
 
+def effective_address(insn, op, reg) -> int:
+    """The offset a capstone memory operand addresses (segment base not added: every
+    guest here uses flat segments); ``reg(name)`` reads a 32-bit register."""
+    m = op.mem
+    ea = m.disp
+    if m.base:
+        ea += _address_register(reg, insn.reg_name(m.base))
+    if m.index:
+        ea += _address_register(reg, insn.reg_name(m.index)) * m.scale
+    if insn.prefix[3] == 0x67:
+        ea &= 0xFFFF
+    return ea & 0xFFFFFFFF
+
+
 def _candidates(insn, reg) -> list[int]:
-    out = []
-    for op in insn.operands:
-        if op.type == X86_OP_MEM:
-            m = op.mem
-            ea = m.disp
-            if m.base:
-                ea += _address_register(reg, insn.reg_name(m.base))
-            if m.index:
-                ea += _address_register(reg, insn.reg_name(m.index)) * m.scale
-            if insn.prefix[3] == 0x67:
-                ea &= 0xFFFF
-            out.append(ea & 0xFFFFFFFF)
+    out = [effective_address(insn, op, reg) for op in insn.operands if op.type == X86_OP_MEM]
     esp = reg("esp")
     size = 2 if insn.prefix[2] == 0x66 else 4
     m = insn.mnemonic

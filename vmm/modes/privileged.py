@@ -16,6 +16,7 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG
 
 from ..cpu.delivery import GP, Descriptor
+from ..cpu.faultaddr import effective_address
 from ..cpu.regs import CR0_TS, IF, debug_register
 from .shadowed import PAGING_CR4_BITS
 
@@ -70,13 +71,7 @@ class Emulator:
             self.eng.set_reg(name, value)
 
     def address(self, insn, op) -> int:
-        m = op.mem
-        ea = m.disp
-        if m.base:
-            ea += self.reg(insn.reg_name(m.base))
-        if m.index:
-            ea += self.reg(insn.reg_name(m.index)) * m.scale
-        return ea & 0xFFFFFFFF
+        return effective_address(insn, op, self.eng.reg)
 
     def read(self, insn, op, size: int | None = None) -> int:
         size = size or op.size

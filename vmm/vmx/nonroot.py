@@ -16,7 +16,10 @@ pages (:mod:`vmm.modes.sites`).
 """
 from __future__ import annotations
 
+from capstone.x86 import X86_OP_MEM
+
 from ..cpu.delivery import BP, HAS_ERROR_CODE, OF, PF, UD, Event, TripleFault
+from ..cpu.faultaddr import effective_address
 from ..cpu.regs import IF
 from .controls import ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased
 from .exit_reasons import ExitReason
@@ -418,16 +421,9 @@ class VmxNonRoot:
         eng.set_reg("eip", eng.reg("eip") + length)
 
     def effective_address(self, insn) -> int:
-        eng = self.vm.engine
         for op in insn.operands:
-            if op.type == 3:
-                m = op.mem
-                ea = m.disp
-                if m.base:
-                    ea += eng.reg(insn.reg_name(m.base))
-                if m.index:
-                    ea += eng.reg(insn.reg_name(m.index)) * m.scale
-                return ea & 0xFFFFFFFF
+            if op.type == X86_OP_MEM:
+                return effective_address(insn, op, self.vm.engine.reg)
         return 0
 
 
