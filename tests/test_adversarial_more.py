@@ -194,7 +194,7 @@ def test_fuzz_findings_stay_fixed(harness, mode, case):
 
 @pytest.mark.parametrize("mode", FLAT_MODES)
 def test_privileged_instructions_with_16_bit_addresses(mode):
-    # INVLPG [di] and LGDT [bx] under a 0x67 prefix: every VMM decoder computes the
+    # INVLPG [di] under a 0x67 prefix: every VMM decoder of it computes the
     # address from 16-bit registers (one asked the engine for register "di").
     src = """
         mov edi, 0x12345
