@@ -46,7 +46,6 @@ VMM_AREA_SIZE = 0x12000
 VMM_CS, VMM_SS, VMM_TSS_SEL = 0xFFE8, 0xFFF0, 0xFFF8
 IOPL = 3 << 12
 CR0_NE = 1 << 5   # the VMM runs with native FPU error reporting: SMSW shows it
-DPL_MASK = 3 << 13 + 32
 
 
 def _descriptor(base: int, limit: int, access: int, flags: int) -> int:
@@ -115,6 +114,8 @@ class TrapMode(ShadowMmu, NativeMode):
         self.delivery = TrapDelivery(self)
         self.emulator = Emulator(self)
         self.gdt_frames: set[int] = set()
+        self.gdt_dirty = False                     # the guest wrote its GDT: rebuild at the next trap
+        self._restore_limit: int | None = None     # GDTR limit to restore after a deferred ring entry
         self.code_watchers.append(self)  # guest GDT pages are traced through the same policy
 
     # -- boot: the Multiboot state, moved to ring 1 ------------------------------------------
@@ -260,9 +261,6 @@ class TrapMode(ShadowMmu, NativeMode):
         return ShadowMmu.tlb_fill(self, vaddr, access)
 
     # -- traps ---------------------------------------------------------------------------------
-    gdt_dirty = False
-    _restore_limit: int | None = None
-
     def on_slice_end(self) -> None:
         self._settle()
 
