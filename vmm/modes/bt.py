@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 
-from capstone.x86 import X86_OP_MEM
+from capstone.x86 import X86_OP_MEM, X86_OP_REG
 
 from ..mmu.paging import PageFault
 from .native import NativeMode
@@ -35,7 +35,7 @@ def callout_name(insn) -> str:
     """How the statistics name a callout: the mnemonic, with the register that matters."""
     m = insn.mnemonic
     if m == "mov":
-        names = [insn.reg_name(op.reg) if op.type == 1 else "m" for op in insn.operands]
+        names = [insn.reg_name(op.reg) if op.type == X86_OP_REG else "m" for op in insn.operands]
         special = next((n for n in names if n[:2] in ("cr", "dr") or n in ("cs", "ss", "ds", "es", "fs", "gs")), "")
         return f"mov {special}, r" if names[0] == special else f"mov r, {special}"
     if m in ("push", "pop"):
