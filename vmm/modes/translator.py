@@ -193,12 +193,17 @@ class Translator:
 
     # -- translating ---------------------------------------------------------------------------
     def translate(self, linear_page: int, physical_page: int, entry: int | None) -> None:
-        code = self.read_code(linear_page, 0x1000)
+        code = self._page_bytes(linear_page)
         t = self.pages[physical_page] = self.by_linear[linear_page] = PageTranslation(linear_page, code)
         self._place_callouts(t, 0, 0x1000)
         self.events.add("translation", "pages translated")
         for e in sorted(self.pending.pop(linear_page, ())) + ([entry] if entry is not None else []):
             self._decode_blocks(t, e)
+
+    def _page_bytes(self, linear_page: int) -> bytes:
+        """The page's 4 KiB as the guest maps it now; a part its tables no longer map reads
+        as zeros (the guest may have changed them since the fetch that brought us here)."""
+        return self.read_code(linear_page, 0x1000).ljust(0x1000, b"\0")
 
     def _place_callouts(self, t: PageTranslation, lo: int, hi: int) -> None:
         """Hook every callout site starting at page offsets [lo, hi)."""
@@ -221,7 +226,7 @@ class Translator:
         """The page was written since it was translated: compare, and retranslate the part
         that changed. Blocks overlapping changed bytes were self-modified code: they are
         invalidated and translated again from the new bytes."""
-        code = self.read_code(t.linear, 0x1000)
+        code = self._page_bytes(t.linear)
         if code == t.code:
             self.events.add("translation", "writes to translated pages (bytes unchanged)")
             return
