@@ -59,7 +59,7 @@ kmain:
     SET_GATE 0x80, GATE_INT_USER        // int 0x80 from ring 3
     SET_HANDLER 0x80, syscall_handler
     call paging_on
-    call run_selected                   // cmdline.inc
+    call run_selected                   // workload.inc
     test eax, eax
     jz kmain_ok
     PRINT "nanobench: unknown test on the command line\n"
@@ -68,22 +68,13 @@ kmain_ok:
     PRINT "nanobench: done\n"
     EXIT EXIT_OK
 
-// ---- the command line: "<image> [test [iterations]]" (cmdline.inc) --------------------
-%include "cmdline.inc"
+// ---- the command line and the low identity map (workload.inc) -----------------------------
+%include "workload.inc"
 
 // ---- paging: identity 0-4 MiB (user-accessible), the APIC page, the test pages ----------
 paging_on:
     pushad
-    xor ecx, ecx
-paging_fill_low:                        // pt_low[i] = (i << 12) | P | W | U
-    mov eax, ecx
-    shl eax, 12
-    or eax, PTE_P | PTE_W | PTE_U
-    lea edi, [pt_low + ecx*4]
-    PV_SET_PTE edi, eax
-    inc ecx
-    cmp ecx, 1024
-    jb paging_fill_low
+    call map_low_identity                // workload.inc
     mov eax, pt_low
     or eax, PTE_P | PTE_W | PTE_U
     mov edi, page_dir

@@ -37,6 +37,21 @@ def hc(nr: int) -> str:
     return f"call {PV_HYPERCALL_PAGE + int(nr) * 32}"
 
 
+# memory_op(XENMEM_decrease_reservation) of the frame behind pseudo-physical 0x800000
+# (ESI = start_info); EAX = the result
+GIVE_BACK_0x800000 = f"""
+    mov eax, [esi + {abi.SI_MFN_LIST}]
+    mov eax, [eax + 4 * 0x800]
+    mov [{ARG + 0x40}], eax
+    mov dword ptr [{ARG + 0x20}], {ARG + 0x40}
+    mov dword ptr [{ARG + 0x24}], 1
+    mov dword ptr [{ARG + 0x28}], 0
+    mov dword ptr [{ARG + 0x2c}], 0
+    mov word ptr [{ARG + 0x30}], {abi.DOMID_SELF}
+    mov ebx, {abi.XENMEM_decrease_reservation}
+    mov ecx, {ARG + 0x20}
+    {hc(H.memory_op)}"""
+
 # stack_switch to the kernel stack, then Xen's iret hypercall into ring 3 at label `user`
 TO_RING3 = f"""
     mov ebx, {abi.FLAT_KERNEL_DS}
@@ -667,17 +682,7 @@ def test_memory_op_reservations():
     {hc(H.memory_op)}
     mov [{R(1)}], eax
     mov esi, [{SI}]
-    mov eax, [esi + {abi.SI_MFN_LIST}]
-    mov eax, [eax + 4 * 0x800]
-    mov [{ARG + 0x40}], eax                  # give back the frame of 0x800000
-    mov dword ptr [{ARG + 0x20}], {ARG + 0x40}
-    mov dword ptr [{ARG + 0x24}], 1
-    mov dword ptr [{ARG + 0x28}], 0
-    mov dword ptr [{ARG + 0x2c}], 0
-    mov word ptr [{ARG + 0x30}], {abi.DOMID_SELF}
-    mov ebx, {abi.XENMEM_decrease_reservation}
-    mov ecx, {ARG + 0x20}
-    {hc(H.memory_op)}
+    {GIVE_BACK_0x800000}
     mov [{R(2)}], eax
     mov ebx, {abi.XENMEM_current_reservation}
     mov ecx, {ARG}
@@ -709,17 +714,7 @@ def test_released_frame_is_unreachable():
     """After decrease_reservation the old mapping of the frame faults (no handler: crash)."""
     vm, result = run(f"""
     mov esi, [{SI}]
-    mov eax, [esi + {abi.SI_MFN_LIST}]
-    mov eax, [eax + 4 * 0x800]
-    mov [{ARG + 0x40}], eax
-    mov dword ptr [{ARG + 0x20}], {ARG + 0x40}
-    mov dword ptr [{ARG + 0x24}], 1
-    mov dword ptr [{ARG + 0x28}], 0
-    mov dword ptr [{ARG + 0x2c}], 0
-    mov word ptr [{ARG + 0x30}], {abi.DOMID_SELF}
-    mov ebx, {abi.XENMEM_decrease_reservation}
-    mov ecx, {ARG + 0x20}
-    {hc(H.memory_op)}
+    {GIVE_BACK_0x800000}
     mov dword ptr [0x800000], 1
     """)
     assert result.kind is StopKind.ERROR and "#PF" in result.message
