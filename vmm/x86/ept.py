@@ -51,8 +51,22 @@ class MemoryType(IntEnum):
 
 RESERVED_MEMORY_TYPES = (2, 3, 7)
 
+
+
+class EptLevel(IntEnum):
+    """The four EPT levels, top first, as indices into :data:`EPT_LEVEL_NAMES`."""
+
+    PML4E = 0
+    PDPTE = 1    #: LARGE = 1 here maps a 1 GiB page
+    PDE = 2      #: LARGE = 1 here maps a 2 MiB page
+    PTE = 3      #: always a leaf
+
+
 EPT_LEVEL_NAMES = ("EPT PML4E", "EPT PDPTE", "EPT PDE", "EPT PTE")
 EPT_LEVEL_SHIFTS = (39, 30, 21, 12)
+EPT_LARGE_LEVELS = (EptLevel.PDPTE, EptLevel.PDE)
+EPT_PAGE_SIZES = {EptLevel.PDPTE: 1 << 30, EptLevel.PDE: 1 << 21, EptLevel.PTE: 1 << 12}
+"""The page a leaf maps at each level that may hold one."""
 EPT_INDEX_MASK = 0x1FF
 EPT_ENTRY_SIZE = 8
 EPT_ENTRIES = 512
