@@ -16,11 +16,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..x86 import PTE, MiB
+from ..x86.paging import ENTRIES_32 as ENTRIES
+from ..x86.paging import LARGE_PAGE_32 as LARGE
+from ..x86.paging import PAGE_SHIFT, PAGE_SIZE
 from . import abi
-from .memory import ENTRIES, PAGE_SHIFT, PAGE_SIZE, PTE_P, PTE_W, DomainMemory
+from .memory import DomainMemory
 
-PTE_U = 0x4
-LARGE = ENTRIES * PAGE_SIZE
+PTE_P, PTE_W, PTE_U = PTE.P, PTE.RW, PTE.US
 
 
 @dataclass
@@ -66,7 +69,7 @@ def build(mem: DomainMemory, image, shared_info_machine: int) -> BootState:
     start_info = cursor
     stack = start_info + PAGE_SIZE
     if stack + PAGE_SIZE > pt_first * PAGE_SIZE or stack + PAGE_SIZE > mapped * PAGE_SIZE:
-        raise ValueError(f"{nr * PAGE_SIZE >> 20} MiB of RAM cannot hold the image, its start info "
+        raise ValueError(f"{nr * PAGE_SIZE // MiB} MiB of RAM cannot hold the image, its start info "
                          "and the bootstrap page tables")
 
     def wm(pseudo: int, data: bytes) -> None:
