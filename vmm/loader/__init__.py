@@ -3,7 +3,8 @@
 ``load_image`` returns a :class:`LoadedImage`, a plan (chunks, entry, registers, mode)
 that the engine applies; nothing here touches the engine.
 """
-from .image import KINDS, ImageError, LoadedImage, load_image, ram_above_4g, ram_below_4g
+from .image import KINDS, load_image
+from .plan import ImageError, LoadedImage, ram_above_4g, ram_below_4g
 from .multiboot import E820Entry, e820_map, mem_upper_kb
 
 __all__ = ["KINDS", "ImageError", "LoadedImage", "load_image", "ram_below_4g", "ram_above_4g",
