@@ -222,7 +222,7 @@ def _eval_expr(expr: str) -> int:
             return int(all(vals) if isinstance(node.op, ast.And) else any(vals))
         if isinstance(node, ast.Compare):
             left = ev(node.left)
-            for op, right in zip(node.ops, node.comparators):
+            for op, right in zip(node.ops, node.comparators, strict=True):
                 r = ev(right)
                 if not _CMPOPS[type(op)](left, r):
                     return 0

@@ -39,8 +39,19 @@ from __future__ import annotations
 import os
 
 from . import bootsector, flat, multiboot
-from .plan import (FOUR_GIB, LOW_HOLE_END, LOW_HOLE_START, PAGE, ImageError, LoadedImage,
-                   check_placement, hex_range, ram_above_4g, ram_below_4g, read_file)
+from .plan import (
+    FOUR_GIB,
+    LOW_HOLE_END,
+    LOW_HOLE_START,
+    PAGE,
+    ImageError,
+    LoadedImage,
+    check_placement,
+    hex_range,
+    ram_above_4g,
+    ram_below_4g,
+    read_file,
+)
 
 KINDS = ("auto", "multiboot", "flat", "bootsector")
 

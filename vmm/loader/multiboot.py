@@ -112,8 +112,19 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .plan import (FOUR_GIB, LOW_HOLE_END, LOW_HOLE_START, PAGE, ImageError, LoadedImage,
-                    check_placement, hex_range, ram_above_4g, ram_below_4g, read_file)
+from .plan import (
+    FOUR_GIB,
+    LOW_HOLE_END,
+    LOW_HOLE_START,
+    PAGE,
+    ImageError,
+    LoadedImage,
+    check_placement,
+    hex_range,
+    ram_above_4g,
+    ram_below_4g,
+    read_file,
+)
 from .symtab import parse_symbols
 
 MULTIBOOT_HEADER_MAGIC = 0x1BADB002
@@ -339,7 +350,7 @@ def _parse_elf(data: bytes, src: str) -> tuple[list[_Segment], int, dict[str, in
 
     entry = e_entry
     segments: list[_Segment] = []
-    for i, (p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, p_align) in loads:
+    for i, (_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, _align) in loads:
         if p_filesz > p_memsz:
             raise ImageError(f"{src}: ELF segment {i} has a file size ({p_filesz:#x}) larger than "
                              f"its memory size ({p_memsz:#x})")
@@ -587,7 +598,7 @@ def _check_segments(kernel: _Kernel, src: str, ram_size: int) -> None:
         if s.memsz > len(s.data):
             check_placement(src, f"zero-filled (bss) part of {what}", file_end, s.end, ram_size)
     ordered = sorted(loaded, key=lambda s: (s.paddr, s.end))
-    for a, b in zip(ordered, ordered[1:]):
+    for a, b in zip(ordered, ordered[1:], strict=False):
         if b.paddr < a.end:
             raise ImageError(f"{src}: ELF segments {a.index} ({hex_range(a.paddr, a.end)}) and "
                              f"{b.index} ({hex_range(b.paddr, b.end)}) overlap")

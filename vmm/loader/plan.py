@@ -7,7 +7,6 @@ sits above them all.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 #: The legacy PC hole: VGA window 0xa0000-0xbffff, option ROMs 0xc0000-0xeffff, BIOS.
