@@ -37,6 +37,7 @@ the problem, fit to show a user as is. Any byte string gives either a
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from . import bootsector, flat, multiboot
 from .plan import (
@@ -76,7 +77,7 @@ def _looks_like_bootsector(data: bytes) -> bool:
 
 
 def load_image(data_or_path: bytes | str | os.PathLike, *, ram_size: int, kind: str = "auto",
-               cmdline: str | None = None, modules: list[str] = (), load_address: int | None = None,
+               cmdline: str | None = None, modules: Sequence[str] = (), load_address: int | None = None,
                image_name: str | None = None) -> LoadedImage:
     """Read and check an image, and return the plan that loads it into a guest.
 
@@ -93,7 +94,7 @@ def load_image(data_or_path: bytes | str | os.PathLike, *, ram_size: int, kind: 
         raise ValueError(f"ram_size must be a positive number of bytes, not {ram_size!r}")
     data, path = _read_source(data_or_path)
     src = path if path is not None else (image_name or "image")
-    modules = list(modules or ())
+    module_list = list(modules or ())
 
     if kind not in KINDS:
         raise ImageError(f"{src}: unknown image kind {kind!r} (expected one of {', '.join(KINDS)})")
@@ -113,7 +114,7 @@ def load_image(data_or_path: bytes | str | os.PathLike, *, ram_size: int, kind: 
                              f"--kind flat and --load-address ADDR")
 
     if kind != "multiboot":
-        if cmdline is not None or modules:
+        if cmdline is not None or module_list:
             raise ImageError(f"{src}: a command line and modules apply to Multiboot kernels only, "
                              f"not to a {kind} image")
     if kind != "flat" and load_address is not None:
@@ -122,7 +123,7 @@ def load_image(data_or_path: bytes | str | os.PathLike, *, ram_size: int, kind: 
     if kind == "multiboot":
         name = image_name if image_name is not None else (path if path is not None else "image")
         return multiboot.load(data, src=src, path=path, ram_size=ram_size, cmdline=cmdline,
-                              modules=modules, image_name=name)
+                              modules=module_list, image_name=name)
     if kind == "flat":
         return flat.load(data, src=src, path=path, ram_size=ram_size, load_address=load_address)
     return bootsector.load(data, src=src, path=path, ram_size=ram_size)

@@ -249,12 +249,9 @@ class MultibootHeader:
     offset: int
     flags: int
     checksum: int
-    # Valid with flag 16 (the a.out kludge); None when the file is too short to hold them.
-    header_addr: int | None = None
-    load_addr: int | None = None
-    load_end_addr: int | None = None
-    bss_end_addr: int | None = None
-    entry_addr: int | None = None
+    # The a.out kludge's address fields (read with flag 16): header_addr, load_addr,
+    # load_end_addr, bss_end_addr, entry_addr; None when the file is too short to hold them.
+    addresses: tuple[int, int, int, int, int] | None = None
 
 
 def _aligned_magic_offsets(data: bytes):
@@ -272,9 +269,8 @@ def find_header(data: bytes) -> MultibootHeader | None:
     for i in _aligned_magic_offsets(data):
         magic, flags, checksum = struct.unpack_from("<III", data, i)
         if (magic + flags + checksum) & M32 == 0:
-            fields = (struct.unpack_from("<5I", data, i + 12) if i + 32 <= len(data)
-                      else (None,) * 5)
-            return MultibootHeader(i, flags, checksum, *fields)
+            fields = struct.unpack_from("<5I", data, i + 12) if i + 32 <= len(data) else None
+            return MultibootHeader(i, flags, checksum, fields)
     return None
 
 
@@ -387,11 +383,10 @@ def _parse_elf(data: bytes, src: str) -> tuple[list[_Segment], int, dict[str, in
 def _aout(data: bytes, src: str, hdr: MultibootHeader) -> tuple[list[_Segment], int, list[str]]:
     """The a.out kludge (flag 16): place the file by the header's address fields, with
     QEMU's checks (hw/i386/multiboot.c)."""
-    if hdr.header_addr is None:
+    if hdr.addresses is None:
         raise ImageError(f"{src}: truncated Multiboot header at offset {hdr.offset:#x}: flag 16 "
                          f"needs the address fields, which run past the end of the file")
-    header_addr, load_addr, load_end, bss_end, entry = (
-        hdr.header_addr, hdr.load_addr, hdr.load_end_addr, hdr.bss_end_addr, hdr.entry_addr)
+    header_addr, load_addr, load_end, bss_end, entry = hdr.addresses
     if header_addr < load_addr:
         raise ImageError(f"{src}: Multiboot header_addr {header_addr:#x} is below load_addr "
                          f"{load_addr:#x} (QEMU: \"invalid load_addr address\")")

@@ -88,13 +88,14 @@ def load_xen(data_or_path, *, ram_size: int, cmdline: str | None = None, modules
     src = path or image_name or "image"
     e_entry, phdrs = _program_headers(data, src)
     notes = _all_notes(data, phdrs, src)
-    virt_base = int(notes.get(abi.XEN_ELFNOTE_VIRT_BASE, 0))
+    virt_base = _number(notes, abi.XEN_ELFNOTE_VIRT_BASE) or 0
     chunks = _segments(data, phdrs, virt_base, src, ram_size)
-    entry = int(notes.get(abi.XEN_ELFNOTE_ENTRY, e_entry))
+    note_entry = _number(notes, abi.XEN_ELFNOTE_ENTRY)
+    entry = e_entry if note_entry is None else note_entry
     lo, hi = min(a for a, _ in chunks), max(a + len(b) for a, b in chunks)
     if not lo <= entry - virt_base < hi:
         raise ImageError(f"{src}: entry {entry:#x} lies outside the loaded segments")
-    page = notes.get(abi.XEN_ELFNOTE_HYPERCALL_PAGE)
+    page = _number(notes, abi.XEN_ELFNOTE_HYPERCALL_PAGE)
     if page is not None and (page & (PAGE - 1) or not lo <= page - virt_base < hi):
         raise ImageError(f"{src}: hypercall page {page:#x} is not a page inside the image")
     line = (cmdline or "").encode()
@@ -111,6 +112,12 @@ def load_xen(data_or_path, *, ram_size: int, cmdline: str | None = None, modules
     return XenImage(kind="xen", path=path, chunks=chunks, entry=entry, registers={}, real_mode=False,
                     symbols=symbols, notes=notes_text, xen_notes=notes, virt_base=virt_base, hypercall_page=page,
                     cmdline=line, module=(module[0], len(module[1])) if module is not None else None)
+
+
+def _number(notes: dict[int, int | bytes], kind: int) -> int | None:
+    """A numeric note (only the string notes are bytes), or None when absent."""
+    value = notes.get(kind)
+    return value if isinstance(value, int) else None
 
 
 def _program_headers(data: bytes, src: str) -> tuple[int, list[tuple[int, ...]]]:
