@@ -36,6 +36,7 @@ def test_memory_outside_the_guest_stops_it_in_the_newer_modes(case, mode):
     assert result.kind is StopKind.ERROR and "outside" in result.message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", FLAT_MODES)
 def test_exit_flood_under_an_instruction_budget(mode):
     vm, _ = make_vm("spin: out 0x80, al; in al, 0x71; cpuid; jmp spin", mode=mode, max_instructions=30_000,

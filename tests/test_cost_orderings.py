@@ -64,6 +64,7 @@ def test_ept_beats_shadow_paging_on_page_table_work(workload):
     assert cycles(workload, "vtx-ept", "haswell-2013") < cycles(workload, "vtx", "haswell-2013")
 
 
+@pytest.mark.slow
 def test_ept_loses_on_tlb_misses_and_the_report_says_why():
     ept, vtx = cycles("tlbmiss", "vtx-ept", "haswell-2013"), cycles("tlbmiss", "vtx", "haswell-2013")
     assert ept > vtx

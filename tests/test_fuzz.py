@@ -21,6 +21,7 @@ SEED = 20240607
 CI_CASES = {"instructions": 60, "paging": 60, "ept": 300, "vmcs": 150, "hypercalls": 300}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(HARNESSES))
 def test_harness_finds_no_crash_hang_or_escape(name, tmp_path):
     # In a child process (`vmm fuzz`): a crash inside the engine (a segmentation fault)
@@ -79,6 +80,7 @@ def test_run_vm_turns_an_escaping_exception_into_a_crash_with_a_reproducer(tmp_p
     assert again.ok and again.outcomes["EXIT"] == 1
 
 
+@pytest.mark.slow
 def test_fuzz_command_prints_a_summary_and_exits_0_when_all_held():
     proc = run_cli("fuzz", "--harness", "vmcs", "--mode", "vtx", "--cases", "5", "--seed", "3", timeout=120)
     out = proc.stdout.decode()

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import vmm.loader.image as image_mod
+import vmm.loader.plan as plan_mod
 from vmm.build.elf import PF_R, PF_W, PF_X, Segment, multiboot_header, write_elf32
 from vmm.loader import ImageError, LoadedImage, e820_map, load_image, mem_upper_kb
 from vmm.loader.image import LOW_HOLE_END, LOW_HOLE_START, ram_below_4g
@@ -382,7 +382,7 @@ def test_file_errors(tmp_path, monkeypatch):
 
     def unreadable(*a, **k):
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(image_mod, "open", unreadable, raising=False)
+    monkeypatch.setattr(plan_mod, "open", unreadable, raising=False)
     with pytest.raises(ImageError) as e:
         load_image(tmp_path / "x.elf", ram_size=8 * MiB)
     check_error(e, "cannot read image file (Input/output error)")

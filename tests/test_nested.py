@@ -400,6 +400,7 @@ def draw_access(draw, mode):
     return lin, draw(st.sampled_from("rwx")), draw(st.booleans()), draw(st.booleans())
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_nested_walks_agree_with_the_reference(data):
@@ -417,6 +418,7 @@ def test_nested_walks_agree_with_the_reference(data):
     assert frozen.current == lazy.current
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_the_page_walk_cache_changes_costs_not_results(data):
@@ -450,6 +452,7 @@ _guest_flags = st.sampled_from([0, P, P | RW, P | US, ALL, P | A, P | RW | A, AL
 _ept_rights = st.sampled_from([0, 1, 3, 5, 7, 4, 2])
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pde=_guest_flags, pte=_guest_flags, pde_ps=st.booleans(), rights=st.lists(_ept_rights, min_size=3, max_size=3),
        write=st.booleans(), user=st.booleans(), fetch=st.booleans(), wp=st.booleans(), twice=st.booleans())

@@ -362,6 +362,7 @@ def outcome(walker, mem, mode, cr0, cr3, cr4, efer, lin, kind, user, ac, pdptes,
     return ("ok", t.physical, t.page_size, t.readable, t.writable, t.executable, t.user, t.dirty)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_guest_walks_agree_with_the_reference(data):

@@ -57,8 +57,10 @@ from __future__ import annotations
 import ast
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 __all__ = ["AsmError", "SourceLine", "Assembled", "preprocess", "assemble", "assemble_file"]
 
@@ -222,7 +224,7 @@ def _eval_expr(expr: str) -> int:
             return int(all(vals) if isinstance(node.op, ast.And) else any(vals))
         if isinstance(node, ast.Compare):
             left = ev(node.left)
-            for op, right in zip(node.ops, node.comparators):
+            for op, right in zip(node.ops, node.comparators, strict=True):
                 r = ev(right)
                 if not _CMPOPS[type(op)](left, r):
                     return 0
@@ -275,7 +277,54 @@ class _Macro:
     line: int
 
 
+@dataclass
+class _Cond:
+    """One open %if: whether its current branch is read, whether a branch was taken."""
+
+    active: bool
+    taken: bool
+    seen_else: bool
+    where: SourceLine
+
+
+@dataclass
+class _Rep:
+    """An open %rep: its count, the body collected so far, the %rep nesting inside it."""
+
+    count: int
+    body: list[tuple[str, int]]
+    depth: int
+    where: SourceLine
+
+
+@dataclass
+class _Block:
+    """What one run of lines has open: conditionals, a macro being defined, a %rep body."""
+
+    file: str
+    expansion: tuple
+    cond: list[_Cond] = field(default_factory=list)
+    macro: _Macro | None = None
+    rep: _Rep | None = None
+
+    def active(self) -> bool:
+        return all(c.active for c in self.cond)
+
+    def close(self) -> None:
+        """Refuse a run of lines that ends inside a definition or a conditional."""
+        if self.macro is not None:
+            raise AsmError(f"%macro {self.macro.name} has no %endmacro", self.macro.file, self.macro.line)
+        if self.rep is not None:
+            raise self.rep.where.error("%rep without %endrep")
+        if self.cond:
+            raise self.cond[-1].where.error("%if without %endif")
+
+
 _MAX_DEPTH = 64
+_MAX_MACRO_PARAMS = 9
+_MAX_REP = 1 << 16
+_OPENING_CONDITIONALS = ("if", "ifdef", "ifndef")
+_CONTINUING_CONDITIONALS = ("elif", "elifdef", "elifndef", "else", "endif")
 
 
 class _Preprocessor:
@@ -324,121 +373,83 @@ class _Preprocessor:
 
     # -- the line loop ------------------------------------------------------------------
     def run_lines(self, numbered: list[tuple[str, int]], file: str, expansion: tuple) -> None:
-        # conditional stack entries: [active, taken, seen_else, SourceLine]
-        cond: list[list] = []
-        macro: _Macro | None = None
-        rep: list | None = None  # [count, body, nesting depth, SourceLine of %rep]
-
-        def active() -> bool:
-            return all(c[0] for c in cond)
-
+        block = _Block(file, expansion)
         for raw, lineno in numbered:
             where = SourceLine(raw, file, lineno, expansion)
             text = strip_comment(raw)
             stripped = text.strip()
-            if rep is not None:
-                if re.match(r"%rep\b", stripped, re.I):
-                    rep[2] += 1
-                elif re.match(r"%endrep\b", stripped, re.I):
-                    rep[2] -= 1
-                    if rep[2] == 0:
-                        count, body = rep[0], rep[1]
-                        rep = None
-                        for _ in range(count):
-                            self.run_lines(body, file, expansion)
-                        continue
-                rep[1].append((text, lineno))
-                continue
-            if macro is not None:
-                if re.match(r"%endmacro\b", stripped, re.I):
-                    self.macros[macro.name] = macro
-                    macro = None
-                elif re.match(r"%macro\b", stripped, re.I):
-                    raise where.error("%macro inside a %macro definition is not supported")
-                else:
-                    macro.body.append((text, lineno))
-                continue
-            if stripped.startswith("%"):
-                m = re.match(r"%(\w+)\s*(.*)$", stripped)
-                if not m:
-                    raise where.error(f"malformed directive {stripped!r}")
-                d, arg = m.group(1).lower(), m.group(2).strip()
-                if d in ("if", "ifdef", "ifndef"):
-                    if not active():
-                        cond.append([False, True, False, where])
-                    else:
-                        v = self.cond_value(d, arg, where)
-                        cond.append([v, v, False, where])
-                    continue
-                if d in ("elif", "elifdef", "elifndef", "else", "endif"):
-                    if not cond:
-                        raise where.error(f"%{d} without %if")
-                    top = cond[-1]
-                    if d == "endif":
-                        cond.pop()
-                        continue
-                    if top[2]:
-                        raise where.error(f"%{d} after %else")
-                    parent_active = all(c[0] for c in cond[:-1])
-                    if d == "else":
-                        top[2] = True
-                        top[0] = parent_active and not top[1]
-                    else:
-                        v = (not top[1]) and parent_active and self.cond_value(d[2:], arg, where)
-                        top[0] = bool(v)
-                    top[1] = top[1] or top[0]
-                    continue
-                if not active():
-                    continue
-                if d == "define":
-                    dm = re.match(r"([A-Za-z_]\w*)\s*(.*)$", arg)
-                    if not dm:
-                        raise where.error("%define needs a NAME")
-                    self.defines[dm.group(1)] = dm.group(2).strip()
-                elif d == "undef":
-                    self.defines.pop(arg, None)
-                elif d == "include":
-                    im = re.match(r'"([^"]+)"$|<([^>]+)>$', arg)
-                    if not im:
-                        raise where.error('%include needs a "file" name')
-                    self.include(im.group(1) or im.group(2), where)
-                elif d == "macro":
-                    mm = re.match(r"([A-Za-z_]\w*)\s+(\d+)(?:\s*-\s*(\d+))?\s*$", arg)
-                    if not mm:
-                        raise where.error("%macro needs NAME nargs (or NAME min-max)")
-                    lo = int(mm.group(2))
-                    hi = int(mm.group(3)) if mm.group(3) else lo
-                    if hi > 9 or lo > hi:
-                        raise where.error("%macro: 0..9 parameters")
-                    macro = _Macro(mm.group(1), lo, hi, [], file, lineno)
-                elif d == "endmacro":
-                    raise where.error("%endmacro without %macro")
-                elif d == "assign":
-                    am = re.match(r"([A-Za-z_]\w*)\s+(.+)$", arg)
-                    if not am:
-                        raise where.error("%assign needs NAME expression")
-                    self.defines[am.group(1)] = str(self.int_value(am.group(2), where))
-                elif d == "rep":
-                    count = self.int_value(arg, where)
-                    if not 0 <= count <= 1 << 16:
-                        raise where.error(f"%rep count {count} out of range")
-                    rep = [count, [], 1, where]
-                elif d == "endrep":
-                    raise where.error("%endrep without %rep")
-                elif d == "error":
-                    raise where.error(f"%error: {arg.strip(chr(34))}")
-                else:
-                    raise where.error(f"unknown directive %{d}")
-                continue
-            if not active() or not stripped:
-                continue
-            self.statements(self.substitute(text, where), where)
-        if macro is not None:
-            raise AsmError(f"%macro {macro.name} has no %endmacro", macro.file, macro.line)
-        if rep is not None:
-            raise rep[3].error("%rep without %endrep")
-        if cond:
-            raise cond[-1][3].error("%if without %endif")
+            if block.rep is not None:
+                self.rep_line(block, block.rep, text, stripped, lineno)
+            elif block.macro is not None:
+                self.macro_line(block, block.macro, text, stripped, lineno, where)
+            elif stripped.startswith("%"):
+                self.directive(block, stripped, where)
+            elif block.active() and stripped:
+                self.statements(self.substitute(text, where), where)
+        block.close()
+
+    def rep_line(self, block: _Block, rep: _Rep, text: str, stripped: str, lineno: int) -> None:
+        """A line inside %rep: collected, until the matching %endrep runs the body."""
+        if re.match(r"%rep\b", stripped, re.I):
+            rep.depth += 1
+        elif re.match(r"%endrep\b", stripped, re.I):
+            rep.depth -= 1
+            if rep.depth == 0:
+                block.rep = None
+                for _ in range(rep.count):
+                    self.run_lines(rep.body, block.file, block.expansion)
+                return
+        rep.body.append((text, lineno))
+
+    def macro_line(self, block: _Block, macro: _Macro, text: str, stripped: str, lineno: int,
+                   where: SourceLine) -> None:
+        """A line inside %macro: collected, until %endmacro defines the macro."""
+        if re.match(r"%endmacro\b", stripped, re.I):
+            self.macros[macro.name] = macro
+            block.macro = None
+        elif re.match(r"%macro\b", stripped, re.I):
+            raise where.error("%macro inside a %macro definition is not supported")
+        else:
+            macro.body.append((text, lineno))
+
+    def directive(self, block: _Block, stripped: str, where: SourceLine) -> None:
+        m = re.match(r"%(\w+)\s*(.*)$", stripped)
+        if not m:
+            raise where.error(f"malformed directive {stripped!r}")
+        d, arg = m.group(1).lower(), m.group(2).strip()
+        if d in _OPENING_CONDITIONALS:
+            block.cond.append(self.open_conditional(block, d, arg, where))
+        elif d in _CONTINUING_CONDITIONALS:
+            self.continue_conditional(block, d, arg, where)
+        elif block.active():
+            handler = self.DIRECTIVES.get(d)
+            if handler is None:
+                raise where.error(f"unknown directive %{d}")
+            handler(self, block, arg, where)
+
+    # -- conditionals -------------------------------------------------------------------
+    def open_conditional(self, block: _Block, d: str, arg: str, where: SourceLine) -> _Cond:
+        if not block.active():
+            return _Cond(False, True, False, where)  # never taken: nothing of it is read
+        v = self.cond_value(d, arg, where)
+        return _Cond(v, v, False, where)
+
+    def continue_conditional(self, block: _Block, d: str, arg: str, where: SourceLine) -> None:
+        if not block.cond:
+            raise where.error(f"%{d} without %if")
+        top = block.cond[-1]
+        if d == "endif":
+            block.cond.pop()
+            return
+        if top.seen_else:
+            raise where.error(f"%{d} after %else")
+        parent_active = all(c.active for c in block.cond[:-1])
+        if d == "else":
+            top.seen_else = True
+            top.active = parent_active and not top.taken
+        else:
+            top.active = bool((not top.taken) and parent_active and self.cond_value(d[2:], arg, where))
+        top.taken = top.taken or top.active
 
     def cond_value(self, kind: str, arg: str, where: SourceLine) -> bool:
         if kind == "ifdef":
@@ -446,6 +457,59 @@ class _Preprocessor:
         if kind == "ifndef":
             return arg not in self.defines
         return bool(self.int_value(arg, where))
+
+    # -- the other directives, one method each (DIRECTIVES below) -----------------------
+    def define(self, block: _Block, arg: str, where: SourceLine) -> None:
+        dm = re.match(r"([A-Za-z_]\w*)\s*(.*)$", arg)
+        if not dm:
+            raise where.error("%define needs a NAME")
+        self.defines[dm.group(1)] = dm.group(2).strip()
+
+    def undef(self, block: _Block, arg: str, where: SourceLine) -> None:
+        self.defines.pop(arg, None)
+
+    def include_directive(self, block: _Block, arg: str, where: SourceLine) -> None:
+        im = re.match(r'"([^"]+)"$|<([^>]+)>$', arg)
+        if not im:
+            raise where.error('%include needs a "file" name')
+        self.include(im.group(1) or im.group(2), where)
+
+    def macro_directive(self, block: _Block, arg: str, where: SourceLine) -> None:
+        mm = re.match(r"([A-Za-z_]\w*)\s+(\d+)(?:\s*-\s*(\d+))?\s*$", arg)
+        if not mm:
+            raise where.error("%macro needs NAME nargs (or NAME min-max)")
+        lo = int(mm.group(2))
+        hi = int(mm.group(3)) if mm.group(3) else lo
+        if hi > _MAX_MACRO_PARAMS or lo > hi:
+            raise where.error("%macro: 0..9 parameters")
+        block.macro = _Macro(mm.group(1), lo, hi, [], where.file, where.line)
+
+    def assign(self, block: _Block, arg: str, where: SourceLine) -> None:
+        am = re.match(r"([A-Za-z_]\w*)\s+(.+)$", arg)
+        if not am:
+            raise where.error("%assign needs NAME expression")
+        self.defines[am.group(1)] = str(self.int_value(am.group(2), where))
+
+    def rep_directive(self, block: _Block, arg: str, where: SourceLine) -> None:
+        count = self.int_value(arg, where)
+        if not 0 <= count <= _MAX_REP:
+            raise where.error(f"%rep count {count} out of range")
+        block.rep = _Rep(count, [], 1, where)
+
+    def error_directive(self, block: _Block, arg: str, where: SourceLine) -> None:
+        raise where.error(f"%error: {arg.strip(chr(34))}")
+
+    def endmacro_unpaired(self, block: _Block, arg: str, where: SourceLine) -> None:
+        raise where.error("%endmacro without %macro")
+
+    def endrep_unpaired(self, block: _Block, arg: str, where: SourceLine) -> None:
+        raise where.error("%endrep without %rep")
+
+    DIRECTIVES: ClassVar[dict[str, Callable[[_Preprocessor, _Block, str, SourceLine], None]]] = {
+        "define": define, "undef": undef, "include": include_directive, "macro": macro_directive,
+        "endmacro": endmacro_unpaired, "assign": assign, "rep": rep_directive, "endrep": endrep_unpaired,
+        "error": error_directive,
+    }
 
     def int_value(self, expr: str, where: SourceLine) -> int:
         try:

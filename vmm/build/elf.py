@@ -13,6 +13,7 @@ Layout of the file produced::
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 ELFCLASS32, ELFDATA2LSB, EV_CURRENT = 1, 1, 1
@@ -55,7 +56,7 @@ class _StrTab:
 
 
 def write_elf32(segments: list[Segment], entry: int, symbols: dict[str, int] | None = None,
-                notes: list[tuple[int, int]] = ()) -> bytes:
+                notes: Sequence[tuple[int, int]] = ()) -> bytes:
     """Return the bytes of an i386 ET_EXEC ELF holding ``segments``, entering at ``entry``.
 
     ``symbols`` (name -> address) go into ``.symtab`` as global symbols of the section that
@@ -83,13 +84,13 @@ def write_elf32(segments: list[Segment], entry: int, symbols: dict[str, int] | N
     sections: list[tuple] = [(0, SHT_NULL, 0, 0, 0, 0, 0, 0, 0, 0)]
     for i, (seg, off) in enumerate(placed):
         vaddr = seg.paddr if seg.vaddr is None else seg.vaddr
-        name = shstr.add(".text" if i == 0 else f".data{i}")
+        name_off = shstr.add(".text" if i == 0 else f".data{i}")
         flags = SHF_ALLOC | (SHF_EXECINSTR if seg.flags & PF_X else 0) | (SHF_WRITE if seg.flags & PF_W else 0)
-        sections.append((name, SHT_PROGBITS, flags, vaddr, off, len(seg.data), 0, 0, 16, 0))
+        sections.append((name_off, SHT_PROGBITS, flags, vaddr, off, len(seg.data), 0, 0, 16, 0))
         bss = seg.size_in_memory - len(seg.data)
         if bss:
-            name = shstr.add(".bss" if i == 0 else f".bss{i}")
-            sections.append((name, SHT_NOBITS, SHF_ALLOC | SHF_WRITE, vaddr + len(seg.data),
+            name_off = shstr.add(".bss" if i == 0 else f".bss{i}")
+            sections.append((name_off, SHT_NOBITS, SHF_ALLOC | SHF_WRITE, vaddr + len(seg.data),
                              off + len(seg.data), bss, 0, 0, 16, 0))
 
     def section_of(addr: int) -> int:

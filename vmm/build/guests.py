@@ -21,6 +21,7 @@ FILE`` writes an image (try ``qemu-system-i386 -kernel FILE -serial stdio ...``)
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -151,7 +152,7 @@ def _source_key(source: Path, flavour: str) -> str:
         if p.is_file():
             add("include:" + p.relative_to(inc).as_posix(), p.read_bytes())
     for mod in (asm, elf):
-        add("tool:" + mod.__name__, Path(mod.__file__).read_bytes())
+        add("tool:" + mod.__name__, Path(inspect.getfile(mod)).read_bytes())
     add("tool:guests", Path(__file__).read_bytes())
     try:
         import keystone
@@ -266,17 +267,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{g.name:8} exit {g.exit_status:3}  {g.description}")
         return 0
     try:
-        g = build_guest(args.name, args.flavour)
+        built = build_guest(args.name, args.flavour)
     except asm.AsmError as e:
         print(f"error: {e}")
         return 1
-    print(f"{g.name} ({g.flavour}): entry {g.entry:#x}, {len(g.flat)} bytes in memory, "
-          f"ELF {len(g.elf)} bytes")
+    print(f"{built.name} ({built.flavour}): entry {built.entry:#x}, {len(built.flat)} bytes in memory, "
+          f"ELF {len(built.elf)} bytes")
     if args.symbols:
-        for sym, addr in sorted(g.symbols.items(), key=lambda kv: kv[1]):
+        for sym, addr in sorted(built.symbols.items(), key=lambda kv: kv[1]):
             print(f"  {addr:08x} {sym}")
     if args.output:
-        g.write_elf(args.output)
+        built.write_elf(args.output)
         print(f"wrote {args.output}")
     return 0
 

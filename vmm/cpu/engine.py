@@ -603,3 +603,20 @@ class Engine:
         if self.reg("eip") != eip or self.reg("cs") != cs:
             raise EngineError(f"IRET to {cs:#06x}:{eip:#010x} did not land (CS {self.reg('cs'):#06x}, "
                               f"EIP {self.reg('eip'):#010x}): check the descriptors")
+
+    # -- debugger support (the gdb stub) -------------------------------------------------
+    def flush_translations(self) -> None:
+        """Drop Unicorn's translated blocks: code written from outside the guest, a
+        breakpoint placed, or a single step ahead."""
+        self.uc.ctl_flush_tb()
+
+    def add_memory_watch(self, begin: int, end: int, *, reads: bool, writes: bool, callback) -> list[int]:
+        """Call ``callback(is_write, address, size)`` for every guest data access whose first
+        byte lies in host-physical ``[begin, end]`` (no per-instruction hook); the hook handles,
+        each for :meth:`remove_hook`."""
+        from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
+
+        def hook(uc, access, address, size, value, data):
+            callback(access == UC_MEM_WRITE, address, size)
+        kinds = ((UC_HOOK_MEM_READ,) if reads else ()) + ((UC_HOOK_MEM_WRITE,) if writes else ())
+        return [self.uc.hook_add(kind, hook, None, begin, end) for kind in kinds]

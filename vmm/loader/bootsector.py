@@ -21,7 +21,7 @@ SeaBIOS's ``IF`` = 1 would let the first timer interrupt jump through a null vec
 """
 from __future__ import annotations
 
-from .image import ImageError, LoadedImage, ram_below_4g
+from .plan import ImageError, LoadedImage, ram_below_4g
 
 BOOT_ADDRESS = 0x7C00
 SECTOR_SIZE = 512

@@ -11,7 +11,7 @@ own stack. The bytes must lie in guest RAM below 4 GiB and outside the legacy ho
 """
 from __future__ import annotations
 
-from .image import ImageError, LoadedImage, check_placement, hex_range, ram_below_4g
+from .plan import ImageError, LoadedImage, check_placement, hex_range, ram_below_4g
 
 
 def load(data: bytes, *, src: str, path: str | None, ram_size: int, load_address: int | None) -> LoadedImage:

@@ -1,7 +1,7 @@
-"""Image loading: the plan a loader hands to the engine, its errors, and the dispatcher.
+"""Image loading: which loader an image needs, and the plan it hands to the engine.
 
 A loader never touches the engine. It reads an image (a file or bytes), checks it
-against the board (``DESIGN.md`` section 6: QEMU's ``pc`` machine), and returns a
+against the board (QEMU's ``pc`` machine: :mod:`vmm.loader.plan`), and returns a
 :class:`LoadedImage`: which bytes go to which guest-physical addresses, where execution
 starts, the initial register values and whether the vCPU starts in real mode. The
 engine applies that plan to guest RAM (assumed zero-filled at reset: gaps between
@@ -37,71 +37,28 @@ the problem, fit to show a user as is. Any byte string gives either a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+
+from . import bootsector, flat, multiboot
+from .plan import (
+    FOUR_GIB,
+    LOW_HOLE_END,
+    LOW_HOLE_START,
+    PAGE,
+    ImageError,
+    LoadedImage,
+    check_placement,
+    hex_range,
+    ram_above_4g,
+    ram_below_4g,
+    read_file,
+)
 
 KINDS = ("auto", "multiboot", "flat", "bootsector")
 
-#: The legacy PC hole: VGA window 0xa0000-0xbffff, option ROMs 0xc0000-0xeffff, BIOS.
-LOW_HOLE_START, LOW_HOLE_END = 0xA0000, 0x100000
-#: i440FX: RAM of this size or more is split, 3 GiB below 4 GiB and the rest above.
-PCI_HOLE_SPLIT_THRESHOLD = 0xE0000000
-PCI_HOLE_LOWMEM = 0xC0000000
-FOUR_GIB = 1 << 32
-PAGE = 0x1000
-
-
-class ImageError(Exception):
-    """One-line, user-facing: names the file and the problem."""
-
-    def __init__(self, message: str):
-        # One line, whatever the file name holds.
-        super().__init__(" ".join(str(message).splitlines()))
-
-
-@dataclass
-class LoadedImage:
-    """What to write where, and how the vCPU starts. Produced by :func:`load_image`."""
-
-    kind: str                       # "multiboot" | "flat" | "bootsector"
-    path: str | None
-    chunks: list[tuple[int, bytes]]  # guest-physical address, bytes (bss as explicit zeroes)
-    entry: int
-    registers: dict[str, int]       # initial register values, e.g. {"eax": 0x2BADB002, "ebx": mbi}
-    real_mode: bool                 # True for boot sectors (CS:IP = 0:0x7c00, DL = 0x80)
-    symbols: dict[str, int] = field(default_factory=dict)   # from .symtab when present
-    notes: list[str] = field(default_factory=list)          # what was loaded where
-
-    def memory_span(self) -> tuple[int, int]:
-        """Lowest and one-past-highest guest-physical address written by the chunks."""
-        if not self.chunks:
-            return (0, 0)
-        return (min(a for a, _ in self.chunks), max(a + len(b) for a, b in self.chunks))
-
-
-def ram_below_4g(ram_size: int) -> int:
-    """Bytes of RAM mapped from guest-physical 0 (QEMU ``pc``: below_4g_mem_size)."""
-    return PCI_HOLE_LOWMEM if ram_size >= PCI_HOLE_SPLIT_THRESHOLD else ram_size
-
-
-def ram_above_4g(ram_size: int) -> int:
-    """Bytes of RAM mapped from 4 GiB (QEMU ``pc``: above_4g_mem_size)."""
-    return ram_size - ram_below_4g(ram_size)
-
-
-def hex_range(start: int, end: int) -> str:
-    """``0xSTART-0xLAST`` for the half-open range [start, end)."""
-    return f"{start:#x}-{max(end - 1, start):#x}"
-
-
-def check_placement(src: str, what: str, start: int, end: int, ram_size: int) -> None:
-    """Refuse [start, end) unless it lies in RAM below 4 GiB and outside the legacy hole."""
-    ram_end = ram_below_4g(ram_size)
-    if start < 0 or end > ram_end:
-        raise ImageError(f"{src}: {what} at {hex_range(start, end)} lies outside guest RAM "
-                         f"({hex_range(0, ram_end)})")
-    if start < LOW_HOLE_END and end > LOW_HOLE_START and end > start:
-        raise ImageError(f"{src}: {what} at {hex_range(start, end)} overlaps the legacy "
-                         f"VGA/BIOS hole {hex_range(LOW_HOLE_START, LOW_HOLE_END)}, which is not RAM")
+# The plan's names stay importable from here, where the loaders' users have always found them.
+__all__ = ["KINDS", "load_image", "FOUR_GIB", "LOW_HOLE_END", "LOW_HOLE_START", "PAGE", "ImageError",
+           "LoadedImage", "check_placement", "hex_range", "ram_above_4g", "ram_below_4g", "read_file"]
 
 
 def _read_source(data_or_path) -> tuple[bytes, str | None]:
@@ -115,28 +72,12 @@ def _read_source(data_or_path) -> tuple[bytes, str | None]:
     raise TypeError(f"load_image() needs bytes or a path, not {type(data_or_path).__name__}")
 
 
-def read_file(path: str, what: str) -> bytes:
-    """Read a whole file, turning every OS error into a one-line :class:`ImageError`."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise ImageError(f"{path}: {what} file not found") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: {what} path is a directory, not a file") from None
-    except PermissionError:
-        raise ImageError(f"{path}: {what} file is not readable (permission denied)") from None
-    except (OSError, ValueError) as e:  # ValueError: embedded NUL in the path
-        reason = getattr(e, "strerror", None) or str(e)
-        raise ImageError(f"{path}: cannot read {what} file ({reason})") from None
-
-
 def _looks_like_bootsector(data: bytes) -> bool:
     return len(data) == 512 and data[510:512] == b"\x55\xaa"
 
 
 def load_image(data_or_path: bytes | str | os.PathLike, *, ram_size: int, kind: str = "auto",
-               cmdline: str | None = None, modules: list[str] = (), load_address: int | None = None,
+               cmdline: str | None = None, modules: Sequence[str] = (), load_address: int | None = None,
                image_name: str | None = None) -> LoadedImage:
     """Read and check an image, and return the plan that loads it into a guest.
 
@@ -149,13 +90,11 @@ def load_image(data_or_path: bytes | str | os.PathLike, *, ram_size: int, kind: 
 
     Raises :class:`ImageError` for every problem with the image or the options.
     """
-    from . import bootsector, flat, multiboot
-
     if isinstance(ram_size, bool) or not isinstance(ram_size, int) or ram_size <= 0:
         raise ValueError(f"ram_size must be a positive number of bytes, not {ram_size!r}")
     data, path = _read_source(data_or_path)
     src = path if path is not None else (image_name or "image")
-    modules = list(modules or ())
+    module_list = list(modules or ())
 
     if kind not in KINDS:
         raise ImageError(f"{src}: unknown image kind {kind!r} (expected one of {', '.join(KINDS)})")
@@ -175,7 +114,7 @@ def load_image(data_or_path: bytes | str | os.PathLike, *, ram_size: int, kind: 
                              f"--kind flat and --load-address ADDR")
 
     if kind != "multiboot":
-        if cmdline is not None or modules:
+        if cmdline is not None or module_list:
             raise ImageError(f"{src}: a command line and modules apply to Multiboot kernels only, "
                              f"not to a {kind} image")
     if kind != "flat" and load_address is not None:
@@ -184,7 +123,7 @@ def load_image(data_or_path: bytes | str | os.PathLike, *, ram_size: int, kind: 
     if kind == "multiboot":
         name = image_name if image_name is not None else (path if path is not None else "image")
         return multiboot.load(data, src=src, path=path, ram_size=ram_size, cmdline=cmdline,
-                              modules=modules, image_name=name)
+                              modules=module_list, image_name=name)
     if kind == "flat":
         return flat.load(data, src=src, path=path, ram_size=ram_size, load_address=load_address)
     return bootsector.load(data, src=src, path=path, ram_size=ram_size)

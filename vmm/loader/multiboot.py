@@ -112,8 +112,20 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .image import (FOUR_GIB, LOW_HOLE_END, LOW_HOLE_START, PAGE, ImageError, LoadedImage,
-                    check_placement, hex_range, ram_above_4g, ram_below_4g, read_file)
+from .plan import (
+    FOUR_GIB,
+    LOW_HOLE_END,
+    LOW_HOLE_START,
+    PAGE,
+    ImageError,
+    LoadedImage,
+    check_placement,
+    hex_range,
+    ram_above_4g,
+    ram_below_4g,
+    read_file,
+)
+from .symtab import parse_symbols
 
 MULTIBOOT_HEADER_MAGIC = 0x1BADB002
 MULTIBOOT_BOOTLOADER_MAGIC = 0x2BADB002
@@ -168,13 +180,10 @@ MEM_LOWER_KB = EBDA_BASE // 1024          # 639
 MIN_RAM = 2 << 20
 
 # ELF constants.
+ELF_MAGIC = b"\x7fELF"
 ELFCLASS32, ELFCLASS64, ELFDATA2LSB = 1, 2, 1
 ET_EXEC, EM_386, EM_X86_64 = 2, 3, 62
 PT_LOAD, PF_X = 1, 1
-SHT_SYMTAB = 2
-SHN_UNDEF, SHN_LORESERVE, SHN_ABS = 0, 0xFF00, 0xFFF1
-STT_NOTYPE, STT_OBJECT, STT_FUNC = 0, 1, 2
-STB_LOCAL = 0
 _ET_NAMES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
 _EM_NAMES = {0: "none", 3: "i386", 8: "MIPS", 20: "PowerPC", 40: "ARM", 62: "x86-64",
              183: "AArch64", 243: "RISC-V"}
@@ -240,12 +249,9 @@ class MultibootHeader:
     offset: int
     flags: int
     checksum: int
-    # Valid with flag 16 (the a.out kludge); None when the file is too short to hold them.
-    header_addr: int | None = None
-    load_addr: int | None = None
-    load_end_addr: int | None = None
-    bss_end_addr: int | None = None
-    entry_addr: int | None = None
+    # The a.out kludge's address fields (read with flag 16): header_addr, load_addr,
+    # load_end_addr, bss_end_addr, entry_addr; None when the file is too short to hold them.
+    addresses: tuple[int, int, int, int, int] | None = None
 
 
 def _aligned_magic_offsets(data: bytes):
@@ -263,9 +269,8 @@ def find_header(data: bytes) -> MultibootHeader | None:
     for i in _aligned_magic_offsets(data):
         magic, flags, checksum = struct.unpack_from("<III", data, i)
         if (magic + flags + checksum) & M32 == 0:
-            fields = (struct.unpack_from("<5I", data, i + 12) if i + 32 <= len(data)
-                      else (None,) * 5)
-            return MultibootHeader(i, flags, checksum, *fields)
+            fields = struct.unpack_from("<5I", data, i + 12) if i + 32 <= len(data) else None
+            return MultibootHeader(i, flags, checksum, fields)
     return None
 
 
@@ -341,7 +346,7 @@ def _parse_elf(data: bytes, src: str) -> tuple[list[_Segment], int, dict[str, in
 
     entry = e_entry
     segments: list[_Segment] = []
-    for i, (p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, p_align) in loads:
+    for i, (_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, _align) in loads:
         if p_filesz > p_memsz:
             raise ImageError(f"{src}: ELF segment {i} has a file size ({p_filesz:#x}) larger than "
                              f"its memory size ({p_memsz:#x})")
@@ -369,60 +374,19 @@ def _parse_elf(data: bytes, src: str) -> tuple[list[_Segment], int, dict[str, in
     if entry != e_entry:
         notes.append(f"entry {e_entry:#x} is a virtual address; translated to physical {entry:#x}")
 
-    symbols, sym_note = _parse_symbols(data, e_shoff, e_shentsize, e_shnum)
+    symbols, sym_note = parse_symbols(data, e_shoff, e_shentsize, e_shnum)
     if sym_note:
         notes.append(sym_note)
     return segments, entry, symbols, notes
 
 
-def _parse_symbols(data: bytes, shoff: int, shentsize: int, shnum: int) -> tuple[dict[str, int], str | None]:
-    """Named NOTYPE/OBJECT/FUNC symbols of every SHT_SYMTAB. Like QEMU, a malformed table is
-    ignored (the image still loads), with a note."""
-    if shnum == 0 or shoff == 0:
-        return {}, None
-    if shentsize != 40 or shoff + 40 * shnum > len(data):
-        return {}, "section headers unreadable: symbols ignored"
-    shdrs = [_u32s(data, shoff + 40 * i, 10) for i in range(shnum)]
-    symbols: dict[str, int] = {}
-    local: dict[str, int] = {}
-    for sh in shdrs:
-        if sh[1] != SHT_SYMTAB:
-            continue
-        _, _, _, _, off, size, link, _, _, entsize = sh
-        if entsize not in (0, 16) or off + size > len(data) or link >= shnum:
-            return {}, "symbol table unreadable: symbols ignored"
-        str_off, str_size = shdrs[link][4], shdrs[link][5]
-        if str_off + str_size > len(data):
-            return {}, "symbol string table unreadable: symbols ignored"
-        strtab = data[str_off:str_off + str_size]
-        for k in range(size // 16):
-            st_name, st_value, st_size, st_info, st_other, st_shndx = struct.unpack_from(
-                "<IIIBBH", data, off + 16 * k)
-            if st_shndx == SHN_UNDEF or (st_info & 0xF) not in (STT_NOTYPE, STT_OBJECT, STT_FUNC):
-                continue
-            if st_shndx >= SHN_LORESERVE and st_shndx != SHN_ABS:
-                continue
-            if not 0 < st_name < len(strtab):
-                continue
-            end = strtab.find(b"\0", st_name)
-            name = strtab[st_name:end if end != -1 else len(strtab)].decode("utf-8", "replace")
-            if not name:
-                continue
-            table = local if st_info >> 4 == STB_LOCAL else symbols
-            table.setdefault(name, st_value)
-    for name, value in local.items():
-        symbols.setdefault(name, value)
-    return symbols, None
-
-
 def _aout(data: bytes, src: str, hdr: MultibootHeader) -> tuple[list[_Segment], int, list[str]]:
     """The a.out kludge (flag 16): place the file by the header's address fields, with
     QEMU's checks (hw/i386/multiboot.c)."""
-    if hdr.header_addr is None:
+    if hdr.addresses is None:
         raise ImageError(f"{src}: truncated Multiboot header at offset {hdr.offset:#x}: flag 16 "
                          f"needs the address fields, which run past the end of the file")
-    header_addr, load_addr, load_end, bss_end, entry = (
-        hdr.header_addr, hdr.load_addr, hdr.load_end_addr, hdr.bss_end_addr, hdr.entry_addr)
+    header_addr, load_addr, load_end, bss_end, entry = hdr.addresses
     if header_addr < load_addr:
         raise ImageError(f"{src}: Multiboot header_addr {header_addr:#x} is below load_addr "
                          f"{load_addr:#x} (QEMU: \"invalid load_addr address\")")
@@ -457,7 +421,7 @@ def _aout(data: bytes, src: str, hdr: MultibootHeader) -> tuple[list[_Segment], 
     seg = _Segment(0, load_addr, data[text_offset:text_offset + load_size], kernel_size, load_addr)
     notes = [f"a.out kludge (flag 16): file offset {text_offset:#x} (+{load_size:#x}) loaded at "
              f"{load_addr:#x}, header at file offset {hdr.offset:#x}"]
-    if data[:4] == b"\x7fELF":
+    if data[:4] == ELF_MAGIC:
         notes.append("the file is an ELF, but flag 16 is set: its header addresses win (as in QEMU)")
     return [seg], entry, notes
 
@@ -469,22 +433,87 @@ def _encode(text: str, what: str, src: str) -> bytes:
     return raw
 
 
+@dataclass
+class _Kernel:
+    """The kernel's part of the plan: its segments as QEMU copies them, and where it starts."""
+
+    fmt: str                    # "ELF" or "a.out kludge"
+    segments: list[_Segment]    # every PT_LOAD, empty ones included: they bound the block
+    entry: int
+    symbols: dict[str, int]
+
+    @property
+    def loaded(self) -> list[_Segment]:
+        return [s for s in self.segments if s.memsz]
+
+    @property
+    def low(self) -> int:
+        return min(s.paddr for s in self.segments)
+
+    @property
+    def high(self) -> int:
+        return max(s.end for s in self.segments)
+
+    def what(self, s: _Segment) -> str:
+        return f"segment {s.index}" if self.fmt == "ELF" else "kernel"
+
+
+@dataclass(frozen=True)
+class _Module:
+    text: str       # "path args", as given
+    string: bytes   # its encoding, the module's command line
+    body: bytes     # the file
+
+
+@dataclass
+class _InfoTail:
+    """What follows the kernel, at ``X`` (hw/i386/multiboot.c): module records, then strings."""
+
+    addr: int                         # X, mods_addr
+    data: bytearray
+    cmdline_addr: int                 # the kernel's "<image name> <cmdline>"
+    cmdline: bytes
+    loader_addr: int                  # the boot loader name
+    modules: list[tuple[int, bytes]]  # where each module's file goes
+
+
 def load(data: bytes, *, src: str, path: str | None, ram_size: int, cmdline: str | None,
          modules: list[str], image_name: str) -> LoadedImage:
     """Load a Multiboot kernel: see the module docstring for every rule."""
+    hdr, notes = _checked_header(data, src, ram_size)
+    kernel = _kernel(data, src, hdr, notes)
+    _check_block(kernel, src, ram_size)
+    tail = _info_tail(kernel, src, _region_end(kernel.low, ram_size), image_name, cmdline, modules)
+    mmap = e820_map(ram_size)
+    mmap_b = b"".join(e.pack() for e in mmap)
+    chunks, segment_notes = _kernel_chunks(kernel)
+    notes += segment_notes
+    chunks.append((MMAP_ADDR, mmap_b))
+    chunks.append((MBI_ADDR, _info_structure(ram_size, tail, len(mmap_b))))
+    chunks.append((tail.addr, bytes(tail.data)))
+    chunks.extend(tail.modules)
+
+    notes.append(f"entry {kernel.entry:#x}; EAX = {MULTIBOOT_BOOTLOADER_MAGIC:#x}, EBX = {MBI_ADDR:#x}")
+    notes.append(f"memory map at {MMAP_ADDR:#x} ({len(mmap)} e820 entries), info structure at "
+                 f"{MBI_ADDR:#x}: mem_lower {MEM_LOWER_KB} KiB, mem_upper {mem_upper_kb(ram_size)} KiB")
+    notes.append(f"command line at {tail.cmdline_addr:#x}: {tail.cmdline.decode('utf-8', 'replace')!r}; "
+                 f"boot loader name at {tail.loader_addr:#x}")
+    for k, (start, body) in enumerate(tail.modules):
+        notes.append(f"module {k} at {hex_range(start, start + len(body)) if body else hex(start)}: "
+                     f"{modules[k]!r} ({len(body)} bytes)")
+    return LoadedImage(kind="multiboot", path=path, chunks=chunks, entry=kernel.entry,
+                       registers={"eax": MULTIBOOT_BOOTLOADER_MAGIC, "ebx": MBI_ADDR},
+                       real_mode=False, symbols=kernel.symbols,
+                       notes=[f"Multiboot {kernel.fmt} kernel {src!r}"] + notes)
+
+
+def _checked_header(data: bytes, src: str, ram_size: int) -> tuple[MultibootHeader, list[str]]:
+    """The header QEMU would find, refused when it asks for what nobody provides; its notes."""
     hdr = find_header(data)
-    is_elf = data[:4] == b"\x7fELF"
-    if is_elf and not (hdr is not None and hdr.flags & MBH_AOUT_KLUDGE):
+    if data[:4] == ELF_MAGIC and not (hdr is not None and hdr.flags & MBH_AOUT_KLUDGE):
         _check_elf_header(data, src)  # a wrong ELF says more than a missing header
     if hdr is None:
-        bad = find_bad_checksum(data)
-        if bad is not None:
-            off, flags, checksum = bad
-            want = (-(MULTIBOOT_HEADER_MAGIC + flags)) & M32
-            raise ImageError(f"{src}: Multiboot header at offset {off:#x} has a bad checksum "
-                             f"({checksum:#010x}; flags {flags:#x} need {want:#010x})")
-        raise ImageError(f"{src}: no Multiboot header in the first 8 KiB (magic 0x1BADB002 with "
-                         f"a valid checksum, 4-byte aligned, at an offset below {HEADER_SEARCH_LIMIT})")
+        raise _no_header(data, src)
     notes: list[str] = [f"Multiboot header at file offset {hdr.offset:#x}, flags {hdr.flags:#x}"]
     unknown = hdr.flags & MBH_REQUIRED_MASK & ~MBH_SUPPORTED_REQUIRED
     if unknown:
@@ -497,45 +526,50 @@ def load(data: bytes, *, src: str, path: str | None, ram_size: int, cmdline: str
     if ram_size < MIN_RAM:
         raise ImageError(f"{src}: a Multiboot kernel needs at least 2 MiB of guest RAM "
                          f"(have {ram_size:#x} bytes)")
+    return hdr, notes
 
-    symbols: dict[str, int] = {}
+
+def _no_header(data: bytes, src: str) -> ImageError:
+    bad = find_bad_checksum(data)
+    if bad is not None:
+        off, flags, checksum = bad
+        want = (-(MULTIBOOT_HEADER_MAGIC + flags)) & M32
+        return ImageError(f"{src}: Multiboot header at offset {off:#x} has a bad checksum "
+                          f"({checksum:#010x}; flags {flags:#x} need {want:#010x})")
+    return ImageError(f"{src}: no Multiboot header in the first 8 KiB (magic 0x1BADB002 with "
+                      f"a valid checksum, 4-byte aligned, at an offset below {HEADER_SEARCH_LIMIT})")
+
+
+def _kernel(data: bytes, src: str, hdr: MultibootHeader, notes: list[str]) -> _Kernel:
+    """The segments and entry, from the a.out kludge fields (flag 16) or the ELF headers."""
     if hdr.flags & MBH_AOUT_KLUDGE:
         segments, entry, more = _aout(data, src, hdr)
-        fmt = "a.out kludge"
+        kernel = _Kernel("a.out kludge", segments, entry, {})
     else:
-        if not is_elf:
+        if data[:4] != ELF_MAGIC:
             raise ImageError(f"{src}: not an ELF file, and its Multiboot header has no load "
                              f"addresses (flag 16 clear), so it cannot be placed")
         segments, entry, symbols, more = _parse_elf(data, src)
-        fmt = "ELF"
+        kernel = _Kernel("ELF", segments, entry, symbols)
     notes += more
+    return kernel
 
-    # The block QEMU copies: every PT_LOAD, zero-sized ones included.
-    low = min(s.paddr for s in segments)
-    high = max(s.end for s in segments)
+
+def _check_block(kernel: _Kernel, src: str, ram_size: int) -> None:
+    """Refuse a kernel whose block QEMU would misplace, or whose entry lies outside it."""
+    low, high = kernel.low, kernel.high
     ram_end = ram_below_4g(ram_size)
     if high - low > ram_end:
         raise ImageError(f"{src}: image spans {hex_range(low, high)} ({high - low:#x} bytes), "
                          f"larger than guest RAM ({ram_end:#x} bytes below 4 GiB)")
-    loaded = [s for s in segments if s.memsz]
+    loaded = kernel.loaded
     if not loaded:
         raise ImageError(f"{src}: every loadable segment of the image is empty")
     if high > max(s.end for s in loaded):
-        empty = next(s for s in segments if not s.memsz and s.paddr == high)
+        empty = next(s for s in kernel.segments if not s.memsz and s.paddr == high)
         raise ImageError(f"{src}: empty ELF segment {empty.index} at {high:#x} lies past the last "
                          f"loaded byte (QEMU refuses it: \"Error while fetching elf kernel from rom\")")
-    for s in loaded:
-        what = f"segment {s.index}" if fmt == "ELF" else "kernel"
-        file_end = s.paddr + len(s.data)
-        if s.data:
-            check_placement(src, what, s.paddr, file_end, ram_size)
-        if s.memsz > len(s.data):
-            check_placement(src, f"zero-filled (bss) part of {what}", file_end, s.end, ram_size)
-    ordered = sorted(loaded, key=lambda s: (s.paddr, s.end))
-    for a, b in zip(ordered, ordered[1:]):
-        if b.paddr < a.end:
-            raise ImageError(f"{src}: ELF segments {a.index} ({hex_range(a.paddr, a.end)}) and "
-                             f"{b.index} ({hex_range(b.paddr, b.end)}) overlap")
+    _check_segments(kernel, src, ram_size)
     if low < LOW_HOLE_END and high > LOW_HOLE_START:
         raise ImageError(f"{src}: image spans {hex_range(low, high)}, across the legacy VGA/BIOS "
                          f"hole {hex_range(LOW_HOLE_START, LOW_HOLE_END)} (QEMU copies a Multiboot "
@@ -544,103 +578,119 @@ def load(data: bytes, *, src: str, path: str | None, ram_size: int, cmdline: str
         raise ImageError(f"{src}: image at {hex_range(low, high)} overlaps the Multiboot info "
                          f"area {hex_range(INFO_AREA_START, INFO_AREA_END)} (QEMU's "
                          f"MULTIBOOT_STRUCT_ADDR)")
-    if not any(s.paddr <= entry < s.end for s in loaded):
-        raise ImageError(f"{src}: entry point {entry:#x} is outside every loaded segment")
+    if not any(s.paddr <= kernel.entry < s.end for s in loaded):
+        raise ImageError(f"{src}: entry point {kernel.entry:#x} is outside every loaded segment")
 
-    # Region the whole block (kernel, info, modules) must stay inside.
+
+def _check_segments(kernel: _Kernel, src: str, ram_size: int) -> None:
+    """Each segment's file bytes and zero fill in RAM, and no two segments overlapping."""
+    loaded = kernel.loaded
+    for s in loaded:
+        what = kernel.what(s)
+        file_end = s.paddr + len(s.data)
+        if s.data:
+            check_placement(src, what, s.paddr, file_end, ram_size)
+        if s.memsz > len(s.data):
+            check_placement(src, f"zero-filled (bss) part of {what}", file_end, s.end, ram_size)
+    ordered = sorted(loaded, key=lambda s: (s.paddr, s.end))
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if b.paddr < a.end:
+            raise ImageError(f"{src}: ELF segments {a.index} ({hex_range(a.paddr, a.end)}) and "
+                             f"{b.index} ({hex_range(b.paddr, b.end)}) overlap")
+
+
+def _region_end(low: int, ram_size: int) -> int:
+    """The end of the RAM range the whole block (kernel, info, modules) must stay inside."""
     if low >= LOW_HOLE_END:
-        region_end = ram_end
-    elif low >= INFO_AREA_END:
-        region_end = LOW_HOLE_START
-    else:
-        region_end = INFO_AREA_START
+        return ram_below_4g(ram_size)
+    if low >= INFO_AREA_END:
+        return LOW_HOLE_START
+    return INFO_AREA_START
 
-    # Strings and module files.
-    name_b = _encode(image_name, "the image name", src)
-    cmd_b = _encode(cmdline if cmdline is not None else "", "the command line", src)
-    mod_strings: list[bytes] = []
-    mod_data: list[bytes] = []
+
+def _read_modules(modules: list[str], src: str) -> list[_Module]:
+    out = []
     for m in modules:
-        m_b = _encode(m, "a module string", src)
+        string = _encode(m, "a module string", src)
         mpath = m.split(" ", 1)[0]
         if not mpath:
             raise ImageError(f"{src}: module {m!r} has no file name")
-        mod_strings.append(m_b)
-        mod_data.append(read_file(mpath, "module"))
-    n = len(modules)
+        out.append(_Module(m, string, read_file(mpath, "module")))
+    return out
+
+
+def _info_tail(kernel: _Kernel, src: str, region_end: int, image_name: str, cmdline: str | None,
+               modules: list[str]) -> _InfoTail:
+    """Lay out the module records and strings after the kernel, and the modules after them,
+    at QEMU's addresses (see the module docstring)."""
+    name_b = _encode(image_name, "the image name", src)
+    cmd_b = _encode(cmdline if cmdline is not None else "", "the command line", src)
+    mods = _read_modules(modules, src)
+    n = len(mods)
     # QEMU reserves room for the raw -initrd option text (commas inside a name doubled).
     initrd_len = len(",".join(m.replace(",", ",,") for m in modules).encode("utf-8", "surrogateescape"))
     cmdline_len = len(name_b) + 1 + len(cmd_b) + 1 + (initrd_len + 1 if n else 0)
     loader_b = BOOTLOADER_NAME.encode()
 
-    info_off = _align_up(high - low)          # offset_mbinfo
-    x = low + info_off                        # module records
-    cmdlines_addr = x + MB_MOD_SIZE * n
-    loader_addr = cmdlines_addr + cmdline_len
+    info_off = _align_up(kernel.high - kernel.low)  # offset_mbinfo
+    x = kernel.low + info_off                       # module records
+    loader_addr = x + MB_MOD_SIZE * n + cmdline_len
     tail = bytearray(MB_MOD_SIZE * n + cmdline_len + len(loader_b) + 1)
-    buf_size = _align_up(info_off + len(tail))  # mb_buf_size
     if x + len(tail) > region_end:
         raise ImageError(f"{src}: the Multiboot info after the image would end at "
                          f"{x + len(tail):#x}, past the end of its RAM region ({region_end:#x})")
-
-    str_off = MB_MOD_SIZE * n
-    mod_chunks: list[tuple[int, bytes]] = []
-    for k, (s_b, body) in enumerate(zip(mod_strings, mod_data)):
-        s_addr = x + str_off
-        tail[str_off:str_off + len(s_b)] = s_b
-        str_off += len(s_b) + 1
-        start = low + buf_size
-        buf_size = _align_up(buf_size + len(body))
-        if start + len(body) > region_end:
-            raise ImageError(f"{src}: modules do not fit in guest RAM: module {k} "
-                             f"({modules[k].split(' ', 1)[0]}, {len(body)} bytes) would end at "
-                             f"{start + len(body):#x}, RAM region ends at {region_end:#x}")
-        struct.pack_into("<4I", tail, MB_MOD_SIZE * k, start, start + len(body), s_addr, 0)
-        mod_chunks.append((start, body))
+    buf_size = _align_up(info_off + len(tail))      # mb_buf_size
+    str_off, placed = _place_modules(tail, x, kernel.low, buf_size, mods, src, region_end)
     kcmd = name_b + b" " + cmd_b
-    kcmd_addr = x + str_off
     tail[str_off:str_off + len(kcmd)] = kcmd
     tail[loader_addr - x:loader_addr - x + len(loader_b)] = loader_b
+    return _InfoTail(x, tail, x + str_off, kcmd, loader_addr, placed)
 
-    mmap = e820_map(ram_size)
-    mmap_b = b"".join(e.pack() for e in mmap)
+
+def _place_modules(tail: bytearray, x: int, low: int, buf_size: int, mods: list[_Module], src: str,
+                   region_end: int) -> tuple[int, list[tuple[int, bytes]]]:
+    """Write each module's record and string into ``tail``; return the offset of the next
+    string and where each module's file goes (page aligned relative to ``low``)."""
+    str_off = MB_MOD_SIZE * len(mods)
+    placed: list[tuple[int, bytes]] = []
+    for k, mod in enumerate(mods):
+        s_addr = x + str_off
+        tail[str_off:str_off + len(mod.string)] = mod.string
+        str_off += len(mod.string) + 1
+        start = low + buf_size
+        buf_size = _align_up(buf_size + len(mod.body))
+        if start + len(mod.body) > region_end:
+            raise ImageError(f"{src}: modules do not fit in guest RAM: module {k} "
+                             f"({mod.text.split(' ', 1)[0]}, {len(mod.body)} bytes) would end at "
+                             f"{start + len(mod.body):#x}, RAM region ends at {region_end:#x}")
+        struct.pack_into("<4I", tail, MB_MOD_SIZE * k, start, start + len(mod.body), s_addr, 0)
+        placed.append((start, mod.body))
+    return str_off, placed
+
+
+def _info_structure(ram_size: int, tail: _InfoTail, mmap_length: int) -> bytes:
+    """The 88-byte Multiboot information structure at ``MBI_ADDR``."""
     mbi = bytearray(MBI_SIZE)
-    struct.pack_into("<I", mbi, MBI_FLAGS_OFF, MBI_FLAGS)
-    struct.pack_into("<I", mbi, MBI_MEM_LOWER, MEM_LOWER_KB)
-    struct.pack_into("<I", mbi, MBI_MEM_UPPER, mem_upper_kb(ram_size))
-    struct.pack_into("<I", mbi, MBI_BOOT_DEVICE, BOOT_DEVICE)
-    struct.pack_into("<I", mbi, MBI_CMDLINE, kcmd_addr)
-    struct.pack_into("<I", mbi, MBI_MODS_COUNT, n)
-    struct.pack_into("<I", mbi, MBI_MODS_ADDR, x)
-    struct.pack_into("<I", mbi, MBI_MMAP_LENGTH, len(mmap_b))
-    struct.pack_into("<I", mbi, MBI_MMAP_ADDR, MMAP_ADDR)
-    struct.pack_into("<I", mbi, MBI_BOOT_LOADER_NAME, loader_addr)
+    for offset, value in ((MBI_FLAGS_OFF, MBI_FLAGS), (MBI_MEM_LOWER, MEM_LOWER_KB),
+                          (MBI_MEM_UPPER, mem_upper_kb(ram_size)), (MBI_BOOT_DEVICE, BOOT_DEVICE),
+                          (MBI_CMDLINE, tail.cmdline_addr), (MBI_MODS_COUNT, len(tail.modules)),
+                          (MBI_MODS_ADDR, tail.addr), (MBI_MMAP_LENGTH, mmap_length),
+                          (MBI_MMAP_ADDR, MMAP_ADDR), (MBI_BOOT_LOADER_NAME, tail.loader_addr)):
+        struct.pack_into("<I", mbi, offset, value)
+    return bytes(mbi)
 
+
+def _kernel_chunks(kernel: _Kernel) -> tuple[list[tuple[int, bytes]], list[str]]:
+    """Each segment's file bytes, then its zero fill as its own chunk, by address; a note each."""
     chunks: list[tuple[int, bytes]] = []
-    for s in sorted(loaded, key=lambda s: s.paddr):
+    notes: list[str] = []
+    for s in sorted(kernel.loaded, key=lambda s: s.paddr):
         bss = s.memsz - len(s.data)
         if s.data:
             chunks.append((s.paddr, s.data))
         if bss:
             chunks.append((s.paddr + len(s.data), bytes(bss)))
-        what = f"segment {s.index}" if fmt == "ELF" else "kernel"
         virt = f" (virtual {s.vaddr:#x})" if s.vaddr != s.paddr else ""
-        notes.append(f"{what}: {hex_range(s.paddr, s.end)}{virt}, {len(s.data):#x} bytes from the file"
+        notes.append(f"{kernel.what(s)}: {hex_range(s.paddr, s.end)}{virt}, {len(s.data):#x} bytes from the file"
                      + (f", {bss:#x} zeroed" if bss else ""))
-    chunks.append((MMAP_ADDR, mmap_b))
-    chunks.append((MBI_ADDR, bytes(mbi)))
-    chunks.append((x, bytes(tail)))
-    chunks.extend(mod_chunks)
-
-    notes.append(f"entry {entry:#x}; EAX = {MULTIBOOT_BOOTLOADER_MAGIC:#x}, EBX = {MBI_ADDR:#x}")
-    notes.append(f"memory map at {MMAP_ADDR:#x} ({len(mmap)} e820 entries), info structure at "
-                 f"{MBI_ADDR:#x}: mem_lower {MEM_LOWER_KB} KiB, mem_upper {mem_upper_kb(ram_size)} KiB")
-    notes.append(f"command line at {kcmd_addr:#x}: {kcmd.decode('utf-8', 'replace')!r}; "
-                 f"boot loader name at {loader_addr:#x}")
-    for k, (start, body) in enumerate(mod_chunks):
-        notes.append(f"module {k} at {hex_range(start, start + len(body)) if body else hex(start)}: "
-                     f"{modules[k]!r} ({len(body)} bytes)")
-    return LoadedImage(kind="multiboot", path=path, chunks=chunks, entry=entry,
-                       registers={"eax": MULTIBOOT_BOOTLOADER_MAGIC, "ebx": MBI_ADDR},
-                       real_mode=False, symbols=symbols,
-                       notes=[f"Multiboot {fmt} kernel {src!r}"] + notes)
+    return chunks, notes

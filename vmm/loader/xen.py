@@ -26,9 +26,13 @@ import struct
 from dataclasses import dataclass, field
 
 from ..pv import abi
-from .multiboot import _parse_symbols  # the same .symtab reader: gdb breakpoints on PV guests
-from .image import PAGE, ImageError, LoadedImage, check_placement, read_file
+from .plan import PAGE, ImageError, LoadedImage, check_placement, read_file
+from .symtab import parse_symbols  # the same .symtab reader as Multiboot: gdb breakpoints on PV guests
 
+ELF_MAGIC = b"\x7fELF"
+ELFCLASS32, ELFDATA2LSB = 1, 1
+ET_EXEC, EM_386 = 2, 3
+ELF32_EHDR_SIZE, ELF32_PHDR_SIZE = 52, 32
 PT_LOAD, PT_NOTE = 1, 4
 MAX_SEGMENTS = 64
 
@@ -82,17 +86,59 @@ def load_xen(data_or_path, *, ram_size: int, cmdline: str | None = None, modules
         path = str(data_or_path)
         data = read_file(path, "image")
     src = path or image_name or "image"
-    if len(data) < 52 or data[:4] != b"\x7fELF":
+    e_entry, phdrs = _program_headers(data, src)
+    notes = _all_notes(data, phdrs, src)
+    virt_base = _number(notes, abi.XEN_ELFNOTE_VIRT_BASE) or 0
+    chunks = _segments(data, phdrs, virt_base, src, ram_size)
+    note_entry = _number(notes, abi.XEN_ELFNOTE_ENTRY)
+    entry = e_entry if note_entry is None else note_entry
+    lo, hi = min(a for a, _ in chunks), max(a + len(b) for a, b in chunks)
+    if not lo <= entry - virt_base < hi:
+        raise ImageError(f"{src}: entry {entry:#x} lies outside the loaded segments")
+    page = _number(notes, abi.XEN_ELFNOTE_HYPERCALL_PAGE)
+    if page is not None and (page & (PAGE - 1) or not lo <= page - virt_base < hi):
+        raise ImageError(f"{src}: hypercall page {page:#x} is not a page inside the image")
+    line = (cmdline or "").encode()
+    if len(line) >= abi.MAX_GUEST_CMDLINE:
+        raise ImageError(f"{src}: command line longer than {abi.MAX_GUEST_CMDLINE - 1} bytes")
+    module = _module(list(modules or ()), hi, src, ram_size)
+    if module is not None:
+        chunks.append(module)
+    e_shoff, = struct.unpack_from("<I", data, 32)
+    e_shentsize, e_shnum = struct.unpack_from("<HH", data, 46)
+    symbols, _ = parse_symbols(data, e_shoff, e_shentsize, e_shnum)
+    notes_text = [f"Xen PV kernel {src!r}: virt base {virt_base:#x}, entry {entry:#x}"
+                  + (f", hypercall page {page:#x}" if page is not None else ", no hypercall page")]
+    return XenImage(kind="xen", path=path, chunks=chunks, entry=entry, registers={}, real_mode=False,
+                    symbols=symbols, notes=notes_text, xen_notes=notes, virt_base=virt_base, hypercall_page=page,
+                    cmdline=line, module=(module[0], len(module[1])) if module is not None else None)
+
+
+def _number(notes: dict[int, int | bytes], kind: int) -> int | None:
+    """A numeric note (only the string notes are bytes), or None when absent."""
+    value = notes.get(kind)
+    return value if isinstance(value, int) else None
+
+
+def _program_headers(data: bytes, src: str) -> tuple[int, list[tuple[int, ...]]]:
+    """``e_entry`` and the program headers of an ELF32 little-endian i386 executable."""
+    if len(data) < ELF32_EHDR_SIZE or data[:4] != ELF_MAGIC:
         raise ImageError(f"{src}: a PV kernel must be an ELF file (no ELF magic)")
-    if data[4] != 1 or data[5] != 1:
+    if data[4] != ELFCLASS32 or data[5] != ELFDATA2LSB:
         raise ImageError(f"{src}: not a 32-bit little-endian ELF (x86_32 PV kernels only)")
     e_type, e_machine, _v, e_entry, e_phoff, _sh, _fl, _eh, e_phentsize, e_phnum = \
         struct.unpack_from("<HHIIIIIHHH", data, 16)
-    if e_machine != 3 or e_type != 2:
+    if e_machine != EM_386 or e_type != ET_EXEC:
         raise ImageError(f"{src}: not an i386 executable (e_machine {e_machine}, e_type {e_type})")
-    if e_phentsize != 32 or not 0 < e_phnum <= MAX_SEGMENTS or e_phoff + 32 * e_phnum > len(data):
+    if (e_phentsize != ELF32_PHDR_SIZE or not 0 < e_phnum <= MAX_SEGMENTS
+            or e_phoff + ELF32_PHDR_SIZE * e_phnum > len(data)):
         raise ImageError(f"{src}: bad program header table ({e_phnum} entries of {e_phentsize} bytes)")
-    phdrs = [struct.unpack_from("<IIIIIIII", data, e_phoff + 32 * i) for i in range(e_phnum)]
+    return e_entry, [struct.unpack_from("<IIIIIIII", data, e_phoff + ELF32_PHDR_SIZE * i)
+                     for i in range(e_phnum)]
+
+
+def _all_notes(data: bytes, phdrs: list[tuple[int, ...]], src: str) -> dict[int, int | bytes]:
+    """The Xen notes of every PT_NOTE, refused when there is none or the ABI is not xen-3.0."""
     notes: dict[int, int | bytes] = {}
     for p_type, off, _va, _pa, filesz, *_ in phdrs:
         if p_type == PT_NOTE:
@@ -103,7 +149,12 @@ def load_xen(data_or_path, *, ram_size: int, cmdline: str | None = None, modules
     version = notes.get(abi.XEN_ELFNOTE_XEN_VERSION)
     if isinstance(version, bytes) and not version.startswith(b"xen-3.0"):
         raise ImageError(f"{src}: XEN_ELFNOTE_XEN_VERSION {version!r}: only the xen-3.0 ABI is offered")
-    virt_base = int(notes.get(abi.XEN_ELFNOTE_VIRT_BASE, 0))
+    return notes
+
+
+def _segments(data: bytes, phdrs: list[tuple[int, ...]], virt_base: int, src: str,
+              ram_size: int) -> list[tuple[int, bytes]]:
+    """Each non-empty PT_LOAD at pseudo-physical ``p_vaddr - VIRT_BASE``, then its zero fill."""
     chunks: list[tuple[int, bytes]] = []
     for p_type, off, vaddr, _pa, filesz, memsz, _f, _a in phdrs:
         if p_type != PT_LOAD or not memsz:
@@ -117,34 +168,19 @@ def load_xen(data_or_path, *, ram_size: int, cmdline: str | None = None, modules
             chunks.append((start + filesz, bytes(memsz - filesz)))
     if not chunks:
         raise ImageError(f"{src}: no loadable segment")
-    entry = int(notes.get(abi.XEN_ELFNOTE_ENTRY, e_entry))
-    lo, hi = min(a for a, _ in chunks), max(a + len(b) for a, b in chunks)
-    if not lo <= entry - virt_base < hi:
-        raise ImageError(f"{src}: entry {entry:#x} lies outside the loaded segments")
-    page = notes.get(abi.XEN_ELFNOTE_HYPERCALL_PAGE)
-    if page is not None and (page & (PAGE - 1) or not lo <= page - virt_base < hi):
-        raise ImageError(f"{src}: hypercall page {page:#x} is not a page inside the image")
-    line = (cmdline or "").encode()
-    if len(line) >= abi.MAX_GUEST_CMDLINE:
-        raise ImageError(f"{src}: command line longer than {abi.MAX_GUEST_CMDLINE - 1} bytes")
-    module = None
-    modules = list(modules or ())
+    return chunks
+
+
+def _module(modules: list[str], image_end: int, src: str, ram_size: int) -> tuple[int, bytes] | None:
+    """The one module a PV kernel may take (start_info.mod_start), page-aligned after the image."""
     if len(modules) > 1:
         raise ImageError(f"{src}: a PV kernel takes one module (start_info.mod_start), not {len(modules)}")
-    if modules:
-        blob = read_file(modules[0].split()[0], "module")
-        start = (hi + PAGE - 1) & ~(PAGE - 1)
-        check_placement(src, "module", start, start + len(blob), ram_size)
-        chunks.append((start, blob))
-        module = (start, len(blob))
-    e_shoff, = struct.unpack_from("<I", data, 32)
-    e_shentsize, e_shnum = struct.unpack_from("<HH", data, 46)
-    symbols, _ = _parse_symbols(data, e_shoff, e_shentsize, e_shnum)
-    notes_text = [f"Xen PV kernel {src!r}: virt base {virt_base:#x}, entry {entry:#x}"
-                  + (f", hypercall page {page:#x}" if page is not None else ", no hypercall page")]
-    return XenImage(kind="xen", path=path, chunks=chunks, entry=entry, registers={}, real_mode=False,
-                    symbols=symbols, notes=notes_text, xen_notes=notes, virt_base=virt_base, hypercall_page=page,
-                    cmdline=line, module=module)
+    if not modules:
+        return None
+    blob = read_file(modules[0].split()[0], "module")
+    start = (image_end + PAGE - 1) & ~(PAGE - 1)
+    check_placement(src, "module", start, start + len(blob), ram_size)
+    return start, blob
 
 
 def xen_note(kind: int, desc: int | bytes) -> bytes:

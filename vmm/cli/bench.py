@@ -17,7 +17,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 
 def _workloads(values: tuple[str, ...]) -> list[str]:
-    from .cost.workloads import BY_NAME, DEFAULT_SET, WORKLOADS
+    from ..cost.workloads import BY_NAME, DEFAULT_SET, WORKLOADS
 
     names = _split(values)
     if not names:
@@ -37,19 +37,15 @@ def _workloads(values: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _modes(values: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
-    """(modes to run, {mode: why it cannot run}) for the modes asked for."""
-    from .modes import MODES, available_modes
+def _modes(values: tuple[str, ...]) -> list[str]:
+    """The modes asked for, in the order of :data:`vmm.modes.MODES` (default: all of them)."""
+    from ..modes import MODES
 
-    available = available_modes()
-    names = _split(values) or list(available)
+    names = _split(values) or list(MODES)
     for name in names:
         if name not in MODES:
             raise click.BadParameter(f"no mode {name!r}; choose from {', '.join(MODES)}", param_hint="--mode")
-    names = [m for m in MODES if m in names]
-    missing = {m: f"mode {m} is not available yet (available: {', '.join(available)})"
-               for m in names if m not in available}
-    return names, missing
+    return [m for m in MODES if m in names]
 
 
 @click.command()
@@ -57,7 +53,7 @@ def _modes(values: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
               help="Workloads (repeatable, comma lists; a group name: adams-agesen, kvm-unit-tests, macro; "
                    "or all). Default: the default set.")
 @click.option("-m", "--mode", "modes", multiple=True, metavar="MODE[,MODE]",
-              help="Modes (repeatable, comma lists). Default: every available mode.")
+              help="Modes (repeatable, comma lists). Default: every mode.")
 @click.option("-p", "--profile", default=None, metavar="NAME|FILE.toml",
               help="Cycle profile (vmm/cost/profiles/*.toml). Default: haswell-2013.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
@@ -79,14 +75,15 @@ def bench(workloads, modes, profile, out, iterations, compare_paper, from_json, 
     """
     from rich.console import Console
 
-    from .cost.profile import DEFAULT_PROFILE, ProfileError, list_profiles, load_profile
-    from .cost import report as rep
+    from ..cost import report as rep
+    from ..cost.profile import DEFAULT_PROFILE, ProfileError, list_profiles, load_profile
 
     # Piped or redirected output gets a table wide enough not to wrap (a terminal: its width).
     console = Console() if sys.stdout.isatty() else Console(width=160)
     if list_only:
-        from .cost.workloads import DEFAULT_SET, WORKLOADS
         from rich.table import Table
+
+        from ..cost.workloads import DEFAULT_SET, WORKLOADS
 
         table = Table("workload", "group", "N", "default", "what one iteration does", box=None)
         for w in WORKLOADS:
@@ -101,8 +98,7 @@ def bench(workloads, modes, profile, out, iterations, compare_paper, from_json, 
         else:
             prof = load_profile(profile or DEFAULT_PROFILE)
             names = _workloads(workloads)
-            run_modes, missing = _modes(modes)
-            report = _run(console, names, run_modes, missing, prof, iterations)
+            report = _run(console, names, _modes(modes), prof, iterations)
     except ProfileError as err:
         click.echo(f"vmm: error: {err}", err=True)
         sys.exit(2)
@@ -115,24 +111,20 @@ def bench(workloads, modes, profile, out, iterations, compare_paper, from_json, 
             console.print(f"wrote {path}")
 
 
-def _run(console, names, run_modes, missing, prof, iterations):
+def _run(console, names, run_modes, prof, iterations):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .cost import report as rep
+    from ..cost import report as rep
 
-    available = [m for m in run_modes if m not in missing]
-    if "native" not in available and available:
-        available = ["native"] + available  # overhead is relative to native: always measure it
+    # Overhead is relative to native: always measure it.
+    measured = run_modes if "native" in run_modes else ["native"] + run_modes
     stderr = type(console)(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=True) as progress:
-        task = progress.add_task("booting workloads", total=len(names) * len(available))
+        task = progress.add_task("booting workloads", total=len(names) * len(measured))
 
         def step(workload, mode):
             progress.update(task, advance=1, description=f"{workload} in {mode}")
-        report = rep.run_bench(names, available, prof, iterations=iterations, progress=step)
-    for mode, why in missing.items():
-        for w in names:
-            report.rows.append(rep.Row(w, mode, error=f"cannot run: {why}"))
-    report.modes = [m for m in ("native", "trap", "bt", "pv", "vtx", "vtx-ept") if m in set(available) | set(missing)]
+        report = rep.run_bench(names, measured, prof, iterations=iterations, progress=step)
+    report.modes = measured
     return report

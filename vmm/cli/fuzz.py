@@ -1,7 +1,6 @@
 """``vmm fuzz``: run the fuzz harnesses of :mod:`vmm.fuzz` and summarise what held.
 
-Kept out of ``vmm/cli.py`` (which registers it with one line) so that the command and its
-imports (hypothesis) cost nothing to the other commands.
+Its imports (hypothesis) happen when it runs, so that they cost nothing to the other commands.
 """
 from __future__ import annotations
 
@@ -10,15 +9,10 @@ import sys
 
 import click
 
-from .modes import MODES
+from ..modes import MODES
+from .common import fail
 
-EXIT_USAGE = 2
 HARNESS_NAMES = ("instructions", "paging", "ept", "vmcs", "hypercalls")
-
-
-def _fail(message: str) -> None:
-    click.echo(f"vmm: error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
 
 
 def _outcomes(report) -> str:
@@ -89,20 +83,20 @@ def fuzz(harnesses, cases, seed, modes, save_dir):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from .fuzz import HARNESSES, save_findings
-        from .fuzz.core import fuzzable_modes
+        from ..fuzz import HARNESSES, save_findings
+        from ..fuzz.core import fuzzable_modes
     except ImportError as err:
-        _fail(f"vmm fuzz needs hypothesis ({err}); install the development extras: pip install -e '.[dev]'")
+        fail(f"vmm fuzz needs hypothesis ({err}); install the development extras: pip install -e '.[dev]'")
 
     available, broken = fuzzable_modes()
     for name, why in broken.items():
         click.echo(f"vmm: warning: mode {name} is present but does not load ({why}); not fuzzed", err=True)
     unavailable = [m for m in modes if m not in available]
     if unavailable:
-        _fail(f"--mode {', '.join(unavailable)}: not available; available: {', '.join(available)}")
+        fail(f"--mode {', '.join(unavailable)}: not available; available: {', '.join(available)}")
     if save_dir is not None:
         if os.path.exists(save_dir) and not os.path.isdir(save_dir):
-            _fail(f"--save {save_dir}: exists and is not a directory")
+            fail(f"--save {save_dir}: exists and is not a directory")
     chosen = [HARNESSES[name] for name in (harnesses or HARNESS_NAMES)]
     import faulthandler
     faulthandler.enable()        # a crash inside the engine still prints where it happened
@@ -138,7 +132,7 @@ def fuzz(harnesses, cases, seed, modes, save_dir):
             try:
                 written = save_findings(reports, save_dir)
             except OSError as err:
-                _fail(f"--save {save_dir}: {err.strerror or err}")
+                fail(f"--save {save_dir}: {err.strerror or err}")
             out.print(f"reproducers: {len(written)} file(s) in {save_dir}")
         sys.exit(1)
     out.print(f"no crash, hang or escape in {sum(r.runs for r in reports)} runs (seed {seed})")
