@@ -1,4 +1,4 @@
-"""The orderings the calibration notes say a model must reproduce, from real runs.
+"""The orderings a model must reproduce (docs/sources.md), from real runs.
 
 Adams & Agesen (ASPLOS 2006), priced on their machine (--profile p4-2005): binary
 translation beats first-generation VT-x with shadow paging on in, cr8wr, pgfault and

@@ -32,7 +32,7 @@ def test_every_number_carries_its_source_and_label(name):
         assert p.event(category, "anything") is not None
 
 
-def test_round_trips_are_the_calibration_figures():
+def test_round_trips_are_the_published_figures():
     expected = {"p4-2005": (2409, "S"), "nehalem-2008": (952, "D"), "haswell-2013": (482, "D"),
                 "skylake-2015": (604, "D")}
     for name, (cycles, label) in expected.items():

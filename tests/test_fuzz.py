@@ -1,6 +1,5 @@
 """The fuzz harnesses at CI size: every harness, every mode it covers, a fixed seed, and no
-crash, hang or escape allowed. The long run is ``vmm fuzz --cases 10000`` (README,
-"Robustness: fuzzing and hostile guests")."""
+crash, hang or escape allowed. The long run is ``vmm fuzz --cases 10000`` (docs/fuzz.md)."""
 from __future__ import annotations
 
 import json

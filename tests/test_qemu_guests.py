@@ -31,7 +31,7 @@ pytestmark = [
 
 
 def qemu_command(kernel: str) -> list[str]:
-    """The command line of the reference run (the board of DESIGN.md section 6).
+    """The command line of the reference run (the board: docs/devices.md).
 
     ``-nodefaults`` drops the VGA card, NIC and default monitor/serial; the explicit
     ``-serial stdio`` still creates COM1 at 0x3f8 and sends it to our stdout.

@@ -1,4 +1,4 @@
-"""The exception-escalation fix (DESIGN §3): consecutive handled faults keep their vectors."""
+"""The exception-escalation fix (vmm/cpu/quirks.py): consecutive handled faults keep their vectors."""
 from __future__ import annotations
 
 from keystone import KS_ARCH_X86, KS_MODE_32, Ks

@@ -1,10 +1,10 @@
 """Cycle profiles: what each modeled event costs on one machine, with its source.
 
 A profile is a TOML file in ``vmm/cost/profiles/`` (shipped as package data). Every cost
-is a table ``{ cycles = N, label = "C|D|S|R", source = "..." }``; the labels are those
-of the calibration notes: C read in the source, D derived from published data (the
-derivation is in the source text), S cited by a third party, R recalled and
-unconfirmed. A number without its source is refused: a model is only as honest as the
+is a table ``{ cycles = N, label = "C|D|S|R", source = "..." }``; the labels (listed in
+``docs/sources.md``, with every publication the figures come from): C read in the
+source, D derived from published data (the derivation is in the source text), S cited
+by a third party, R recalled and unconfirmed. A number without its source is refused: a model is only as honest as the
 provenance of its constants.
 
 Sections and required keys (:data:`REQUIRED`)::
