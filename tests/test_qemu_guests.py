@@ -11,15 +11,15 @@ To regenerate the transcripts after changing a guest (review the diff before com
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import textwrap
 
 import pytest
 
+from tools.machines import qemu_binary, qemu_command
 from vmm.build.guests import build_guest, list_guests
 
-QEMU = shutil.which("qemu-system-i386")
+QEMU = qemu_binary("i386")
 UPDATE = os.environ.get("VMM_UPDATE_GOLDEN") == "1"
 TIMEOUT = 30
 
@@ -30,23 +30,12 @@ pytestmark = [
 ]
 
 
-def qemu_command(kernel: str) -> list[str]:
-    """The command line of the reference run (the board of DESIGN.md section 6).
-
-    ``-nodefaults`` drops the VGA card, NIC and default monitor/serial; the explicit
-    ``-serial stdio`` still creates COM1 at 0x3f8 and sends it to our stdout.
-    """
-    return [QEMU or "qemu-system-i386", "-kernel", kernel, "-serial", "stdio",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4",
-            "-display", "none", "-no-reboot", "-nodefaults"]
-
-
 def run_qemu(elf: bytes, tmp_path) -> tuple[bytes, int, bytes]:
     """Boot ``elf``; return (serial bytes, exit status, stderr)."""
     kernel = tmp_path / "guest.elf"
     kernel.write_bytes(elf)
     try:
-        proc = subprocess.run(qemu_command(str(kernel)), stdin=subprocess.DEVNULL,
+        proc = subprocess.run(qemu_command(str(kernel)), check=False, stdin=subprocess.DEVNULL,
                               capture_output=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"qemu did not exit within {TIMEOUT} s; serial so far:\n"
