@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Differential run: one image under QEMU and under vmm modes, transcripts and exit statuses compared.
 
-Each TARGET is a Multiboot image file or the name of a built-in guest (built with
+Each IMAGE_OR_GUEST is a Multiboot image file or the name of a built-in guest (built with
 ``vmm build``; under ``--mode pv`` its pv flavour, which QEMU cannot boot, so QEMU always
 runs the native one). QEMU runs it on the reference board, the one the golden transcripts
 were recorded on:
@@ -12,9 +12,11 @@ were recorded on:
 (qemu-system-x86_64 for a 64-bit ELF). Every chosen mode runs ``vmm run IMAGE --mode M``.
 A row matches when the serial bytes and the exit status are both QEMU's; with
 ``--status-only`` only the status is compared. That is always so for the built-in guests
-that print the CPU's own answers (``exits``: CPUID leaves differ by design). The default
-modes are those that show the guest QEMU's machine; ``trap`` (the kernel runs at CPL 1) and
-``pv`` (booted through the PV protocol) differ visibly, by design.
+that print the CPU's own answers (``exits``: CPUID leaves differ by design). A triple
+fault is the same outcome in both, though the statuses differ (QEMU exits 0 under
+``-no-reboot``, vmm 1). The default modes are those that show the guest QEMU's machine;
+``trap`` (the kernel runs at CPL 1) and ``pv`` (booted through the PV protocol) differ
+visibly, by design.
 
 The table has one row per target and mode: exit status, transcript length, whether it
 matches, and for a difference the first line where the transcripts part.
@@ -53,6 +55,10 @@ from tools.machines import (  # the shared QEMU/vmm command lines
 #: The modes that show the guest the machine QEMU shows it. ``trap`` runs the kernel at CPL 1
 #: and ``pv`` boots it through the PV protocol: both are visible to the guest by design.
 DEFAULT_MODES = "native,bt,vtx,vtx-ept"
+#: QEMU's exit status when the guest shuts down or resets without isa-debug-exit (``-no-reboot``).
+QEMU_SHUTDOWN_STATUS = 0
+#: How vmm names the same event on stderr.
+VMM_TRIPLE_FAULT = "triple fault"
 #: How much of a differing line the table shows.
 SNIPPET = 48
 
@@ -91,15 +97,24 @@ def _show(line: bytes) -> str:
 
 def judge(target: str, mode: str, reference: Run, run: Run, *, status_only: bool) -> Row:
     """A vmm run against QEMU's: the status always, the transcript unless ``status_only``."""
-    problems = []
-    if run.status != reference.status:
-        stop = run.vmm_stop()
+    problems, notes = [], []
+    stop = run.vmm_stop()
+    if both_shut_down(reference, run):
+        notes.append("both stopped by a triple fault")
+    elif run.status != reference.status:
         problems.append(f"status {run.status} vs QEMU {reference.status}" + (f" ({stop})" if stop else ""))
     if not status_only:
         where = first_difference(reference.stdout, run.stdout)
         if where:
             problems.append(where)
-    return Row(target, mode, run, "DIFF" if problems else "match", "; ".join(problems))
+    return Row(target, mode, run, "DIFF" if problems else "match", "; ".join(problems or notes))
+
+
+def both_shut_down(reference: Run, run: Run) -> bool:
+    """A triple fault in both: QEMU, under ``-no-reboot``, exits 0 instead of resetting;
+    vmm stops the guest and exits 1, naming the triple fault."""
+    stop = run.vmm_stop() or ""
+    return reference.status == QEMU_SHUTDOWN_STATUS and stop.startswith(VMM_TRIPLE_FAULT)
 
 
 def prepare(target: str, workdir: Path, *, need_pv: bool) -> tuple[Path, Path | None]:
