@@ -48,6 +48,7 @@ NEWC_FIELD_WIDTH = 8
 NEWC_HEADER_SIZE = len(NEWC_MAGIC) + NEWC_FIELD_WIDTH * len(NEWC_FIELDS)
 NEWC_ALIGN = 4
 TRAILER = "TRAILER!!!"
+GZIP_MAGIC = b"\x1f\x8b"
 
 MODE_DIR = stat.S_IFDIR | 0o755
 MODE_EXECUTABLE = stat.S_IFREG | 0o755
@@ -153,9 +154,10 @@ def write_newc(entries: list[Entry], mtime: int = 0) -> bytes:
 
 def read_newc(archive: bytes) -> list[Entry]:
     """The entries of a newc archive (gunzipped first if it is gzip), without the trailer."""
-    if archive[:2] == b"\x1f\x8b":
+    if archive[:len(GZIP_MAGIC)] == GZIP_MAGIC:
         archive = gzip.decompress(archive)
-    entries, offset = [], 0
+    entries: list[Entry] = []
+    offset = 0
     while True:
         if archive[offset:offset + len(NEWC_MAGIC)] != NEWC_MAGIC:
             raise ValueError(f"no newc header at offset {offset}")

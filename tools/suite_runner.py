@@ -95,7 +95,8 @@ def classify(run: Run, *, vmm: bool) -> Result:
     """A run's verdict from its exit status, its SUMMARY line and (for vmm) its stop reason."""
     summary = find_summary(run.stdout)
     stop = run.vmm_stop() if vmm else None
-    if run.vmm_timed_out if vmm else run.timed_out:
+    timed_out = run.vmm_timed_out if vmm else run.timed_out
+    if timed_out:
         return Result(Verdict.TIMEOUT, summary or "", run.status, run.seconds)
     if stop is not None:
         return Result(Verdict.FAIL, stop, run.status, run.seconds)
