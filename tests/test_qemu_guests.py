@@ -11,15 +11,15 @@ To regenerate the transcripts after changing a guest (review the diff before com
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import textwrap
 
 import pytest
 
+from tools.machines import STATUS_ONLY_GUESTS, qemu_binary, qemu_command
 from vmm.build.guests import build_guest, list_guests
 
-QEMU = shutil.which("qemu-system-i386")
+QEMU = qemu_binary("i386")
 UPDATE = os.environ.get("VMM_UPDATE_GOLDEN") == "1"
 TIMEOUT = 30
 
@@ -30,23 +30,12 @@ pytestmark = [
 ]
 
 
-def qemu_command(kernel: str) -> list[str]:
-    """The command line of the reference run (the board: docs/devices.md).
-
-    ``-nodefaults`` drops the VGA card, NIC and default monitor/serial; the explicit
-    ``-serial stdio`` still creates COM1 at 0x3f8 and sends it to our stdout.
-    """
-    return [QEMU or "qemu-system-i386", "-kernel", kernel, "-serial", "stdio",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4",
-            "-display", "none", "-no-reboot", "-nodefaults"]
-
-
 def run_qemu(elf: bytes, tmp_path) -> tuple[bytes, int, bytes]:
     """Boot ``elf``; return (serial bytes, exit status, stderr)."""
     kernel = tmp_path / "guest.elf"
     kernel.write_bytes(elf)
     try:
-        proc = subprocess.run(qemu_command(str(kernel)), stdin=subprocess.DEVNULL,
+        proc = subprocess.run(qemu_command(str(kernel)), check=False, stdin=subprocess.DEVNULL,
                               capture_output=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"qemu did not exit within {TIMEOUT} s; serial so far:\n"
@@ -54,11 +43,7 @@ def run_qemu(elf: bytes, tmp_path) -> tuple[bytes, int, bytes]:
     return proc.stdout, proc.returncode, proc.stderr
 
 
-# Guests whose golden transcript is our native mode's, not QEMU's: under QEMU they must
-# still boot and exit with the catalog's status, but their output is not compared.
-STATUS_ONLY = {
-    "exits": "prints the CPU's own CPUID answers",  # vendor leaves, max leaf, boot CR4 differ
-}
+STATUS_ONLY = STATUS_ONLY_GUESTS  # shared with tools/qemu_diff.py
 
 
 @pytest.mark.parametrize("guest", [g for g in list_guests() if g.name not in STATUS_ONLY],
