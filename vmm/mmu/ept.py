@@ -85,13 +85,14 @@ MEMORY_TYPE_NAMES = {t.value: t.name for t in MemoryType}
 _R, _W, _X, _LARGE, _A, _D = EPTE.R, EPTE.W, EPTE.X, EPTE.LARGE, EPTE.A, EPTE.D
 
 _MEMTYPE_MAX = EPT_MEMTYPE_MASK >> EPT_MEMTYPE_SHIFT
-_LEVEL_OF_SIZE = {size: level for level, size in EPT_PAGE_SIZES.items()}
+_LEVEL_OF_SIZE: dict[int, int] = {size: level for level, size in EPT_PAGE_SIZES.items()}
 _LARGE_SIZES = (EPT_PAGE_SIZES[EptLevel.PDPTE], EPT_PAGE_SIZES[EptLevel.PDE])   # largest first
 
 # Reserved bits below bit 12, by what the entry is (Tables 29-1 .. 29-6).
 _PML4E_RESERVED = bits(7, 3)                      # memory type, IPAT and PS in a PML4E
 _TABLE_RESERVED = bits(6, 3)                      # a PDPTE/PDE that references a table
-_LARGE_RESERVED = {EptLevel.PDPTE: bits(29, 12), EptLevel.PDE: bits(20, 12)}  # frame bits below the page
+# a large leaf: the frame bits below its page size
+_LARGE_RESERVED: dict[int, int] = {EptLevel.PDPTE: bits(29, 12), EptLevel.PDE: bits(20, 12)}
 
 ACCESSES = ("read", "write", "fetch")
 _NEED = {"read": _R, "write": _W, "fetch": _X}
@@ -199,7 +200,7 @@ def entry_reserved(value: int, level: int, maxphyaddr: int = MAXPHYADDR) -> int:
     if level == EptLevel.PML4E:
         mask |= _PML4E_RESERVED
     elif level in EPT_LARGE_LEVELS:
-        mask |= _LARGE_RESERVED[EptLevel(level)] if value & _LARGE else _TABLE_RESERVED
+        mask |= _LARGE_RESERVED[level] if value & _LARGE else _TABLE_RESERVED
     return value & mask
 
 
@@ -269,7 +270,7 @@ class EptWalker:
         need = _W if as_write else _NEED[access]
 
         table = eptp.pml4
-        combined = EPT_RWX
+        combined: int = EPT_RWX
         entries: list[tuple[str, int, int]] = []
         counts, refs, read64 = self.counts, self.refs, self.read64
         for level, name in enumerate(EPT_LEVEL_NAMES):
