@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..mmu.paging import PageFault
 from ..x86 import CONTRIBUTORY, CR0, EFLAGS, HAS_ERROR_CODE, Descriptor, Gate, SystemType, Vector, vector_name
-from ..x86.paging import PAGE_OFFSET_MASK, PAGE_SIZE
+from ..x86.paging import ADDRESS_MASK_32, PAGE_OFFSET_MASK, PAGE_SIZE
 from ..x86.segments import (
     DESCRIPTOR_SIZE,
     GATE_SIZE,
@@ -271,8 +271,8 @@ class EventDelivery:
     def _push(self, stack: Descriptor, esp: int, frame: list[int]) -> int:
         """Push ``frame`` (first item deepest) below ``esp``; returns the new ESP. Every
         slot is translated before any is written, so a fault leaves the guest untouched."""
-        top = (esp - _SLOT * len(frame)) & 0xFFFFFFFF
-        slots = [self._translate((stack.base + top + _SLOT * i) & 0xFFFFFFFF, True)
+        top = (esp - _SLOT * len(frame)) & ADDRESS_MASK_32
+        slots = [self._translate((stack.base + top + _SLOT * i) & ADDRESS_MASK_32, True)
                  for i in range(len(frame))]
         for phys, value in zip(slots, reversed(frame), strict=True):
             self.engine.write_phys(phys, struct.pack("<I", value & 0xFFFFFFFF))
@@ -289,7 +289,7 @@ class EventDelivery:
         sp = (eng.reg("esp") - _REAL_MODE_FRAME) & _SEGMENT_LIMIT_16
         eng.write_phys((eng.reg("ss") << _REAL_MODE_SEGMENT_SHIFT) + sp,
                        struct.pack("<HHH", eip & _SEGMENT_LIMIT_16, cs, flags & _SEGMENT_LIMIT_16))
-        eng.set_reg("esp", (eng.reg("esp") & ~_SEGMENT_LIMIT_16 & 0xFFFFFFFF) | sp)
+        eng.set_reg("esp", (eng.reg("esp") & ~_SEGMENT_LIMIT_16 & ADDRESS_MASK_32) | sp)
         eng.set_reg("eflags", flags & ~_CLEARED_REAL_MODE)
         eng.set_reg("cs", seg)
         eng.set_reg("eip", ip)

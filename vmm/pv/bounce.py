@@ -21,6 +21,7 @@ import struct
 
 from ..cpu.delivery import Event
 from ..x86 import EFLAGS, HAS_ERROR_CODE, Vector, vector_name
+from ..x86.paging import ADDRESS_MASK_32
 from ..x86.segments import SELECTOR_RPL_MASK, USER_RING
 from . import abi
 from .memory import HypercallError
@@ -70,7 +71,7 @@ class BounceDelivery:
             ss, top = cur_ss, esp
         if event.kind == "exception" and event.vector in HAS_ERROR_CODE:
             frame.append(event.error_code or 0)
-        top = (top - _SLOT * len(frame)) & 0xFFFFFFFF
+        top = (top - _SLOT * len(frame)) & ADDRESS_MASK_32
         try:
             pv.access.write(top, struct.pack(f"<{len(frame)}I", *reversed(frame)))
         except HypercallError as err:

@@ -25,6 +25,9 @@ from .memory import DomainMemory
 
 PTE_P, PTE_W, PTE_U = PTE.P, PTE.RW, PTE.US
 
+# The opcodes of the hypercall stubs (SDM vol. 2).
+_INT3, _PUSH_EAX, _MOV_EAX_IMM32, _INT_IMM8, _RET = b"\xcc", b"\x50", b"\xb8", b"\xcd", b"\xc3"
+
 
 @dataclass
 class BootState:
@@ -40,13 +43,13 @@ class BootState:
 
 def hypercall_page() -> bytes:
     """Xen's ring-1 transfer points: 32 bytes per hypercall number."""
-    page = bytearray(b"\xcc" * PAGE_SIZE)
+    page = bytearray(_INT3 * PAGE_SIZE)
     for nr in range(PAGE_SIZE // abi.HYPERCALL_STUB_SIZE):
         at = nr * abi.HYPERCALL_STUB_SIZE
         if nr == abi.Hypercall.iret:  # never returns: guests jump here with the frame on the stack
-            stub = b"\x50\xb8" + struct.pack("<I", nr) + bytes((0xCD, abi.HYPERCALL_VECTOR))
+            stub = _PUSH_EAX + _MOV_EAX_IMM32 + struct.pack("<I", nr) + _INT_IMM8 + bytes((abi.HYPERCALL_VECTOR,))
         else:
-            stub = b"\xb8" + struct.pack("<I", nr) + bytes((0xCD, abi.HYPERCALL_VECTOR, 0xC3))
+            stub = _MOV_EAX_IMM32 + struct.pack("<I", nr) + _INT_IMM8 + bytes((abi.HYPERCALL_VECTOR,)) + _RET
         page[at:at + len(stub)] = stub
     return bytes(page)
 
