@@ -4,9 +4,12 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from vmm.cost import report as rep
 
 
+@pytest.mark.slow
 def test_bench_writes_json_csv_png_and_prints_the_table(tmp_path, cli):
     out = tmp_path / "out"
     proc = cli("bench", "-w", "in,callret", "-m", "native", "-m", "vtx-ept", "-n", "4", "-o", str(out))

@@ -56,6 +56,7 @@ def test_a_guest_fault_is_a_delivery_natively_and_shadow_work_under_vtx():
     assert lines["VM exit round trips"].count == vtx.total_exits
 
 
+@pytest.mark.slow
 def test_tlbmiss_walks_two_dimensionally_under_ept():
     ept = per_iteration("tlbmiss", "vtx-ept")
     vtx = per_iteration("tlbmiss", "vtx")

@@ -301,6 +301,7 @@ def outcome(walker, eptp, gpa, access, linear, gps):
     return ("ok", t.host_physical, t.readable, t.writable, t.executable, t.memory_type, t.page_size)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_ept_translations_agree_with_the_reference(data):

@@ -576,6 +576,7 @@ def _interesting_offsets(raw: bytes) -> list[int]:
     return [o for o in offs if o + 4 <= len(raw)]
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), ram=RAMS)
 def test_fuzz_mutated_images(data, ram):

@@ -20,6 +20,7 @@ HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 ESCAPE = 0x7D                 # '}': the next byte is XOR 0x20
 ESCAPE_XOR = 0x20
 INTERRUPT_BYTE = 0x03         # ^C
+PACKET_START, ACK, NACK = ord("$"), ord("+"), ord("-")
 RECV_SIZE = 4096
 
 
@@ -122,24 +123,15 @@ class Link:
             self.receive(None)
 
     def _parse(self) -> bytes | _Interrupt | None:
+        """The first complete packet or ^C in the buffer, consumed; None until one is there."""
         buf = self.buf
         while buf:
             c = buf[0]
             if c == INTERRUPT_BYTE:
                 del buf[0]
                 return INTERRUPT
-            if c == ord("+"):
-                del buf[0]
-                continue
-            if c == ord("-"):
-                del buf[0]
-                if self.ack and self.last_sent:
-                    log.debug("nack: resending")
-                    self.send_raw(self.last_sent)
-                continue
-            if c != ord("$"):           # noise between packets: skip to what can start one
-                skip = next((i for i, b in enumerate(buf) if b in b"$+-\x03"), len(buf))
-                del buf[:skip]
+            if c != PACKET_START:
+                self._skip_between_packets(c)
                 continue
             end = buf.find(b"#")
             if end < 0:
@@ -149,26 +141,48 @@ class Link:
                 return None
             if len(buf) < end + 3:
                 return None
-            body = bytes(buf[1:end])
-            cs_text = bytes(buf[end + 1:end + 3])
-            del buf[:end + 3]
-            if b"$" in body:            # a lost '#': restart at the last '$'
-                restart = body.rfind(b"$")
-                log.warning("gdb: malformed packet %r", body[:60])
-                buf[:0] = body[restart:] + b"#" + cs_text
-                continue
-            ok = HEX_DIGITS.issuperset(cs_text) and int(cs_text, 16) == checksum(body)
-            if not ok:
-                log.warning("gdb: bad checksum on %r", body[:60])
-                if self.ack:
-                    self.send_raw(b"-")
-                continue
-            if self.ack:
-                self.send_raw(b"+")
-            payload = unescape(body)
-            log.debug("<- %r", payload[:200])
-            return payload
+            payload = self._take_packet(end)
+            if payload is not None:
+                return payload
         return None
+
+    def _skip_between_packets(self, c: int) -> None:
+        """An acknowledgement (a nack resends what we sent last), or noise: skipped to what
+        can start a packet."""
+        buf = self.buf
+        if c == ACK:
+            del buf[0]
+        elif c == NACK:
+            del buf[0]
+            if self.ack and self.last_sent:
+                log.debug("nack: resending")
+                self.send_raw(self.last_sent)
+        else:
+            skip = next((i for i, b in enumerate(buf) if b in b"$+-\x03"), len(buf))
+            del buf[:skip]
+
+    def _take_packet(self, end: int) -> bytes | None:
+        """Consume ``$body#cs`` (``#`` at ``end``): the unescaped body, acknowledged, or None
+        for a packet refused (bad checksum) or cut short (a lost ``#``)."""
+        buf = self.buf
+        body = bytes(buf[1:end])
+        cs_text = bytes(buf[end + 1:end + 3])
+        del buf[:end + 3]
+        if b"$" in body:            # a lost '#': restart at the last '$'
+            restart = body.rfind(b"$")
+            log.warning("gdb: malformed packet %r", body[:60])
+            buf[:0] = body[restart:] + b"#" + cs_text
+            return None
+        if not (HEX_DIGITS.issuperset(cs_text) and int(cs_text, 16) == checksum(body)):
+            log.warning("gdb: bad checksum on %r", body[:60])
+            if self.ack:
+                self.send_raw(b"-")
+            return None
+        if self.ack:
+            self.send_raw(b"+")
+        payload = unescape(body)
+        log.debug("<- %r", payload[:200])
+        return payload
 
     def take_interrupt(self) -> bool:
         """While the guest runs: True if gdb sent ^C (consumed)."""
