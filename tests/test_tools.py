@@ -123,12 +123,26 @@ null_idtr:
 %include "kernel_bss.inc"
 """
 
+GARBLE = """\
+%include "kernel.inc"
+kmain:
+    PRINT "ok\\n"
+    mov al, 0xff                    // not text: the table shows '?' for it
+    call putc
+    mov al, 0x01
+    call putc
+    PRINT "=end\\n"
+    EXIT 2
+%include "kernel_bss.inc"
+"""
+
 #: name -> source; isa-debug-exit value 0 is status 1 (PASS), 38 is 77 (SKIP), 1 is 3 (FAIL).
 SUITE = {
     "passes": suite_test("3 tests", 0),
     "skips": suite_test("2 tests, 2 skipped", 38),
     "fails": suite_test("4 tests, 1 unexpected failures", 1),
     "crashes": CRASH,
+    "garbles": GARBLE,
 }
 
 
@@ -156,23 +170,24 @@ class TestSuiteRunner:
     def test_every_verdict_under_qemu_and_vmm(self, suite, tmp_path):
         out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
         proc = run_tool("suite_runner.py", suite, "--modes", "native,bt", "--timeout", "60",
-                        "--only", "[cfps]*", "--json", out_json, "--markdown", out_md)
+                        "--only", "[cfgps]*", "--json", out_json, "--markdown", out_md)
         assert proc.returncode == 0, proc.stdout + proc.stderr   # every mode agrees with QEMU
         results = json.loads(out_json.read_text())
         assert results["columns"] == ["qemu", "native", "bt"]
-        assert sorted(results["tests"]) == ["crashes", "fails", "passes", "skips"]
+        assert sorted(results["tests"]) == ["crashes", "fails", "garbles", "passes", "skips"]
         for column in results["columns"]:
             cell = {t: (r[column]["verdict"], r[column]["summary"]) for t, r in results["tests"].items()}
             assert cell["passes"] == ("PASS", "3 tests")
             assert cell["skips"] == ("SKIP", "2 tests, 2 skipped")
             assert cell["fails"] == ("FAIL", "4 tests, 1 unexpected failures")
             assert cell["crashes"][0] == "FAIL"
+            assert cell["garbles"] == ("FAIL", "no SUMMARY, exit status 5: ??=end")
         assert results["tests"]["crashes"]["qemu"]["summary"] == "no SUMMARY, exit status 0: about to triple fault"
         assert results["tests"]["crashes"]["native"]["summary"].startswith("triple fault: triple fault at EIP")
         table = proc.stdout.splitlines()
         assert table[0].split() == ["test", "qemu", "native", "bt"]
         assert "PASS (3 tests)" in next(line for line in table if line.startswith("passes"))
-        assert table[-1].count("1 PASS, 2 FAIL, 1 SKIP") == 3
+        assert table[-1].count("1 PASS, 3 FAIL, 1 SKIP") == 3
         markdown = out_md.read_text().splitlines()
         assert markdown[0] == "| test | qemu | native | bt |"
         assert "| passes | PASS (3 tests) | PASS (3 tests) | PASS (3 tests) |" in markdown
