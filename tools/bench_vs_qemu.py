@@ -33,10 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.machines import (  # the shared QEMU/vmm command lines
     Run,
     build_guest_image,
+    choose_arch,
     format_table,
-    is_elf64,
     parse_modes,
-    qemu_binary,
     run_qemu,
     run_vmm,
 )
@@ -44,11 +43,10 @@ from tools.machines import (  # the shared QEMU/vmm command lines
 QEMU_COLUMN = "qemu"
 
 
-def measure(image: str, modes: list[str], *, repetitions: int, timeout: float) -> dict[str, list[Run]]:
+def measure(image: str, modes: list[str], *, repetitions: int, timeout: float,
+            arch: str = "auto") -> dict[str, list[Run]]:
     """Every machine's runs of ``image``, interleaved round by round."""
-    arch = "x86_64" if is_elf64(image) else "i386"
-    if qemu_binary(arch) is None:
-        raise ValueError(f"qemu-system-{arch} is not on PATH")
+    arch = choose_arch(image, arch)
     runs: dict[str, list[Run]] = {QEMU_COLUMN: [], **{m: [] for m in modes}}
     for _ in range(repetitions):
         runs[QEMU_COLUMN].append(run_qemu(image, arch=arch, timeout=timeout))
@@ -97,6 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="runs per machine (default: 5)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="per-run wall-clock limit in seconds (default: 60)")
+    parser.add_argument("--arch", choices=("auto", "i386", "x86_64"), default="auto",
+                        help="which qemu-system-* boots the images (default: auto, x86_64 for a 64-bit ELF)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the records as JSON")
     args = parser.parse_args(argv)
     if args.repetitions < 1:
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not image.is_file():
                     image = Path(tmp, f"{target}.elf")
                     build_guest_image(target, image)
-                runs = measure(str(image), modes, repetitions=args.repetitions, timeout=args.timeout)
+                runs = measure(str(image), modes, repetitions=args.repetitions, timeout=args.timeout,
+                               arch=args.arch)
             except ValueError as err:
                 print(f"bench_vs_qemu: {target}: {err}", file=sys.stderr)
                 return 2

@@ -100,6 +100,16 @@ def is_elf64(path: str | Path) -> bool:
     return head[:len(ELF_MAGIC)] == ELF_MAGIC and head[ELF_CLASS_OFFSET] == ELFCLASS64
 
 
+def choose_arch(image: str | Path, choice: str = "auto") -> str:
+    """Which ``qemu-system-*`` boots ``image``: ``choice`` itself, or with ``auto`` x86_64
+    for a 64-bit ELF and i386 otherwise (a Multiboot kernel that enters long mode by
+    itself is an ELF32: name x86_64 for it). Raises ValueError when QEMU is missing."""
+    arch = choice if choice != "auto" else ("x86_64" if is_elf64(image) else "i386")
+    if qemu_binary(arch) is None:
+        raise ValueError(f"qemu-system-{arch} is not on PATH")
+    return arch
+
+
 @dataclass(frozen=True)
 class Run:
     """One finished (or killed) process: what it printed, how it ended, how long it took."""
