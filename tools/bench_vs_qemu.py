@@ -10,7 +10,8 @@ start-up and its TCG translation.
 
 The table gives each machine's median and minimum over the N runs, and the ratio of the
 medians vmm/QEMU (below 1: vmm finished first). A run whose exit status differs from
-QEMU's is flagged: its time is not comparable.
+QEMU's, or that vmm stopped (a triple fault, its own timeout), is flagged: its time is
+not comparable.
 
 This measures the tool against a reference emulator; ``vmm bench`` models what each
 mode would cost on hardware, which is a different question.
@@ -63,12 +64,13 @@ def summarize(target: str, runs: dict[str, list[Run]]) -> list[dict]:
     for machine, machine_runs in runs.items():
         median = statistics.median(r.seconds for r in machine_runs)
         statuses = sorted({r.status for r in machine_runs}, key=str)
+        stops = sorted({stop for r in machine_runs if machine != QEMU_COLUMN and (stop := r.vmm_stop())})
         records.append({"target": target, "machine": machine, "runs": len(machine_runs),
                         "median_seconds": round(median, 4),
                         "min_seconds": round(min(r.seconds for r in machine_runs), 4),
                         "ratio_to_qemu": round(median / reference, 3) if reference else None,
-                        "statuses": statuses,
-                        "status_matches_qemu": statuses == [reference_status]})
+                        "statuses": statuses, "vmm_stops": stops,
+                        "status_matches_qemu": statuses == [reference_status] and not stops})
     return records
 
 
@@ -77,6 +79,8 @@ def table_rows(records: list[dict]) -> list[list[str]]:
     for r in records:
         ratio = "" if r["machine"] == QEMU_COLUMN or r["ratio_to_qemu"] is None else f"{r['ratio_to_qemu']:.2f}x"
         status = ",".join("timeout" if s is None else str(s) for s in r["statuses"])
+        if r["vmm_stops"]:
+            status += f"  (vmm: {'; '.join(r['vmm_stops'])})"
         if not r["status_matches_qemu"]:
             status += "  (differs from QEMU)"
         rows.append([r["target"], r["machine"], str(r["runs"]), f"{r['median_seconds']:.3f}",

@@ -34,6 +34,7 @@ VMM_MODES = ("native", "trap", "bt", "pv", "vtx", "vtx-ept")
 #: vmm prints ``vmm: <stop kind>: <message>`` on stderr when the guest did not exit by itself.
 VMM_STOP_PREFIX = "vmm: "
 VMM_TIMEOUT_KIND = "wall-clock budget exhausted"
+PYTHON_TRACEBACK = "Traceback (most recent call last):"
 
 #: Seconds a process may outlive its own timeout before it is killed from outside.
 GRACE_SECONDS = 5.0
@@ -125,8 +126,12 @@ class Run:
         return self.status is None
 
     def vmm_stop(self) -> str | None:
-        """vmm's reason for stopping a guest that did not exit by itself, if it printed one."""
-        for line in self.stderr.decode(errors="replace").splitlines():
+        """vmm's reason for stopping a guest that did not exit by itself, if it printed one,
+        or the exception that ended vmm itself (Python exits 1 then, as a passing guest does)."""
+        lines = self.stderr.decode(errors="replace").splitlines()
+        if PYTHON_TRACEBACK in lines:
+            return f"vmm crashed: {next((line for line in reversed(lines) if line.strip()), '')}"
+        for line in lines:
             if line.startswith(VMM_STOP_PREFIX) and not line.startswith(VMM_STOP_PREFIX + "error:"):
                 return line[len(VMM_STOP_PREFIX):]
         return None

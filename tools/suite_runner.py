@@ -107,7 +107,7 @@ def classify(run: Run, *, vmm: bool) -> Result:
     if timed_out:
         return Result(Verdict.TIMEOUT, summary or "", run.status, run.seconds)
     if stop is not None:
-        return Result(Verdict.FAIL, stop, run.status, run.seconds)
+        return Result(Verdict.FAIL, f"{summary}; {stop}" if summary else stop, run.status, run.seconds)
     if run.status == STATUS_PASS:
         verdict = Verdict.PASS
     elif run.status == STATUS_SKIP:
