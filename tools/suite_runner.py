@@ -124,7 +124,7 @@ def classify(run: Run, *, vmm: bool) -> Result:
 
 def _last_line(data: bytes) -> str:
     """The last non-blank line, printable characters only (a crashing test may print garbage)."""
-    text = "".join(c if (c.isascii() and c.isprintable()) or c == "\n" else "?"
+    text = "".join(c if c.isascii() and (c.isprintable() or c.isspace()) else "?"
                    for c in data.decode("ascii", errors="replace"))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:LAST_LINE] if lines else ""
