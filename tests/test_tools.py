@@ -82,6 +82,14 @@ class TestQemuDiff:
         assert proc.stdout.count(" match      both stopped by a triple fault") == 2
         assert f"{image}  qemu-system-i386  0 " in proc.stdout    # a triple fault under -no-reboot
 
+    def test_a_guest_vmm_stops_never_matches(self, tmp_path):
+        """Both exit 1, but vmm stopped the guest at a write QEMU drops: a difference."""
+        image = tmp_path / "stray.elf"
+        image.write_bytes(build_guest(str(write_source(tmp_path, "stray", STRAY)), use_cache=False).elf)
+        proc = run_tool("qemu_diff.py", image, "--modes", "native", "--status-only")
+        assert proc.returncode == 1
+        assert "DIFF       vmm stopped it: stopped by the VMM: guest accessed memory outside" in proc.stdout
+
     def test_an_unknown_guest_is_bad_input(self):
         proc = run_tool("qemu_diff.py", "no-such-guest")
         assert proc.returncode == 2
@@ -123,12 +131,36 @@ null_idtr:
 %include "kernel_bss.inc"
 """
 
+GARBLE = """\
+%include "kernel.inc"
+kmain:
+    PRINT "ok\\n"
+    mov al, 0xff                    // not text: the table shows '?' for it
+    call putc
+    mov al, 0x01
+    call putc
+    PRINT "=end\\n"
+    EXIT 2
+%include "kernel_bss.inc"
+"""
+
+STRAY = """\
+%include "kernel.inc"
+kmain:
+    PRINT "writing where no RAM is\\n"
+    mov dword ptr [0xfe000000], 1   // QEMU drops the write; vmm stops the guest
+    PRINT "SUMMARY: 1 tests\\n"
+    EXIT 0
+%include "kernel_bss.inc"
+"""
+
 #: name -> source; isa-debug-exit value 0 is status 1 (PASS), 38 is 77 (SKIP), 1 is 3 (FAIL).
 SUITE = {
     "passes": suite_test("3 tests", 0),
     "skips": suite_test("2 tests, 2 skipped", 38),
     "fails": suite_test("4 tests, 1 unexpected failures", 1),
     "crashes": CRASH,
+    "garbles": GARBLE,
 }
 
 
@@ -143,7 +175,7 @@ def suite(tmp_path_factory) -> Path:
     """A directory of built images, as a suite's build leaves them (plus a non-test file)."""
     sources = tmp_path_factory.mktemp("src")
     images = tmp_path_factory.mktemp("suite")
-    for name, source in {**SUITE, "hangs": HANG}.items():
+    for name, source in {**SUITE, "hangs": HANG, "strays": STRAY}.items():
         built = build_guest(str(write_source(sources, name, source)), use_cache=False)
         (images / f"{name}.flat").write_bytes(built.elf)
     (images / "README").write_text("not a test\n")
@@ -155,24 +187,26 @@ class TestSuiteRunner:
 
     def test_every_verdict_under_qemu_and_vmm(self, suite, tmp_path):
         out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
-        proc = run_tool("suite_runner.py", suite, "--modes", "native,bt", "--timeout", "60",
-                        "--only", "[cfps]*", "--json", out_json, "--markdown", out_md)
+        only = [arg for name in SUITE for arg in ("--only", name)]
+        proc = run_tool("suite_runner.py", suite, "--modes", "native,bt", "--timeout", "60", *only,
+                        "--json", out_json, "--markdown", out_md)
         assert proc.returncode == 0, proc.stdout + proc.stderr   # every mode agrees with QEMU
         results = json.loads(out_json.read_text())
         assert results["columns"] == ["qemu", "native", "bt"]
-        assert sorted(results["tests"]) == ["crashes", "fails", "passes", "skips"]
+        assert sorted(results["tests"]) == ["crashes", "fails", "garbles", "passes", "skips"]
         for column in results["columns"]:
             cell = {t: (r[column]["verdict"], r[column]["summary"]) for t, r in results["tests"].items()}
             assert cell["passes"] == ("PASS", "3 tests")
             assert cell["skips"] == ("SKIP", "2 tests, 2 skipped")
             assert cell["fails"] == ("FAIL", "4 tests, 1 unexpected failures")
             assert cell["crashes"][0] == "FAIL"
+            assert cell["garbles"] == ("FAIL", "no SUMMARY, exit status 5: ??=end")
         assert results["tests"]["crashes"]["qemu"]["summary"] == "no SUMMARY, exit status 0: about to triple fault"
         assert results["tests"]["crashes"]["native"]["summary"].startswith("triple fault: triple fault at EIP")
         table = proc.stdout.splitlines()
         assert table[0].split() == ["test", "qemu", "native", "bt"]
         assert "PASS (3 tests)" in next(line for line in table if line.startswith("passes"))
-        assert table[-1].count("1 PASS, 2 FAIL, 1 SKIP") == 3
+        assert table[-1].count("1 PASS, 3 FAIL, 1 SKIP") == 3
         markdown = out_md.read_text().splitlines()
         assert markdown[0] == "| test | qemu | native | bt |"
         assert "| passes | PASS (3 tests) | PASS (3 tests) | PASS (3 tests) |" in markdown
@@ -182,6 +216,15 @@ class TestSuiteRunner:
         assert proc.returncode == 0, proc.stdout + proc.stderr   # QEMU timed out too
         row = next(line for line in proc.stdout.splitlines() if line.startswith("hangs"))
         assert row.split() == ["hangs", "TIMEOUT", "(1", "tests)", "TIMEOUT", "(1", "tests)"]
+
+    def test_a_guest_vmm_stops_fails_though_its_status_is_a_pass(self, suite):
+        """vmm exits 1 when it stops a guest, as QEMU does when the guest passes."""
+        proc = run_tool("suite_runner.py", suite, "--only", "strays", "--modes", "native,vtx-ept")
+        assert proc.returncode == 1
+        row = next(line for line in proc.stdout.splitlines() if line.startswith("strays"))
+        assert row.startswith("strays  PASS (1 tests)  FAIL (stopped by the VMM: guest accessed memory outside")
+        assert "FAIL (stopped by the VMM: EPT violation at guest-physical 0xfe000000" in row
+        assert "strays/native, strays/vtx-ept" in proc.stderr
 
     def test_without_qemu_a_failure_fails_the_run(self, suite):
         proc = run_tool("suite_runner.py", suite, "--no-qemu", "--only", "passes", "--only", "fails")

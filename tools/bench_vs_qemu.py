@@ -10,7 +10,8 @@ start-up and its TCG translation.
 
 The table gives each machine's median and minimum over the N runs, and the ratio of the
 medians vmm/QEMU (below 1: vmm finished first). A run whose exit status differs from
-QEMU's is flagged: its time is not comparable.
+QEMU's, or that vmm stopped (a triple fault, its own timeout), is flagged: its time is
+not comparable.
 
 This measures the tool against a reference emulator; ``vmm bench`` models what each
 mode would cost on hardware, which is a different question.
@@ -33,10 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.machines import (  # the shared QEMU/vmm command lines
     Run,
     build_guest_image,
+    choose_arch,
     format_table,
-    is_elf64,
     parse_modes,
-    qemu_binary,
     run_qemu,
     run_vmm,
 )
@@ -44,11 +44,10 @@ from tools.machines import (  # the shared QEMU/vmm command lines
 QEMU_COLUMN = "qemu"
 
 
-def measure(image: str, modes: list[str], *, repetitions: int, timeout: float) -> dict[str, list[Run]]:
+def measure(image: str, modes: list[str], *, repetitions: int, timeout: float,
+            arch: str = "auto") -> dict[str, list[Run]]:
     """Every machine's runs of ``image``, interleaved round by round."""
-    arch = "x86_64" if is_elf64(image) else "i386"
-    if qemu_binary(arch) is None:
-        raise ValueError(f"qemu-system-{arch} is not on PATH")
+    arch = choose_arch(image, arch)
     runs: dict[str, list[Run]] = {QEMU_COLUMN: [], **{m: [] for m in modes}}
     for _ in range(repetitions):
         runs[QEMU_COLUMN].append(run_qemu(image, arch=arch, timeout=timeout))
@@ -65,12 +64,13 @@ def summarize(target: str, runs: dict[str, list[Run]]) -> list[dict]:
     for machine, machine_runs in runs.items():
         median = statistics.median(r.seconds for r in machine_runs)
         statuses = sorted({r.status for r in machine_runs}, key=str)
+        stops = sorted({stop for r in machine_runs if machine != QEMU_COLUMN and (stop := r.vmm_stop())})
         records.append({"target": target, "machine": machine, "runs": len(machine_runs),
                         "median_seconds": round(median, 4),
                         "min_seconds": round(min(r.seconds for r in machine_runs), 4),
                         "ratio_to_qemu": round(median / reference, 3) if reference else None,
-                        "statuses": statuses,
-                        "status_matches_qemu": statuses == [reference_status]})
+                        "statuses": statuses, "vmm_stops": stops,
+                        "status_matches_qemu": statuses == [reference_status] and not stops})
     return records
 
 
@@ -79,6 +79,8 @@ def table_rows(records: list[dict]) -> list[list[str]]:
     for r in records:
         ratio = "" if r["machine"] == QEMU_COLUMN or r["ratio_to_qemu"] is None else f"{r['ratio_to_qemu']:.2f}x"
         status = ",".join("timeout" if s is None else str(s) for s in r["statuses"])
+        if r["vmm_stops"]:
+            status += f"  (vmm: {'; '.join(r['vmm_stops'])})"
         if not r["status_matches_qemu"]:
             status += "  (differs from QEMU)"
         rows.append([r["target"], r["machine"], str(r["runs"]), f"{r['median_seconds']:.3f}",
@@ -97,6 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="runs per machine (default: 5)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="per-run wall-clock limit in seconds (default: 60)")
+    parser.add_argument("--arch", choices=("auto", "i386", "x86_64"), default="auto",
+                        help="which qemu-system-* boots the images (default: auto, x86_64 for a 64-bit ELF)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the records as JSON")
     args = parser.parse_args(argv)
     if args.repetitions < 1:
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not image.is_file():
                     image = Path(tmp, f"{target}.elf")
                     build_guest_image(target, image)
-                runs = measure(str(image), modes, repetitions=args.repetitions, timeout=args.timeout)
+                runs = measure(str(image), modes, repetitions=args.repetitions, timeout=args.timeout,
+                               arch=args.arch)
             except ValueError as err:
                 print(f"bench_vs_qemu: {target}: {err}", file=sys.stderr)
                 return 2

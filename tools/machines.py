@@ -34,6 +34,7 @@ VMM_MODES = ("native", "trap", "bt", "pv", "vtx", "vtx-ept")
 #: vmm prints ``vmm: <stop kind>: <message>`` on stderr when the guest did not exit by itself.
 VMM_STOP_PREFIX = "vmm: "
 VMM_TIMEOUT_KIND = "wall-clock budget exhausted"
+PYTHON_TRACEBACK = "Traceback (most recent call last):"
 
 #: Seconds a process may outlive its own timeout before it is killed from outside.
 GRACE_SECONDS = 5.0
@@ -100,6 +101,16 @@ def is_elf64(path: str | Path) -> bool:
     return head[:len(ELF_MAGIC)] == ELF_MAGIC and head[ELF_CLASS_OFFSET] == ELFCLASS64
 
 
+def choose_arch(image: str | Path, choice: str = "auto") -> str:
+    """Which ``qemu-system-*`` boots ``image``: ``choice`` itself, or with ``auto`` x86_64
+    for a 64-bit ELF and i386 otherwise (a Multiboot kernel that enters long mode by
+    itself is an ELF32: name x86_64 for it). Raises ValueError when QEMU is missing."""
+    arch = choice if choice != "auto" else ("x86_64" if is_elf64(image) else "i386")
+    if qemu_binary(arch) is None:
+        raise ValueError(f"qemu-system-{arch} is not on PATH")
+    return arch
+
+
 @dataclass(frozen=True)
 class Run:
     """One finished (or killed) process: what it printed, how it ended, how long it took."""
@@ -115,8 +126,12 @@ class Run:
         return self.status is None
 
     def vmm_stop(self) -> str | None:
-        """vmm's reason for stopping a guest that did not exit by itself, if it printed one."""
-        for line in self.stderr.decode(errors="replace").splitlines():
+        """vmm's reason for stopping a guest that did not exit by itself, if it printed one,
+        or the exception that ended vmm itself (Python exits 1 then, as a passing guest does)."""
+        lines = self.stderr.decode(errors="replace").splitlines()
+        if PYTHON_TRACEBACK in lines:
+            return f"vmm crashed: {next((line for line in reversed(lines) if line.strip()), '')}"
+        for line in lines:
             if line.startswith(VMM_STOP_PREFIX) and not line.startswith(VMM_STOP_PREFIX + "error:"):
                 return line[len(VMM_STOP_PREFIX):]
         return None

@@ -56,6 +56,9 @@ SUMMARY_PREFIX = "SUMMARY:"
 #: A test's summary is among its last few lines (the suites print it just before exiting).
 SUMMARY_TAIL_LINES = 5
 QEMU_COLUMN = "qemu"
+#: Characters of a failing run's last output line kept as its summary, and of a summary in the table.
+LAST_LINE = 120
+CELL_SUMMARY = 72
 
 
 class Verdict(enum.Enum):
@@ -75,7 +78,12 @@ class Result:
     seconds: float
 
     def cell(self) -> str:
-        return f"{self.verdict.value} ({self.summary})" if self.summary else self.verdict.value
+        """The table's text: the verdict and the summary, cut to :data:`CELL_SUMMARY` characters
+        (the JSON keeps it whole)."""
+        if not self.summary:
+            return self.verdict.value
+        summary = self.summary if len(self.summary) <= CELL_SUMMARY else self.summary[:CELL_SUMMARY - 3] + "..."
+        return f"{self.verdict.value} ({summary})"
 
     def as_json(self) -> dict:
         return {"verdict": self.verdict.value, "summary": self.summary, "status": self.status,
@@ -99,7 +107,7 @@ def classify(run: Run, *, vmm: bool) -> Result:
     if timed_out:
         return Result(Verdict.TIMEOUT, summary or "", run.status, run.seconds)
     if stop is not None:
-        return Result(Verdict.FAIL, stop, run.status, run.seconds)
+        return Result(Verdict.FAIL, f"{summary}; {stop}" if summary else stop, run.status, run.seconds)
     if run.status == STATUS_PASS:
         verdict = Verdict.PASS
     elif run.status == STATUS_SKIP:
@@ -115,8 +123,11 @@ def classify(run: Run, *, vmm: bool) -> Result:
 
 
 def _last_line(data: bytes) -> str:
-    lines = [line.strip() for line in data.decode(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:120] if lines else ""
+    """The last non-blank line, printable characters only (a crashing test may print garbage)."""
+    text = "".join(c if c.isascii() and (c.isprintable() or c.isspace()) else "?"
+                   for c in data.decode("ascii", errors="replace"))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:LAST_LINE] if lines else ""
 
 
 def run_test(image: Path, columns: list[str], *, arch: str, timeout: float) -> dict[str, Result]:
