@@ -22,13 +22,16 @@ and the key.
 """
 from __future__ import annotations
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
-    import tomli as tomllib
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 from ..vmx.exit_reasons import ExitReason
 
@@ -116,7 +119,7 @@ def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> Profile:
 
 
 def parse_profile(data: dict, path: Path) -> Profile:
-    def fail(key: str, problem: str):
+    def fail(key: str, problem: str) -> NoReturn:
         raise ProfileError(f"{path}: {key}: {problem}")
 
     def cost(key: str, value) -> Cost:

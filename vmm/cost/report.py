@@ -125,7 +125,7 @@ def load_report(path, profile: str | None = None) -> BenchReport:
         raise ValueError(f"{path}: neither a `vmm bench` JSON report nor pytest-benchmark output")
     workloads = list(dict.fromkeys(r.workload for r in rows))
     modes = list(dict.fromkeys(r.mode for r in rows))
-    order = [m for m in ("native", "trap", "bt", "pv", "vtx", "vtx-ept") if m in modes]
+    order: list[str] = [m for m in ("native", "trap", "bt", "pv", "vtx", "vtx-ept") if m in modes]
     report = BenchReport(load_profile(profile or stored or DEFAULT_PROFILE), workloads, order, rows)
     report.price()
     return report
@@ -153,7 +153,7 @@ def render_table(report: BenchReport, title: str | None = None):
     for name, justify in (("workload", "left"), ("mode", "left"), ("cycles/iter", "right"),
                           ("overhead", "right"), ("top events per iteration (by modeled cycles)", "left"),
                           ("wall s", "right")):
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]  # rich wants a Literal
     notes = error_notes(report)
     for w in report.workloads:
         first = True
@@ -165,6 +165,7 @@ def render_table(report: BenchReport, title: str | None = None):
                 table.add_row(w if first else "", mode, "-", "-",
                               f"[yellow]not run: note {notes.index(r.error) + 1}[/]", "-")
             else:
+                assert r.measurement is not None, "a row without an error was measured"
                 top = "; ".join(f"{event} {_fmt_count(n)}" for event, n in r.top_events()) or "-"
                 table.add_row(w if first else "", mode, _fmt_cycles(r.cycles),
                               f"{r.overhead:.2f}x" if r.overhead is not None else "-", top,

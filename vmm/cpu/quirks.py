@@ -106,5 +106,6 @@ def clear_pending_exception(uc: Uc) -> None:
     fields = probe_offsets()
     ctx = uc.context_save()
     base = ctypes.cast(ctx.context, ctypes.c_void_p).value
+    assert base, "Unicorn returned a context without storage"
     ctypes.memmove(base + fields.old_exception, struct.pack("<i", _NO_EXCEPTION), 4)
     uc.context_restore(ctx)

@@ -381,6 +381,12 @@ class EptBuilder:
         self.write64(entry_addr, table | EPT_RWX)
         return table
 
+    def _new_entry_address(self, gpa: int, level: int) -> int:
+        """Address of the entry for ``gpa`` at ``level``, building the tables on the way."""
+        addr = self._entry_address(gpa, level, create=True)
+        assert addr is not None, "a created path always ends at an entry"
+        return addr
+
     def _entry_address(self, gpa: int, level: int, create: bool) -> int | None:
         """Address of the entry for ``gpa`` at ``level``, creating tables (and splitting
         large pages) on the way when ``create``; None if absent and not ``create``."""
@@ -414,13 +420,13 @@ class EptBuilder:
             raise ValueError("write without read is an EPT misconfiguration")
         if memory_type in RESERVED_MEMORY_TYPES or not 0 <= memory_type <= _MEMTYPE_MAX:
             raise ValueError(f"memory type {memory_type} is reserved")
-        addr = self._entry_address(gpa, level, create=True)
+        addr = self._new_entry_address(gpa, level)
         self.write64(addr, self.leaf_value(hpa, size, r, w, x, memory_type, ignore_pat))
 
     def map_mmio_marker(self, gpa: int) -> None:
         """KVM's MMIO trick: a deliberately misconfigured leaf (write without read) for a
         device page, so that every access to it exits with EPT misconfiguration."""
-        addr = self._entry_address(gpa, 3, create=True)
+        addr = self._new_entry_address(gpa, 3)
         self.write64(addr, (gpa & ~PAGE_OFFSET_MASK & self._address_mask) | _W)
 
     def map_range(self, gpa: int, hpa: int, length: int, r: bool = True, w: bool = True, x: bool = True,
@@ -458,7 +464,7 @@ class EptBuilder:
             target = _LEVEL_OF_SIZE.get(size)
             if target is None:
                 raise ValueError(f"EPT page size {size:#x} is not 4 KiB or 2 MiB")
-            addr = self._entry_address(gpa, target, create=True)
+            addr = self._new_entry_address(gpa, target)
             return addr, self.read64(addr)
         return addr, value
 

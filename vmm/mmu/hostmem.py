@@ -23,8 +23,8 @@ class HostPages:
         self._map_chunk = map_chunk
         self.read = read
         self.write = write
-        if read_u64 is not None:
-            self.read64 = read_u64
+        # A caller with a faster 64-bit read (the engine's) replaces the generic one.
+        self.read64: Callable[[int], int] = read_u64 or self._read64
         self._free: list[int] = []
         self._next = 0
         self._end = 0
@@ -52,7 +52,7 @@ class HostPages:
     def write32(self, addr: int, value: int) -> None:
         self.write(addr, struct.pack("<I", value & 0xFFFFFFFF))
 
-    def read64(self, addr: int) -> int:
+    def _read64(self, addr: int) -> int:
         return int.from_bytes(self.read(addr, 8), "little")
 
     def write64(self, addr: int, value: int) -> None:

@@ -308,5 +308,6 @@ def fast_walk_32(nested: NestedWalker, eptp: Eptp, cr0: int, cr3: int, cr4: int,
     return data[0], writable and bool(data[1] & _EPT_W), bool(data[1] & _EPT_X)
 
 
-FAST_WALK_REFERENCES = Counter({(tag, name): 1 for tag in ("PDE", "PTE", "data") for name, _ in _EPT_STEPS})
+FAST_WALK_REFERENCES: Counter[tuple[str, str | None]] = Counter(
+    {(tag, name): 1 for tag in ("PDE", "PTE", "data") for name, _ in _EPT_STEPS})
 FAST_WALK_REFERENCES.update({("PDE", None): 1, ("PTE", None): 1})

@@ -118,6 +118,7 @@ class ShadowPaging:
         """Install the shadow entry for ``linear`` from a successful guest walk."""
         lp = linear & PAGE_MASK
         root = self.root
+        assert root is not None, "sync before the first CR3 load"
         target = translation.physical & PAGE_MASK
         table_frames = {addr & PAGE_MASK for _, addr, _ in translation.entries}
         if write:

@@ -58,7 +58,7 @@ class DomainMemory:
         self.max_pages = nr_pages
         self.released: set[int] = set()               # mfns given back (decrease_reservation)
         self.extra_mappable: set[int] = set()         # e.g. the shared-info frame
-        self.m2p = {}                                 # mfn -> pfn where changed (MMU_MACHPHYS_UPDATE)
+        self.m2p: dict[int, int] = {}                 # mfn -> pfn where changed (MMU_MACHPHYS_UPDATE)
         self.base: int | None = None                  # mfn of the active page directory
         self.pinned: dict[int, int] = {}              # mfn -> level (L1 or L2)
         self.pt_frames: frozenset[int] = frozenset()  # every frame that is a page table now
