@@ -191,8 +191,8 @@ def parse_modes(text: str) -> list[str]:
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     """A plain, aligned text table (first column left-aligned, like the rest)."""
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
              for line in [header, ["-" * w for w in widths], *rows]]
     return "\n".join(lines)
 

@@ -82,7 +82,7 @@ def first_difference(expected: bytes, actual: bytes) -> str:
     if expected == actual:
         return ""
     want, got = expected.split(b"\n"), actual.split(b"\n")
-    for number, (a, b) in enumerate(zip(want, got), start=1):
+    for number, (a, b) in enumerate(zip(want, got, strict=False), start=1):
         if a != b:
             return f"line {number}: QEMU {_show(a)} vs vmm {_show(b)}"
     shorter = "vmm" if len(got) < len(want) else "QEMU"

@@ -110,11 +110,10 @@ def boot(workload: Workload, mode: str, iterations: int, *, observe: bool = True
     """Build and boot the workload's guest for ``iterations``; returns (result, observer).
 
     The VM's serial output is kept (a failing run quotes it)."""
+    from ..build.asm import AsmError
     from ..build.guests import build_guest
     from ..loader.image import load_image
     from ..vm import VM
-
-    from ..build.asm import AsmError
 
     flavour = "pv" if mode == "pv" else "native"
     try:
