@@ -22,7 +22,7 @@ What a snapshot holds, each part in its own declared form:
   one, and fails naming the attribute when a fresh VM has none there); capstone
   instructions in decode caches are saved as (address, bytes) and decoded again;
   :data:`HOOK_TABLES` hold engine hook handles, saved as addresses and installed again;
-  :data:`WALL_TIME` is handler wall time, not saved. Anything else stops the save with an
+  :data:`NOT_STATE` (handler wall time, a tracer's subscription) is not saved. Anything else stops the save with an
   error naming its path (``mode.sites.hooks[...]``).
 
 Not saved: the engine's translated-code cache and softmmu TLB. Their entries hold host
@@ -59,8 +59,9 @@ _MARSHAL_VERSION = 2                   # no reference flags: bytes depend on val
 
 #: Attributes holding engine hook handles (address -> handle), by class name.
 HOOK_TABLES = {("CodeSites", "hooks"), ("PageTranslation", "hooks")}
-#: Attributes that measure host wall time: not state, left as a fresh VM has them.
-WALL_TIME = {("EventCounters", "seconds")}
+#: Attributes that are not the VM's state, left as a fresh VM has them: host wall time,
+#: and the subscription of a tracer (a tracer attaches itself to the VM it watches).
+NOT_STATE = {("EventCounters", "seconds"), ("EventCounters", "observer")}
 #: Packages whose classes a snapshot may name (everything it rebuilds is one of these).
 _TRUSTED = ("vmm.", "collections", "builtins")
 
@@ -193,8 +194,8 @@ class _Encoder:
         attrs = []
         for name, attr in vars(value).items():
             where = f"{path}.{name}"
-            if (cls.__name__, name) in WALL_TIME:
-                attrs.append([name, ("wall",)])
+            if (cls.__name__, name) in NOT_STATE:
+                attrs.append([name, ("not_state",)])
             elif (cls.__name__, name) in HOOK_TABLES:
                 attrs.append([name, ("hooks", list(attr))])
                 self.hook_tables.append((value, name))
@@ -251,9 +252,9 @@ class _Decoder:
             raise SnapshotError(f"cannot restore {path}: it is wiring (a closure) that a fresh VM does not set up")
         return fresh
 
-    def _wall(self, node, fresh, path):
+    def _not_state(self, node, fresh, path):
         if fresh is _MISSING:
-            raise SnapshotError(f"cannot restore {path}: a fresh VM has no such timing attribute")
+            raise SnapshotError(f"cannot restore {path}: a fresh VM has no such attribute")
         return fresh
 
     def _hooks(self, node, fresh, path):
@@ -481,6 +482,14 @@ def restore_vm(data: bytes, *, serial_output=None, serial_input=None, max_instru
     return vm
 
 
-__all__ = ["FORMAT_VERSION", "HOOK_TABLES", "MAGIC", "SnapshotError", "WALL_TIME", "restore_vm",
-           "save_vm", "snapshot_info"]
+__all__ = [
+    "FORMAT_VERSION",
+    "HOOK_TABLES",
+    "MAGIC",
+    "NOT_STATE",
+    "SnapshotError",
+    "restore_vm",
+    "save_vm",
+    "snapshot_info",
+]
 

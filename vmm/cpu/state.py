@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from unicorn import Uc, UcError
 from unicorn import x86_const as X
 
-from .regs import CONTROL, GPRS, SEGMENTS, UC_REG, UC_TABLE
+from .regs import CONTROL, GPRS, SEGMENTS, UC_TABLE
 
 PAGE = 0x1000
 WINDOW = 0x100000            # memory is read a MiB at a time; zero windows are skipped whole
@@ -171,6 +171,8 @@ def restore_cpu(engine, state: CpuState, devices: list[tuple[int, int]]) -> None
         raise CpuStateError(f"saved CPU context has {len(state.context)} bytes, this Unicorn's has "
                             f"{context.size - header}")
     base = ctypes.cast(context.context, ctypes.c_void_p).value
+    if base is None:
+        raise CpuStateError("Unicorn gave no context buffer")
     ctypes.memmove(base + header, state.context, len(state.context))
     engine.uc.context_restore(context)
     flush_caches(engine)
