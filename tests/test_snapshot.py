@@ -353,3 +353,35 @@ def test_wiring_a_fresh_vm_lacks_is_named_on_restore():
     data = save_vm(vm)
     with pytest.raises(SnapshotError, match=r"mode\.late_callback.*wiring"):
         restore_vm(data, serial_output=lambda b: None)
+
+
+REAL_MODE = """
+    mov ax, 0x2000
+    mov es, ax                        # ES.base = 0x20000 in real mode
+    mov al, 0x41
+    mov dx, 0x3f8
+    out dx, al
+    mov cx, 0x4000
+spin:
+    dec cx
+    jnz spin
+    mov al, byte ptr es:[0x10]
+    out dx, al
+    mov al, 0x21
+    mov dx, 0xf4
+    out dx, al
+    hlt
+"""
+
+
+def test_a_real_mode_boot_sector_round_trips(tmp_path):
+    code = assemble(REAL_MODE, 0x7C00, bits=16)
+    sector = code + bytes(510 - len(code)) + b"\x55\xaa"
+    image = load_image(sector, ram_size=16 << 20)
+    out = bytearray()
+    vm = VM(image, ram_size=16 << 20, serial_output=out.extend, max_instructions=20000)
+    vm.engine.write_phys(0x20010, b"R")
+    assert vm.run().kind is StopKind.BUDGET and out == b"A"
+    restored = resume_in_new_process([save_vm(vm)], tmp_path)[0]
+    assert bytes.fromhex(restored["transcript"]) == b"AR"
+    assert restored["status"] == (0x21 << 1) | 1
