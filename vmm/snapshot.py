@@ -22,15 +22,18 @@ What a snapshot holds, each part in its own declared form:
   one, and fails naming the attribute when a fresh VM has none there); capstone
   instructions in decode caches are saved as (address, bytes) and decoded again;
   :data:`HOOK_TABLES` hold engine hook handles, saved as addresses and installed again;
-  :data:`NOT_STATE` (handler wall time, a tracer's subscription) is not saved. Anything else stops the save with an
-  error naming its path (``mode.sites.hooks[...]``).
+  :data:`NOT_STATE` (handler wall time, a tracer's subscription) is not saved. Anything
+  else stops the save with an error naming its path (``mode.walker.lock``).
 
 Not saved: the engine's translated-code cache and softmmu TLB. Their entries hold host
 pointers, and they are caches of what the state above determines, so a restored engine
-starts with both empty; but how many TLB fills a run counts depends on what its TLB
-held, so :func:`save_vm` flushes the saved VM's TLB too (a snapshot point is a TLB-flush
-point, like any CR3 load): the saved VM and every VM restored from it then go on alike,
-fill for fill. Also not saved: breakpoints and tracers (debugger state, re-attached by
+starts with both empty. But how many TLB fills a run counts depends on what its TLB
+held, so :func:`save_vm` flushes the saved VM's TLB and translated code too (a snapshot
+point is a TLB-flush point, like a CR3 load), and a restore installs the code hooks
+without letting the fills that causes reach the mode (:class:`_quiet_fills`). The saved
+VM and every VM restored from it then go on alike, fill for fill; a VM never saved may count some TLB fills (and
+the walks behind them) more or fewer after that point, never different exits, virtual
+time or output. Also not saved: breakpoints and tracers (debugger state, re-attached by
 whoever wants them), and the host side of the serial port (``restore_vm`` takes it).
 
 The format: ``MAGIC``, a format version, the length and SHA-256 of the payload, then the
@@ -135,7 +138,6 @@ class _Encoder:
         self.roots = {id(obj): name for name, obj in roots.items()}
         self.memo: dict[int, int] = {}
         self.keep: list = []    # objects memoised by id stay alive until the encoding ends
-        self.hook_tables: list[tuple[Any, str]] = []   # (object, attribute), in saved order
 
     def encode(self, value: Any, path: str) -> Any:
         if value is None or isinstance(value, (bool, int, float, str, bytes)) and not isinstance(value, enum.Enum):
@@ -198,7 +200,6 @@ class _Encoder:
                 attrs.append([name, ("not_state",)])
             elif (cls.__name__, name) in HOOK_TABLES:
                 attrs.append([name, ("hooks", list(attr))])
-                self.hook_tables.append((value, name))
             else:
                 attrs.append([name, self.encode(attr, where)])
         return ("obj", index, _class_path(cls), attrs)
@@ -404,23 +405,6 @@ class _quiet_fills:
         return False
 
 
-def _reinstall_hooks(vm, tables: list[tuple[Any, str]]) -> None:
-    """Install the saved VM's code hooks again, in the order a restore installs them.
-
-    Which hooks exist, and in what order Unicorn keeps them, is engine state no API
-    shows; measured under ``bt``, a VM whose hooks were installed over its run and one
-    whose same hooks were installed in one go go on with different TLB fills. Giving the
-    saved VM its hooks the way a restored one gets them makes both go on alike."""
-    with _quiet_fills(vm):
-        for obj, name in tables:
-            for handle in getattr(obj, name).values():
-                vm.engine.remove_hook(handle)
-        for obj, name in tables:
-            table = getattr(obj, name)
-            for address in table:
-                table[address] = vm.engine.hook_code_site(address)
-
-
 def save_vm(vm) -> bytes:
     """The VM's whole state as bytes. Call it between runs (``vm.run()`` has returned:
     an instruction budget, a breakpoint or a step stopped it); it flushes the VM's TLB
@@ -428,9 +412,7 @@ def save_vm(vm) -> bytes:
     if vm.engine.running:
         raise SnapshotError("cannot save a VM while it runs: save between runs (after a budget stop or a step)")
     flush_caches(vm.engine)
-    modes = _Encoder(_roots(vm))
-    mode_tree = modes.encode(vm.mode, "mode")
-    _reinstall_hooks(vm, modes.hook_tables)
+    mode_tree = _Encoder(_roots(vm)).encode(vm.mode, "mode")
     plain = _Encoder({})
     tree = {
         "format": "vmm",
@@ -449,8 +431,11 @@ def save_vm(vm) -> bytes:
 def snapshot_info(data: bytes) -> dict[str, Any]:
     """What a snapshot holds, without building a VM: mode, RAM size, virtual time, sizes."""
     tree = _unpack(data)
-    return {"mode": tree["mode_name"], "ram_size": tree["ram_size"], "now": tree["vm"]["now"],
-            "bytes": len(data)}
+    try:
+        return {"mode": tree["mode_name"], "ram_size": tree["ram_size"], "now": tree["vm"]["now"],
+                "bytes": len(data)}
+    except (KeyError, TypeError):
+        raise SnapshotError("unreadable snapshot payload: no mode, RAM size or virtual time") from None
 
 
 def restore_vm(data: bytes, *, serial_output=None, serial_input=None, max_instructions: int | None = None,
