@@ -170,10 +170,10 @@ def restore_cpu(engine, state: CpuState, devices: list[tuple[int, int]]) -> None
     if context.size - header != len(state.context):
         raise CpuStateError(f"saved CPU context has {len(state.context)} bytes, this Unicorn's has "
                             f"{context.size - header}")
-    base = ctypes.cast(context.context, ctypes.c_void_p).value
-    if base is None:
+    buffer = ctypes.cast(context.context, ctypes.c_void_p).value
+    if buffer is None:
         raise CpuStateError("Unicorn gave no context buffer")
-    ctypes.memmove(base + header, state.context, len(state.context))
+    ctypes.memmove(buffer + header, state.context, len(state.context))
     engine.uc.context_restore(context)
     flush_caches(engine)
     _check(engine, state)
