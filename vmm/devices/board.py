@@ -20,16 +20,17 @@ guest's isa-debug-exit write.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from .bus import MmioBus, PortBus
-from .cmos import CMOS_DATA, CMOS_INDEX, Cmos
-from .debugexit import DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT, DebugExit
-from .fwcfg import FW_CFG_PORT_DATA, FW_CFG_PORT_SEL, FwCfg
-from .lapic import APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LocalApic
-from .pic import MASTER_COMMAND, MASTER_DATA, SLAVE_COMMAND, SLAVE_DATA, PicPair
-from .pit import PIT_BASE, PIT_COMMAND, SYSTEM_CONTROL_B, Pit8254
-from .uart import COM1_BASE, Uart16550
+from .cmos import CMOS_DATA, CMOS_INDEX, Cmos, CmosState
+from .debugexit import DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT, DebugExit, DebugExitState
+from .fwcfg import FW_CFG_PORT_DATA, FW_CFG_PORT_SEL, FwCfg, FwCfgState
+from .lapic import APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LocalApic, LocalApicState
+from .pic import MASTER_COMMAND, MASTER_DATA, SLAVE_COMMAND, SLAVE_DATA, PicPair, PicPairState
+from .pit import PIT_BASE, PIT_COMMAND, SYSTEM_CONTROL_B, Pit8254, PitState
+from .uart import COM1_BASE, Uart16550, UartState
 
 PAGE_SIZE = 4096
 DEFAULT_RAM_SIZE = 128 * 1024 * 1024
@@ -55,6 +56,30 @@ def check_ram_size(ram_size: int) -> None:
 def _write_stdout(data: bytes) -> None:
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+@dataclass(frozen=True)
+class BoardState:
+    """Every device's state, the board's virtual time and the guest's exit status.
+
+    The wiring (which device answers which port, IRQ lines, the serial output) is not
+    state: a board built for the same RAM size has the same, and ``load_state`` puts
+    this state into it.
+    """
+
+    ram_size: int
+    now: int
+    exit_status: int | None
+    stop_requested: bool
+    pic: PicPairState
+    pit: PitState
+    cmos: CmosState
+    debug_exit: DebugExitState
+    uart: UartState
+    fwcfg: FwCfgState
+    lapic: LocalApicState
+    port_counters: tuple
+    mmio_counters: tuple
 
 
 class Board:
@@ -95,6 +120,30 @@ class Board:
         self.mmio_bus.register(APIC_DEFAULT_BASE, APIC_PAGE_SIZE, self.lapic, "lapic")
 
         self.clocked: list = [self.pit, self.lapic]
+
+    # -- saved state ---------------------------------------------------------------------
+
+    def save_state(self) -> BoardState:
+        return BoardState(self.ram_size, self.now, self.exit_status, self.stop_requested,
+                          self.pic.save_state(), self.pit.save_state(), self.cmos.save_state(),
+                          self.debug_exit.save_state(), self.uart.save_state(), self.fwcfg.save_state(),
+                          self.lapic.save_state(), self.port_bus.save_counters(),
+                          self.mmio_bus.save_counters())
+
+    def load_state(self, state: BoardState) -> None:
+        if state.ram_size != self.ram_size:
+            raise ValueError(f"board state is for {state.ram_size:#x} bytes of RAM, this board has "
+                             f"{self.ram_size:#x}")
+        self.now, self.exit_status, self.stop_requested = state.now, state.exit_status, state.stop_requested
+        self.pic.load_state(state.pic)
+        self.pit.load_state(state.pit)
+        self.cmos.load_state(state.cmos)
+        self.debug_exit.load_state(state.debug_exit)
+        self.uart.load_state(state.uart)
+        self.fwcfg.load_state(state.fwcfg)
+        self.lapic.load_state(state.lapic)
+        self.port_bus.load_counters(state.port_counters)
+        self.mmio_bus.load_counters(state.mmio_counters)
 
     def _on_debug_exit(self, status: int) -> None:
         if self.exit_status is None:      # QEMU is gone after the first write

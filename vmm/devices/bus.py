@@ -56,6 +56,14 @@ class PortBus:
         self.accesses: Counter = Counter()
         self.unknown: Counter = Counter()
 
+    # -- saved state: the access statistics (the map itself is wiring) -------
+
+    def save_counters(self) -> tuple[tuple, tuple]:
+        return tuple(self.accesses.items()), tuple(self.unknown.items())
+
+    def load_counters(self, saved: tuple[tuple, tuple]) -> None:
+        self.accesses, self.unknown = Counter(dict(saved[0])), Counter(dict(saved[1]))
+
     # -- host side -----------------------------------------------------------
 
     def register(self, first: int, last: int, device: Any, name: str) -> None:
@@ -139,6 +147,12 @@ class MmioBus:
         self._bases: list[int] = []
         self.accesses: Counter = Counter()
         self.unknown: Counter = Counter()
+
+    def save_counters(self) -> tuple[tuple, tuple]:
+        return tuple(self.accesses.items()), tuple(self.unknown.items())
+
+    def load_counters(self, saved: tuple[tuple, tuple]) -> None:
+        self.accesses, self.unknown = Counter(dict(saved[0])), Counter(dict(saved[1]))
 
     def register(self, base: int, length: int, device: Any, name: str) -> None:
         if base < 0 or length <= 0:

@@ -23,6 +23,7 @@ firmware and boot loaders read:
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 
 CMOS_INDEX = 0x70
 CMOS_DATA = 0x71
@@ -93,6 +94,15 @@ def memory_size_bytes(ram_size: int, above_4g: int = 0, cpus: int = 1) -> dict[i
     return {index: value & 0xFF for index, value in values.items()}
 
 
+@dataclass(frozen=True)
+class CmosState:
+    """The 128 bytes of RTC registers and CMOS RAM, and the index register."""
+
+    ram: bytes
+    index: int
+    nmi_disabled: bool
+
+
 class Cmos:
     io_max_size = 1
 
@@ -117,6 +127,15 @@ class Cmos:
         self.ram[CMOS_EQUIPMENT] = EQUIPMENT_FPU | EQUIPMENT_PS2_MOUSE
         for index, value in memory_size_bytes(ram_size, cpus=cpus).items():
             self.ram[index] = value
+
+    def save_state(self) -> CmosState:
+        return CmosState(bytes(self.ram), self.index, self.nmi_disabled)
+
+    def load_state(self, state: CmosState) -> None:
+        if len(state.ram) != CMOS_SIZE:
+            raise ValueError(f"CMOS state has {len(state.ram)} bytes, not {CMOS_SIZE}")
+        self.ram[:] = state.ram
+        self.index, self.nmi_disabled = state.index, state.nmi_disabled
 
     def io_read(self, port: int, size: int) -> int:
         if port == CMOS_INDEX:

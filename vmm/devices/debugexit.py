@@ -9,6 +9,7 @@ verdict.  (The process exit code QEMU shows is that status truncated to
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 DEBUG_EXIT_PORT = 0xF4
@@ -20,12 +21,23 @@ def exit_status(value: int) -> int:
     return (value << 1) | 1
 
 
+@dataclass(frozen=True)
+class DebugExitState:
+    writes: int
+
+
 class DebugExit:
     def __init__(self, on_exit: Callable[[int], None],
                  base: int = DEBUG_EXIT_PORT) -> None:
         self.base = base
         self.on_exit = on_exit
         self.writes = 0
+
+    def save_state(self) -> DebugExitState:
+        return DebugExitState(self.writes)
+
+    def load_state(self, state: DebugExitState) -> None:
+        self.writes = state.writes
 
     def io_read(self, port: int, size: int) -> int:
         return 0

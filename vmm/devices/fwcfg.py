@@ -16,6 +16,7 @@ invalid there and read as all ones here, like an empty port.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 FW_CFG_PORT_SEL = 0x510
 FW_CFG_PORT_DATA = 0x511
@@ -30,6 +31,16 @@ FW_CFG_FILE_DIR = 0x19
 FW_CFG_VERSION_TRADITIONAL = 0x01   # bit 1 (FW_CFG_VERSION_DMA) clear: no DMA
 
 
+@dataclass(frozen=True)
+class FwCfgState:
+    """The selected item and the read position in it; and the items themselves, which
+    a fresh board derives from the same RAM size (saved so a restore can check that)."""
+
+    selector: int
+    offset: int
+    items: tuple[tuple[int, bytes], ...]
+
+
 class FwCfg:
     def __init__(self, ram_size: int, cpus: int = 1) -> None:
         self.items: dict[int, bytes] = {
@@ -42,6 +53,13 @@ class FwCfg:
         }
         self.selector = 0
         self.offset = 0
+
+    def save_state(self) -> FwCfgState:
+        return FwCfgState(self.selector, self.offset, tuple(self.items.items()))
+
+    def load_state(self, state: FwCfgState) -> None:
+        self.selector, self.offset = state.selector, state.offset
+        self.items = dict(state.items)
 
     def select(self, key: int) -> None:
         self.selector = key & 0xFFFF

@@ -31,6 +31,7 @@ the page at 0xfee00000).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable
 
 APIC_DEFAULT_BASE = 0xFEE00000
@@ -135,6 +136,33 @@ def timer_divisor(divide_config: int) -> int:
     return 1 << ((code + 1) & 7)
 
 
+@dataclass(frozen=True)
+class LocalApicState:
+    """The registers, the pending (IRR) and in-service (ISR) vectors as 256-bit ints,
+    errors logged but not yet published, and the timer as its virtual-time deadline."""
+
+    apic_base: int
+    id: int
+    tpr: int
+    ldr: int
+    dfr_model: int
+    svr: int
+    irr: int
+    isr: int
+    tmr: int
+    esr: int
+    esr_pending: int
+    icr_low: int
+    icr_high: int
+    lvt: tuple[tuple[int, int], ...]     # (register offset, value)
+    initial_count: int
+    divide_config: int
+    now: int
+    deadline: int | None
+    timer_expirations: int
+    ipis: tuple[tuple[tuple[str, str], int], ...]
+
+
 class LocalApic:
     """Registers, timer and interrupt acceptance of one xAPIC.
 
@@ -168,6 +196,26 @@ class LocalApic:
         self._deadline: int | None = None
         self.timer_expirations = 0
         self.ipis: Counter = Counter()
+
+    # -- saved state ----------------------------------------------------------------------
+    def save_state(self) -> LocalApicState:
+        return LocalApicState(
+            self.apic_base, self.id, self.tpr, self.ldr, self.dfr_model, self.svr, self.irr, self.isr,
+            self.tmr, self.esr, self._esr_pending, self.icr_low, self.icr_high, tuple(self.lvt.items()),
+            self.initial_count, self.divide_config, self.now, self._deadline, self.timer_expirations,
+            tuple(self.ipis.items()))
+
+    def load_state(self, state: LocalApicState) -> None:
+        self.apic_base, self.id, self.tpr, self.ldr = state.apic_base, state.id, state.tpr, state.ldr
+        self.dfr_model, self.svr = state.dfr_model, state.svr
+        self.irr, self.isr, self.tmr = state.irr, state.isr, state.tmr
+        self.esr, self._esr_pending = state.esr, state.esr_pending
+        self.icr_low, self.icr_high = state.icr_low, state.icr_high
+        self.lvt = dict(state.lvt)
+        self.initial_count, self.divide_config = state.initial_count, state.divide_config
+        self.now, self._deadline = state.now, state.deadline
+        self.timer_expirations = state.timer_expirations
+        self.ipis = Counter(dict(state.ipis))
 
     # -- IA32_APIC_BASE ---------------------------------------------------------------
 

@@ -23,6 +23,7 @@ PIC is the guest's job.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Callable
 
 MASTER_COMMAND, MASTER_DATA = 0x20, 0x21
@@ -67,6 +68,35 @@ def _highest(bits: int) -> int:
     return (bits & -bits).bit_length() - 1 if bits else NO_IRQ
 
 
+@dataclass(frozen=True)
+class I8259State:
+    """One chip: IRR/ISR/IMR, the ICW sequence it is in and what the ICWs/OCWs chose."""
+
+    irr: int
+    isr: int
+    imr: int
+    vector_base: int
+    icw3: int
+    init_step: int
+    icw4_needed: bool
+    single: bool
+    level_triggered: bool
+    auto_eoi: bool
+    special_fully_nested: bool
+    special_mask: bool
+    read_isr: bool
+    poll: bool
+    cascade_input: int
+
+
+@dataclass(frozen=True)
+class PicPairState:
+    master: I8259State
+    slave: I8259State
+    acknowledged: int
+    spurious: int
+
+
 class I8259:
     """One 8259A."""
 
@@ -87,6 +117,13 @@ class I8259:
         self.read_isr = False
         self.poll = False
         self.cascade_input = 0      # master only: the IR2 bit while the slave asks
+
+    def save_state(self) -> I8259State:
+        return I8259State(**{f.name: getattr(self, f.name) for f in fields(I8259State)})
+
+    def load_state(self, state: I8259State) -> None:
+        for f in fields(I8259State):
+            setattr(self, f.name, getattr(state, f.name))
 
     # -- priority resolution -------------------------------------------------------
 
@@ -196,6 +233,14 @@ class PicPair:
         self.slave = I8259("slave")
         self.acknowledged = 0
         self.spurious = 0
+
+    def save_state(self) -> PicPairState:
+        return PicPairState(self.master.save_state(), self.slave.save_state(), self.acknowledged, self.spurious)
+
+    def load_state(self, state: PicPairState) -> None:
+        self.master.load_state(state.master)
+        self.slave.load_state(state.slave)
+        self.acknowledged, self.spurious = state.acknowledged, state.spurious
 
     def line(self, irq: int) -> Callable[[int], None]:
         """A callable(level) for a device's interrupt output on ``irq``."""

@@ -23,6 +23,7 @@ caused by reprogramming (rather than by counting) raises no IRQ.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 # One guest instruction per PIT input clock.  Virtual time must not depend on
@@ -77,6 +78,39 @@ def _from_bcd(value: int) -> int:
     return sum(((value >> (4 * i)) & 0xF) * 10 ** i for i in range(4))
 
 
+@dataclass(frozen=True)
+class PitChannelState:
+    """One channel: its programming, where it is in its access sequence (LSB/MSB
+    phase, latches) and the clock at which it started counting."""
+
+    gate: bool
+    mode: int
+    access: int
+    bcd: bool
+    reload: int
+    loaded: bool
+    triggered: bool
+    start: int | None
+    paused_elapsed: int
+    held_count: int
+    lsb_pending: int | None
+    read_msb_next: bool
+    latched: tuple[int, ...]
+    status: int | None
+
+
+@dataclass(frozen=True)
+class PitState:
+    """The three channels, port 0x61 and the virtual time up to which IRQ0 was fired."""
+
+    channels: tuple[PitChannelState, ...]
+    now: int
+    speaker_data: bool
+    port61_low_bits: int
+    irq0_edges: int
+    fired_through: int
+
+
 class PitChannel:
     """One 16-bit down counter.  Times are in PIT clocks."""
 
@@ -96,6 +130,19 @@ class PitChannel:
         self._read_msb_next = False
         self._latched: list[int] = []
         self._status: int | None = None
+
+    def save_state(self) -> PitChannelState:
+        return PitChannelState(self.gate, self.mode, self.access, self.bcd, self.reload, self.loaded,
+                               self.triggered, self.start, self.paused_elapsed, self.held_count,
+                               self._lsb_pending, self._read_msb_next, tuple(self._latched), self._status)
+
+    def load_state(self, state: PitChannelState) -> None:
+        self.gate, self.mode, self.access, self.bcd = state.gate, state.mode, state.access, state.bcd
+        self.reload, self.loaded, self.triggered = state.reload, state.loaded, state.triggered
+        self.start, self.paused_elapsed, self.held_count = state.start, state.paused_elapsed, state.held_count
+        self._lsb_pending, self._read_msb_next = state.lsb_pending, state.read_msb_next
+        self._latched = list(state.latched)
+        self._status = state.status
 
     # -- the counter as a function of time ---------------------------------------
 
@@ -282,6 +329,18 @@ class Pit8254:
     @property
     def clock(self) -> int:
         return self.now // INSTRUCTIONS_PER_PIT_CLOCK
+
+    # -- saved state ------------------------------------------------------------------------
+    def save_state(self) -> PitState:
+        return PitState(tuple(c.save_state() for c in self.channels), self.now, self.speaker_data,
+                        self.port61_low_bits, self.irq0_edges, self._fired_through)
+
+    def load_state(self, state: PitState) -> None:
+        for channel, saved in zip(self.channels, state.channels, strict=True):
+            channel.load_state(saved)
+        self.now, self.speaker_data = state.now, state.speaker_data
+        self.port61_low_bits, self.irq0_edges = state.port61_low_bits, state.irq0_edges
+        self._fired_through = state.fired_through
 
     # -- clocked-device interface ---------------------------------------------------------
 

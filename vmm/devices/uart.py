@@ -27,6 +27,7 @@ import io
 import os
 import select
 from collections import deque
+from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 COM1_BASE = 0x3F8
@@ -74,6 +75,28 @@ MSR_RESET = MSR_DCD | MSR_DSR | MSR_CTS
 DIVISOR_RESET = 12
 
 
+@dataclass(frozen=True)
+class UartState:
+    """Everything a guest can observe of the UART, and the transcript so far.
+
+    IIR and LSR are not stored: they are computed from the rest (no interrupt is ever
+    pending; THRE/TEMT always set; DR while ``rx`` holds a byte). The host-side input
+    stream is I/O, not state: a restored UART reads from the stream it is given, unless
+    the saved one had already ended (``input_ended``).
+    """
+
+    divisor: int
+    ier: int
+    fcr: int
+    lcr: int
+    mcr: int
+    scr: int
+    msr_delta: int
+    rx: tuple[int, ...]
+    transcript: bytes
+    input_ended: bool
+
+
 class Uart16550:
     """A polled 16550A.  ``transcript`` holds every byte sent to ``output``."""
 
@@ -98,6 +121,22 @@ class Uart16550:
         self.mcr = 0
         self.scr = 0
         self._msr_delta = 0
+        self._input_ended = False
+
+    # -- saved state ---------------------------------------------------------------
+    def save_state(self) -> UartState:
+        return UartState(self.divisor, self.ier, self.fcr, self.lcr, self.mcr, self.scr,
+                         self._msr_delta, tuple(self._rx), bytes(self.transcript), self._input_ended)
+
+    def load_state(self, state: UartState) -> None:
+        self.divisor, self.ier, self.fcr = state.divisor, state.ier, state.fcr
+        self.lcr, self.mcr, self.scr = state.lcr, state.mcr, state.scr
+        self._msr_delta = state.msr_delta
+        self._rx = deque(state.rx)
+        self.transcript = bytearray(state.transcript)
+        self._input_ended = state.input_ended
+        if state.input_ended:
+            self._source = None
 
     # -- receive side ------------------------------------------------------------
 
@@ -110,6 +149,7 @@ class Uart16550:
             return
         if byte == b"":
             self._source = None  # end of input
+            self._input_ended = True
             return
         self._rx.append(byte[0])
 
