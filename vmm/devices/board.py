@@ -20,8 +20,9 @@ guest's isa-debug-exit write.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from .bus import MmioBus, PortBus
 from .cmos import CMOS_DATA, CMOS_INDEX, Cmos, CmosState

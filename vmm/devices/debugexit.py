@@ -9,8 +9,8 @@ verdict.  (The process exit code QEMU shows is that status truncated to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 DEBUG_EXIT_PORT = 0xF4
 DEBUG_EXIT_IOSIZE = 4

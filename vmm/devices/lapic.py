@@ -31,8 +31,8 @@ the page at 0xfee00000).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 APIC_DEFAULT_BASE = 0xFEE00000
 APIC_PAGE_SIZE = 0x1000

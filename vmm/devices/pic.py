@@ -23,8 +23,8 @@ PIC is the guest's job.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
 
 MASTER_COMMAND, MASTER_DATA = 0x20, 0x21
 SLAVE_COMMAND, SLAVE_DATA = 0xA0, 0xA1

@@ -23,8 +23,8 @@ caused by reprogramming (rather than by counting) raises no IRQ.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 # One guest instruction per PIT input clock.  Virtual time must not depend on
 # the host (deterministic runs, identical counts in every mode), and this is

@@ -27,8 +27,9 @@ import io
 import os
 import select
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 COM1_BASE = 0x3F8
 
