@@ -77,7 +77,7 @@ def test_ept_violation_qualification_and_lazy_backing():
     vm, log = make_vm(src, mode="vtx-ept")
     result = vm.run()
     assert result.exit_status == 1 and vm.engine.reg("esi") == 0x1234
-    violations = [(e, f) for e, f in log.of(R.EPT_VIOLATION) if e.guest_physical == 0x800000]
+    violations = [(e, f) for e, f in log.of(R.EPT_VIOLATION) if e.gpa == 0x800000]
     [(exit, fields)] = violations
     q = EptQ.decode(fields[Field.EXIT_QUALIFICATION])
     assert q.write and not q.read and q.linear_valid and q.translated

@@ -109,7 +109,7 @@ def test_rdmsr_wrmsr_exit():
     [(w, wf)] = log.of(R.MSR_WRITE)
     [(r, rf)] = log.of(R.MSR_READ)
     assert wf[Field.VM_EXIT_INSTRUCTION_LEN] == rf[Field.VM_EXIT_INSTRUCTION_LEN] == 2
-    assert w.info["msr"] == r.info["msr"] == 0x174
+    assert w.msr == r.msr == 0x174
     assert vm.engine.reg("esi") == 0x10
 
 
@@ -391,7 +391,7 @@ def test_code_written_after_its_page_was_scanned_is_rescanned():
     vm, log, result = run(src)
     assert result.exit_status == 1
     [(exit, f)] = log.of(R.MSR_READ)
-    assert f[Field.VM_EXIT_INSTRUCTION_LEN] == 2 and exit.info["msr"] == 0x174
+    assert f[Field.VM_EXIT_INSTRUCTION_LEN] == 2 and exit.msr == 0x174
     assert vm.mode.sites.rescans >= 1
 
 

@@ -23,7 +23,8 @@ from .cpu.faultaddr import precise_fault_address
 from .devices.board import Board
 from .loader.image import LoadedImage
 from .mmu.paging import PageFault
-from .vmx.exits import UnexpectedExit, VmExit
+from .vmx.exits import (DECLINE, RESUME, Decline, Exit, Outcome, Reflect, Retry, StopVm, UnexpectedExit,
+                        Value)
 
 _clock = time.perf_counter
 INTERRUPT_WINDOW_SLICE = 64
@@ -182,23 +183,59 @@ class VM:
     def read_code_byte(self, linear: int) -> int:
         return self.engine.read_phys(self.mode.translate(linear, write=False, user=False, set_ad=False), 1)[0]
 
-    # -- the exit table -------------------------------------------------------------------
-    def dispatch(self, exit: VmExit):
-        """Count the exit, run its handler from the mode's table, time the handler."""
-        reason = exit.reason
-        handler = self.mode.exit_table.get(reason)
-        self.exits[reason] += 1
+    # -- the exit table: the one place exits are counted and outcomes interpreted ----------
+    def dispatch(self, exit: Exit):
+        """Run the mode's handler for ``exit``, count the exit once, time the handler, and
+        carry out the :class:`~vmm.vmx.exits.Outcome` it returns. Returns the value for
+        the instruction (``Value``), a :class:`Fault` that stops the run (``Retry``,
+        inside a TLB fill), ``DECLINE``, or None."""
+        mode = self.mode
+        handler = mode.exit_table.get(exit.key)
         if handler is None:
-            raise UnexpectedExit(exit, self.mode.name)
+            if exit.reason is not None:
+                self.exits[exit.reason] += 1
+            raise UnexpectedExit(exit, mode.name)
+        category = exit.category
+        outcome = None
         started = _clock()
-        result = None
-        try:
-            result = handler(exit)
-            return result
-        finally:
-            self.exit_seconds[reason] += _clock() - started
-            if self.tracer.enabled:
-                self.tracer.exit(exit, result, getattr(self.mode, "vmcs", None))
+        if category is None:
+            reason = exit.reason
+            self.exits[reason] += 1
+            try:
+                outcome = handler(exit)
+            finally:
+                self.exit_seconds[reason] += _clock() - started
+                if self.tracer.enabled:
+                    self.tracer.exit(exit, outcome.value if type(outcome) is Value else None,
+                                     getattr(mode, "vmcs", None))
+        else:
+            outcome = handler(exit)
+            if outcome is not DECLINE:
+                label = exit.name
+                if type(outcome) is Reflect:
+                    label = outcome.label or f"{label} (faulted)"
+                mode.events.add(category, label, seconds=_clock() - started)
+        if outcome is RESUME:
+            return None
+        return self._carry_out(outcome)
+
+    def _carry_out(self, outcome: Outcome):
+        kind = type(outcome)
+        if kind is Value:
+            return outcome.value
+        if kind is Retry:
+            if not self.engine.running:
+                outcome.prepare()
+                return None
+            return Fault(None, None, 0, outcome.what, then=outcome.prepare)
+        if kind is StopVm:
+            raise _Stopped(StopKind.ERROR, outcome.reason)
+        if kind is Reflect:
+            self.mode.reflect(outcome.vector, outcome.error_code, outcome.cr2)
+            return None
+        if kind is Decline:
+            return outcome
+        raise TypeError(f"an exit handler returned {outcome!r}, not an Outcome")
 
     # -- event delivery ---------------------------------------------------------------------
     def inject(self, event: Event) -> None:
@@ -364,6 +401,9 @@ class VM:
         eng = self.engine
         if stop is Stop.FAULT:
             fault = eng.pending_fault
+            if fault.then is not None:  # the VMM's own work, which had to wait for the run to stop
+                fault.then()
+                return
             if fault.vector == PF:
                 fault.address = self._precise_cr2(fault)
             self.mode.on_fault(fault)

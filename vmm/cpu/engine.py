@@ -18,7 +18,7 @@ import struct
 import enum
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_ERR_EXCEPTION, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_UNMAPPED,
                      UC_ERR_WRITE_UNMAPPED, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
@@ -75,11 +75,12 @@ class Stop(enum.Enum):
 class Fault:
     """A fault raised from the TLB-fill callback, delivered after emulation stops."""
 
-    vector: int
+    vector: int | None    # None: no fault for the guest, the VMM stopped the run (see ``then``)
     error_code: int | None
     address: int  # CR2 for #PF; the faulting linear address in any case
     access: str
     exited: bool = False  # a VM exit already took it (its handler queued the injection)
+    then: Callable[[], None] | None = None  # the VMM's work once emulation stopped; then the instruction reruns
 
 
 @dataclass

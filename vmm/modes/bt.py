@@ -18,17 +18,15 @@ at once.
 """
 from __future__ import annotations
 
-import time
-
 from capstone.x86 import X86_OP_MEM, X86_OP_REG
 
 from ..mmu.paging import PageFault
+from ..vmx.exits import RESUME, Callout, Outcome
 from .native import NativeMode
 from .privileged import Emulator, decoder
 from .shadowed import PAGING_CR0_BITS, PAGING_CR4_BITS, ShadowMmu
 from .translator import APIC_TPR, Translator, callout_kind, tpr_operand
 
-_clock = time.perf_counter
 
 
 def callout_name(insn) -> str:
@@ -62,6 +60,7 @@ class BtMode(ShadowMmu, NativeMode):
         self.code_watchers.append(self)
         self._fetch_address: int | None = None
         self.operands = Emulator(self)  # effective addresses of INVLPG operands
+        self.exit_table[Callout] = self.callout
 
     def boot(self, image) -> None:
         if image.real_mode:
@@ -83,27 +82,29 @@ class BtMode(ShadowMmu, NativeMode):
 
     # -- callouts ----------------------------------------------------------------------------------
     def on_code_site(self, address: int) -> None:
-        eng = self.vm.engine
-        if eng.reg("cs") & 3:
+        if self.vm.engine.reg("cs") & 3:
             return  # user code runs directly
-        started = _clock()
         insn = self.translator.decoded.get(address)
         if insn is None:
             insn = next(decoder().disasm(self.vm.read_code(address), address, 1), None)
             if insn is None:
                 return
+        name = _tpr_name(insn) if tpr_operand(insn) is not None else callout_name(insn)
+        self.vm.dispatch(Callout(address=address, name=name, insn=insn))
+
+    def callout(self, exit: Callout) -> Outcome:
+        """Account the callout; the few instructions whose effect the VMM maintains (and a
+        patched TPR access) are performed here and skipped, the rest then run as they are."""
+        insn, eng = exit.insn, self.vm.engine
         if tpr_operand(insn) is not None:
-            name = _tpr_name(insn)
             if self._patched_tpr(insn):
-                eng.set_reg("eip", (address + insn.size) & 0xFFFFFFFF)
-            self.events.timed("callouts", name, started)
-            return
-        name = callout_name(insn)
-        emulate = _EMULATED.get(name)
+                eng.set_reg("eip", (exit.address + insn.size) & 0xFFFFFFFF)
+            return RESUME
+        emulate = _EMULATED.get(exit.name)
         if emulate is not None:
             emulate(self, insn)
-            eng.set_reg("eip", (address + insn.size) & 0xFFFFFFFF)
-        self.events.timed("callouts", name, started)
+            eng.set_reg("eip", (exit.address + insn.size) & 0xFFFFFFFF)
+        return RESUME
 
     def _write_cr(self, insn) -> None:
         eng = self.vm.engine

@@ -11,12 +11,13 @@ subclass this one and change what an event becomes.
 from __future__ import annotations
 
 from ..cost.events import EventCounters
-from ..cpu.delivery import Event, EventDelivery
+from ..cpu.delivery import UD, Event, EventDelivery
 from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill, GuestMemoryError
 from ..cpu.regs import IF
 from ..mmu.paging import CR0_PG, PageFault, Translation, Walker32, phys_reader, phys_writer
 from ..vmx.exit_reasons import ExitReason
-from ..vmx.exits import VmExit
+from ..vmx.exits import (IN, OUT, RESUME, ExceptionExit, Exit, ExternalInterruptExit, InstructionExit, IoExit,
+                         Outcome, Value)
 
 PAGE_MASK = ~0xFFF & 0xFFFFFFFF
 # Local-APIC registers whose write changes when the next timer interrupt comes: SVR
@@ -24,6 +25,7 @@ PAGE_MASK = ~0xFFF & 0xFFFFFFFF
 APIC_TIMER_REGISTERS = frozenset({0x0F0, 0x320, 0x380, 0x3E0})
 UNBACKED_PAGE = 0xDFFFF000  # below the VMM's host memory (0xE0000000), above any guest RAM: never mapped
 ALL = PROT_READ | PROT_WRITE | PROT_EXEC
+HLT_EXIT = InstructionExit(reason=ExitReason.HLT, length=1)
 
 
 class NativeMode:
@@ -48,7 +50,7 @@ class NativeMode:
             ExitReason.EXCEPTION_NMI: self.exception,
             ExitReason.EXTERNAL_INTERRUPT: self.external_interrupt,
             ExitReason.IO_INSTRUCTION: self.io,
-            ExitReason.HLT: lambda exit: vm.halt(),
+            ExitReason.HLT: self.hlt,
         }
 
     # -- the guest's physical memory: its RAM and its devices, nothing of the VMM's ------------
@@ -69,24 +71,26 @@ class NativeMode:
 
     # -- engine events ----------------------------------------------------------------------
     def on_exception(self, vector: int, error_code: int, software: bool) -> None:
-        self.vm.dispatch(VmExit(ExitReason.EXCEPTION_NMI, info={
-            "vector": vector, "error_code": error_code, "software": software}))
+        self.vm.dispatch(ExceptionExit(vector=vector, error_code=error_code, software=software))
 
     def on_invalid_opcode(self) -> None:
-        self.on_exception(6, 0, False)
+        self.on_exception(UD, 0, False)
 
     def on_fault(self, fault: Fault) -> None:
-        self.vm.dispatch(VmExit(ExitReason.EXCEPTION_NMI, guest_linear=fault.address, info={
-            "vector": fault.vector, "error_code": fault.error_code, "software": False,
-            "cr2": fault.address, "access": fault.access}))
+        self.vm.dispatch(ExceptionExit(linear=fault.address, vector=fault.vector, error_code=fault.error_code,
+                                       cr2=fault.address, access=fault.access))
+
+    def reflect(self, vector: int, error_code: int | None, cr2: int | None = None) -> None:
+        """Deliver an exception the VMM found while handling an exit (an emulated
+        instruction's fault), as the exception exit the guest raising it would be."""
+        self.vm.dispatch(ExceptionExit(linear=cr2, vector=vector, error_code=error_code or 0, cr2=cr2,
+                                       access=None if cr2 is None else "read"))
 
     def on_port_in(self, port: int, size: int) -> int:
-        return self.vm.dispatch(VmExit(ExitReason.IO_INSTRUCTION, info={
-            "port": port, "size": size, "direction": "in"}))
+        return self.vm.dispatch(IoExit(port=port, size=size, direction=IN))
 
     def on_port_out(self, port: int, size: int, value: int) -> None:
-        self.vm.dispatch(VmExit(ExitReason.IO_INSTRUCTION, info={
-            "port": port, "size": size, "direction": "out", "value": value}))
+        self.vm.dispatch(IoExit(port=port, size=size, direction=OUT, value=value))
 
     def on_cpuid(self) -> bool:
         return False  # the engine's own CPUID answers
@@ -98,7 +102,7 @@ class NativeMode:
         pass
 
     def on_halt(self) -> None:
-        self.vm.dispatch(VmExit(ExitReason.HLT, instruction_length=1))
+        self.vm.dispatch(HLT_EXIT)
 
     def on_slice_end(self) -> None:
         pass
@@ -167,7 +171,7 @@ class NativeMode:
         if not board.interrupt_pending():
             return False
         if self.interrupts_enabled():
-            self.vm.dispatch(VmExit(ExitReason.EXTERNAL_INTERRUPT, info={"vector": board.acknowledge_interrupt()}))
+            self.vm.dispatch(ExternalInterruptExit(vector=board.acknowledge_interrupt()))
             return board.interrupt_pending()
         return True
 
@@ -176,20 +180,24 @@ class NativeMode:
         return None
 
     # -- handlers -------------------------------------------------------------------------
-    def exception(self, exit: VmExit) -> None:
-        info = exit.info
-        kind = "software" if info.get("software") else "exception"
-        self.vm.inject(Event(info["vector"], kind, info.get("error_code"), info.get("cr2")))
+    def exception(self, exit: ExceptionExit) -> Outcome:
+        kind = "software" if exit.software else "exception"
+        self.vm.inject(Event(exit.vector, kind, exit.error_code, exit.cr2))
+        return RESUME
 
-    def external_interrupt(self, exit: VmExit) -> None:
-        self.vm.inject(Event(exit.info["vector"], "external"))
+    def external_interrupt(self, exit: ExternalInterruptExit) -> Outcome:
+        self.vm.inject(Event(exit.vector, "external"))
+        return RESUME
 
-    def io(self, exit: VmExit):
-        info = exit.info
-        if info["direction"] == "in":
-            return self.vm.board.port_bus.read(info["port"], info["size"])
-        self.io_direct(info["port"], info["size"], info["value"])
-        return None
+    def hlt(self, exit: Exit) -> Outcome:
+        self.vm.halt()
+        return RESUME
+
+    def io(self, exit: IoExit) -> Outcome:
+        if exit.direction == IN:
+            return Value(self.vm.board.port_bus.read(exit.port, exit.size))
+        self.io_direct(exit.port, exit.size, exit.value)
+        return RESUME
 
     def io_direct(self, port: int, size: int, value: int) -> None:
         """A port write reaching the board (what OUT does on the bare machine)."""

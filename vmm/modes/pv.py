@@ -29,7 +29,7 @@ from ..pv.bounce import BounceDelivery, DomainCrash
 from ..pv.events import SharedInfo
 from ..pv.memory import PAGE_SHIFT, DomainMemory, HypercallError
 from ..vmx.exit_reasons import ExitReason
-from ..vmx.exits import VmExit
+from ..vmx.exits import RESUME, ExceptionExit, Hypercall, Outcome, StopVm
 from .native import PAGE_MASK, NativeMode
 
 MACHINE_BASE = 0x10000000          # machine frame = pseudo-physical frame + 0x10000
@@ -42,6 +42,7 @@ IA32_PAT, PAT_POWER_ON = 0x277, 0x0007040600070406
 SHUTDOWN_EXIT_VALUE = {abi.Shutdown.poweroff: 0, abi.Shutdown.reboot: 1, abi.Shutdown.suspend: 2,
                        abi.Shutdown.crash: 0x7F, abi.Shutdown.watchdog: 0x7F}
 _clock = time.perf_counter
+HYPERCALL_ARGUMENTS = ("ebx", "ecx", "edx", "esi", "edi")  # the x86_32 hypercall ABI
 
 
 def _descriptor(access: int) -> bytes:
@@ -61,6 +62,7 @@ class PvMode(NativeMode):
         self.walker = Walker32(phys_reader(self._read_machine), phys_writer(self._write_machine))
         self.delivery = BounceDelivery(self)
         self.exit_table[ExitReason.EXCEPTION_NMI] = self.exception
+        self.exit_table[Hypercall] = self.hypercall
         self.traps: dict[int, tuple[int, int, int]] = {}
         self.kernel_stack: tuple[int, int] | None = None
         self.callbacks = None
@@ -243,6 +245,11 @@ class PvMode(NativeMode):
                 self.events.add("pv", "int 0x80 direct to the guest")
                 self.vm.inject(Event(vector, "software"))
                 return
+        if software and vector == abi.HYPERCALL_VECTOR and eng.reg("cs") & 3 == abi.GUEST_KERNEL_RPL:
+            nr = eng.reg("eax")
+            self.vm.dispatch(Hypercall(number=nr, name=abi.HYPERCALL_NAMES.get(nr, f"unknown ({nr})"),
+                                       args=tuple(eng.reg(r) for r in HYPERCALL_ARGUMENTS)))
+            return
         super().on_exception(vector, error_code, software)
 
     def on_port_in(self, port: int, size: int) -> int:
@@ -253,14 +260,12 @@ class PvMode(NativeMode):
         self.events.add("pv", "emulated I/O")
         super().on_port_out(port, size, value)
 
-    def exception(self, exit: VmExit) -> None:
-        info, eng = exit.info, self.vm.engine
-        vector, software = info["vector"], info.get("software")
+    def exception(self, exit: ExceptionExit) -> Outcome:
+        eng = self.vm.engine
+        vector, software = exit.vector, exit.software
         cpl = eng.reg("cs") & 3
         try:
-            if software and vector == abi.HYPERCALL_VECTOR and cpl == abi.GUEST_KERNEL_RPL:
-                self.hypercall()
-            elif vector == GP and not software and cpl == abi.GUEST_KERNEL_RPL and self._emulate_msr():
+            if vector == GP and not software and cpl == abi.GUEST_KERNEL_RPL and self._emulate_msr():
                 pass
             elif software and vector not in (3, 4):  # INT n (INT3 and INTO are traps of their own)
                 entry = self.traps.get(vector)
@@ -273,9 +278,10 @@ class PvMode(NativeMode):
                     self.vm.inject(Event(vector, "software"))
             else:
                 self.events.add("bounce frames", vector_name(vector))
-                self.vm.inject(Event(vector, "exception", info.get("error_code"), info.get("cr2")))
+                self.vm.inject(Event(vector, "exception", exit.error_code, exit.cr2))
         except DomainCrash as crash:
-            self.vm.stop_guest(f"domain crashed: {crash}")
+            return StopVm(f"domain crashed: {crash}")
+        return RESUME
 
     def _emulate_msr(self) -> bool:
         """RDMSR/WRMSR fault in ring 1; like Xen's emulate_privileged_op, the VMM emulates
@@ -300,23 +306,23 @@ class PvMode(NativeMode):
         return True
 
     # -- hypercalls ------------------------------------------------------------------------------
-    def hypercall(self) -> None:
-        eng = self.vm.engine
-        nr = eng.reg("eax")
-        handler = hypercalls.HANDLERS.get(nr)
-        name = abi.HYPERCALL_NAMES.get(nr, f"unknown ({nr})")
-        started = _clock()
+    def hypercall(self, exit: Hypercall) -> Outcome:
+        """One hypercall, by number from the ABI's table (:mod:`vmm.pv.hypercalls`); the
+        result goes to EAX, a failure as -errno."""
+        handler = hypercalls.HANDLERS.get(exit.number)
         try:
             if handler is None:
-                raise HypercallError(abi.Errno.ENOSYS, f"hypercall {nr}")
-            result = handler(self, eng.reg("ebx"), eng.reg("ecx"), eng.reg("edx"), eng.reg("esi"), eng.reg("edi"))
+                raise HypercallError(abi.Errno.ENOSYS, f"hypercall {exit.number}")
+            result = handler(self, *exit.args)
         except HypercallError as err:
-            self.events.add("hypercall errors", f"{name}: -{err.errno.name}")
+            self.events.add("hypercall errors", f"{exit.name}: -{err.errno.name}")
             self.last_error = str(err)
             result = abi.neg(err.errno)
+        except DomainCrash as crash:
+            return StopVm(f"domain crashed: {crash}")
         if result is not None:
-            eng.set_reg("eax", result)
-        self.events.timed("hypercalls", name, started)
+            self.vm.engine.set_reg("eax", result)
+        return RESUME
 
     def hypercall_iret(self):
         """HYPERVISOR_iret: pop EAX, EIP, CS, EFLAGS (and ESP, SS to ring 3) off the guest

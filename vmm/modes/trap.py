@@ -33,7 +33,8 @@ from ..cpu.engine import PROT_READ, Fault, Fill, GuestMemoryError
 from ..cpu.regs import IF
 from ..mmu.paging import PageFault
 from .native import NativeMode
-from .privileged import Emulator, NotEmulated
+from ..vmx.exits import DECLINE, Outcome, TrappedInstruction
+from .privileged import Emulator
 from .shadowed import ShadowMmu
 
 PAGE_MASK = 0xFFFFF000
@@ -117,6 +118,7 @@ class TrapMode(ShadowMmu, NativeMode):
         self.gdt_dirty = False                     # the guest wrote its GDT: rebuild at the next trap
         self._restore_limit: int | None = None     # GDTR limit to restore after a deferred ring entry
         self.code_watchers.append(self)  # guest GDT pages are traced through the same policy
+        self.exit_table[TrappedInstruction] = self.emulate
 
     # -- boot: the Multiboot state, moved to ring 1 ------------------------------------------
     def boot(self, image) -> None:
@@ -237,9 +239,6 @@ class TrapMode(ShadowMmu, NativeMode):
     def write_guest_linear(self, linear: int, data: bytes) -> None:
         self.vm.write_linear(linear, data)
 
-    def reflect(self, vector: int, error_code: int | None) -> None:
-        """An exception the emulated instruction raises in the guest."""
-        NativeMode.on_exception(self, vector, error_code or 0, False)
 
     def _write_vmm(self, offset: int, data: bytes) -> None:
         self.vm.engine.write_phys(self.vmm_area + offset, data)
@@ -275,19 +274,14 @@ class TrapMode(ShadowMmu, NativeMode):
     def on_exception(self, vector: int, error_code: int, software: bool) -> None:
         self._settle()
         if vector == GP and not software and self.real_cpl() == 1:
-            started = time.perf_counter()
-            try:
-                name = self.emulator.emulate(error_code)
-            except NotEmulated:
-                name = None
-            except PageFault as pf:
-                self.events.timed("traps", "#PF while emulating", started)
-                self.on_fault(Fault(PF, pf.error_code, pf.address, "read"))
-                return
-            if name is not None:
-                self.events.timed("traps", name, started)
+            trapped = self.emulator.trapped(error_code)
+            if trapped is not None and self.vm.dispatch(trapped) is not DECLINE:
                 return
         super().on_exception(vector, error_code, software)
+
+    def emulate(self, exit: TrappedInstruction) -> Outcome:
+        """The #GP of a privileged instruction: apply it to the virtual CPU."""
+        return self.emulator.execute(exit.insn, exit.error_code)
 
     def on_port_in(self, port: int, size: int) -> int:
         started = time.perf_counter()

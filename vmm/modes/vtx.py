@@ -17,17 +17,18 @@ from __future__ import annotations
 import struct
 
 from ..cpu.cpuid import host_cpuid
-from ..cpu.delivery import GP, PF, Descriptor, combine_events
+from ..cpu.delivery import GP, PF, UD, Descriptor, combine_events
 from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
 from ..mmu.hostmem import HostPages
 from ..mmu.paging import CR0_PG, PageFault
 from ..mmu.shadow import ShadowPaging
-from ..cpu.regs import IF, debug_register
+from ..cpu.regs import CR0_TS, IF, debug_register
 from ..vmx import entry
 from ..vmx.controls import (ENTRY_DEFAULT1, EXIT_DEFAULT1, PINBASED_DEFAULT1, PROCBASED_DEFAULT1,
                             ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased, capability_msrs)
 from ..vmx.exit_reasons import ExitReason
-from ..vmx.exits import VmExit
+from ..vmx.exits import (RESUME, CrAccessExit, DescriptorTableExit, DrAccessExit, ExceptionExit, Exit,
+                         ExternalInterruptExit, MsrExit, Outcome, ShadowPageFault, Value)
 from ..vmx.nonroot import KVM_ENOSYS, VmxNonRoot, exits_for_exception
 from ..vmx.qualification import CrAccess, CrAccessType, InterruptionInfo, InterruptionType
 from ..vmx.vmcs import Field, Vmcs
@@ -38,7 +39,7 @@ from .sites import CodeSites
 PAGE_MASK = 0xFFFFF000
 PAGING_CR0_BITS = (1 << 31) | (1 << 16) | 1   # PG, WP, PE: the shadow is rebuilt when they change
 PAGING_CR4_BITS = (1 << 4) | (1 << 5) | (1 << 7)  # PSE, PAE, PGE
-R_EXCEPTION_NMI = ExitReason.EXCEPTION_NMI
+CPUID_OUTPUTS = ("eax", "ebx", "ecx", "edx")
 _ACTIVATE_SECONDARY = PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS._value_
 _ENABLE_VPID = SecondaryProcBased.ENABLE_VPID._value_
 HYPERVISOR_SIGNATURE = b"VMMLabPython"   # CPUID 0x4000_0000 EBX, ECX, EDX
@@ -150,7 +151,7 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
             ExitReason.MSR_WRITE: self.handle_wrmsr,
             ExitReason.GDTR_IDTR: self.handle_descriptor_table,
             ExitReason.LDTR_TR: self.handle_descriptor_table,
-            ExitReason.PREEMPTION_TIMER: lambda exit: None,
+            ExitReason.PREEMPTION_TIMER: self.handle_preemption_timer,
             ExitReason.WBINVD: self.handle_skip,
         }
 
@@ -283,22 +284,22 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
             self.vm.stop_guest(f"shadow paging needs #PF exits: EXCEPTION_BITMAP and PAGE_FAULT_ERROR_CODE_"
                                f"MASK/MATCH let a hidden fault (error code {error:#x}) at {vaddr:#010x} "
                                f"through to the guest, and the shadow tables cannot be filled")
-        return self.vmexit(R_EXCEPTION_NMI, qualification=vaddr, linear=vaddr,
-                           intr_info=InterruptionInfo.exception(PF, True), intr_error=error, defer_entry=True,
-                           shadow=True, access=access, write=write, user=user, vector=PF, error_code=error)
+        return self.vmexit(ShadowPageFault(qualification=vaddr, linear=vaddr, vector=PF, error_code=error,
+                                           access=access, write=write, user=user),
+                           intr_info=InterruptionInfo.exception(PF, True), intr_error=error, defer_entry=True)
 
-    def shadow_page_fault(self, exit: VmExit) -> Fill | Fault:
+    def shadow_page_fault(self, exit: ShadowPageFault) -> Outcome:
         """KVM's FNAME(page_fault): walk the guest's tables; fill the shadow (hidden
         fault) or reflect the guest's own #PF (true fault)."""
-        info, vaddr = exit.info, exit.guest_linear
+        vaddr = exit.linear
         try:
-            t = self.walk(vaddr, info["write"], info["user"])
+            t = self.walk(vaddr, exit.write, exit.user)
         except PageFault as pf:
             self.shadow.counters.true_faults += 1
             self.inject_exception(PF, pf.error_code)
             self._inject_cr2 = vaddr
-            return Fault(PF, pf.error_code, vaddr, info["access"], exited=True)
-        return self._shadow_fill(vaddr, info["write"], info["access"], t)
+            return Value(Fault(PF, pf.error_code, vaddr, exit.access, exited=True))
+        return Value(self._shadow_fill(vaddr, exit.write, exit.access, t))
 
     def _shadow_fill(self, vaddr: int, write: bool, access: str, t) -> Fill:
         """Install the shadow entry for a successful guest walk and answer the fill."""
@@ -339,20 +340,22 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
         return {**shadow_counters(self.shadow, "injected"), "TLB flushes on VM entry": self.tlb_flushes}
 
     # -- exit handlers: the hypervisor ------------------------------------------------------
-    def skip(self, exit: VmExit) -> None:
+    def skip(self, exit: Exit) -> Outcome:
         """KVM's skip_emulated_instruction; hooked exits (CPUID, I/O, RDTSC) are completed
         by the engine itself."""
-        if not exit.info.get("hooked"):
-            self.skip_instruction(exit.instruction_length)
+        if not exit.hooked:
+            self.skip_instruction(exit.length)
+        return RESUME
 
-    def handle_skip(self, exit: VmExit) -> None:
-        self.skip(exit)
+    def handle_skip(self, exit: Exit) -> Outcome:
+        return self.skip(exit)
 
-    def handle_cpuid(self, exit: VmExit) -> None:
+    def handle_cpuid(self, exit: Exit) -> Outcome:
         eng = self.vm.engine
         leaf = eng.reg("eax")
         subleaf = eng.reg("ecx") if leaf in SUBLEAF_LEAVES else 0
-        eng.set_regs4(("eax", "ebx", "ecx", "edx"), self.cpuid(leaf, subleaf))
+        eng.set_regs4(CPUID_OUTPUTS, self.cpuid(leaf, subleaf))
+        return RESUME
 
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
         if leaf == 0x40000000:
@@ -373,32 +376,37 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
             ecx &= ~(1 << 5)     # no VMX for the guest: this model does not nest
         return eax, ebx, ecx, edx
 
-    def handle_hlt(self, exit: VmExit) -> None:
+    def handle_hlt(self, exit: Exit) -> Outcome:
         self.skip(exit)
         self.vm.halt()
+        return RESUME
 
-    def handle_invlpg(self, exit: VmExit) -> None:
+    def handle_invlpg(self, exit: Exit) -> Outcome:
         self.shadow.invalidate(exit.qualification)
         self.vm.engine.flush_tlb()
-        self.skip(exit)
+        return self.skip(exit)
 
-    def handle_rdpmc(self, exit: VmExit) -> None:
+    def handle_rdpmc(self, exit: Exit) -> Outcome:
         self.write_edx_eax(0)
-        self.skip(exit)
+        return self.skip(exit)
 
-    def handle_rdtsc(self, exit: VmExit) -> None:
+    def handle_rdtsc(self, exit: Exit) -> Outcome:
         offset = self.vmcs.read(Field.TSC_OFFSET) if self.primary(PrimaryProcBased.USE_TSC_OFFSETTING) else 0
         self.write_edx_eax((self.vm.guest_tsc() + offset) & 0xFFFFFFFFFFFFFFFF)
+        return RESUME
 
-    def handle_vmcall(self, exit: VmExit) -> None:
+    def handle_vmcall(self, exit: Exit) -> Outcome:
         """KVM's hypercall ABI: number in EAX, result in EAX; none defined here yet."""
         self.vm.engine.set_reg("eax", -KVM_ENOSYS & 0xFFFFFFFF)
-        self.skip(exit)
+        return self.skip(exit)
 
-    def handle_cr_access(self, exit: VmExit) -> None:
+    def handle_preemption_timer(self, exit: Exit) -> Outcome:
+        return RESUME
+
+    def handle_cr_access(self, exit: CrAccessExit) -> Outcome:
         q = CrAccess.decode(exit.qualification)
         eng, v = self.vm.engine, self.vmcs
-        gpr = exit.info.get("gpr")
+        gpr = exit.gpr
         if q.access is CrAccessType.MOV_TO_CR:
             value = eng.reg(gpr)
             if q.cr == 0:
@@ -419,38 +427,36 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
         elif q.access is CrAccessType.MOV_FROM_CR:
             eng.set_reg(gpr, eng.reg(f"cr{q.cr}"))
         elif q.access is CrAccessType.CLTS:
-            eng.set_reg("cr0", eng.reg("cr0") & ~8)
-            v.write(Field.CR0_READ_SHADOW, v.read(Field.CR0_READ_SHADOW) & ~8)
-        self.skip(exit)
+            eng.set_reg("cr0", eng.reg("cr0") & ~CR0_TS)
+            v.write(Field.CR0_READ_SHADOW, v.read(Field.CR0_READ_SHADOW) & ~CR0_TS)
+        return self.skip(exit)
 
-    def handle_dr_access(self, exit: VmExit) -> None:
-        eng, info = self.vm.engine, exit.info
-        dr = debug_register(info["dr"], eng.reg("cr4"))
+    def handle_dr_access(self, exit: DrAccessExit) -> Outcome:
+        eng = self.vm.engine
+        dr = debug_register(exit.dr, eng.reg("cr4"))
         if dr is None:
-            self.inject_exception(6)  # #UD: DR4/DR5 with CR4.DE set
-            return
-        if info["to_dr"]:
-            eng.set_reg(dr, eng.reg(info["gpr"]))
+            self.inject_exception(UD)  # DR4/DR5 with CR4.DE set
+            return RESUME
+        if exit.to_dr:
+            eng.set_reg(dr, eng.reg(exit.gpr))
         else:
-            eng.set_reg(info["gpr"], eng.reg(dr))
-        self.skip(exit)
+            eng.set_reg(exit.gpr, eng.reg(dr))
+        return self.skip(exit)
 
-    def handle_rdmsr(self, exit: VmExit) -> None:
-        msr = exit.info["msr"]
-        value = self.read_msr(msr)
+    def handle_rdmsr(self, exit: MsrExit) -> Outcome:
+        value = self.read_msr(exit.msr)
         if value is None:
             self.inject_exception(GP, 0)
-            return
+            return RESUME
         self.write_edx_eax(value)
-        self.skip(exit)
+        return self.skip(exit)
 
-    def handle_wrmsr(self, exit: VmExit) -> None:
+    def handle_wrmsr(self, exit: MsrExit) -> Outcome:
         eng = self.vm.engine
-        msr = exit.info["msr"]
-        if not self.write_msr(msr, (eng.reg("edx") << 32) | eng.reg("eax")):
+        if not self.write_msr(exit.msr, (eng.reg("edx") << 32) | eng.reg("eax")):
             self.inject_exception(GP, 0)
-            return
-        self.skip(exit)
+            return RESUME
+        return self.skip(exit)
 
     def read_msr(self, msr: int) -> int | None:
         if msr in PASSTHROUGH_MSRS:
@@ -478,22 +484,23 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
             return False
         return True
 
-    def handle_descriptor_table(self, exit: VmExit) -> None:
+    def handle_descriptor_table(self, exit: DescriptorTableExit) -> Outcome:
         """Accounted, then executed by the engine itself: leaving EIP at the instruction
         lets it run natively, which is exactly what emulating it would do."""
+        return RESUME
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         info = InterruptionInfo.exception(vector, error_code is not None)
         self.vmcs.write(Field.VM_ENTRY_INTR_INFO_FIELD, info.encode())
         self.vmcs.write(Field.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code or 0)
 
-    def handle_exception(self, exit: VmExit):
+    def handle_exception(self, exit: ExceptionExit | ShadowPageFault) -> Outcome:
         """A shadow page fault is the VMM's own business; anything else is reflected.
 
         Reflect the exception into the guest; if the exit interrupted the delivery of
         another event (IDT-vectoring information), combine the two as the SDM's
         Table 6-5 does (contributory on contributory, or on #PF, becomes #DF)."""
-        if exit.info.get("shadow"):
+        if type(exit) is ShadowPageFault:
             return self.shadow_page_fault(exit)
         v = self.vmcs
         intr = InterruptionInfo.decode(v.read(Field.VM_EXIT_INTR_INFO))
@@ -510,14 +517,15 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
                 if combined != vector:
                     vector, error = combined, 0
         if vector == PF:
-            self._inject_cr2 = exit.info.get("cr2")
+            self._inject_cr2 = exit.cr2
         if intr.type is InterruptionType.SOFTWARE_EXCEPTION:
             v.write(Field.VM_ENTRY_INTR_INFO_FIELD, InterruptionInfo(vector, intr.type).encode())
-            v.write(Field.VM_ENTRY_INSTRUCTION_LEN, exit.instruction_length)
+            v.write(Field.VM_ENTRY_INSTRUCTION_LEN, exit.length)
         else:
             self.inject_exception(vector, error)
+        return RESUME
 
-    def handle_external_interrupt(self, exit: VmExit) -> None:
+    def handle_external_interrupt(self, exit: ExternalInterruptExit) -> Outcome:
         """The interrupt is the guest's (its board raised it): inject it now if the guest
         can take it, else ask for an interrupt-window exit."""
         v = self.vmcs
@@ -529,10 +537,12 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
         else:
             self.queued_irq = vector
             self.set_primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING, True)
+        return RESUME
 
-    def handle_interrupt_window(self, exit: VmExit) -> None:
+    def handle_interrupt_window(self, exit: Exit) -> Outcome:
         self.set_primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING, False)
         if self.queued_irq is not None:
             self.vmcs.write(Field.VM_ENTRY_INTR_INFO_FIELD,
                             InterruptionInfo(self.queued_irq, InterruptionType.EXTERNAL_INTERRUPT).encode())
             self.queued_irq = None
+        return RESUME

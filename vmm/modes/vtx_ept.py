@@ -17,20 +17,18 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..cpu.delivery import PF
 from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
 from ..mmu.ept import EptBuilder, EptMisconfiguration, EptViolation, EptWalker
 from ..mmu.nested import FAST_WALK_REFERENCES, NestedWalker, fast_walk_32
 from ..mmu.paging import CR0_PG, GuestWalker, PageFault
 from ..vmx.controls import PrimaryProcBased, SecondaryProcBased
 from ..vmx.exit_reasons import ExitReason
-from ..vmx.exits import VmExit
+from ..vmx.exits import RESUME, EptMisconfigExit, EptViolationExit, Outcome, Retry, StopVm, Value
 from ..vmx.qualification import EptViolation as EptQualification
 from ..vmx.vmcs import Field
 from .vtx import PAGE_MASK, VtxMode
 
-PF = 14
-BACKING = -1  # pseudo-vectors: Faults that stop emulation so a host frame can be mapped,
-OUTSIDE = -2  # or so the VM can stop on an access outside RAM and devices
 BACKING_CHUNK = 0x10000
 
 
@@ -63,8 +61,6 @@ class VtxEptMode(VtxMode):
                                       EptWalker(pages.read64, pages.write64))
         self.backed: set[int] = set()          # guest pages the guest or loader touched
         self.backed_chunks: set[int] = set()   # host memory allocated, BACKING_CHUNK each
-        self.ept_violations = 0
-        self.mmio_exits = 0
         self.invepts = 0
         self.invvpids = 0
         self.walk_refs: Counter = Counter()
@@ -165,10 +161,10 @@ class VtxEptMode(VtxMode):
                 return Fault(PF, pf.error_code, pf.address, access)  # the guest's own #PF
             except EptViolation as v:
                 self.walk_refs.update(self.nested.last_references)
-                outcome = self.vmexit(ExitReason.EPT_VIOLATION, qualification=v.exit_qualification,
-                                      linear=v.linear, gpa=v.gpa, defer_entry=True, gpa_fault=v.gpa)
-                if outcome is not None:
-                    return outcome
+                stop = self.vmexit(EptViolationExit(qualification=v.exit_qualification, linear=v.linear, gpa=v.gpa),
+                                   defer_entry=True)
+                if stop is not None:
+                    return stop  # a Retry: the run stops, the page is backed, the access runs again
             except EptMisconfiguration as m:
                 self.walk_refs.update(self.nested.last_references)
                 if not self.vm.board.mmio_bus.find(m.gpa):
@@ -206,48 +202,34 @@ class VtxEptMode(VtxMode):
         self.ept_builder.map(page, page, 0x1000, True, True, True)
 
     # -- exit handlers ------------------------------------------------------------------------
-    def handle_ept_violation(self, exit: VmExit):
+    def handle_ept_violation(self, exit: EptViolationExit) -> Outcome:
         """KVM's tdp_page_fault: back and map guest RAM; give a device page its MMIO
         (misconfigured) entry; anything else is outside the guest: stop."""
-        self.ept_violations += 1
-        gpa = exit.info["gpa_fault"]
+        gpa = exit.gpa
         if self.is_ram(gpa):
-            if not self.is_backed(gpa) and self.vm.engine.running:
-                # Unicorn cannot map host memory while it emulates: stop, back the frame,
-                # and run the faulting instruction again (on_fault).
-                return Fault(BACKING, None, gpa, "backing", exited=True)
+            if not self.is_backed(gpa):
+                # Unicorn cannot map host memory while it emulates: the run stops, the
+                # frame is backed and mapped, the faulting instruction runs again.
+                return Retry(lambda: self.map_ram_page(gpa), "backing")
             self.map_ram_page(gpa)
-            return None
+            return RESUME
         if self.vm.board.mmio_bus.find(gpa):
             self.ept_builder.map_mmio_marker(gpa)
-            return None
+            return RESUME
         q = EptQualification.decode(exit.qualification)
-        self._outside = (f"EPT violation at guest-physical {gpa:#010x} outside RAM and devices "
-                         f"({q.describe()})")
-        return Fault(OUTSIDE, None, gpa, "outside", exited=True)
+        return StopVm(f"EPT violation at guest-physical {gpa:#010x} outside RAM and devices ({q.describe()})")
 
     def on_mmio(self, address: int, size: int, value: int | None) -> int | None:
         if value is not None and self.replayed_store(address, size, value):
             return None  # Unicorn's replay of a store already emulated (NativeMode.mmio_write)
-        return self.vmexit(ExitReason.EPT_MISCONFIG, gpa=address, defer_entry=True,
-                           address=address, size=size, value=value)
+        return self.vmexit(EptMisconfigExit(gpa=address, address=address, size=size, value=value), defer_entry=True)
 
-    def handle_ept_misconfig(self, exit: VmExit):
+    def handle_ept_misconfig(self, exit: EptMisconfigExit) -> Outcome:
         """KVM's MMIO path: emulate the access on the device model."""
-        self.mmio_exits += 1
-        info = exit.info
-        if info["value"] is None:
-            return self.vm.board.mmio_bus.read(info["address"], info["size"])
-        self.mmio_write(info["address"], info["size"], info["value"])
-        return None
-
-    def on_fault(self, fault) -> None:
-        if fault.vector == BACKING:
-            self.map_ram_page(fault.address)
-            return
-        if fault.vector == OUTSIDE:
-            self.vm.stop_guest(self._outside)
-        super().on_fault(fault)
+        if exit.value is None:
+            return Value(self.vm.board.mmio_bus.read(exit.address, exit.size))
+        self.mmio_write(exit.address, exit.size, exit.value)
+        return RESUME
 
     def invept(self, single_context: bool = False) -> None:
         """INVEPT: drop cached EPT-derived translations. This model has one EPTP, so the
@@ -287,9 +269,9 @@ class VtxEptMode(VtxMode):
             "  guest page-table entries": guest,
             "  EPT entries translating guest tables": ept_tables,
             "  EPT entries translating the data page": ept_data,
-            "EPT violations (pages mapped)": self.ept_violations,
+            "EPT violations (pages mapped)": self.vm.exits[ExitReason.EPT_VIOLATION],
             "guest RAM pages backed": len(self.backed),
-            "EPT misconfigurations (MMIO accesses)": self.mmio_exits,
+            "EPT misconfigurations (MMIO accesses)": self.vm.exits[ExitReason.EPT_MISCONFIG],
             "page-walk cache hits": self.nested.pwc_hits,
             "INVEPT": self.invepts,
             "INVVPID": self.invvpids,

@@ -66,15 +66,14 @@ def describe_exit(exit, vmcs) -> str:
             return CrAccess.decode(q).describe()
         if r is ExitReason.IO_INSTRUCTION:
             if vmcs is None:
-                info = exit.info
-                return f"{'IN' if info['direction'] == 'in' else 'OUT'} port {info['port']:#x}, {info['size']} byte(s)"
+                return f"{exit.direction.upper()} port {exit.port:#x}, {exit.size} byte(s)"
             return IoInstruction.decode(q).describe()
         if r is ExitReason.DR_ACCESS:
             return MovDr.decode(q).describe()
         if r in (ExitReason.EPT_VIOLATION,):
-            return EptViolation.decode(q).describe() + f", guest-physical {exit.guest_physical:#x}"
+            return EptViolation.decode(q).describe() + f", guest-physical {exit.gpa:#x}"
         if r is ExitReason.EPT_MISCONFIG:
-            return f"guest-physical {exit.guest_physical:#x} (MMIO)"
+            return f"guest-physical {exit.gpa:#x} (MMIO)"
         if r is ExitReason.INVLPG:
             return f"INVLPG {q:#x}"
         if r in (ExitReason.EXCEPTION_NMI, ExitReason.EXTERNAL_INTERRUPT):
@@ -83,13 +82,13 @@ def describe_exit(exit, vmcs) -> str:
                 raw = vmcs.read(Field.VM_EXIT_INTR_INFO)
                 if raw >> 31:
                     return InterruptionInfo.decode(raw).describe()
-            vector = exit.info.get("vector")
+            vector = getattr(exit, "vector", None)
             return f"vector {vector:#x}" if vector is not None else ""
         if r in (ExitReason.MSR_READ, ExitReason.MSR_WRITE):
-            return f"MSR {exit.info.get('msr', 0):#x}"
+            return f"MSR {exit.msr:#x}"
         if r in (ExitReason.GDTR_IDTR, ExitReason.LDTR_TR):
-            return f"{exit.info.get('mnemonic', '').upper()}, displacement {q:#x}"
-    except (ValueError, KeyError):
+            return f"{exit.mnemonic.upper()}, displacement {q:#x}"
+    except (ValueError, AttributeError):
         pass
     return ""
 
@@ -335,8 +334,7 @@ class Tracer:
             return
         self._event({"type": "exit", "n": self._number(), "reason": int(exit.reason), "name": exit.reason.name,
                      "qualification": exit.qualification, "decoded": describe_exit(exit, vmcs),
-                     "length": exit.instruction_length,
-                     "info": {k: v for k, v in exit.info.items() if k != "hooked"},
+                     "length": exit.length, "info": exit.payload(),
                      "result": result if isinstance(result, int) and not isinstance(result, bool) else None})
 
     def mode_event(self, category: str, name: str, n: int) -> None:

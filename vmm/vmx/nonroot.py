@@ -23,7 +23,8 @@ from ..cpu.faultaddr import effective_address
 from ..cpu.regs import IF
 from .controls import ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased
 from .exit_reasons import ExitReason
-from .exits import VmExit
+from .exits import (IN, OUT, CpuidExit, CrAccessExit, DescriptorTableExit, DrAccessExit, ExceptionExit, Exit,
+                    ExternalInterruptExit, InstructionExit, IoExit, MsrExit)
 from .qualification import (CrAccess, CrAccessType, InterruptionInfo, InterruptionType, IoInstruction,
                             MovDr)
 from .vmcs import Field
@@ -33,9 +34,12 @@ GPR_INDEX = {name: i for i, name in enumerate(GPRS)}
 CR0_TS = 1 << 3
 PREEMPTION_TIMER_RATE = 5  # IA32_VMX_MISC[4:0]: the timer counts down once per 2^5 TSC ticks
 KVM_ENOSYS = 1000          # KVM's hypercall error for an unknown number
-_HOOKED = {"hooked": True}
+CPUID_LENGTH = RDTSC_LENGTH = 2   # 0F A2, 0F 31
 _ACTIVATE_SECONDARY = PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS._value_
-_CPUID_EXIT = VmExit(ExitReason.CPUID, 0, None, None, 2, _HOOKED)  # immutable: shared by every CPUID exit  # the engine completes the instruction (CPUID, I/O, RDTSC)
+# Exits with nothing to qualify, shared by every occurrence (they are immutable); the engine
+# completes both instructions itself.
+_CPUID_EXIT = CpuidExit(length=CPUID_LENGTH, hooked=True)
+RDTSC_EXIT = InstructionExit(reason=ExitReason.RDTSC, length=RDTSC_LENGTH, hooked=True)
 
 
 def exits_for_exception(vmcs, vector: int, error_code: int) -> bool:
@@ -72,21 +76,19 @@ class VmxNonRoot:
         self.vmcs.write(Field.CPU_BASED_VM_EXEC_CONTROL, value | flag if on else value & ~flag)
 
     # -- the exit itself ---------------------------------------------------------------------
-    def vmexit(self, reason: ExitReason, *, qualification: int = 0, length: int = 0,
-               linear: int | None = None, intr_info: InterruptionInfo | None = None,
-               intr_error: int | None = None, gpa: int | None = None, defer_entry: bool = False, **info):
+    def vmexit(self, exit: Exit, *, intr_info: InterruptionInfo | None = None,
+               intr_error: int | None = None, defer_entry: bool = False):
         """Fill the exit-information fields, run the handler, then enter the guest again.
 
         ``defer_entry``: the exit happened inside a TLB fill (a shadow page fault); the
         VM entry's side effects wait until emulation stops."""
         vectoring = self._vectoring
-        self.vmcs.record_exit(int(reason), qualification, length, linear or 0,
+        self.vmcs.record_exit(exit.reason, exit.qualification, exit.length, exit.linear or 0,
                               intr_info.encode() if intr_info else 0, intr_error or 0,
                               vectoring[0].encode() if vectoring else 0, vectoring[1] if vectoring else 0)
         self._vectoring = None
-        if gpa is not None:
-            self.vmcs.set_exit_info(Field.GUEST_PHYSICAL_ADDRESS, gpa)
-        exit = VmExit(reason, qualification, linear, gpa, length, info)
+        if exit.gpa is not None:
+            self.vmcs.set_exit_info(Field.GUEST_PHYSICAL_ADDRESS, exit.gpa)
         result = self.vm.dispatch(exit)
         if defer_entry:
             self.flush_on_entry(deferred=True)
@@ -162,17 +164,17 @@ class VmxNonRoot:
 
     def _exception_exit(self, vector, error_code, itype, length, cr2) -> None:
         has_code = itype is InterruptionType.HARDWARE_EXCEPTION and vector in HAS_ERROR_CODE
-        self.vmexit(ExitReason.EXCEPTION_NMI, qualification=cr2 or 0 if vector == PF else 0, length=length,
-                    linear=cr2 if vector == PF else None,
+        self.vmexit(ExceptionExit(qualification=cr2 or 0 if vector == PF else 0, length=length,
+                                  linear=cr2 if vector == PF else None, vector=vector, error_code=error_code,
+                                  software=itype is InterruptionType.SOFTWARE_EXCEPTION, cr2=cr2),
                     intr_info=InterruptionInfo(vector, itype, error_code_valid=has_code),
-                    intr_error=error_code if has_code else None,
-                    vector=vector, error_code=error_code, cr2=cr2)
+                    intr_error=error_code if has_code else None)
 
     def on_invalid_opcode(self) -> None:
         eng = self.vm.engine
         eip = eng.reg("eip")
         if self.vm.read_code(eip, 3) == b"\x0f\x01\xc1":
-            self.vmexit(ExitReason.VMCALL, length=3)
+            self.vmexit(InstructionExit(reason=ExitReason.VMCALL, length=3))
             return
         self.hardware_exception(UD, 0, None)
 
@@ -182,14 +184,14 @@ class VmxNonRoot:
 
     def on_cpuid(self) -> bool:
         # CPUID always exits (SDM §26.1.2): the lean path, with nothing to qualify.
-        self.vmcs.record_exit(10, 0, 2, 0, 0, 0, 0, 0)
+        self.vmcs.record_exit(ExitReason.CPUID, 0, CPUID_LENGTH, 0, 0, 0, 0, 0)
         self.vm.dispatch(_CPUID_EXIT)
         self.vm_entry()
         return True
 
     def on_rdtsc(self) -> bool:
         if self.primary(PrimaryProcBased.RDTSC_EXITING):
-            self.vmexit(ExitReason.RDTSC, length=2, hooked=True)
+            self.vmexit(RDTSC_EXIT)
         else:
             offset = self.vmcs.read(Field.TSC_OFFSET) if self.primary(PrimaryProcBased.USE_TSC_OFFSETTING) else 0
             self.write_edx_eax(self.vm.guest_tsc() + offset)
@@ -204,7 +206,7 @@ class VmxNonRoot:
         if self.primary(PrimaryProcBased.HLT_EXITING):
             eng = self.vm.engine
             eng.set_reg("eip", eng.reg("eip") - 1)  # HLT exits before it executes
-            self.vmexit(ExitReason.HLT, length=1)
+            self.vmexit(InstructionExit(reason=ExitReason.HLT, length=1))
         else:
             self.vm.halt()
 
@@ -235,16 +237,15 @@ class VmxNonRoot:
         if not self._io_exits(port, size):
             return self.vm.board.port_bus.read(port, size)
         q, length = self._io_qualification(port, size, True)
-        return self.vmexit(ExitReason.IO_INSTRUCTION, qualification=q, length=length, hooked=True,
-                           port=port, size=size, direction="in")
+        return self.vmexit(IoExit(qualification=q, length=length, hooked=True, port=port, size=size, direction=IN))
 
     def on_port_out(self, port: int, size: int, value: int) -> None:
         if not self._io_exits(port, size):
             self.io_direct(port, size, value)
             return
         q, length = self._io_qualification(port, size, False)
-        self.vmexit(ExitReason.IO_INSTRUCTION, qualification=q, length=length, hooked=True,
-                    port=port, size=size, direction="out", value=value)
+        self.vmexit(IoExit(qualification=q, length=length, hooked=True, port=port, size=size, direction=OUT,
+                           value=value))
 
     def next_deadline(self) -> int | None:
         if self.pin(PinBased.PREEMPTION_TIMER):
@@ -254,7 +255,7 @@ class VmxNonRoot:
     def on_slice_end(self) -> None:
         deadline = self.next_deadline()
         if deadline is not None and self.vm.now >= deadline:
-            self.vmexit(ExitReason.PREEMPTION_TIMER)
+            self.vmexit(InstructionExit(reason=ExitReason.PREEMPTION_TIMER))
 
     def poll_interrupts(self) -> bool:
         """External interrupts and the interrupt window (SDM §26.2, §26.7.5)."""
@@ -265,12 +266,12 @@ class VmxNonRoot:
                 if self.vmcs.read(Field.VM_EXIT_CONTROLS) & ExitControls.ACK_INTERRUPT_ON_EXIT:
                     vector = board.acknowledge_interrupt()
                     info = InterruptionInfo(vector, InterruptionType.EXTERNAL_INTERRUPT)
-                self.vmexit(ExitReason.EXTERNAL_INTERRUPT, intr_info=info)
+                self.vmexit(ExternalInterruptExit(vector=None if info is None else info.vector), intr_info=info)
         elif board.interrupt_pending() and eng.reg("eflags") & IF:
             self.deliver_as_hardware(Event(board.acknowledge_interrupt(), "external"),
                                      InterruptionInfo(0, InterruptionType.EXTERNAL_INTERRUPT))
         if self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) and eng.reg("eflags") & IF:
-            self.vmexit(ExitReason.INTERRUPT_WINDOW)
+            self.vmexit(InstructionExit(reason=ExitReason.INTERRUPT_WINDOW))
         waiting = self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) or board.interrupt_pending()
         return bool(waiting and not eng.reg("eflags") & IF)
 
@@ -303,7 +304,7 @@ class VmxNonRoot:
             if to_cr:
                 value = eng.reg(gpr)
                 if (value ^ shadow) & mask:
-                    self.vmexit(ExitReason.CR_ACCESS, qualification=q, length=insn.size, cr=cr, gpr=gpr)
+                    self.vmexit(CrAccessExit(qualification=q, length=insn.size, cr=cr, gpr=gpr))
                     return
                 eng.set_reg(cr_name, (value & ~mask) | (eng.reg(cr_name) & mask))
             else:
@@ -314,15 +315,14 @@ class VmxNonRoot:
                 targets = [vmcs.read(Field.CR3_TARGET_VALUE0 + 2 * i)
                            for i in range(min(4, vmcs.read(Field.CR3_TARGET_COUNT)))]
                 if eng.reg(gpr) not in targets:
-                    self.vmexit(ExitReason.CR_ACCESS, qualification=q, length=insn.size, cr=3, gpr=gpr)
+                    self.vmexit(CrAccessExit(qualification=q, length=insn.size, cr=3, gpr=gpr))
             elif not to_cr and self.primary(PrimaryProcBased.CR3_STORE_EXITING):
-                self.vmexit(ExitReason.CR_ACCESS, qualification=q, length=insn.size, cr=3, gpr=gpr)
+                self.vmexit(CrAccessExit(qualification=q, length=insn.size, cr=3, gpr=gpr))
 
     def _site_clts(self, insn) -> None:
         mask, shadow = self.vmcs.read(Field.CR0_GUEST_HOST_MASK), self.vmcs.read(Field.CR0_READ_SHADOW)
         if mask & CR0_TS and shadow & CR0_TS:
-            self.vmexit(ExitReason.CR_ACCESS, qualification=CrAccess(0, CrAccessType.CLTS).encode(),
-                        length=insn.size, cr=0)
+            self.vmexit(CrAccessExit(qualification=CrAccess(0, CrAccessType.CLTS).encode(), length=insn.size, cr=0))
         elif mask & CR0_TS:
             self.skip_instruction(insn.size)  # TS owned by the host and shadow clear: no effect
 
@@ -345,8 +345,7 @@ class VmxNonRoot:
         dr_name, gpr = (insn.reg_name(a.reg), insn.reg_name(b.reg)) if to_dr else \
             (insn.reg_name(b.reg), insn.reg_name(a.reg))
         q = MovDr(int(dr_name[2:]), not to_dr, GPR_INDEX.get(gpr, 0)).encode()
-        self.vmexit(ExitReason.DR_ACCESS, qualification=q, length=insn.size, dr=dr_name, gpr=gpr,
-                    to_dr=to_dr)
+        self.vmexit(DrAccessExit(qualification=q, length=insn.size, dr=dr_name, gpr=gpr, to_dr=to_dr))
 
     def _msr_exits(self, msr: int, write: bool) -> bool:
         if not self.primary(PrimaryProcBased.USE_MSR_BITMAPS):
@@ -363,17 +362,17 @@ class VmxNonRoot:
     def _site_rdmsr(self, insn) -> None:
         msr = self.vm.engine.reg("ecx")
         if self._msr_exits(msr, False):
-            self.vmexit(ExitReason.MSR_READ, length=insn.size, msr=msr)
+            self.vmexit(MsrExit(reason=ExitReason.MSR_READ, length=insn.size, msr=msr))
 
     def _site_wrmsr(self, insn) -> None:
         msr = self.vm.engine.reg("ecx")
         if self._msr_exits(msr, True):
-            self.vmexit(ExitReason.MSR_WRITE, length=insn.size, msr=msr)
+            self.vmexit(MsrExit(reason=ExitReason.MSR_WRITE, length=insn.size, msr=msr))
 
     def _site_invlpg(self, insn) -> None:
         if self.primary(PrimaryProcBased.INVLPG_EXITING):
             linear = self.effective_address(insn)
-            self.vmexit(ExitReason.INVLPG, qualification=linear, length=insn.size, linear=linear)
+            self.vmexit(InstructionExit(reason=ExitReason.INVLPG, qualification=linear, length=insn.size, linear=linear))
 
     def _site_descriptor_table(self, insn) -> None:
         if self.secondary(SecondaryProcBased.DESCRIPTOR_TABLE_EXITING):
@@ -381,20 +380,21 @@ class VmxNonRoot:
                 else ExitReason.LDTR_TR
             op = insn.operands[0]
             displacement = op.mem.disp & 0xFFFFFFFF if op.type == 3 else 0
-            self.vmexit(reason, qualification=displacement, length=insn.size, mnemonic=insn.mnemonic)
+            self.vmexit(DescriptorTableExit(reason=reason, qualification=displacement, length=insn.size,
+                                            mnemonic=insn.mnemonic))
 
     def _site_always(reason):
         def handler(self, insn):
-            self.vmexit(reason, length=insn.size)
+            self.vmexit(InstructionExit(reason=reason, length=insn.size))
         return handler
 
     def _site_rdpmc(self, insn) -> None:
         if self.primary(PrimaryProcBased.RDPMC_EXITING):
-            self.vmexit(ExitReason.RDPMC, length=insn.size)
+            self.vmexit(InstructionExit(reason=ExitReason.RDPMC, length=insn.size))
 
     def _site_wbinvd(self, insn) -> None:
         if self.secondary(SecondaryProcBased.WBINVD_EXITING):
-            self.vmexit(ExitReason.WBINVD, length=insn.size)
+            self.vmexit(InstructionExit(reason=ExitReason.WBINVD, length=insn.size))
 
     _site_handlers = {
         "mov": None,  # filled below: only MOV to/from CRn or DRn reach a site
