@@ -8,9 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reference_walk import POOL, LazyMemory, ept_translate, make_source
-from vmm.mmu.ept import (EPT_A, EPT_D, EPT_LARGE, EPT_LEVEL_NAMES, EPT_R, EPT_RWX, EPT_W, EPT_X, MT_UC, MT_WB,
-                         EptBuilder, Eptp, EptMisconfiguration, EptViolation, EptWalker)
-from vmm.vmx.qualification import EptViolation as Qualification
+from vmm.mmu.ept import EptBuilder, Eptp, EptMisconfiguration, EptViolation, EptWalker
+from vmm.x86 import EPT_LEVEL_NAMES, EPT_RWX, EPTE, MemoryType
+from vmm.x86 import EptViolationQualification as Qualification
+
+EPT_R, EPT_W, EPT_X, EPT_LARGE, EPT_A, EPT_D = EPTE.R, EPTE.W, EPTE.X, EPTE.LARGE, EPTE.A, EPTE.D
+MT_UC, MT_WB = MemoryType.UC, MemoryType.WB
 
 
 class Host:

@@ -11,11 +11,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reference_walk import POOL, LazyMemory, make_source, nested_walk
-from vmm.mmu.ept import EPT_D, EPT_LEVEL_NAMES, EPT_RWX, EPT_W, EptBuilder, EptMisconfiguration, EptViolation, EptWalker
+from vmm.mmu.ept import EptBuilder, EptMisconfiguration, EptViolation, EptWalker
 from vmm.mmu.nested import NestedWalker
-from vmm.mmu.paging import (A, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, D, EFER_LMA, EFER_LME,
-                            EFER_NXE, P, PF_US, PF_WR, RW, US, XD, GuestWalker, PageFault)
-from vmm.vmx.qualification import EptViolation as Qualification
+from vmm.mmu.paging import GuestWalker, PageFault
+from vmm.x86 import CR0, CR4, EFER, EPT_LEVEL_NAMES, EPT_RWX, EPTE, PTE, PFError
+from vmm.x86 import EptViolationQualification as Qualification
+
+P, RW, US, A, D, XD = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.XD
+CR0_PG, CR0_WP = CR0.PG, CR0.WP
+CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP = CR4.PAE, CR4.PSE, CR4.SMAP, CR4.SMEP
+EFER_LMA, EFER_LME, EFER_NXE = EFER.LMA, EFER.LME, EFER.NXE
+PF_US, PF_WR = PFError.US, PFError.WR
+EPT_W, EPT_D = EPTE.W, EPTE.D
 
 OFFSET = 0x400000          # EPT maps guest-physical [0, 4 MiB) to host-physical [4 MiB, 8 MiB)
 ALL = P | RW | US

@@ -7,10 +7,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reference_walk import POOL, LazyMemory, make_source, walk_memory
-from vmm.mmu.paging import (A, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, D, EFER_LMA, EFER_LME,
-                            EFER_NXE, P, PAGING_32, PAGING_4LEVEL, PAGING_PAE, PF_ID, PF_P, PF_RSVD, PF_US,
-                            PF_WR, PS, RW, US, XD, GuestWalker, PageFault, Walker32, describe_error_code,
-                            paging_format, phys_reader, phys_writer)
+from vmm.mmu.paging import (PAGING_32, PAGING_4LEVEL, PAGING_PAE, GuestWalker, PageFault, Walker32,
+                            describe_error_code, paging_format, phys_reader, phys_writer)
+from vmm.x86 import CR0, CR4, EFER, PTE, PFError
+
+P, RW, US, A, D, PS, XD = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.PS, PTE.XD
+CR0_PG, CR0_WP = CR0.PG, CR0.WP
+CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP = CR4.PAE, CR4.PSE, CR4.SMAP, CR4.SMEP
+EFER_LMA, EFER_LME, EFER_NXE = EFER.LMA, EFER.LME, EFER.NXE
+PF_ID, PF_P, PF_RSVD, PF_US, PF_WR = PFError.ID, PFError.P, PFError.RSVD, PFError.US, PFError.WR
 
 
 class Ram:

@@ -33,7 +33,7 @@ else EPT violation (§29.3.3.2). Execute-only translations (X without R) are sup
 as on the processors that report it in IA32_VMX_EPT_VPID_CAP bit 0.
 
 Exit qualification of an EPT violation (SDM Table 28-7, built with
-:class:`vmm.vmx.qualification.EptViolation`): bits 0/1/2 read/write/fetch; bits 3/4/5
+:class:`vmm.x86.EptViolationQualification`): bits 0/1/2 read/write/fetch; bits 3/4/5
 the AND of bits 0/1/2 of the entries walked (all 0 when the walk met a not-present
 entry); bit 7 guest-linear address valid; bit 8 (when bit 7) 1 for an access to the
 translated address, 0 for an access to a guest paging-structure entry.
@@ -55,48 +55,46 @@ permission needs no INVEPT: the processor re-walks on the violation.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from ..vmx.qualification import EptViolation as EptViolationQualification
+from ..x86 import EPT_LEVEL_NAMES, EPT_LEVEL_SHIFTS, EPT_MEMTYPE_MASK, EPT_MEMTYPE_SHIFT, EPT_RWX, EPTE, bits
+from ..x86.ept import (
+    EPT_ENTRIES,
+    EPT_ENTRY_SIZE,
+    EPT_INDEX_MASK,
+    EPT_LARGE_LEVELS,
+    EPT_LEVELS,
+    EPT_PAGE_SIZES,
+    EPTE_NAMES,
+    EPTP_AD,
+    EPTP_MEMTYPE_MASK,
+    EPTP_WALK_MASK,
+    EPTP_WALK_SHIFT,
+    RESERVED_MEMORY_TYPES,
+    EptLevel,
+    EptViolationQualification,
+    MemoryType,
+)
+from ..x86.paging import MAXPHYADDR, PAGE_OFFSET_MASK, PAGE_SHIFT, PAGE_SIZE
 
-# -- entry bits ------------------------------------------------------------------------------
-EPT_R, EPT_W, EPT_X = 1, 2, 4
-EPT_RWX = 7
-EPT_MEMTYPE_SHIFT = 3
-EPT_MEMTYPE_MASK = 7 << EPT_MEMTYPE_SHIFT
-EPT_IGNORE_PAT = 1 << 6
-EPT_LARGE = 1 << 7
-EPT_A = 1 << 8
-EPT_D = 1 << 9
-EPT_USER_X = 1 << 10
-EPT_SUPPRESS_VE = 1 << 63
+ENTRY_BIT_NAMES = EPTE_NAMES
+MEMORY_TYPE_NAMES = {t.value: t.name for t in MemoryType}
 
-ENTRY_BIT_NAMES = {EPT_R: "R", EPT_W: "W", EPT_X: "X", EPT_IGNORE_PAT: "IPAT", EPT_LARGE: "PS",
-                   EPT_A: "A", EPT_D: "D", EPT_USER_X: "XU", EPT_SUPPRESS_VE: "SVE"}
+# Plain locals for the walk loop (a class attribute lookup per entry costs more than the test).
+_R, _W, _X, _LARGE, _A, _D = EPTE.R, EPTE.W, EPTE.X, EPTE.LARGE, EPTE.A, EPTE.D
 
-# -- memory types (SDM §11.3) ----------------------------------------------------------------
-MT_UC, MT_WC, MT_WT, MT_WP, MT_WB = 0, 1, 4, 5, 6
-MEMORY_TYPE_NAMES = {MT_UC: "UC", MT_WC: "WC", MT_WT: "WT", MT_WP: "WP", MT_WB: "WB"}
-RESERVED_MEMORY_TYPES = (2, 3, 7)
+_MEMTYPE_MAX = EPT_MEMTYPE_MASK >> EPT_MEMTYPE_SHIFT
+_LEVEL_OF_SIZE = {size: level for level, size in EPT_PAGE_SIZES.items()}
+_LARGE_SIZES = (EPT_PAGE_SIZES[EptLevel.PDPTE], EPT_PAGE_SIZES[EptLevel.PDE])   # largest first
 
-# -- EPTP ------------------------------------------------------------------------------------
-EPTP_MEMTYPE_MASK = 7
-EPTP_WALK_SHIFT = 3
-EPTP_WALK_MASK = 7 << EPTP_WALK_SHIFT
-EPTP_AD = 1 << 6
+# Reserved bits below bit 12, by what the entry is (Tables 29-1 .. 29-6).
+_PML4E_RESERVED = bits(7, 3)                      # memory type, IPAT and PS in a PML4E
+_TABLE_RESERVED = bits(6, 3)                      # a PDPTE/PDE that references a table
+_LARGE_RESERVED = {EptLevel.PDPTE: bits(29, 12), EptLevel.PDE: bits(20, 12)}  # frame bits below the page
 
-EPT_LEVEL_NAMES = ("EPT PML4E", "EPT PDPTE", "EPT PDE", "EPT PTE")
-EPT_LEVEL_SHIFTS = (39, 30, 21, 12)
-EPT_PAGE_SIZES = {1: 1 << 30, 2: 1 << 21, 3: 1 << 12}   # level index -> page size of a leaf there
-
-MAXPHYADDR = 36
 ACCESSES = ("read", "write", "fetch")
-_NEED = {"read": EPT_R, "write": EPT_W, "fetch": EPT_X}
-
-
-def _bits(hi: int, lo: int) -> int:
-    return ((1 << (hi + 1)) - 1) & ~((1 << lo) - 1) if hi >= lo else 0
+_NEED = {"read": _R, "write": _W, "fetch": _X}
 
 
 @dataclass(frozen=True)
@@ -104,33 +102,33 @@ class Eptp:
     """The EPT pointer. ``decode`` keeps any reserved bits so :meth:`problems` sees them."""
 
     pml4: int
-    memory_type: int = MT_WB
-    walk_length: int = 4
+    memory_type: int = MemoryType.WB
+    walk_length: int = EPT_LEVELS
     ad: bool = False
     reserved: int = 0
 
     def encode(self) -> int:
-        return ((self.memory_type & 7) | ((self.walk_length - 1) & 7) << EPTP_WALK_SHIFT
+        return ((self.memory_type & EPTP_MEMTYPE_MASK) | ((self.walk_length - 1) << EPTP_WALK_SHIFT & EPTP_WALK_MASK)
                 | (EPTP_AD if self.ad else 0) | self.pml4 | self.reserved)
 
     @classmethod
-    def decode(cls, value: int, maxphyaddr: int = MAXPHYADDR) -> "Eptp":
-        address = _bits(maxphyaddr - 1, 12)
+    def decode(cls, value: int, maxphyaddr: int = MAXPHYADDR) -> Eptp:
+        address = bits(maxphyaddr - 1, PAGE_SHIFT)
         known = EPTP_MEMTYPE_MASK | EPTP_WALK_MASK | EPTP_AD | address
         return cls(pml4=value & address, memory_type=value & EPTP_MEMTYPE_MASK,
                    walk_length=((value & EPTP_WALK_MASK) >> EPTP_WALK_SHIFT) + 1,
-                   ad=bool(value & EPTP_AD), reserved=value & ~known & ((1 << 64) - 1))
+                   ad=bool(value & EPTP_AD), reserved=value & ~known & bits(63, 0))
 
     def problems(self, maxphyaddr: int = MAXPHYADDR) -> list[str]:
         """Why VM entry would refuse this EPTP (SDM §27.2.1.1); empty when valid."""
         out = []
-        if self.memory_type not in (MT_UC, MT_WB):
+        if self.memory_type not in (MemoryType.UC, MemoryType.WB):
             out.append(f"memory type {self.memory_type} is neither UC (0) nor WB (6)")
-        if self.walk_length != 4:
+        if self.walk_length != EPT_LEVELS:
             out.append(f"page-walk length {self.walk_length} is not 4")
         if self.reserved:
             out.append(f"reserved bits {self.reserved:#x} set")
-        if self.pml4 & 0xFFF or self.pml4 >> maxphyaddr:
+        if self.pml4 & PAGE_OFFSET_MASK or self.pml4 >> maxphyaddr:
             out.append(f"PML4 address {self.pml4:#x} is not a page below 2^{maxphyaddr}")
         return out
 
@@ -165,7 +163,7 @@ class EptTranslation:
 
 class EptViolation(Exception):
     """An EPT violation (exit reason 48): the GPA, the guest-linear address (or None) and
-    the qualification (:class:`vmm.vmx.qualification.EptViolation`)."""
+    the qualification (:class:`vmm.x86.EptViolationQualification`)."""
 
     def __init__(self, gpa: int, linear: int | None, qualification: EptViolationQualification,
                  entries: list[tuple[str, int, int]] | None = None, tag: str = "data"):
@@ -197,14 +195,11 @@ class EptMisconfiguration(Exception):
 
 def entry_reserved(value: int, level: int, maxphyaddr: int = MAXPHYADDR) -> int:
     """Reserved bits set in a present EPT entry at ``level`` (0 PML4E .. 3 PTE)."""
-    mask = _bits(51, maxphyaddr)
-    if level == 0:
-        mask |= _bits(7, 3)
-    elif level in (1, 2):
-        if value & EPT_LARGE:
-            mask |= _bits(29, 12) if level == 1 else _bits(20, 12)
-        else:
-            mask |= _bits(6, 3)
+    mask = bits(51, maxphyaddr)
+    if level == EptLevel.PML4E:
+        mask |= _PML4E_RESERVED
+    elif level in EPT_LARGE_LEVELS:
+        mask |= _LARGE_RESERVED[EptLevel(level)] if value & _LARGE else _TABLE_RESERVED
     return value & mask
 
 
@@ -226,13 +221,13 @@ class EptWalker:
         self.refs = refs
         self.references = 0
         self.counts: Counter[tuple[str, str]] = Counter()
-        self._address_mask = _bits(maxphyaddr - 1, 12)
+        self._address_mask = bits(maxphyaddr - 1, PAGE_SHIFT)
         self._eptps: dict[int, Eptp] = {}
         # reserved-bit masks by (level, large page), as entry_reserved computes them
-        ones = _bits(63, 0)
-        self._reserved = {(level, large): entry_reserved(ones if large else ones & ~EPT_LARGE, level, maxphyaddr)
-                          | (EPT_LARGE & entry_reserved(ones, level, maxphyaddr) if level == 0 else 0)
-                          for level in range(4) for large in (False, True)}
+        ones = bits(63, 0)
+        self._reserved = {(level, large): entry_reserved(ones if large else ones & ~_LARGE, level, maxphyaddr)
+                          | (_LARGE & entry_reserved(ones, level, maxphyaddr) if level == EptLevel.PML4E else 0)
+                          for level in range(EPT_LEVELS) for large in (False, True)}
 
     def _eptp(self, raw: int) -> Eptp:
         """Decode and check an EPTP once (it changes only when the VMM writes it)."""
@@ -271,14 +266,14 @@ class EptWalker:
         else:
             eptp = self._eptp(eptp)
         as_write = access == "write" or (guest_paging_structure and eptp.ad)
-        need = EPT_W if as_write else _NEED[access]
+        need = _W if as_write else _NEED[access]
 
         table = eptp.pml4
         combined = EPT_RWX
         entries: list[tuple[str, int, int]] = []
         counts, refs, read64 = self.counts, self.refs, self.read64
         for level, name in enumerate(EPT_LEVEL_NAMES):
-            addr = table + ((gpa >> EPT_LEVEL_SHIFTS[level]) & 0x1FF) * 8
+            addr = table + ((gpa >> EPT_LEVEL_SHIFTS[level]) & EPT_INDEX_MASK) * EPT_ENTRY_SIZE
             self.references += 1                  # read_entry, inlined: the 2-D walk hot path
             counts[(tag, name)] += 1
             if refs is not None:
@@ -289,15 +284,15 @@ class EptWalker:
             if not rwx:
                 combined = 0
                 break
-            if rwx & EPT_W and not rwx & EPT_R:
+            if rwx & _W and not rwx & _R:
                 raise EptMisconfiguration(gpa, f"{name} {value:#x}: write without read", entries, tag)
-            if rwx == EPT_X and not self.execute_only:
+            if rwx == _X and not self.execute_only:
                 raise EptMisconfiguration(gpa, f"{name} {value:#x}: execute-only not supported", entries, tag)
-            reserved = value & self._reserved[(level, bool(value & EPT_LARGE) and level in (1, 2))]
+            reserved = value & self._reserved[(level, bool(value & _LARGE) and level in EPT_LARGE_LEVELS)]
             if reserved:
                 raise EptMisconfiguration(gpa, f"{name} {value:#x}: reserved bits {reserved:#x}", entries, tag)
             combined &= rwx
-            if level == 3 or (level in (1, 2) and value & EPT_LARGE):
+            if level == EptLevel.PTE or (level in EPT_LARGE_LEVELS and value & _LARGE):
                 memory_type = (value & EPT_MEMTYPE_MASK) >> EPT_MEMTYPE_SHIFT
                 if memory_type in RESERVED_MEMORY_TYPES:
                     raise EptMisconfiguration(gpa, f"{name} {value:#x}: reserved memory type {memory_type}",
@@ -310,23 +305,23 @@ class EptWalker:
         if not combined or need & ~combined:
             q = EptViolationQualification(
                 read=access == "read", write=as_write, fetch=access == "fetch",
-                readable=bool(combined & EPT_R), writable=bool(combined & EPT_W),
-                executable=bool(combined & EPT_X), linear_valid=linear is not None,
+                readable=bool(combined & _R), writable=bool(combined & _W),
+                executable=bool(combined & _X), linear_valid=linear is not None,
                 translated=linear is not None and not guest_paging_structure)
             raise EptViolation(gpa, linear, q, entries, tag)
 
         if eptp.ad:
             last = len(entries) - 1
-            for i, (name, addr, value) in enumerate(entries):
-                new = value | EPT_A
+            for i, (_name, addr, value) in enumerate(entries):
+                new = value | _A
                 if i == last and as_write:
-                    new |= EPT_D
+                    new |= _D
                 if new != value:
                     self.write64(addr, new)
         leaf = entries[-1][2]
-        return EptTranslation(frame | (gpa & (page - 1)), bool(combined & EPT_R), bool(combined & EPT_W),
-                              bool(combined & EPT_X), memory_type, page, entries, gpa=gpa,
-                              ignore_pat=bool(leaf & EPT_IGNORE_PAT))
+        return EptTranslation(frame | (gpa & (page - 1)), bool(combined & _R), bool(combined & _W),
+                              bool(combined & _X), memory_type, page, entries, gpa=gpa,
+                              ignore_pat=bool(leaf & EPTE.IGNORE_PAT))
 
 
 class EptBuilder:
@@ -346,39 +341,39 @@ class EptBuilder:
         self.write64 = write64
         self.alloc_page = alloc_page
         self.maxphyaddr = maxphyaddr
-        self._address_mask = _bits(maxphyaddr - 1, 12)
+        self._address_mask = bits(maxphyaddr - 1, PAGE_SHIFT)
         self.tables = 0
         self.root = self._new_table() if root is None else root
 
-    def eptp(self, *, memory_type: int = MT_WB, ad: bool = False) -> int:
-        return Eptp(self.root, memory_type, 4, ad).encode()
+    def eptp(self, *, memory_type: int = MemoryType.WB, ad: bool = False) -> int:
+        return Eptp(self.root, memory_type, EPT_LEVELS, ad).encode()
 
     def _new_table(self) -> int:
         page = self.alloc_page()
-        if page & 0xFFF:
+        if page & PAGE_OFFSET_MASK:
             raise ValueError(f"alloc_page returned {page:#x}, not page aligned")
-        for i in range(512):
-            self.write64(page + 8 * i, 0)
+        for i in range(EPT_ENTRIES):
+            self.write64(page + EPT_ENTRY_SIZE * i, 0)
         self.tables += 1
         return page
 
     @staticmethod
-    def leaf_value(hpa: int, size: int, r: bool, w: bool, x: bool, memory_type: int = MT_WB,
+    def leaf_value(hpa: int, size: int, r: bool, w: bool, x: bool, memory_type: int = MemoryType.WB,
                    ignore_pat: bool = False) -> int:
-        return (hpa | (EPT_R if r else 0) | (EPT_W if w else 0) | (EPT_X if x else 0)
-                | memory_type << EPT_MEMTYPE_SHIFT | (EPT_IGNORE_PAT if ignore_pat else 0)
-                | (EPT_LARGE if size != 4096 else 0))
+        return (hpa | (_R if r else 0) | (_W if w else 0) | (_X if x else 0)
+                | memory_type << EPT_MEMTYPE_SHIFT | (EPTE.IGNORE_PAT if ignore_pat else 0)
+                | (_LARGE if size != PAGE_SIZE else 0))
 
     def _split(self, entry_addr: int, value: int, level: int) -> int:
         """Replace the large leaf at ``entry_addr`` (level 1 or 2) by a table of 512
         smaller leaves with the same attributes; returns the new table."""
         table = self._new_table()
         child = EPT_PAGE_SIZES[level + 1]
-        attrs = value & (EPT_RWX | EPT_MEMTYPE_MASK | EPT_IGNORE_PAT | EPT_A | EPT_D)
+        attrs = value & (EPT_RWX | EPT_MEMTYPE_MASK | EPTE.IGNORE_PAT | _A | _D)
         base = value & self._address_mask & ~(EPT_PAGE_SIZES[level] - 1)
-        large = EPT_LARGE if level + 1 < 3 else 0
-        for i in range(512):
-            self.write64(table + 8 * i, base + i * child | attrs | large)
+        large = _LARGE if level + 1 < EptLevel.PTE else 0
+        for i in range(EPT_ENTRIES):
+            self.write64(table + EPT_ENTRY_SIZE * i, base + i * child | attrs | large)
         self.write64(entry_addr, table | EPT_RWX)
         return table
 
@@ -387,33 +382,33 @@ class EptBuilder:
         large pages) on the way when ``create``; None if absent and not ``create``."""
         table = self.root
         for lvl in range(level):
-            addr = table + ((gpa >> EPT_LEVEL_SHIFTS[lvl]) & 0x1FF) * 8
+            addr = table + ((gpa >> EPT_LEVEL_SHIFTS[lvl]) & EPT_INDEX_MASK) * EPT_ENTRY_SIZE
             value = self.read64(addr)
             if not value & EPT_RWX:
                 if not create:
                     return None
                 table = self._new_table()
                 self.write64(addr, table | EPT_RWX)
-            elif lvl in (1, 2) and value & EPT_LARGE:
+            elif lvl in EPT_LARGE_LEVELS and value & _LARGE:
                 if not create:
                     return None
                 table = self._split(addr, value, lvl)
             else:
                 table = value & self._address_mask
-        return table + ((gpa >> EPT_LEVEL_SHIFTS[level]) & 0x1FF) * 8
+        return table + ((gpa >> EPT_LEVEL_SHIFTS[level]) & EPT_INDEX_MASK) * EPT_ENTRY_SIZE
 
-    def map(self, gpa: int, hpa: int, size: int = 4096, r: bool = True, w: bool = True, x: bool = True,
-            memory_type: int = MT_WB, ignore_pat: bool = False) -> None:
+    def map(self, gpa: int, hpa: int, size: int = PAGE_SIZE, r: bool = True, w: bool = True, x: bool = True,
+            memory_type: int = MemoryType.WB, ignore_pat: bool = False) -> None:
         """Map ``gpa`` -> ``hpa`` with one leaf of ``size`` (4 KiB, 2 MiB or 1 GiB),
         replacing whatever mapped that range."""
-        level = {4096: 3, 1 << 21: 2, 1 << 30: 1}.get(size)
+        level = _LEVEL_OF_SIZE.get(size)
         if level is None:
             raise ValueError(f"EPT page size {size:#x} is not 4 KiB, 2 MiB or 1 GiB")
         if gpa & (size - 1) or hpa & (size - 1):
             raise ValueError(f"GPA {gpa:#x} / HPA {hpa:#x} not aligned to {size:#x}")
         if w and not r:
             raise ValueError("write without read is an EPT misconfiguration")
-        if memory_type in RESERVED_MEMORY_TYPES or not 0 <= memory_type < 8:
+        if memory_type in RESERVED_MEMORY_TYPES or not 0 <= memory_type <= _MEMTYPE_MAX:
             raise ValueError(f"memory type {memory_type} is reserved")
         addr = self._entry_address(gpa, level, create=True)
         self.write64(addr, self.leaf_value(hpa, size, r, w, x, memory_type, ignore_pat))
@@ -422,14 +417,14 @@ class EptBuilder:
         """KVM's MMIO trick: a deliberately misconfigured leaf (write without read) for a
         device page, so that every access to it exits with EPT misconfiguration."""
         addr = self._entry_address(gpa, 3, create=True)
-        self.write64(addr, (gpa & ~0xFFF & self._address_mask) | EPT_W)
+        self.write64(addr, (gpa & ~PAGE_OFFSET_MASK & self._address_mask) | _W)
 
     def map_range(self, gpa: int, hpa: int, length: int, r: bool = True, w: bool = True, x: bool = True,
-                  memory_type: int = MT_WB, large: bool = True) -> None:
+                  memory_type: int = MemoryType.WB, large: bool = True) -> None:
         """Map ``length`` bytes, with the largest pages alignment allows when ``large``."""
         end = gpa + length
         while gpa < end:
-            for size in ((1 << 30, 1 << 21) if large else ()) + (4096,):
+            for size in (_LARGE_SIZES if large else ()) + (PAGE_SIZE,):
                 if not gpa & (size - 1) and not hpa & (size - 1) and gpa + size <= end:
                     break
             self.map(gpa, hpa, size, r, w, x, memory_type)
@@ -439,12 +434,12 @@ class EptBuilder:
     def lookup(self, gpa: int) -> tuple[str, int, int] | None:
         """The leaf mapping ``gpa``: (EPT level name, entry address, value), or None."""
         table = self.root
-        for level in range(4):
-            addr = table + ((gpa >> EPT_LEVEL_SHIFTS[level]) & 0x1FF) * 8
+        for level in range(EPT_LEVELS):
+            addr = table + ((gpa >> EPT_LEVEL_SHIFTS[level]) & EPT_INDEX_MASK) * EPT_ENTRY_SIZE
             value = self.read64(addr)
             if not value & EPT_RWX:
                 return None
-            if level == 3 or (level in (1, 2) and value & EPT_LARGE):
+            if level == EptLevel.PTE or (level in EPT_LARGE_LEVELS and value & _LARGE):
                 return EPT_LEVEL_NAMES[level], addr, value
             table = value & self._address_mask
         return None
@@ -456,7 +451,7 @@ class EptBuilder:
         name, addr, value = found
         level = EPT_LEVEL_NAMES.index(name)
         if size is not None and size < EPT_PAGE_SIZES[level]:
-            target = {4096: 3, 1 << 21: 2}.get(size)
+            target = _LEVEL_OF_SIZE.get(size)
             if target is None:
                 raise ValueError(f"EPT page size {size:#x} is not 4 KiB or 2 MiB")
             addr = self._entry_address(gpa, target, create=True)
@@ -481,5 +476,5 @@ class EptBuilder:
         if found is None:
             return False
         addr, value = found
-        self.write64(addr, value & ~EPT_RWX | (EPT_R if r else 0) | (EPT_W if w else 0) | (EPT_X if x else 0))
+        self.write64(addr, value & ~EPT_RWX | (_R if r else 0) | (_W if w else 0) | (_X if x else 0))
         return True

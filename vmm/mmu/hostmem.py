@@ -7,10 +7,12 @@ zeroed from chunks mapped on demand.
 from __future__ import annotations
 
 import struct
-from typing import Callable
+from collections.abc import Callable
 
-PAGE = 0x1000
-CHUNK = 0x100000
+from ..x86 import MiB
+from ..x86.paging import PAGE_SIZE
+
+CHUNK = MiB
 
 
 class HostPages:
@@ -31,12 +33,12 @@ class HostPages:
     def alloc(self) -> int:
         if self._free:
             page = self._free.pop()
-            self.write(page, bytes(PAGE))
+            self.write(page, bytes(PAGE_SIZE))
         else:
             if self._next >= self._end:
                 self._next = self._map_chunk(CHUNK)
                 self._end = self._next + CHUNK
-            page, self._next = self._next, self._next + PAGE
+            page, self._next = self._next, self._next + PAGE_SIZE
         self.allocated += 1
         return page
 

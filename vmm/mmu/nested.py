@@ -37,14 +37,28 @@ of the walk so far are in ``last_references`` in every case.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Union
 
-from ..vmx.qualification import EptViolation as EptViolationQualification
+from ..x86 import CR0, CR4, EPT_LEVEL_NAMES, EPT_LEVEL_SHIFTS, EPT_MEMTYPE_MASK, EPT_MEMTYPE_SHIFT, EPT_RWX, EPTE, PTE
+from ..x86.ept import EPT_ENTRY_SIZE, EPT_INDEX_MASK, RESERVED_MEMORY_TYPES, EptViolationQualification
+from ..x86.paging import (
+    ADDRESS_MASK_32,
+    CR3_PD_MASK_32,
+    ENTRY_SIZE_32,
+    ENTRY_SIZE_64,
+    INDEX_MASK_32,
+    PAE_PDPTES,
+    PAGE_MASK,
+    PAGE_OFFSET_MASK,
+    PAGE_SHIFT,
+    PDE_SHIFT_32,
+    PTE_SHIFT,
+)
 from .ept import EptMisconfiguration, Eptp, EptTranslation, EptViolation, EptWalker
-from .paging import PAGING_4LEVEL, PAGING_PAE, GuestWalker, Translation, paging_format
+from .paging import PAGING_PAE, GuestWalker, Translation, paging_format
 
-RefKey = tuple[str, Union[str, None]]
+RefKey = tuple[str, str | None]
 
 
 @dataclass
@@ -75,7 +89,7 @@ class _EptBackedTables:
     """The ``memory`` a guest walk uses under EPT: guest table addresses are translated
     (or found in the page-walk cache), then the entry is read from host memory."""
 
-    def __init__(self, nested: "NestedWalker", eptp: Eptp, linear: int, refs: Counter):
+    def __init__(self, nested: NestedWalker, eptp: Eptp, linear: int, refs: Counter):
         self.nested = nested
         self.eptp = eptp
         self.linear = linear
@@ -88,15 +102,20 @@ class _EptBackedTables:
     def read_entry(self, gpa: int, size: int, level: str) -> int:
         t = self._page(gpa, level)
         self.nested._count(self.refs, (level, None))
-        return self.nested.guest.read((t.host_physical & ~0xFFF) | (gpa & 0xFFF), size)
+        return self.nested.guest.read(_host_address(t, gpa), size)
 
     def write_entry(self, gpa: int, size: int, level: str, value: int) -> None:
-        t = self.pages.get(gpa >> 12) or self._page(gpa, level)
+        t = self.pages.get(gpa >> PAGE_SHIFT) or self._page(gpa, level)
         if not t.writable:
             q = EptViolationQualification(write=True, readable=t.readable, writable=t.writable,
                                           executable=t.executable, linear_valid=True, translated=False)
             raise EptViolation(gpa, self.linear, q, [], level)
-        self.nested.guest.write((t.host_physical & ~0xFFF) | (gpa & 0xFFF), size, value)
+        self.nested.guest.write(_host_address(t, gpa), size, value)
+
+
+def _host_address(t: EptTranslation, gpa: int) -> int:
+    """The host-physical address of ``gpa`` in the page ``t`` translated."""
+    return (t.host_physical & ~PAGE_OFFSET_MASK) | (gpa & PAGE_OFFSET_MASK)
 
 
 class NestedWalker:
@@ -153,16 +172,16 @@ class NestedWalker:
 
     def _table_translation(self, eptp: Eptp, gpa: int, level: str, linear: int, refs: Counter,
                            pages: dict[int, EptTranslation]) -> EptTranslation:
-        key = (eptp.encode(), gpa >> 12)
+        key = (eptp.encode(), gpa >> PAGE_SHIFT)
         if self.pwc_enabled:
             hit = self.pwc.get(key)
             if hit is not None:
                 self.pwc_hits += 1
-                pages[gpa >> 12] = hit
+                pages[gpa >> PAGE_SHIFT] = hit
                 return hit
             self.pwc_misses += 1
         t = self._ept(eptp, gpa, "read", refs, linear=linear, guest_paging_structure=True, tag=level)
-        pages[gpa >> 12] = t
+        pages[gpa >> PAGE_SHIFT] = t
         if self.pwc_enabled:
             self.pwc[key] = t
         return t
@@ -177,7 +196,8 @@ class NestedWalker:
         self.walks += 1
         refs: Counter = Counter()
         self.last_references = refs
-        linear &= (1 << 64) - 1 if paging_format(cr0, cr4, efer) is PAGING_4LEVEL else 0xFFFFFFFF
+        fmt = paging_format(cr0, cr4, efer)
+        linear &= ADDRESS_MASK_32 if fmt is None else fmt.linear_mask
         memory = _EptBackedTables(self, eptp, linear, refs)
         for_guest = self.guest.walk(cr0, cr3, cr4, linear, write=write, user=user, fetch=fetch, set_ad=set_ad,
                                     efer=efer, ac=ac, pdptes=pdptes, memory=memory)
@@ -201,13 +221,18 @@ class NestedWalker:
         base = cr3 & PAGING_PAE.cr3_mask
         t = self._ept(eptp, base, "read", refs, linear=None, guest_paging_structure=False, tag="PDPTE")
         hpa = t.host_physical
-        self._count(refs, ("PDPTE", None), 4)
-        return tuple(self.guest.read(hpa + 8 * i, 8) for i in range(4))  # type: ignore[return-value]
+        self._count(refs, ("PDPTE", None), PAE_PDPTES)
+        return tuple(self.guest.read(hpa + ENTRY_SIZE_64 * i, ENTRY_SIZE_64) for i in range(PAE_PDPTES))  # type: ignore[return-value]
 
 
 # -- the fast path ---------------------------------------------------------------------------
-_EPT_STEPS = tuple(zip(("EPT PML4E", "EPT PDPTE", "EPT PDE", "EPT PTE"), (39, 30, 21, 12)))
-_BAD_MEMORY_TYPES = (2, 3, 7)
+_EPT_STEPS = tuple(zip(EPT_LEVEL_NAMES, EPT_LEVEL_SHIFTS, strict=True))
+
+# Plain ints for the straight-line walk (no attribute lookups on the hot path).
+_P, _RW, _US, _A, _D, _PS = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.PS
+_PRESENT_ACCESSED = _P | _A
+_EPT_R, _EPT_W, _EPT_X, _EPT_LARGE = EPTE.R, EPTE.W, EPTE.X, EPTE.LARGE
+_UNUSUAL_CR4 = CR4.PSE | CR4.SMEP | CR4.SMAP   # 4 MiB pages possible, or SMEP/SMAP rights to apply
 
 
 def fast_walk_32(nested: NestedWalker, eptp: Eptp, cr0: int, cr3: int, cr4: int, linear: int,
@@ -221,7 +246,7 @@ def fast_walk_32(nested: NestedWalker, eptp: Eptp, cr0: int, cr3: int, cr4: int,
     the full walk and gets the exact outcome. A successful fast walk always reads
     :data:`FAST_WALK_REFERENCES`; it is counted in ``nested.fast_walks``.
     """
-    if eptp.ad or nested.pwc_enabled or cr4 & (0x10 | 0x100000 | 0x200000):  # PSE, SMEP, SMAP
+    if eptp.ad or nested.pwc_enabled or cr4 & _UNUSUAL_CR4:
         return None
     read64 = nested.ept.read64
     reserved = nested.ept._reserved
@@ -234,52 +259,52 @@ def fast_walk_32(nested: NestedWalker, eptp: Eptp, cr0: int, cr3: int, cr4: int,
         nested.ept_memo_eptp = eptp.pml4
 
     def ept(gpa: int, need: int):
-        hit = memo.get(gpa >> 12)
+        hit = memo.get(gpa >> PAGE_SHIFT)
         if hit is not None:
-            return (hit[0] | (gpa & 0xFFF), hit[1]) if not need & ~hit[1] else None
-        table, combined = pml4, 7
-        for level, (name, shift) in enumerate(_EPT_STEPS):
-            value = read64(table + ((gpa >> shift) & 0x1FF) * 8)
-            rwx = value & 7
-            if not rwx or (rwx & 2 and not rwx & 1) or value & reserved[(level, False)] \
-                    or (level and value & 0x80):
+            return (hit[0] | (gpa & PAGE_OFFSET_MASK), hit[1]) if not need & ~hit[1] else None
+        table, combined = pml4, EPT_RWX
+        for level, (_name, shift) in enumerate(_EPT_STEPS):
+            value = read64(table + ((gpa >> shift) & EPT_INDEX_MASK) * EPT_ENTRY_SIZE)
+            rwx = value & EPT_RWX
+            if not rwx or (rwx & _EPT_W and not rwx & _EPT_R) or value & reserved[(level, False)] \
+                    or (level and value & _EPT_LARGE):
                 return None
             combined &= rwx
             table = value & address_mask
-        if (value >> 3) & 7 in _BAD_MEMORY_TYPES:
+        if (value & EPT_MEMTYPE_MASK) >> EPT_MEMTYPE_SHIFT in RESERVED_MEMORY_TYPES:
             return None
-        memo[gpa >> 12] = (table, combined)
+        memo[gpa >> PAGE_SHIFT] = (table, combined)
         if need & ~combined:
             return None
-        return table | (gpa & 0xFFF), combined
+        return table | (gpa & PAGE_OFFSET_MASK), combined
 
     gread = nested.guest.read
-    pde_gpa = (cr3 & 0xFFFFF000) | ((linear >> 22) << 2)
-    t = ept(pde_gpa, 1)
+    pde_gpa = (cr3 & CR3_PD_MASK_32) | (linear >> PDE_SHIFT_32) * ENTRY_SIZE_32
+    t = ept(pde_gpa, _EPT_R)
     if t is None:
         return None
     pde = gread(t[0], 4)
-    if pde & 0x81 != 1 or not pde & 0x20:  # not present, a 4 MiB page, or A to set
+    if pde & (_P | _PS) != _P or not pde & _A:  # not present, a 4 MiB page, or A to set
         return None
-    pte_gpa = (pde & 0xFFFFF000) | (((linear >> 12) & 0x3FF) << 2)
-    t = ept(pte_gpa, 1)
+    pte_gpa = (pde & PAGE_MASK) | ((linear >> PTE_SHIFT) & INDEX_MASK_32) * ENTRY_SIZE_32
+    t = ept(pte_gpa, _EPT_R)
     if t is None:
         return None
     pte = gread(t[0], 4)
-    if pte & 0x21 != 0x21 or (write and not pte & 0x40):
+    if pte & _PRESENT_ACCESSED != _PRESENT_ACCESSED or (write and not pte & _D):
         return None
-    user_ok = pde & pte & 4
-    write_ok = pde & pte & 2
+    user_ok = pde & pte & _US
+    write_ok = pde & pte & _RW
     if user and not user_ok:
         return None
-    writable = bool(write_ok) or (not user and not cr0 & (1 << 16))
+    writable = bool(write_ok) or (not user and not cr0 & CR0.WP)
     if write and not writable:
         return None
-    data = ept((pte & 0xFFFFF000) | (linear & 0xFFF), 4 if fetch else 2 if write else 1)
+    data = ept((pte & PAGE_MASK) | (linear & PAGE_OFFSET_MASK), _EPT_X if fetch else _EPT_W if write else _EPT_R)
     if data is None:
         return None
     nested.fast_walks += 1
-    return data[0], writable and bool(data[1] & 2), bool(data[1] & 4)
+    return data[0], writable and bool(data[1] & _EPT_W), bool(data[1] & _EPT_X)
 
 
 FAST_WALK_REFERENCES = Counter({(tag, name): 1 for tag in ("PDE", "PTE", "data") for name, _ in _EPT_STEPS})

@@ -59,45 +59,57 @@ name ("PML4E", "PDPTE", "PDE", "PTE"), every A/D update through
 :meth:`GuestWalker.write_entry`; a walk may be given another ``memory`` object with
 those two methods (the 2-D walker translates each guest table address through EPT
 there, see :mod:`vmm.mmu.nested`). Reads are counted per walker (``references`` and
-``counts`` by level) and reported to the optional ``refs(level, address)`` callback
-(DESIGN §4).
+``counts`` by level) and reported to the optional ``refs(level, address)`` callback, so a
+walk's cost is the number of entries it read.
 
 Not modelled: 5-level paging (CR4.LA57), protection keys (CR4.PKE), the canonical-address
 check of 4-level paging (a non-canonical address is a #GP, which is the caller's), PAT
 and memory types, global pages (the TLB is not here), CET shadow-stack accesses.
+
+The entry and error-code bits are :class:`vmm.x86.PTE` and :class:`vmm.x86.PFError`.
 """
 from __future__ import annotations
 
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
-# -- entry bits (SDM vol. 3 tables 4-4 .. 4-20) ----------------------------------------------
-P, RW, US, PWT, PCD, A, D, PS, G = 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80, 0x100
-PAT_PTE, PAT_LARGE = 0x80, 0x1000
-XD = 1 << 63
+from ..x86 import CR0, CR4, EFER, PTE, GiB, KiB, MiB, PFError, bits
+from ..x86.paging import (
+    ADDRESS_MASK_32,
+    ADDRESS_MASK_64,
+    CR3_PD_MASK_32,
+    CR3_PDPT_MASK_PAE,
+    CR3_PML4_MASK,
+    ENTRY_SIZE_32,
+    ENTRY_SIZE_64,
+    LARGE_PAGE_MASK_32,
+    MAXPHYADDR,
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PDE_SHIFT_32,
+    PDE_SHIFT_64,
+    PDPTE_SHIFT,
+    PML4E_SHIFT,
+    PSE36_SHIFT,
+    PTE_NAMES,
+    PTE_SHIFT,
+)
 
-ENTRY_BIT_NAMES = {P: "P", RW: "R/W", US: "U/S", PWT: "PWT", PCD: "PCD", A: "A", D: "D",
-                   PS: "PS", G: "G", XD: "XD"}
+ENTRY_BIT_NAMES = PTE_NAMES
 
-# -- #PF error code (SDM §4.7) --------------------------------------------------------------
-PF_P, PF_WR, PF_US, PF_RSVD, PF_ID = 1, 2, 4, 8, 16
+# Old spellings, still imported by vmm/modes and vmm/trace (their owners move to vmm.x86).
+CR0_PG = CR0.PG
 
-# -- control registers and EFER -------------------------------------------------------------
-CR0_WP, CR0_PG = 1 << 16, 1 << 31
-CR4_PSE, CR4_PAE, CR4_SMEP, CR4_SMAP = 1 << 4, 1 << 5, 1 << 20, 1 << 21
-EFER_LME, EFER_LMA, EFER_NXE = 1 << 8, 1 << 10, 1 << 11
-EFLAGS_AC = 1 << 18
+# Plain locals for the walk loop (a class attribute lookup per entry costs more than the test).
+_P, _RW, _US, _A, _D, _PS, _XD = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.PS, PTE.XD
 
-MAXPHYADDR = 36
-
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-
-
-def _bits(hi: int, lo: int) -> int:
-    """Mask of bits hi..lo inclusive (empty when hi < lo)."""
-    return ((1 << (hi + 1)) - 1) & ~((1 << lo) - 1) if hi >= lo else 0
+PSE36_ADDRESS_BITS = bits(20, PSE36_SHIFT)
+"""The bits of a 4 MiB PDE that may hold physical-address bits 39:32 (PSE-36)."""
+PSE36_ADDRESS_SHIFT = 32
 
 
 class PageFault(Exception):
@@ -110,11 +122,11 @@ class PageFault(Exception):
 
 
 def describe_error_code(code: int) -> str:
-    parts = ["protection" if code & PF_P else "not present", "write" if code & PF_WR else "read",
-             "user" if code & PF_US else "supervisor"]
-    if code & PF_RSVD:
+    parts = ["protection" if code & PFError.P else "not present", "write" if code & PFError.WR else "read",
+             "user" if code & PFError.US else "supervisor"]
+    if code & PFError.RSVD:
         parts.append("reserved bit")
-    if code & PF_ID:
+    if code & PFError.ID:
         parts.append("instruction fetch")
     return ", ".join(parts)
 
@@ -166,20 +178,24 @@ class PagingFormat:
     levels: tuple[Level, ...]
     cr3_mask: int
     nx: bool            # has an XD bit (PAE, 4-level)
+    linear_mask: int = ADDRESS_MASK_32
 
     @property
     def level_names(self) -> tuple[str, ...]:
         return tuple(level.name for level in self.levels)
 
 
-PAGING_32 = PagingFormat("32-bit", 4, (Level("PDE", 22, 10, large=4 * MiB), Level("PTE", 12, 10)),
-                         cr3_mask=0xFFFFF000, nx=False)
-PAGING_PAE = PagingFormat("PAE", 8, (Level("PDPTE", 30, 2, register=True), Level("PDE", 21, 9, large=2 * MiB),
-                                     Level("PTE", 12, 9)),
-                          cr3_mask=0xFFFFFFE0, nx=True)
-PAGING_4LEVEL = PagingFormat("4-level", 8, (Level("PML4E", 39, 9), Level("PDPTE", 30, 9, large=GiB),
-                                            Level("PDE", 21, 9, large=2 * MiB), Level("PTE", 12, 9)),
-                             cr3_mask=_bits(51, 12), nx=True)
+PAGING_32 = PagingFormat("32-bit", ENTRY_SIZE_32,
+                         (Level("PDE", PDE_SHIFT_32, 10, large=4 * MiB), Level("PTE", PTE_SHIFT, 10)),
+                         cr3_mask=CR3_PD_MASK_32, nx=False)
+PAGING_PAE = PagingFormat("PAE", ENTRY_SIZE_64,
+                          (Level("PDPTE", PDPTE_SHIFT, 2, register=True), Level("PDE", PDE_SHIFT_64, 9, large=2 * MiB),
+                           Level("PTE", PTE_SHIFT, 9)),
+                          cr3_mask=CR3_PDPT_MASK_PAE, nx=True)
+PAGING_4LEVEL = PagingFormat("4-level", ENTRY_SIZE_64,
+                             (Level("PML4E", PML4E_SHIFT, 9), Level("PDPTE", PDPTE_SHIFT, 9, large=GiB),
+                              Level("PDE", PDE_SHIFT_64, 9, large=2 * MiB), Level("PTE", PTE_SHIFT, 9)),
+                             cr3_mask=CR3_PML4_MASK, nx=True, linear_mask=ADDRESS_MASK_64)
 FORMATS = {f.name: f for f in (PAGING_32, PAGING_PAE, PAGING_4LEVEL)}
 
 
@@ -189,11 +205,11 @@ def paging_format(cr0: int, cr4: int, efer: int = 0) -> PagingFormat | None:
     CR4.PAE = 0: 32-bit; CR4.PAE = 1 and IA32_EFER.LME = 0: PAE; LME = 1 (so LMA = 1
     once paging is on): 4-level. LA57 (5-level) is not modelled.
     """
-    if not cr0 & CR0_PG:
+    if not cr0 & CR0.PG:
         return None
-    if not cr4 & CR4_PAE:
+    if not cr4 & CR4.PAE:
         return PAGING_32
-    if efer & (EFER_LME | EFER_LMA):
+    if efer & (EFER.LME | EFER.LMA):
         return PAGING_4LEVEL
     return PAGING_PAE
 
@@ -202,6 +218,20 @@ class EntryMemory(Protocol):
     def read_entry(self, physical_address: int, size: int, level_name: str) -> int: ...
 
     def write_entry(self, physical_address: int, size: int, level_name: str, value: int) -> None: ...
+
+
+@dataclass
+class _Leaf:
+    """What the descent through the levels found: the entries read, the frame and page
+    size of the mapping, and the rights combined over the levels (R/W and U/S ANDed, XD
+    ORed)."""
+
+    entries: list[tuple[str, int, int]]
+    frame: int
+    page_size: int
+    rw: bool
+    us: bool
+    xd: bool
 
 
 class GuestWalker:
@@ -221,7 +251,7 @@ class GuestWalker:
         self.references = 0
         self.counts: Counter[str] = Counter()
         self._masks: dict[tuple[str, bool], tuple[tuple[int, int], ...]] = {}
-        self._address_mask = _bits(maxphyaddr - 1, 12)
+        self._address_mask = bits(maxphyaddr - 1, PAGE_SHIFT)
 
     # -- the one place paging structures are read and written ---------------------------------
     def read_entry(self, physical_address: int, size: int, level_name: str) -> int:
@@ -248,15 +278,27 @@ class GuestWalker:
         m = self.maxphyaddr
         if fmt is PAGING_32:
             # PSE-36: bits (M-20):13 hold address bits (M-1):32, bits 21:(M-19) are reserved.
-            return ((0, _bits(21, min(m, 40) - 19)), (0, 0))
-        xd = 0 if nxe else XD
+            return ((0, bits(21, min(m, 40) - 19)), (0, 0))
+        xd = 0 if nxe else _XD
+        large_2m = bits(20, 13)   # a 2 MiB leaf: bit 12 is PAT, 20:13 must be 0
         if fmt is PAGING_PAE:
-            high = _bits(62, m) | xd
-            return ((_bits(2, 1) | _bits(8, 5) | _bits(63, m), 0),
-                    (high, high | _bits(20, 13)),
+            high = bits(62, m) | xd
+            return ((bits(2, 1) | bits(8, 5) | bits(63, m), 0),   # the PDPTE registers
+                    (high, high | large_2m),
                     (high, 0))
-        high = _bits(51, m) | xd
-        return ((high | PS, 0), (high, high | _bits(29, 13)), (high, high | _bits(20, 13)), (high, 0))
+        high = bits(51, m) | xd
+        large_1g = bits(29, 13)
+        return ((high | _PS, 0), (high, high | large_1g), (high, high | large_2m), (high, 0))
+
+    def _frame_mask(self, fmt: PagingFormat) -> int:
+        """The next-table / 4 KiB-frame bits of an entry in this format."""
+        return PAGE_MASK if fmt is PAGING_32 else self._address_mask
+
+    def _large_frame(self, fmt: PagingFormat, value: int, page: int) -> int:
+        if fmt is PAGING_32:   # 4 MiB: bits 31:22, and PSE-36's address bits 39:32 from bits 20:13
+            high = (value & PSE36_ADDRESS_BITS) >> PSE36_SHIFT
+            return (value & LARGE_PAGE_MASK_32) | high << PSE36_ADDRESS_SHIFT
+        return value & self._address_mask & ~(page - 1)
 
     # -- PAE PDPTE registers ----------------------------------------------------------------
     def load_pdptes(self, cr3: int, memory: EntryMemory | None = None) -> tuple[int, int, int, int]:
@@ -264,11 +306,12 @@ class GuestWalker:
         :func:`pdpte_reserved` (hardware raises #GP on a reserved bit)."""
         mem = self if memory is None else memory
         base = cr3 & PAGING_PAE.cr3_mask
-        return tuple(mem.read_entry(base + 8 * i, 8, "PDPTE") for i in range(4))  # type: ignore[return-value]
+        size = PAGING_PAE.entry_size
+        return tuple(mem.read_entry(base + size * i, size, "PDPTE") for i in range(4))  # type: ignore[return-value]
 
     def pdpte_reserved(self, value: int) -> int:
         """The reserved bits set in a present PAE PDPTE (0 if none or not present)."""
-        return value & self.reserved_masks(PAGING_PAE, False)[0][0] if value & P else 0
+        return value & self.reserved_masks(PAGING_PAE, False)[0][0] if value & _P else 0
 
     # -- the walk -----------------------------------------------------------------------------
     def walk(self, cr0: int, cr3: int, cr4: int, linear: int, *, write: bool, user: bool,
@@ -284,24 +327,43 @@ class GuestWalker:
             raise ValueError("an access is a read, a write or a fetch")
         fmt = paging_format(cr0, cr4, efer)
         if fmt is None:
-            linear &= 0xFFFFFFFF
+            linear &= ADDRESS_MASK_32
             return Translation(linear, linear, True, True, True, 4 * KiB, [], format="none")
         mem = self if memory is None else memory
-        nxe = fmt.nx and bool(efer & EFER_NXE)
-        smep = bool(cr4 & CR4_SMEP)
-        if fmt is not PAGING_4LEVEL:
-            linear &= 0xFFFFFFFF
-        else:
-            linear &= (1 << 64) - 1
+        nxe = fmt.nx and bool(efer & EFER.NXE)
+        smep = bool(cr4 & CR4.SMEP)
+        linear &= fmt.linear_mask
+        # The error code's access bits; I/D only where the processor reports it (§4.7).
+        access = (PFError.WR if write else 0) | (PFError.US if user else 0) \
+            | (PFError.ID if fetch and (smep or nxe) else 0)
+        leaf = self._descend(fmt, mem, cr3, cr4, linear, nxe, access, pdptes)
+
+        readable, writable, executable = _rights(leaf, cr0, cr4, user=user, ac=ac, smep=smep)
+        if not (executable if fetch else writable if write else readable):
+            raise PageFault(linear, access | PFError.P)
+
+        leaf_value = leaf.entries[-1][2]
+        if set_ad:
+            leaf_value = self._set_accessed(fmt, mem, leaf.entries, write)
+        page = leaf.page_size
+        return Translation(linear, leaf.frame | (linear & (page - 1)), writable, leaf.us, bool(leaf_value & _D),
+                           page, leaf.entries, executable=executable, readable=readable, format=fmt.name)
+
+    def _descend(self, fmt: PagingFormat, mem: EntryMemory, cr3: int, cr4: int, linear: int, nxe: bool,
+                 access: int, pdptes: tuple[int, ...] | None) -> _Leaf:
+        """Read one entry per level, top first, checking each as it is read (P, then
+        reserved bits), until a leaf: a PTE, or a directory entry with PS = 1 where PS
+        maps a page (always in PAE/4-level; with CR4.PSE in 32-bit paging)."""
         masks = self.reserved_masks(fmt, nxe)
         size = fmt.entry_size
-        pse = fmt is not PAGING_32 or bool(cr4 & CR4_PSE)
+        pse = fmt is not PAGING_32 or bool(cr4 & CR4.PSE)
+        frame_mask = self._frame_mask(fmt)
+        xd_bit = _XD if nxe else 0
         table = cr3 & fmt.cr3_mask
         rw = us = True
         xd = False
         entries: list[tuple[str, int, int]] = []
-        last = len(fmt.levels) - 1
-        for i, level in enumerate(fmt.levels):
+        for level, reserved in zip(fmt.levels, masks, strict=False):
             index = (linear >> level.shift) & level.index_mask
             addr = table + index * size
             if level.register and pdptes is not None:
@@ -309,62 +371,48 @@ class GuestWalker:
             else:
                 value = mem.read_entry(addr, size, level.name)
             entries.append((level.name, addr, value))
-            if not value & P:
-                raise PageFault(linear, _error(False, write, user, fetch, False, smep or nxe))
-            large = bool(level.large and value & PS and pse)
-            if value & masks[i][large]:
-                raise PageFault(linear, _error(True, write, user, fetch, True, smep or nxe))
+            if not value & _P:
+                raise PageFault(linear, access)
+            large = bool(level.large and value & _PS and pse)
+            if value & reserved[large]:
+                raise PageFault(linear, access | PFError.P | PFError.RSVD)
             if not level.register:
-                rw = rw and bool(value & RW)
-                us = us and bool(value & US)
-            if nxe and value & XD:
-                xd = True
+                rw = rw and bool(value & _RW)
+                us = us and bool(value & _US)
+            xd = xd or bool(value & xd_bit)
             if large:
-                page = level.large
-                if fmt is PAGING_32:
-                    frame = (value & 0xFFC00000) | ((value >> 13) & 0xFF) << 32
-                else:
-                    frame = value & self._address_mask & ~(page - 1)
-                break
-            if i == last:
-                page = 4 * KiB
-                frame = value & (0xFFFFF000 if fmt is PAGING_32 else self._address_mask)
-                break
-            table = value & (0xFFFFF000 if fmt is PAGING_32 else self._address_mask)
+                return _Leaf(entries, self._large_frame(fmt, value, level.large), level.large, rw, us, xd)
+            table = value & frame_mask
+        return _Leaf(entries, table, PAGE_SIZE, rw, us, xd)
 
-        # Rights of the translation for this access's privilege (§4.6).
-        if user:
-            readable = us
-            writable = us and rw
-            executable = us and not xd
-        else:
-            smap_blocks = bool(cr4 & CR4_SMAP) and us and not ac
-            readable = not smap_blocks
-            writable = not smap_blocks and (rw or not cr0 & CR0_WP)
-            executable = not xd and not (smep and us)
-        allowed = executable if fetch else writable if write else readable
-        if not allowed:
-            raise PageFault(linear, _error(True, write, user, fetch, False, smep or nxe))
-
-        leaf_value = entries[-1][2]
-        if set_ad:
-            for i, (name, addr, value) in enumerate(entries):
-                if fmt.levels[i].register:
-                    continue
-                new = value | A
-                if i == len(entries) - 1 and write:
-                    new |= D
-                if new != value:
-                    mem.write_entry(addr, size, name, new)
-                    if i == len(entries) - 1:
-                        leaf_value = new
-        return Translation(linear, frame | (linear & (page - 1)), writable, us, bool(leaf_value & D), page,
-                           entries, executable=executable, readable=readable, format=fmt.name)
+    @staticmethod
+    def _set_accessed(fmt: PagingFormat, mem: EntryMemory, entries: list[tuple[str, int, int]],
+                      write: bool) -> int:
+        """Set A in every entry used (not the PAE PDPTE registers) and D in the leaf for
+        a write, each as *value-as-read | flags* and only if that changes it (§4.8).
+        Returns the leaf's value afterwards."""
+        last = len(entries) - 1
+        leaf_value = entries[last][2]
+        for i, ((name, addr, value), level) in enumerate(zip(entries, fmt.levels, strict=False)):
+            if level.register:
+                continue
+            new = value | _A | (_D if write and i == last else 0)
+            if new != value:
+                mem.write_entry(addr, fmt.entry_size, name, new)
+                if i == last:
+                    leaf_value = new
+        return leaf_value
 
 
-def _error(present: bool, write: bool, user: bool, fetch: bool, rsvd: bool, id_reported: bool) -> int:
-    return ((PF_P if present else 0) | (PF_WR if write else 0) | (PF_US if user else 0)
-            | (PF_RSVD if rsvd else 0) | (PF_ID if fetch and id_reported else 0))
+def _rights(leaf: _Leaf, cr0: int, cr4: int, *, user: bool, ac: bool, smep: bool) -> tuple[bool, bool, bool]:
+    """(readable, writable, executable) of a translation for the privilege of this access
+    (§4.6: U/S, R/W with CR0.WP, XD, SMEP, SMAP with EFLAGS.AC)."""
+    us = leaf.us
+    if user:
+        return us, us and leaf.rw, us and not leaf.xd
+    smap_blocks = bool(cr4 & CR4.SMAP) and us and not ac
+    return (not smap_blocks, not smap_blocks and (leaf.rw or not cr0 & CR0.WP),
+            not leaf.xd and not (smep and us))
 
 
 # -- compatibility: the walker native mode has used since the 2-level days ---------------------
@@ -385,13 +433,13 @@ class Walker32(GuestWalker):
         self.write32 = write32
 
         def read(pa: int, size: int) -> int:
-            if size == 4:
+            if size == ENTRY_SIZE_32:
                 return read32(pa)
             return read32(pa) | read32(pa + 4) << 32
 
         def write(pa: int, size: int, value: int) -> None:
             write32(pa, value & 0xFFFFFFFF)
-            if size == 8:
+            if size == ENTRY_SIZE_64:
                 write32(pa + 4, value >> 32 & 0xFFFFFFFF)
 
         super().__init__(read, write, **kwargs)

@@ -24,11 +24,23 @@ Guest 4 MiB pages are shadowed with 4 KiB entries. NX is not shadowed (32-bit fo
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-P, RW, US = 1, 2, 4
-PAGE_MASK = 0xFFFFF000
+from ..x86 import PTE, PFError
+from ..x86.paging import ENTRY_SIZE_32, INDEX_MASK_32, PAGE_MASK, PDE_SHIFT_32, PTE_SHIFT
+
+P, RW, US = PTE.P, PTE.RW, PTE.US
+
+
+def pde_offset(linear: int) -> int:
+    """Byte offset of the entry for ``linear`` in a 32-bit page directory (bits 31:22)."""
+    return (linear >> PDE_SHIFT_32) * ENTRY_SIZE_32
+
+
+def pte_offset(linear: int) -> int:
+    """Byte offset of the entry for ``linear`` in a 32-bit page table (bits 21:12)."""
+    return ((linear >> PTE_SHIFT) & INDEX_MASK_32) * ENTRY_SIZE_32
 
 
 @dataclass
@@ -68,11 +80,11 @@ class ShadowPaging:
         if self.root is None:
             return None
         refs = self.counters.references
-        pde = self.host.read32(self.root + (linear >> 22) * 4)
+        pde = self.host.read32(self.root + pde_offset(linear))
         refs["shadow PDE"] += 1
         if not pde & P:
             return None
-        pte = self.host.read32((pde & PAGE_MASK) + ((linear >> 12) & 0x3FF) * 4)
+        pte = self.host.read32((pde & PAGE_MASK) + pte_offset(linear))
         refs["shadow PTE"] += 1
         if not pte & P or (write and not pte & RW) or (user and not pte & US):
             return None
@@ -82,10 +94,10 @@ class ShadowPaging:
         """The #PF error code the shadow walk produces (what the exit reports)."""
         present = False
         if self.root is not None:
-            pde = self.host.read32(self.root + (linear >> 22) * 4)
+            pde = self.host.read32(self.root + pde_offset(linear))
             if pde & P:
-                present = bool(self.host.read32((pde & PAGE_MASK) + ((linear >> 12) & 0x3FF) * 4) & P)
-        return int(present) | (2 if write else 0) | (4 if user else 0)
+                present = bool(self.host.read32((pde & PAGE_MASK) + pte_offset(linear)) & P)
+        return (PFError.P if present else 0) | (PFError.WR if write else 0) | (PFError.US if user else 0)
 
     # -- the VMM side -------------------------------------------------------------------------
     def activate(self, guest_cr3: int) -> None:
@@ -119,13 +131,13 @@ class ShadowPaging:
         writable = translation.writable and (translation.dirty or write) and target not in self.protected
         host_page = self.p2m(target)
         pts = self.tables[root]
-        index = linear >> 22
+        index = linear >> PDE_SHIFT_32
         pt = pts.get(index)
         if pt is None:
             pt = pts[index] = self.host.alloc()
             self.counters.pages_built += 1
-            self.host.write32(root + index * 4, pt | P | RW | US)
-        self.host.write32(pt + ((linear >> 12) & 0x3FF) * 4,
+            self.host.write32(root + pde_offset(linear), pt | P | RW | US)
+        self.host.write32(pt + pte_offset(linear),
                           host_page | P | (RW if writable else 0) | (US if translation.user else 0))
         self.rmap.setdefault(target, set()).add((root, lp))
         self.counters.hidden_faults += 1
@@ -180,8 +192,8 @@ class ShadowPaging:
             self.counters.cr3_switches -= 1  # rebuilding the root is not a guest CR3 load
 
     def _pte_address(self, root: int, lp: int) -> int | None:
-        pt = self.tables.get(root, {}).get(lp >> 22)
-        return None if pt is None else pt + ((lp >> 12) & 0x3FF) * 4
+        pt = self.tables.get(root, {}).get(lp >> PDE_SHIFT_32)
+        return None if pt is None else pt + pte_offset(lp)
 
     def _zap(self, root: int, lp: int) -> bool:
         addr = self._pte_address(root, lp)
