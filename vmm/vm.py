@@ -104,12 +104,10 @@ class VM:
         self.exit_seconds: Counter = Counter()   # handler wall time by reason
         self.now = 0  # virtual time in guest instructions
         self.mode = get_mode(mode)(self, **(mode_options or {}))
+        # What each engine event becomes is the processor's to decide: the mode itself,
+        # or, for a guest in VMX non-root operation, the VMX processor it holds.
+        self.processor = self.mode.processor
         self.mode.map_guest_ram()
-        # Engine events go straight to the mode (one Python call less per exit).
-        for event in ("on_exception", "on_invalid_opcode", "on_port_in", "on_port_out", "on_cpuid",
-                      "on_rdtsc", "on_code_site"):
-            setattr(self, event.replace("on_exception", "on_interrupt"), getattr(self.mode, event))
-        self.on_tlb_fill = self.mode.tlb_fill
         self._load(image)
 
     def host_alloc(self, size: int) -> int:
@@ -155,30 +153,30 @@ class VM:
         eng.set_reg("eip", image.entry)
         self.mode.boot(image)
 
-    # -- VcpuOps: what the engine calls; the mode decides what each event becomes -------
+    # -- VcpuOps: what the engine calls; the processor decides what each event becomes ----
     def on_interrupt(self, vector: int, error_code: int, software: bool) -> None:
-        self.mode.on_exception(vector, error_code, software)
+        self.processor.on_exception(vector, error_code, software)
 
     def on_invalid_opcode(self) -> None:
-        self.mode.on_invalid_opcode()
+        self.processor.on_invalid_opcode()
 
     def on_tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
         return self.mode.tlb_fill(vaddr, access)
 
     def on_port_in(self, port: int, size: int) -> int:
-        return self.mode.on_port_in(port, size)
+        return self.processor.on_port_in(port, size)
 
     def on_port_out(self, port: int, size: int, value: int) -> None:
-        self.mode.on_port_out(port, size, value)
+        self.processor.on_port_out(port, size, value)
 
     def on_cpuid(self) -> bool:
-        return self.mode.on_cpuid()
+        return self.processor.on_cpuid()
 
     def on_rdtsc(self) -> bool:
-        return self.mode.on_rdtsc()
+        return self.processor.on_rdtsc()
 
     def on_code_site(self, address: int) -> None:
-        self.mode.on_code_site(address)
+        self.processor.on_code_site(address)
 
     def read_code_byte(self, linear: int) -> int:
         return self.engine.read_phys(self.mode.translate(linear, write=False, user=False, set_ad=False), 1)[0]
@@ -334,7 +332,7 @@ class VM:
                 return self._result(StopKind.EXIT, "guest exit", started)  # ran past its exit write
             return self._result(stop.kind, stop.message, started)
         except TripleFault as tf:
-            self.mode.on_triple_fault(tf)
+            self.processor.on_triple_fault(tf)
             return self._result(StopKind.TRIPLE_FAULT, str(tf), started)
         except UnexpectedExit as ue:
             return self._result(StopKind.ERROR, f"{ue}\n{self.dump_state()}", started)
@@ -365,7 +363,7 @@ class VM:
                 if single_step:
                     raise _Stopped(StopKind.EXIT, "guest exit")
                 return
-            waiting = self.mode.poll_interrupts()
+            waiting = self.processor.poll_interrupts()
             count = 1 if single_step else self._slice(waiting)
             remaining = None
             if self.timeout is not None:
@@ -390,7 +388,7 @@ class VM:
         limits = []
         if self.max_instructions is not None:
             limits.append(self.max_instructions - self.now)
-        for nxt in (self.board.next_deliverable_event(), self.mode.next_deadline()):
+        for nxt in (self.board.next_deliverable_event(), self.processor.next_deadline()):
             if nxt is not None:
                 limits.append(nxt - self.now)
         if irq_waiting:
@@ -406,11 +404,11 @@ class VM:
                 return
             if fault.vector == PF:
                 fault.address = self._precise_cr2(fault)
-            self.mode.on_fault(fault)
+            self.processor.on_fault(fault)
         elif stop is Stop.HALT:
-            self.mode.on_halt()
+            self.processor.on_halt()
         elif stop is Stop.SLICE_DONE:
-            self.mode.on_slice_end()
+            self.processor.on_slice_end()
         elif stop is Stop.REQUESTED:
             if self._breakpoint_hit is not None:
                 raise _Stopped(StopKind.BREAKPOINT, eng.stop_reason)

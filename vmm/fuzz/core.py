@@ -128,13 +128,14 @@ class Containment:
         addresses into the VMCS), with the VMM's own copies."""
         mode = self.vm.mode
         vmcs = getattr(mode, "vmcs", None)
-        if vmcs is None or not hasattr(mode, "io_bitmaps"):
+        if vmcs is None or not hasattr(mode, "cpu"):
             return []
         from ..vmx.vmcs import Field
         found = []
-        for name, fld, copy in (("I/O bitmap A", Field.IO_BITMAP_A, mode.io_bitmaps[0]),
-                                ("I/O bitmap B", Field.IO_BITMAP_B, mode.io_bitmaps[1]),
-                                ("MSR bitmap", Field.MSR_BITMAP, mode.msr_bitmap)):
+        bitmaps = mode.cpu.bitmaps
+        for name, fld, copy in (("I/O bitmap A", Field.IO_BITMAP_A, bitmaps.io[0]),
+                                ("I/O bitmap B", Field.IO_BITMAP_B, bitmaps.io[1]),
+                                ("MSR bitmap", Field.MSR_BITMAP, bitmaps.msr)):
             address = vmcs.peek(fld)
             if address >= HOST_MEMORY_BASE and self.vm.engine.read_raw(address, 1):
                 found.append((name, address, copy))

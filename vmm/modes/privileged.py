@@ -1,7 +1,8 @@
 """Emulating a deprivileged kernel's privileged instructions against its virtual CPU.
 
-``trap`` mode calls :meth:`Emulator.emulate` when its ring-1 kernel raises #GP: the
-instruction at EIP is decoded (capstone) and, if it is one a ring-0 kernel may execute,
+``trap`` mode asks :meth:`Emulator.trapped` what its ring-1 kernel's #GP is and, through
+``VM.dispatch``, has :meth:`Emulator.execute` carry it out: the instruction at EIP is
+decoded (capstone) and, if it is one a ring-0 kernel may execute,
 applied to the virtual state the VMM keeps (virtual IF, CR0, GDTR, IDTR, TR, LDTR) or to
 the real machine where the VMM lets the guest own it (CR2-CR4, debug registers, MSRs,
 ports), then EIP moves past it. Anything else raises :class:`NotEmulated` and the #GP
@@ -20,7 +21,7 @@ from ..cpu.faultaddr import effective_address
 from ..cpu.regs import CR0_TS, IF, debug_register
 from ..mmu.paging import PageFault
 from ..vmx.exits import DECLINE, RESUME, Outcome, Reflect, TrappedInstruction
-from .shadowed import PAGING_CR4_BITS
+from .memory import PAGING_CR4_BITS
 
 _WIDE = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi", "di": "edi", "sp": "esp", "bp": "ebp",
          "al": "eax", "bl": "ebx", "cl": "ecx", "dl": "edx"}

@@ -19,7 +19,7 @@ import struct
 import time
 
 from ..cpu.delivery import GP, PF, Event, vector_name
-from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill, GuestMemoryError
+from ..cpu.engine import ACCESS_WRITE, PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill, GuestMemoryError
 from ..cpu.regs import CR0_ET, CR0_PE, CR0_PG, CR0_WP, CR4_PSE, IF, IOPL_SHIFT, VM
 from ..devices.debugexit import DEBUG_EXIT_PORT
 from ..mmu.paging import PageFault, Walker32, phys_reader, phys_writer
@@ -30,10 +30,12 @@ from ..pv.events import SharedInfo
 from ..pv.memory import PAGE_SHIFT, DomainMemory, HypercallError
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import RESUME, ExceptionExit, Hypercall, Outcome, StopVm
-from .native import PAGE_MASK, NativeMode
+from ..x86 import PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE, PFError
+from .hypervisor import Hypervisor
+from .memory import CodePages
 
 MACHINE_BASE = 0x10000000          # machine frame = pseudo-physical frame + 0x10000
-ERROR_P, ERROR_W, ERROR_U = 1, 2, 4
+HOST_MEMORY_BASE = 0xE0000000      # where the VMM's own host memory starts (vmm.vm.HOST_MEMORY_BASE)
 IOPL = 3 << IOPL_SHIFT
 SYSENTER_MSRS = (0x174, 0x175, 0x176)  # IA32_SYSENTER_CS, _ESP, _EIP
 IA32_PAT, PAT_POWER_ON = 0x277, 0x0007040600070406
@@ -51,42 +53,32 @@ def _descriptor(access: int) -> bytes:
     return struct.pack("<HHBBBB", 0xFFFF, 0, 0, access | 1, 0xCF, 0)
 
 
-class PvMode(NativeMode):
-    name = "pv"
+class DirectPaging:
+    """Xen's direct paging, as an MMU strategy: the guest's page tables hold machine
+    frames, the walker reads machine memory (only the domain's: every table was
+    validated before the MMU used it), and the VMM's linear area (GDT, shared info) is
+    answered before the guest's tables are asked."""
 
-    def __init__(self, vm, hypercall_page: int | None = None):
-        super().__init__(vm)
-        self.engine = vm.engine
-        # Direct paging: the tables hold machine addresses, so the walker reads machine
-        # memory, and only the domain's (every table was validated before the MMU used it).
+    name = "direct paging"
+
+    def __init__(self, vm, pages: CodePages, events):
+        self.vm = vm
+        self.engine = eng = vm.engine
+        self.pages = pages
+        self.events = events
         self.walker = Walker32(phys_reader(self._read_machine), phys_writer(self._write_machine))
-        self.delivery = BounceDelivery(self)
-        self.exit_table[ExitReason.EXCEPTION_NMI] = self.exception
-        self.exit_table[Hypercall] = self.hypercall
-        self.traps: dict[int, tuple[int, int, int]] = {}
-        self.kernel_stack: tuple[int, int] | None = None
-        self.callbacks = None
-        self.debugregs = {n: 0 for n in (0, 1, 2, 3, 6, 7)}
-        self.msrs = dict.fromkeys(SYSENTER_MSRS, 0)
-        self.msrs[IA32_PAT] = PAT_POWER_ON
-        self.hypercall_page_override = hypercall_page
-        self._pending = None               # a ring change to make outside emulation
-        self._blocked = False
-        self._guest_gdt_entries = 0
+        self.tlb_fills = 0
+        self.mem: DomainMemory | None = None
 
-    # -- memory: machine frames, the VMM's area ------------------------------------------
     def map_guest_ram(self) -> None:
-        vm, eng = self.vm, self.vm.engine
-        if MACHINE_BASE + vm.ram_size > 0xE0000000:
-            raise ValueError(f"pv mode gives a domain at most {(0xE0000000 - MACHINE_BASE) >> 20} MiB")
+        vm, eng = self.vm, self.engine
+        if MACHINE_BASE + vm.ram_size > HOST_MEMORY_BASE:
+            raise ValueError(f"pv mode gives a domain at most {(HOST_MEMORY_BASE - MACHINE_BASE) >> 20} MiB")
         eng.map_ram(MACHINE_BASE, vm.ram_size)
         self.mem = DomainMemory(eng.read_phys, eng.write_phys, MACHINE_BASE, vm.ram_size >> PAGE_SHIFT)
         self.gdt_host = vm.host_alloc(abi.GDT_SIZE)
-        self.shared_host = vm.host_alloc(0x1000)
+        self.shared_host = vm.host_alloc(PAGE_SIZE)
         self.mem.extra_mappable.add(self.shared_host >> PAGE_SHIFT)
-        self.shared = SharedInfo(eng, self.shared_host)
-        self.access = GuestAccess(lambda linear, write, user: self.walk(linear, write, user, set_ad=False),
-                                  self.mem, eng)
 
     def _domain_range(self, address: int, size: int, access: str) -> None:
         if not self.mem.owns(address >> PAGE_SHIFT) or not self.mem.owns((address + size - 1) >> PAGE_SHIFT):
@@ -105,7 +97,7 @@ class PvMode(NativeMode):
         return self.mem.mappable(page >> PAGE_SHIFT)
 
     def write_guest(self, gpa: int, data: bytes) -> None:
-        self.vm.engine.write_phys(MACHINE_BASE + gpa, data)
+        self.engine.write_phys(MACHINE_BASE + gpa, data)
 
     def _vmm_page(self, linear: int) -> tuple[int, int] | None:
         """(host page, permissions) of a page in the VMM's linear area the guest may see."""
@@ -118,13 +110,15 @@ class PvMode(NativeMode):
 
     def tlb_fill(self, vaddr: int, access: str):
         self.tlb_fills += 1
-        eng = self.vm.engine
+        eng = self.engine
         user = eng.reg("cs") & 3 == 3 and not abi.GDT_VIRT <= vaddr < abi.GDT_VIRT + abi.GDT_SIZE
-        write = access == "write"
+        write = access == ACCESS_WRITE
+        w = PFError.WR if write else 0
+        u = PFError.US if user else 0
         if vaddr >= abi.HYPERVISOR_VIRT_START:
             vmm = self._vmm_page(vaddr)
             if vmm is None or user or (write and not vmm[1] & PROT_WRITE):
-                return Fault(PF, ERROR_P * (vmm is not None) | ERROR_W * write | ERROR_U * user, vaddr, access)
+                return Fault(PF, (PFError.P if vmm is not None else 0) | w | u, vaddr, access)
             return Fill(vmm[0], vmm[1])
         try:
             t = self.walk(vaddr, write, user)
@@ -132,19 +126,19 @@ class PvMode(NativeMode):
             return Fault(PF, pf.error_code, pf.address, access)
         if t is None:  # paging off: only before the builder's tables are loaded (VM._load)
             if vaddr >= self.vm.ram_size:
-                return Fault(PF, ERROR_W * write | ERROR_U * user, vaddr, access)
+                return Fault(PF, w | u, vaddr, access)
             return Fill(MACHINE_BASE + (vaddr & PAGE_MASK), PROT_READ | PROT_WRITE | PROT_EXEC)
         frame = t.physical >> PAGE_SHIFT
         if not self.mem.mappable(frame):
-            return Fault(PF, ERROR_P | ERROR_W * write | ERROR_U * user, vaddr, access)
+            return Fault(PF, PFError.P | w | u, vaddr, access)
         protected = frame in self.mem.pt_frames
         if write and protected:
             self.events.add("pv", "writes to page-table frames refused")
-            return Fault(PF, ERROR_P | ERROR_W | ERROR_U * user, vaddr, access)
+            return Fault(PF, PFError.P | PFError.WR | u, vaddr, access)
         perms = PROT_READ | PROT_EXEC
         if t.writable and (t.dirty or write) and not protected:
             perms |= PROT_WRITE
-        return self.fill(vaddr & PAGE_MASK, t.physical & PAGE_MASK, perms, access)
+        return self.pages.fill(vaddr & PAGE_MASK, t.physical & PAGE_MASK, perms, access)
 
     def walk(self, linear: int, write: bool, user: bool, set_ad: bool = True):
         """The guest's tables, paging being always on once the builder has run (CR0.PG is
@@ -158,14 +152,59 @@ class PvMode(NativeMode):
     def translate(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> int:
         vmm = self._vmm_page(linear) if linear >= abi.HYPERVISOR_VIRT_START else None
         if vmm is not None:
-            return vmm[0] + (linear & 0xFFF)
+            return vmm[0] + (linear & PAGE_OFFSET_MASK)
         t = self.walk(linear, write, user, set_ad)
         return MACHINE_BASE + linear if t is None else t.physical
+
+    # the guest's tables change only through mmu_update, which flushes what it must
+    def guest_cr3_loaded(self, value: int) -> None:
+        self.engine.flush_tlb()
+
+    def paging_mode_changed(self) -> None:
+        self.engine.flush_tlb()
+
+    def guest_invlpg(self, linear: int) -> None:
+        self.engine.flush_tlb()
 
     def memory_counters(self) -> dict[str, int]:
         return {"TLB fills (direct-paging walks)": self.tlb_fills,
                 "page-table frames": len(self.mem.pt_frames),
                 "page tables validated": self.mem.validations}
+
+
+class PvMode(Hypervisor):
+    name = "pv"
+
+    def __init__(self, vm, hypercall_page: int | None = None):
+        super().__init__(vm)
+        self.engine = vm.engine
+        self.mmu = DirectPaging(vm, self.pages, self.events)
+        self.walker = self.mmu.walker   # the walk references the cost model counts (RunObserver)
+        self.delivery = BounceDelivery(self)
+        self.exit_table[ExitReason.EXCEPTION_NMI] = self.exception
+        self.exit_table[Hypercall] = self.hypercall
+        self.traps: dict[int, tuple[int, int, int]] = {}
+        self.kernel_stack: tuple[int, int] | None = None
+        self.callbacks = None
+        self.debugregs = {n: 0 for n in (0, 1, 2, 3, 6, 7)}
+        self.msrs = dict.fromkeys(SYSENTER_MSRS, 0)
+        self.msrs[IA32_PAT] = PAT_POWER_ON
+        self.hypercall_page_override = hypercall_page
+        self._pending = None               # a ring change to make outside emulation
+        self._blocked = False
+        self._guest_gdt_entries = 0
+
+    # -- memory: the direct-paging strategy's ------------------------------------------
+    def map_guest_ram(self) -> None:
+        mmu = self.mmu
+        mmu.map_guest_ram()
+        self.mem, self.gdt_host, self.shared_host = mmu.mem, mmu.gdt_host, mmu.shared_host
+        self.shared = SharedInfo(self.engine, self.shared_host)
+        self.access = GuestAccess(lambda linear, write, user: mmu.walk(linear, write, user, set_ad=False),
+                                  self.mem, self.engine)
+
+    def is_guest_physical(self, page: int) -> bool:
+        return self.mmu.is_guest_physical(page)
 
     # -- boot ----------------------------------------------------------------------------------
     def boot(self, image) -> None:

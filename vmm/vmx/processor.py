@@ -1,7 +1,7 @@
 """VMX non-root operation: what the processor does with each guest event, per the VMCS.
 
-This is the "hardware" half of the ``vtx`` mode (the hypervisor half, the exit
-handlers, is :mod:`vmm.modes.vtx`). For every event the engine reports, the controls
+This is the "hardware" half of the VT-x modes, a component the hypervisor
+(:mod:`vmm.modes.vtx`, the exit handlers) holds as ``cpu``. For every event the engine reports, the controls
 decide, as SDM vol. 3 ch. 26 says, between
 
 * a **VM exit**: the exit-information fields are filled (reason, qualification,
@@ -12,7 +12,7 @@ decide, as SDM vol. 3 ch. 26 says, between
   shadow; RDTSC adds the TSC offset).
 
 Sensitive instructions that Unicorn cannot hook by type are found in the guest's code
-pages (:mod:`vmm.modes.sites`).
+pages (:mod:`vmm.vmx.sites`).
 """
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ from capstone.x86 import X86_OP_MEM
 from ..cpu.delivery import BP, HAS_ERROR_CODE, OF, PF, UD, Event, TripleFault
 from ..cpu.faultaddr import effective_address
 from ..cpu.regs import IF
+from .bitmaps import BITMAP_SIZE, VmxBitmaps
 from .controls import ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased
 from .exit_reasons import ExitReason
 from .exits import (IN, OUT, CpuidExit, CrAccessExit, DescriptorTableExit, DrAccessExit, ExceptionExit, Exit,
                     ExternalInterruptExit, InstructionExit, IoExit, MsrExit)
 from .qualification import (CrAccess, CrAccessType, InterruptionInfo, InterruptionType, IoInstruction,
                             MovDr)
-from .vmcs import Field
+from .sites import CodeSites
+from .vmcs import Field, Vmcs
 
 GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")  # SDM GPR numbering
 GPR_INDEX = {name: i for i, name in enumerate(GPRS)}
@@ -36,6 +38,8 @@ PREEMPTION_TIMER_RATE = 5  # IA32_VMX_MISC[4:0]: the timer counts down once per 
 KVM_ENOSYS = 1000          # KVM's hypercall error for an unknown number
 CPUID_LENGTH = RDTSC_LENGTH = 2   # 0F A2, 0F 31
 _ACTIVATE_SECONDARY = PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS._value_
+_ENABLE_VPID = SecondaryProcBased.ENABLE_VPID._value_
+_BITMAP_FIELDS = (Field.IO_BITMAP_A, Field.IO_BITMAP_B, Field.MSR_BITMAP)   # VmxBitmaps.IO_A, IO_B, MSR
 # Exits with nothing to qualify, shared by every occurrence (they are immutable); the engine
 # completes both instructions itself.
 _CPUID_EXIT = CpuidExit(length=CPUID_LENGTH, hooked=True)
@@ -50,13 +54,104 @@ def exits_for_exception(vmcs, vector: int, error_code: int) -> bool:
     match = error_code & vmcs.read(Field.PAGE_FAULT_ERROR_CODE_MASK) == vmcs.read(Field.PAGE_FAULT_ERROR_CODE_MATCH)
     return bit if match else not bit
 
+# Guest-state fields backed by the engine while the guest runs.
+LIVE_REGISTERS = {
+    Field.GUEST_CR0: "cr0", Field.GUEST_CR3: "cr3", Field.GUEST_CR4: "cr4",
+    Field.GUEST_RIP: "eip", Field.GUEST_RSP: "esp", Field.GUEST_RFLAGS: "eflags",
+    Field.GUEST_DR7: "dr7",
+}
+LIVE_SELECTORS = {
+    Field.GUEST_ES_SELECTOR: "es", Field.GUEST_CS_SELECTOR: "cs", Field.GUEST_SS_SELECTOR: "ss",
+    Field.GUEST_DS_SELECTOR: "ds", Field.GUEST_FS_SELECTOR: "fs", Field.GUEST_GS_SELECTOR: "gs",
+}
+LIVE_TABLES = {
+    Field.GUEST_GDTR_BASE: ("gdtr", 1), Field.GUEST_GDTR_LIMIT: ("gdtr", 2),
+    Field.GUEST_IDTR_BASE: ("idtr", 1), Field.GUEST_IDTR_LIMIT: ("idtr", 2),
+    Field.GUEST_TR_SELECTOR: ("tr", 0), Field.GUEST_LDTR_SELECTOR: ("ldtr", 0),
+}
 
-class VmxNonRoot:
-    """Mixin for a mode whose guest runs in VMX non-root operation.
 
-    Expects ``self.vm``, ``self.vmcs`` (a live VMCS), ``self.sites`` and the mode's
-    ``exit_table``; provides the engine-event methods of :class:`~vmm.modes.native.NativeMode`.
+class LiveVmcs(Vmcs):
+    """A VMCS whose guest register fields are the engine's registers while ``live``."""
+
+    def __init__(self, engine):
+        super().__init__()
+        self.engine = engine
+        self.live = False
+
+    def read(self, encoding):
+        if self.live:
+            name = LIVE_REGISTERS.get(encoding) or LIVE_SELECTORS.get(encoding)
+            if name:
+                return self.engine.reg(name)
+            table = LIVE_TABLES.get(encoding)
+            if table:
+                return self.engine.table(table[0])[table[1]]
+        return super().read(encoding)
+
+    def write(self, encoding, value):
+        if self.live and encoding in LIVE_REGISTERS:
+            self.engine.set_reg(LIVE_REGISTERS[encoding], value)
+            return
+        super().write(encoding, value)
+
+    def capture(self) -> None:
+        """Copy the live guest state into the store (on stop, for dumps)."""
+        for field in (*LIVE_REGISTERS, *LIVE_SELECTORS, *LIVE_TABLES):
+            value = self.read(field)
+            self.live = False
+            self._store(field, False, value)
+            self.live = True
+
+
+class VmxProcessor:
+    """The processor in VMX non-root operation, for a VT-x hypervisor that *has* one.
+
+    It owns what the hardware owns: the VMCS (live while the guest runs), the I/O and MSR
+    bitmaps, the IDT-vectoring state of an event being delivered, the preemption-timer
+    start, and the sites where the guest's sensitive instructions are. For every engine
+    event it decides, from the controls, between a VM exit (exit-information fields,
+    ``VM.dispatch`` to the hypervisor's exit table, VM entry) and what the instruction
+    does with no exit. ``hypervisor`` answers the few things that are its own: where a
+    port write goes when OUT does not exit (``io_direct``) and whether it holds an
+    interrupt back for the interrupt window (``queued_irq``).
     """
+
+    def __init__(self, vm, hypervisor, sites: CodeSites):
+        self.vm = vm
+        self.hv = hypervisor
+        self.vmcs = LiveVmcs(vm.engine)
+        self.sites = sites
+        self.bitmaps = VmxBitmaps(self._sync_bitmap)
+        self._io_decode: dict[int, tuple[int, bool, bool]] = {}
+        self._vectoring: tuple[InterruptionInfo, int] | None = None
+        self._delivering: tuple[InterruptionInfo, int] | None = None
+        self.inject_cr2: int | None = None  # CR2 to load with the #PF the next VM entry injects
+        self._timer_start = 0
+        self.injected = 0
+        self.tlb_flushes = 0
+
+    def _sync_bitmap(self, which: int, data: bytes) -> None:
+        address = self.vmcs.read(_BITMAP_FIELDS[which])
+        if address:
+            self.vm.engine.write_phys(address, data)
+
+    def allocate_bitmaps(self) -> None:
+        """Give the bitmaps host pages outside the guest and point the VMCS at them."""
+        for field in _BITMAP_FIELDS:
+            self.vmcs.write(field, self.vm.host_alloc(BITMAP_SIZE))
+        self.bitmaps.publish()
+
+    def flush_on_entry(self, deferred: bool) -> None:
+        """Without VPID every VM entry starts with an empty TLB (SDM §28.3.3.1). (Flushing
+        inside a TLB fill is safe: QEMU's own MOV CR3 helper flushes mid-block.)"""
+        peek = self.vmcs.peek
+        if (peek(Field.CPU_BASED_VM_EXEC_CONTROL) & _ACTIVATE_SECONDARY
+                and peek(Field.SECONDARY_VM_EXEC_CONTROL) & _ENABLE_VPID
+                and peek(Field.VIRTUAL_PROCESSOR_ID)):
+            return
+        self.tlb_flushes += 1
+        self.vm.engine.flush_tlb()
 
     # -- controls ---------------------------------------------------------------------------
     # (flag._value_: an int AND with an IntFlag goes through enum machinery, ~1 us; these
@@ -113,8 +208,8 @@ class VmxNonRoot:
             eng = self.vm.engine
             eng.set_reg("eip", eng.reg("eip") + self.vmcs.read(Field.VM_ENTRY_INSTRUCTION_LEN))
         error = self.vmcs.read(Field.VM_ENTRY_EXCEPTION_ERROR_CODE) if intr.error_code_valid else None
-        cr2 = self._inject_cr2
-        self._inject_cr2 = None
+        cr2 = self.inject_cr2
+        self.inject_cr2 = None
         self.injected += 1
         self.deliver_as_hardware(Event(intr.vector, kind, error, cr2), intr)
 
@@ -152,6 +247,10 @@ class VmxNonRoot:
         self.hardware_exception(vector, error_code, None)
 
     def on_fault(self, fault) -> None:
+        if fault.exited:  # the #PF exit already ran inside the TLB fill; this is its VM entry
+            self.inject_cr2 = fault.address
+            self.vm_entry()
+            return
         self.hardware_exception(fault.vector, fault.error_code or 0, fault.address)
 
     def hardware_exception(self, vector: int, error_code: int, cr2: int | None) -> None:
@@ -212,11 +311,7 @@ class VmxNonRoot:
 
     def _io_exits(self, port: int, size: int) -> bool:
         if self.primary(PrimaryProcBased.USE_IO_BITMAPS):
-            for p in range(port, min(port + size, 0x10000)):
-                bitmap = self.io_bitmaps[0 if p < 0x8000 else 1]
-                if bitmap[(p & 0x7FFF) >> 3] >> (p & 7) & 1:
-                    return True
-            return port + size > 0x10000  # wrapping past 0xffff always exits
+            return self.bitmaps.io_exits(port, size)
         return self.primary(PrimaryProcBased.UNCONDITIONAL_IO_EXITING)
 
     def _io_qualification(self, port: int, size: int, direction_in: bool) -> tuple[int, int]:
@@ -241,7 +336,7 @@ class VmxNonRoot:
 
     def on_port_out(self, port: int, size: int, value: int) -> None:
         if not self._io_exits(port, size):
-            self.io_direct(port, size, value)
+            self.hv.io_direct(port, size, value)
             return
         q, length = self._io_qualification(port, size, False)
         self.vmexit(IoExit(qualification=q, length=length, hooked=True, port=port, size=size, direction=OUT,
@@ -261,7 +356,7 @@ class VmxNonRoot:
         """External interrupts and the interrupt window (SDM §26.2, §26.7.5)."""
         board, eng = self.vm.board, self.vm.engine
         if self.pin(PinBased.EXTERNAL_INTERRUPT_EXITING):
-            if board.interrupt_pending() and self.queued_irq is None:
+            if board.interrupt_pending() and self.hv.queued_irq is None:
                 info = None
                 if self.vmcs.read(Field.VM_EXIT_CONTROLS) & ExitControls.ACK_INTERRUPT_ON_EXIT:
                     vector = board.acknowledge_interrupt()
@@ -350,14 +445,7 @@ class VmxNonRoot:
     def _msr_exits(self, msr: int, write: bool) -> bool:
         if not self.primary(PrimaryProcBased.USE_MSR_BITMAPS):
             return True
-        if msr <= 0x1FFF:
-            base = 0x800 if write else 0
-        elif 0xC0000000 <= msr <= 0xC0001FFF:
-            base = 0xC00 if write else 0x400
-        else:
-            return True
-        index = msr & 0x1FFF
-        return bool(self.msr_bitmap[base + (index >> 3)] >> (index & 7) & 1)
+        return self.bitmaps.msr_exits(msr, write)
 
     def _site_rdmsr(self, insn) -> None:
         msr = self.vm.engine.reg("ecx")
@@ -427,4 +515,4 @@ class VmxNonRoot:
         return 0
 
 
-__all__ = ["VmxNonRoot", "KVM_ENOSYS"]
+__all__ = ["VmxProcessor", "LiveVmcs", "KVM_ENOSYS", "exits_for_exception"]
