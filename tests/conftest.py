@@ -78,7 +78,6 @@ class ExitLog(list):
 def record_exits(vm) -> ExitLog:
     from vmm.vmx.vmcs import Field
     log = ExitLog()
-    dispatch = vm.dispatch
     info_fields = (Field.VM_EXIT_REASON, Field.EXIT_QUALIFICATION, Field.VM_EXIT_INSTRUCTION_LEN,
                    Field.VM_EXIT_INTR_INFO, Field.VM_EXIT_INTR_ERROR_CODE, Field.IDT_VECTORING_INFO_FIELD,
                    Field.IDT_VECTORING_ERROR_CODE, Field.GUEST_LINEAR_ADDRESS)
@@ -87,9 +86,8 @@ def record_exits(vm) -> ExitLog:
         vmcs = getattr(vm.mode, "vmcs", None)
         fields = {f: vmcs.read(f) for f in info_fields} if vmcs is not None else {}
         log.append((exit, fields))
-        return dispatch(exit)
 
-    vm.dispatch = recording
+    vm.bus.subscribe("exit", recording)
     return log
 
 

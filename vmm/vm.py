@@ -1,7 +1,9 @@
 """A virtual machine: memory, board, one vCPU, a mode, and the run loop.
 
-The engine reports events; the VM turns each into a typed :class:`VmExit` and hands it to
-the mode's exit table (DESIGN §2). Virtual time is counted in guest instructions so a run
+The engine reports events; the mode's processor turns each into a typed exit
+(:mod:`vmm.vmx.exits`) and :meth:`VM.dispatch` runs the mode's handler for it, counts it
+once, publishes it on the event bus (:mod:`vmm.bus`) and carries out the handler's
+outcome (docs/ARCHITECTURE.md follows one of each kind through). Virtual time is counted in guest instructions so a run
 is deterministic: the engine runs free (no counter, full speed) unless a timer is armed
 or an instruction budget is set, and then in slices that end at the next timer deadline.
 A slice cut short by an event is charged in full (Unicorn does not say how far it got):
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 from .cpu.delivery import Event, TripleFault, PF
 from .cpu.engine import Engine, EngineError, Fault, Fill, GuestMemoryError, Stop
+from .bus import EventBus
 from .cpu.faultaddr import precise_fault_address
 from .devices.board import Board
 from .loader.image import LoadedImage
@@ -87,10 +90,11 @@ class VM:
                            serial_output=serial_output or sys.stdout.buffer.write,
                            serial_input=serial_input)
         self.engine = Engine(self)
+        self.bus = EventBus(self.engine)   # what happens in this VM, for whoever subscribes
         for base, length, _name in self.board.mmio_bus.regions():
             self.engine.map_mmio(base, length,
-                                 lambda off, size, b=base: self.mode.on_mmio(b + off, size, None),
-                                 lambda off, size, value, b=base: self.mode.on_mmio(b + off, size, value))
+                                 lambda off, size, b=base: self.on_mmio(b + off, size, None),
+                                 lambda off, size, value, b=base: self.on_mmio(b + off, size, value))
         self._host_next = HOST_MEMORY_BASE
         self._breakpoint_hit: int | None = None
         self._breakpoints: dict[int, int] = {}
@@ -98,8 +102,6 @@ class VM:
         self._launched = False
         self._counted_slice = False
         self.tsc_reads = 0
-        from .trace.tracer import NullTracer
-        self.tracer = NullTracer()               # vmm.trace.tracer.Tracer attaches itself here
         self.exits: Counter = Counter()          # exits (events, in native) by reason
         self.exit_seconds: Counter = Counter()   # handler wall time by reason
         self.now = 0  # virtual time in guest instructions
@@ -161,13 +163,34 @@ class VM:
         self.processor.on_invalid_opcode()
 
     def on_tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
-        return self.mode.tlb_fill(vaddr, access)
+        answer = self.mode.tlb_fill(vaddr, access)
+        subs = self.bus.fill
+        if subs:
+            for observe in subs:
+                observe(vaddr, access, answer)
+        return answer
 
     def on_port_in(self, port: int, size: int) -> int:
+        subs = self.bus.port
+        if subs:
+            for observe in subs:
+                observe(port, size, None)
         return self.processor.on_port_in(port, size)
 
     def on_port_out(self, port: int, size: int, value: int) -> None:
+        subs = self.bus.port
+        if subs:
+            for observe in subs:
+                observe(port, size, value)
         self.processor.on_port_out(port, size, value)
+
+    def on_mmio(self, address: int, size: int, value: int | None) -> int | None:
+        """A device-page access (the engine's MMIO callbacks): the mode decides what it is."""
+        subs = self.bus.mmio
+        if subs:
+            for observe in subs:
+                observe(address, size, value)
+        return self.mode.on_mmio(address, size, value)
 
     def on_cpuid(self) -> bool:
         return self.processor.on_cpuid()
@@ -193,6 +216,10 @@ class VM:
             if exit.reason is not None:
                 self.exits[exit.reason] += 1
             raise UnexpectedExit(exit, mode.name)
+        bus = self.bus
+        if bus.exit:
+            for observe in bus.exit:
+                observe(exit)
         category = exit.category
         outcome = None
         started = _clock()
@@ -203,9 +230,10 @@ class VM:
                 outcome = handler(exit)
             finally:
                 self.exit_seconds[reason] += _clock() - started
-                if self.tracer.enabled:
-                    self.tracer.exit(exit, outcome.value if type(outcome) is Value else None,
-                                     getattr(mode, "vmcs", None))
+                if bus.handled:
+                    value = outcome.value if type(outcome) is Value else None
+                    for observe in bus.handled:
+                        observe(exit, value, getattr(mode, "vmcs", None))
         else:
             outcome = handler(exit)
             if outcome is not DECLINE:
@@ -238,8 +266,10 @@ class VM:
     # -- event delivery ---------------------------------------------------------------------
     def inject(self, event: Event) -> None:
         """Deliver an event into the guest (VT-x: VM-entry event injection)."""
-        if self.tracer.enabled:
-            self.tracer.inject(event)
+        subs = self.bus.inject
+        if subs:
+            for observe in subs:
+                observe(event)
         self.mode.delivery.deliver(event)
 
     def stop_guest(self, message: str) -> None:
@@ -352,8 +382,9 @@ class VM:
                           self.now if exact else None, self.now, time.perf_counter() - started,
                           Counter(self.exits), Counter(self.exit_seconds), self.mode.memory_counters(),
                           events, event_seconds)
-        if self.tracer.enabled and kind is not StopKind.BREAKPOINT:
-            self.tracer.stop(result)
+        if kind is not StopKind.BREAKPOINT:
+            for observe in self.bus.stop:
+                observe(result)
         return result
 
     def _loop(self, started: float, single_step: bool = False) -> None:

@@ -1,6 +1,7 @@
 """The cost model: event counts x a cycle profile = modeled cycles, per category.
 
-Wall time in an emulator says little about hardware (DESIGN §5), so each run is also
+Wall time in an emulator says little about hardware (an emulated instruction costs
+hundreds of host cycles, an emulated VM exit far fewer than a real one), so each run is also
 priced on a real machine's published costs. The rules, one per kind of event:
 
 * every mode pays what the bare machine pays for the same guest work: guest

@@ -1,7 +1,7 @@
 """The engine: one Unicorn x86-32 CPU, its hooks multiplexed to a narrow Python interface.
 
 This is the only module that drives ``emu_start``. It installs one hook of each kind
-(DESIGN §3, §8.7) and forwards every event to a :class:`VcpuOps` object (the VM), which
+and forwards every event to a :class:`VcpuOps` object (the VM), which
 decides policy. Python exceptions raised inside a hook are captured, emulation is
 stopped, and the exception is re-raised from :meth:`Engine.run`, so a bug never
 disappears inside a C callback.
@@ -130,7 +130,6 @@ class Engine:
         self.stop_reason: str | None = None
         self._init_fast_regs()
         self._thunks: list = []
-        self.fill_observer = None  # called with (vaddr, access, answer) on every TLB fill
         self._counting = False
         self.trampoline: int | None = None
         self._pending_iret: dict | None = None
@@ -295,8 +294,6 @@ class Engine:
                 entry.paddr, entry.perms = TRAMPOLINE_HOST, UC_PROT_ALL
                 return True
             answer = self._guard(self.ops.on_tlb_fill, vaddr, _ACCESS.get(access, ACCESS_READ))
-            if self.fill_observer is not None:  # the tracer: page map and --walks
-                self._guard(self.fill_observer, vaddr, _ACCESS.get(access, ACCESS_READ), answer)
             if isinstance(answer, Fill):
                 entry.paddr = answer.host_page
                 entry.perms = answer.perms
@@ -365,7 +362,8 @@ class Engine:
     def hook_code_site(self, address: int) -> int:
         """Call ``ops.on_code_site(address)`` before an instruction that starts at ``address``.
 
-        A code hook bounded to one address costs nothing anywhere else (DESIGN §3).
+        A code hook bounded to one address costs nothing anywhere else: Unicorn compiles it
+        into the translated block of that address only.
         Writing EIP in the callback skips or redirects the instruction.
         """
         return self.uc.hook_add(UC_HOOK_CODE, self._site_callback, None, address, address)
@@ -548,7 +546,7 @@ class Engine:
         a segment load with CR0.PE clear is a real-mode load whose cache has DPL 0. So:
         clear PE, load SS (CPL becomes 0), set PE again, then load CS and SS through the
         normal checks. Only ring 0 is reachable this way; modes that run a guest kernel in
-        ring 1 enter it with IRET from a ring-0 trampoline instead (DESIGN §3).
+        ring 1 enter it with IRET from a ring-0 trampoline instead (:meth:`iret_to`).
         """
         if cpl != 0:
             raise ValueError("enter_ring reaches ring 0 only; use iret_to for rings 1-3")

@@ -90,7 +90,7 @@ class Hypervisor:
         eng = vm.engine
         self.ram_size = vm.ram_size
         self.device_ranges = [(base, base + length) for base, length, _ in vm.board.mmio_bus.regions()]
-        self.events = EventCounters()
+        self.events = EventCounters(vm.bus.event)
         self.devices = DeviceAccess(vm, self.events)
         self.pages = CodePages(vm, self.is_guest_physical)
         self.code_watchers = self.pages.watchers     # objects with fetch(linear_page, page) and written(page)

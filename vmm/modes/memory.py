@@ -142,6 +142,16 @@ class GuestPaging:
         return physical
 
     def tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
+        walks = self.vm.bus.walk
+        if not walks:
+            return self._fill(vaddr, access)
+        before = self.walker.references
+        answer = self._fill(vaddr, access)
+        for observe in walks:
+            observe(vaddr, self.walker.references - before)
+        return answer
+
+    def _fill(self, vaddr: int, access: str) -> Fill | Fault:
         self.tlb_fills += 1
         write = access == ACCESS_WRITE
         try:

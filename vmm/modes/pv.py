@@ -109,6 +109,16 @@ class DirectPaging:
         return None
 
     def tlb_fill(self, vaddr: int, access: str):
+        walks = self.vm.bus.walk
+        if not walks:
+            return self._fill(vaddr, access)
+        before = self.walker.references
+        answer = self._fill(vaddr, access)
+        for observe in walks:
+            observe(vaddr, self.walker.references - before)
+        return answer
+
+    def _fill(self, vaddr: int, access: str):
         self.tlb_fills += 1
         eng = self.engine
         user = eng.reg("cs") & 3 == 3 and not abi.GDT_VIRT <= vaddr < abi.GDT_VIRT + abi.GDT_SIZE

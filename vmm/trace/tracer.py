@@ -2,8 +2,9 @@
 and page walks it caused, as text or JSON lines.
 
 This is the only place with a per-instruction Python hook, and it exists only while a
-trace runs (`NullTracer` otherwise: the VM calls it at exits and deliveries, which are
-already slow paths, and never per instruction).
+trace runs: the tracer subscribes to the VM's event bus (:mod:`vmm.bus`) for exits,
+deliveries, fills and the mode's own events, and asks it for the per-instruction hook
+unless only exits are traced.
 
 Event objects (JSON lines, one per line; field names are stable):
 
@@ -36,21 +37,6 @@ from ..vmx.qualification import CrAccess, EptViolation, InterruptionInfo, IoInst
 
 TRACED_REGS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eflags")
 _PERMS = "rwx"
-
-
-class NullTracer:
-    """Tracing off: every call is a no-op (the VM checks ``enabled`` first anyway)."""
-
-    enabled = False
-
-    def exit(self, exit, result, vmcs) -> None:
-        pass
-
-    def inject(self, event) -> None:
-        pass
-
-    def stop(self, result) -> None:
-        pass
 
 
 @lru_cache(maxsize=2)
@@ -110,8 +96,6 @@ class Tracer:
     instruction are printed after it.
     """
 
-    enabled = True
-
     def __init__(self, vm, out, fmt: str = "text", *, start: int = 0, count: int | None = None,
                  address_range: tuple[int, int] | None = None, ring: str | None = None,
                  exits_only: bool = False, walks: bool = False, color: bool = False):
@@ -136,17 +120,20 @@ class Tracer:
         self._vals = (ctypes.c_uint64 * len(read))()
         self._ntraced = len(TRACED_REGS)
         self._last = None
-        eng.fill_observer = self._filled
         self._read_batch = eng.read_regs_thunk(self._ids, self._vals)
+        bus = vm.bus
         if not exits_only:
             vm.mode.code_watchers.append(self)   # decode each instruction once, until its page is written
             unfiltered = not (start or count is not None or address_range or ring)
             if unfiltered:
-                eng.add_raw_instruction_hook(self._fast_hook())
+                bus.on_instruction(raw=self._fast_hook())
             else:
-                eng.add_instruction_hook(self._instruction)
-        vm.mode.events.observer = self.mode_event   # traps, callouts, hypercalls... as they happen
-        vm.tracer = self
+                bus.on_instruction(self._instruction)
+        bus.subscribe("fill", self._filled)
+        bus.subscribe("handled", self.exit)
+        bus.subscribe("inject", self.inject)
+        bus.subscribe("event", self.mode_event)   # traps, callouts, hypercalls... as they happen
+        bus.subscribe("stop", self.stop)
 
     # -- code watcher: the decode cache lives until the code page is written ----------------------
     def fetch(self, linear_page: int, page: int) -> None:
