@@ -26,14 +26,18 @@ from .cpu.faultaddr import precise_fault_address
 from .devices.board import Board
 from .loader.image import LoadedImage
 from .mmu.paging import PageFault
+from .x86 import CODE_RING0, CR0, DATA_RING0, EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE, flat_descriptor
 from .vmx.exits import (DECLINE, RESUME, Decline, Exit, Outcome, Reflect, Retry, StopVm, UnexpectedExit,
                         Value)
 
 _clock = time.perf_counter
-INTERRUPT_WINDOW_SLICE = 64
-SLICE_QUANTUM = 4096  # longest counted slice: bounds how far virtual time can run ahead per early stop  # instructions between checks while an IRQ waits for IF=1
+INTERRUPT_WINDOW_SLICE = 64   # instructions between checks while an IRQ waits for IF=1
+SLICE_QUANTUM = 4096          # longest counted slice: bounds how far virtual time can run ahead per early stop
 HOST_MEMORY_BASE = 0xE0000000  # VMM-private host memory (VMX bitmaps, EPT tables), not guest RAM
 BOOT_GDT_ADDRESS = 0xC8000   # option-ROM area, where QEMU keeps its boot GDT too; no image loads there
+BOOT_CS, BOOT_DS = 0x08, 0x10     # the boot GDT's flat code and data selectors (Multiboot's CS/DS)
+BOOT_SECTOR_STACK = 0x7C00        # SS:SP a BIOS leaves a boot sector: just below it
+REAL_MODE_IVT_LIMIT = 0x3FF       # 256 four-byte vectors at 0
 
 
 class StopKind(enum.Enum):
@@ -114,7 +118,7 @@ class VM:
 
     def host_alloc(self, size: int) -> int:
         """Map ``size`` bytes of VMM-private host memory; returns its host-physical address."""
-        size = (size + 0xFFF) & ~0xFFF
+        size = (size + PAGE_OFFSET_MASK) & PAGE_MASK
         address = self._host_next
         self.engine.map_ram(address, size)
         self._host_next += size
@@ -131,25 +135,25 @@ class VM:
             self.mode.write_guest(addr, data)
         eng = self.engine
         if image.real_mode:
-            eng.set_reg("cr0", 0x10)
+            eng.set_reg("cr0", CR0.ET)
             for seg in ("ds", "es", "ss", "fs", "gs"):
                 eng.set_reg(seg, 0)
             eng.set_reg("cs", 0)
-            eng.set_reg("esp", 0x7C00)
-            eng.set_table("idtr", 0, 0x3FF)
+            eng.set_reg("esp", BOOT_SECTOR_STACK)
+            eng.set_table("idtr", 0, REAL_MODE_IVT_LIMIT)
         else:
             # Multiboot entry state: PE=1, PG=0, flat 4 GiB CS/DS, IF=0. The GDT is ours
             # and the guest must load its own before touching a segment register.
-            gdt = struct.pack("<QQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)
+            gdt = struct.pack("<QQQ", 0, flat_descriptor(CODE_RING0), flat_descriptor(DATA_RING0))
             self.mode.write_guest(BOOT_GDT_ADDRESS, gdt)
             eng.set_table("gdtr", BOOT_GDT_ADDRESS, len(gdt) - 1)
-            eng.set_reg("cr0", 0x11)
+            eng.set_reg("cr0", CR0.PE | CR0.ET)
             eng.set_reg("cr4", 0)  # as QEMU's Multiboot entry (Unicorn's default sets SSE bits)
-            eng.set_reg("cs", 0x08)
+            eng.set_reg("cs", BOOT_CS)
             for seg in ("ds", "es", "ss", "fs", "gs"):
-                eng.set_reg(seg, 0x10)
+                eng.set_reg(seg, BOOT_DS)
             eng.set_table("idtr", 0, 0)
-        eng.set_reg("eflags", 0x2)
+        eng.set_reg("eflags", EFLAGS.FIXED)
         for name, value in image.registers.items():
             eng.set_reg(name, value)
         eng.set_reg("eip", image.entry)
@@ -211,10 +215,11 @@ class VM:
         the instruction (``Value``), a :class:`Fault` that stops the run (``Retry``,
         inside a TLB fill), ``DECLINE``, or None."""
         mode = self.mode
-        handler = mode.exit_table.get(exit.key)
+        reason = exit.reason   # (Exit.key, inlined: this is every exit's path)
+        handler = mode.exit_table.get(reason if reason is not None else type(exit))
         if handler is None:
-            if exit.reason is not None:
-                self.exits[exit.reason] += 1
+            if reason is not None:
+                self.exits[reason] += 1
             raise UnexpectedExit(exit, mode.name)
         bus = self.bus
         if bus.exit:
@@ -224,7 +229,6 @@ class VM:
         outcome = None
         started = _clock()
         if category is None:
-            reason = exit.reason
             self.exits[reason] += 1
             try:
                 outcome = handler(exit)
@@ -313,7 +317,7 @@ class VM:
         """Guest memory as the guest sees it at CPL0 (raises PageFault if unmapped)."""
         out = b""
         while len(out) < size:
-            chunk = min(size - len(out), 0x1000 - (address & 0xFFF))
+            chunk = min(size - len(out), PAGE_SIZE - (address & PAGE_OFFSET_MASK))
             out += self.engine.read_phys(self.mode.translate(address, write=False, user=False, set_ad=False), chunk)
             address += chunk
         return out
@@ -321,7 +325,7 @@ class VM:
     def write_linear(self, address: int, data: bytes) -> None:
         done = 0
         while done < len(data):
-            chunk = min(len(data) - done, 0x1000 - ((address + done) & 0xFFF))
+            chunk = min(len(data) - done, PAGE_SIZE - ((address + done) & PAGE_OFFSET_MASK))
             phys = self.mode.translate(address + done, write=True, user=False, set_ad=False)
             self.engine.write_phys(phys, data[done:done + chunk])
             done += chunk
@@ -458,7 +462,7 @@ class VM:
         """Up to ``size`` bytes of code at ``linear``, stopping at an unmapped page."""
         out = b""
         while len(out) < size:
-            chunk = min(size - len(out), 0x1000 - (linear & 0xFFF))
+            chunk = min(size - len(out), PAGE_SIZE - (linear & PAGE_OFFSET_MASK))
             try:
                 phys = self.mode.translate(linear, write=False, user=False, set_ad=False)
             except PageFault:
@@ -470,7 +474,7 @@ class VM:
     def _precise_cr2(self, fault) -> int:
         eng = self.engine
         eip = eng.reg("eip")
-        bits = 32 if eng.reg("cr0") & 1 else 16
+        bits = 32 if eng.reg("cr0") & CR0.PE else 16
         return precise_fault_address(fault.address, fault.access, eip, self.read_code(eip), eng.reg, bits)
 
     def halt(self) -> None:

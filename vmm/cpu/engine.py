@@ -32,6 +32,7 @@ from . import quirks
 from .regs import UC_REG, UC_TABLE
 
 PAGE = 0x1000
+HLT_OPCODE = 0xF4
 SCRATCH_PAGE = 0xFFFFF000  # host page outside guest RAM, see the TLB-fill hook
 STAND_IN_PAGE = 0xFFFFD000  # a descriptor page the VMM's own segment loads never fault on (fill hook)
 TRAMPOLINE_HOST = 0xFFFFE000    # the VMM's IRET trampoline (Engine.iret_to), host side
@@ -534,7 +535,7 @@ class Engine:
         is an early timer tick, never a wrong EIP (HLT resumes at that EIP anyway).
         """
         try:
-            return self.ops.read_code_byte(self._linear_pc() - 1) == 0xF4
+            return self.ops.read_code_byte(self._linear_pc() - 1) == HLT_OPCODE
         except Exception:
             return False
 

@@ -63,7 +63,7 @@ class DirectPaging:
 
     def __init__(self, vm, pages: CodePages, events):
         self.vm = vm
-        self.engine = eng = vm.engine
+        self.engine = vm.engine
         self.pages = pages
         self.events = events
         self.walker = Walker32(phys_reader(self._read_machine), phys_writer(self._write_machine))

@@ -16,7 +16,7 @@ pages (:mod:`vmm.vmx.sites`).
 """
 from __future__ import annotations
 
-from capstone.x86 import X86_OP_MEM
+from capstone.x86 import X86_OP_MEM, X86_OP_REG
 
 from ..cpu.delivery import BP, HAS_ERROR_CODE, OF, PF, UD, Event, TripleFault
 from ..cpu.faultaddr import effective_address
@@ -30,10 +30,18 @@ from .qualification import (CrAccess, CrAccessType, InterruptionInfo, Interrupti
                             MovDr)
 from .sites import CodeSites
 from .vmcs import Field, Vmcs
+from ..x86 import CR0
 
 GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")  # SDM GPR numbering
 GPR_INDEX = {name: i for i, name in enumerate(GPRS)}
-CR0_TS = 1 << 3
+CR0_TS = CR0.TS
+U32_MASK, WORD_MASK = 0xFFFFFFFF, 0xFFFF
+# Instruction encodings the processor recognises at an exit (what the hardware decodes)
+INT3, INTO = b"\xcc", b"\xce"
+VMCALL = b"\x0f\x01\xc1"
+OPERAND_SIZE_PREFIX = 0x66
+IO_IMMEDIATE_OPCODES = frozenset({0xE4, 0xE5, 0xE6, 0xE7})   # IN/OUT with an imm8 port
+IO_STRING_OPCODES = frozenset({0x6C, 0x6D, 0x6E, 0x6F})      # INS/OUTS
 PREEMPTION_TIMER_RATE = 5  # IA32_VMX_MISC[4:0]: the timer counts down once per 2^5 TSC ticks
 KVM_ENOSYS = 1000          # KVM's hypercall error for an unknown number
 CPUID_LENGTH = RDTSC_LENGTH = 2   # 0F A2, 0F 31
@@ -145,10 +153,7 @@ class VmxProcessor:
     def flush_on_entry(self, deferred: bool) -> None:
         """Without VPID every VM entry starts with an empty TLB (SDM §28.3.3.1). (Flushing
         inside a TLB fill is safe: QEMU's own MOV CR3 helper flushes mid-block.)"""
-        peek = self.vmcs.peek
-        if (peek(Field.CPU_BASED_VM_EXEC_CONTROL) & _ACTIVATE_SECONDARY
-                and peek(Field.SECONDARY_VM_EXEC_CONTROL) & _ENABLE_VPID
-                and peek(Field.VIRTUAL_PROCESSOR_ID)):
+        if self.vmcs.vpid_enabled():
             return
         self.tlb_flushes += 1
         self.vm.engine.flush_tlb()
@@ -236,7 +241,7 @@ class VmxProcessor:
         eng = self.vm.engine
         if software:
             opcode = self.vm.read_code(eng.reg("eip") - 1, 1)
-            if vector == BP and opcode == b"\xcc" or vector == OF and opcode == b"\xce":
+            if vector == BP and opcode == INT3 or vector == OF and opcode == INTO:
                 # INT3 / INTO are software exceptions: they consult the exception bitmap.
                 if exits_for_exception(self.vmcs, vector, 0):
                     eng.set_reg("eip", eng.reg("eip") - 1)  # the exit reports the instruction
@@ -272,7 +277,7 @@ class VmxProcessor:
     def on_invalid_opcode(self) -> None:
         eng = self.vm.engine
         eip = eng.reg("eip")
-        if self.vm.read_code(eip, 3) == b"\x0f\x01\xc1":
+        if self.vm.read_code(eip, len(VMCALL)) == VMCALL:
             self.vmexit(InstructionExit(reason=ExitReason.VMCALL, length=3))
             return
         self.hardware_exception(UD, 0, None)
@@ -298,8 +303,8 @@ class VmxProcessor:
 
     def write_edx_eax(self, value: int) -> None:
         eng = self.vm.engine
-        eng.set_reg("eax", value & 0xFFFFFFFF)
-        eng.set_reg("edx", (value >> 32) & 0xFFFFFFFF)
+        eng.set_reg("eax", value & U32_MASK)
+        eng.set_reg("edx", (value >> 32) & U32_MASK)
 
     def on_halt(self) -> None:
         if self.primary(PrimaryProcBased.HLT_EXITING):
@@ -319,10 +324,10 @@ class VmxProcessor:
         decoded = self._io_decode.get(eip)
         if decoded is None:
             code = self.vm.read_code(eip, 3)
-            prefix = 1 if code[:1] == b"\x66" else 0
+            prefix = 1 if code[:1] == bytes([OPERAND_SIZE_PREFIX]) else 0
             opcode = code[prefix] if len(code) > prefix else 0
-            immediate = opcode in (0xE4, 0xE5, 0xE6, 0xE7)
-            string = opcode in (0x6C, 0x6D, 0x6E, 0x6F)
+            immediate = opcode in IO_IMMEDIATE_OPCODES
+            string = opcode in IO_STRING_OPCODES
             decoded = self._io_decode[eip] = (prefix + (2 if immediate else 1), immediate, string)
         length, immediate, string = decoded
         q = IoInstruction(port, size, direction_in, string=string, immediate=immediate).encode()
@@ -424,12 +429,12 @@ class VmxProcessor:
     def _site_smsw(self, insn) -> None:
         mask = self.vmcs.read(Field.CR0_GUEST_HOST_MASK)
         op = insn.operands[0]
-        if mask and op.type == 1:  # register destination: shadowed bits come from the shadow
+        if mask and op.type == X86_OP_REG:  # register destination: shadowed bits come from the shadow
             eng = self.vm.engine
             value = (eng.reg("cr0") & ~mask) | (self.vmcs.read(Field.CR0_READ_SHADOW) & mask)
             name = insn.reg_name(op.reg)
             full = "e" + name[-2:] if len(name) == 2 else name
-            eng.set_reg(full, (eng.reg(full) & ~0xFFFF) | (value & 0xFFFF) if len(name) == 2 else value)
+            eng.set_reg(full, (eng.reg(full) & ~WORD_MASK) | (value & WORD_MASK) if len(name) == 2 else value)
             self.skip_instruction(insn.size)
 
     def _site_mov_dr(self, insn) -> None:
@@ -467,7 +472,7 @@ class VmxProcessor:
             reason = ExitReason.GDTR_IDTR if insn.mnemonic in ("sgdt", "sidt", "lgdt", "lidt") \
                 else ExitReason.LDTR_TR
             op = insn.operands[0]
-            displacement = op.mem.disp & 0xFFFFFFFF if op.type == 3 else 0
+            displacement = op.mem.disp & U32_MASK if op.type == X86_OP_MEM else 0
             self.vmexit(DescriptorTableExit(reason=reason, qualification=displacement, length=insn.size,
                                             mnemonic=insn.mnemonic))
 
@@ -494,7 +499,7 @@ class VmxProcessor:
                                         _site_descriptor_table))
 
     def _site_mov(self, insn) -> None:
-        names = [insn.reg_name(op.reg) for op in insn.operands if op.type == 1]
+        names = [insn.reg_name(op.reg) for op in insn.operands if op.type == X86_OP_REG]
         if any(n.startswith("cr") for n in names):
             self._site_mov_cr(insn)
         elif any(n.startswith("dr") for n in names):
