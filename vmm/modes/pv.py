@@ -30,15 +30,19 @@ from ..pv.events import SharedInfo
 from ..pv.memory import PAGE_SHIFT, DomainMemory, HypercallError
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import RESUME, ExceptionExit, Hypercall, Outcome, StopVm
-from ..x86 import PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE, PFError
+from ..x86 import (CODE_RING0, CODE_RING3, DATA_RING0, DATA_RING3, EFLAGS, MSR, PAGE_MASK, PAGE_OFFSET_MASK,
+                   PAGE_SIZE, PAT_POWER_ON, SYSENTER_MSRS, Access, PFError, flat_descriptor)
+from ..x86.segments import ACCESS_DPL_SHIFT, ACCESS_TYPE_MASK
 from .hypervisor import Hypervisor
 from .memory import CodePages
 
 MACHINE_BASE = 0x10000000          # machine frame = pseudo-physical frame + 0x10000
 HOST_MEMORY_BASE = 0xE0000000      # where the VMM's own host memory starts (vmm.vm.HOST_MEMORY_BASE)
 IOPL = 3 << IOPL_SHIFT
-SYSENTER_MSRS = (0x174, 0x175, 0x176)  # IA32_SYSENTER_CS, _ESP, _EIP
-IA32_PAT, PAT_POWER_ON = 0x277, 0x0007040600070406
+IA32_PAT = MSR.PAT
+RING1 = 1 << ACCESS_DPL_SHIFT       # an access byte's DPL field, at ring 1
+U32_MASK, SELECTOR_BITS = 0xFFFFFFFF, 0xFFFF
+ACCESS_BYTE_SHIFT = 8               # a descriptor's access byte: bits 15:8 of its high dword
 # SCHEDOP_shutdown reason -> isa-debug-exit value, so that `vmm run` exits as QEMU would
 # had the guest written that value to port 0xf4: poweroff = EXIT_OK (status 1).
 SHUTDOWN_EXIT_VALUE = {abi.Shutdown.poweroff: 0, abi.Shutdown.reboot: 1, abi.Shutdown.suspend: 2,
@@ -50,7 +54,7 @@ HYPERCALL_ARGUMENTS = ("ebx", "ecx", "edx", "esi", "edi")  # the x86_32 hypercal
 def _descriptor(access: int) -> bytes:
     """A flat 4 GiB descriptor (G, D) with the accessed bit already set: the CPU never
     needs to write the read-only GDT page."""
-    return struct.pack("<HHBBBB", 0xFFFF, 0, 0, access | 1, 0xCF, 0)
+    return struct.pack("<Q", flat_descriptor(access | Access.ACCESSED))
 
 
 class DirectPaging:
@@ -228,8 +232,9 @@ class PvMode(Hypervisor):
             image.hypercall_page = self.hypercall_page_override
         state = builder.build(self.mem, image, self.shared_host)
         eng = self.vm.engine
-        reserved = {abi.HYPERVISOR_CS: 0x9A, abi.HYPERVISOR_DS: 0x92, abi.FLAT_RING1_CS: 0xBA,
-                    abi.FLAT_RING1_DS: 0xB2, abi.FLAT_RING3_CS: 0xFA, abi.FLAT_RING3_DS: 0xF2}
+        reserved = {abi.HYPERVISOR_CS: CODE_RING0, abi.HYPERVISOR_DS: DATA_RING0,
+                    abi.FLAT_RING1_CS: CODE_RING0 | RING1, abi.FLAT_RING1_DS: DATA_RING0 | RING1,
+                    abi.FLAT_RING3_CS: CODE_RING3, abi.FLAT_RING3_DS: DATA_RING3}
         for selector, access in reserved.items():
             eng.write_phys(self.gdt_host + (selector & ~7), _descriptor(access))
         eng.set_table("gdtr", abi.GDT_VIRT, abi.GDT_SIZE - 1)
@@ -237,7 +242,7 @@ class PvMode(Hypervisor):
         eng.set_reg("cr4", CR4_PSE)
         eng.set_reg("cr3", state.cr3)
         eng.set_reg("cr0", CR0_PE | CR0_ET | CR0_WP | CR0_PG)
-        self._enter(image.entry, abi.FLAT_KERNEL_CS, 0x202, state.stack_top, abi.FLAT_KERNEL_DS)
+        self._enter(image.entry, abi.FLAT_KERNEL_CS, EFLAGS.IF | EFLAGS.FIXED, state.stack_top, abi.FLAT_KERNEL_DS)
         for seg in ("ds", "es", "fs", "gs"):
             eng.set_reg(seg, abi.FLAT_KERNEL_DS)
         for reg in ("eax", "ebx", "ecx", "edx", "edi", "ebp"):
@@ -348,7 +353,7 @@ class PvMode(Hypervisor):
             self.msrs[msr] = eng.reg("edx") << 32 | eng.reg("eax")
             self.events.add("pv", "emulated WRMSR")
         else:
-            eng.set_reg("eax", self.msrs[msr] & 0xFFFFFFFF)
+            eng.set_reg("eax", self.msrs[msr] & U32_MASK)
             eng.set_reg("edx", self.msrs[msr] >> 32)
             self.events.add("pv", "emulated RDMSR")
         eng.set_reg("eip", eip + 2)
@@ -379,7 +384,7 @@ class PvMode(Hypervisor):
         eng = self.vm.engine
         esp = eng.reg("esp")
         eax, eip, cs, eflags = struct.unpack("<IIII", self.access.read(esp, 16))
-        cs &= 0xFFFF
+        cs &= SELECTOR_BITS
         if cs & 3 == 3:
             esp, ss = struct.unpack("<II", self.access.read(esp + 16, 8))
         elif cs & 3 == abi.GUEST_KERNEL_RPL:
@@ -388,7 +393,7 @@ class PvMode(Hypervisor):
             raise HypercallError(abi.Errno.EINVAL, f"iret to ring 0 (CS {cs:#x})")
         self.shared.set_mask(not eflags & IF)
         eng.set_reg("eax", eax)
-        self.transfer(eip, cs, (eflags & ~(IOPL | VM)) | IF | 2, esp, ss & 0xFFFF)
+        self.transfer(eip, cs, (eflags & ~(IOPL | VM)) | IF | EFLAGS.FIXED, esp, ss & SELECTOR_BITS)
         if not eflags & IF or self.shared.upcall_pending:
             self.kick()
         return None
@@ -412,14 +417,14 @@ class PvMode(Hypervisor):
     # -- GDT -------------------------------------------------------------------------------------
     def check_descriptor(self, index: int, lo: int, hi: int) -> tuple[int, int]:
         """Xen's check_descriptor: code and data only, never DPL 0 (raised to 1)."""
-        if not hi & 0x8000:
+        if not hi & Access.P << ACCESS_BYTE_SHIFT:
             return lo, hi
-        if not hi & 0x1000:
+        if not hi & Access.S << ACCESS_BYTE_SHIFT:
             raise HypercallError(abi.Errno.EINVAL, f"GDT entry {index}: system descriptor "
-                                 f"(type {hi >> 8 & 0xF}) not allowed")
-        if not hi >> 13 & 3:
-            hi |= abi.GUEST_KERNEL_RPL << 13
-        return lo, hi | 0x100
+                                 f"(type {hi >> ACCESS_BYTE_SHIFT & ACCESS_TYPE_MASK}) not allowed")
+        if not hi & Access.DPL << ACCESS_BYTE_SHIFT:
+            hi |= abi.GUEST_KERNEL_RPL << (ACCESS_DPL_SHIFT + ACCESS_BYTE_SHIFT)
+        return lo, hi | Access.ACCESSED << ACCESS_BYTE_SHIFT
 
     def load_gdt(self, descriptors, raised: int = 0) -> None:
         """Install validated guest descriptors below the VMM's reserved entries."""
