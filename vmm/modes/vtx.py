@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 
 from ..cpu.cpuid import host_cpuid
-from ..cpu.delivery import AC_VEC, GP, MC, PF, UD, Descriptor, TripleFault, combine_events
+from ..cpu.delivery import GP, PF, UD, Descriptor, TripleFault, combine_events
 from ..cpu.engine import Fault, Fill
 from ..cpu.regs import debug_register
 from ..mmu.paging import PageFault
@@ -33,7 +33,7 @@ from ..vmx.processor import KVM_ENOSYS, LIVE_REGISTERS, LIVE_SELECTORS, LIVE_TAB
 from ..vmx.qualification import CrAccess, CrAccessType, InterruptionInfo, InterruptionType
 from ..vmx.sites import CodeSites
 from ..vmx.vmcs import Field
-from ..x86 import CR0, CR4, EFLAGS, MSR, PAT_POWER_ON, SYSENTER_MSRS, FeatureControl
+from ..x86 import CR0, CR4, EFLAGS, MSR, PAT_POWER_ON, SYSENTER_MSRS, FeatureControl, Vector
 from .hypervisor import Hypervisor
 from .memory import PAGING_CR0_BITS, PAGING_CR4_BITS, GuestPaging, ShadowMmu
 
@@ -52,7 +52,7 @@ U32_MASK = 0xFFFFFFFF
 
 # The exceptions KVM intercepts with shadow paging: #PF (shadow faults), #UD (emulation),
 # #AC (split-lock detection) and #MC.
-DEFAULT_EXCEPTION_BITMAP = (1 << PF) | (1 << UD) | (1 << AC_VEC) | (1 << MC)
+DEFAULT_EXCEPTION_BITMAP = (1 << Vector.PF) | (1 << Vector.UD) | (1 << Vector.AC) | (1 << Vector.MC)
 # CR0/CR4 bits the hypervisor owns (KVM without EPT: paging-related bits and caching).
 DEFAULT_CR0_MASK = CR0.PG | CR0.WP | CR0.CD | CR0.NW | CR0.NE
 DEFAULT_CR4_MASK = CR4.PSE | CR4.PAE | CR4.PGE | CR4.VMXE
