@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reference_walk import POOL, LazyMemory, ept_translate, make_source
-from vmm.mmu.ept import EptBuilder, Eptp, EptMisconfiguration, EptViolation, EptWalker
+from vmm.mmu.ept import EptBuilder, EptMisconfiguration, Eptp, EptViolation, EptWalker
 from vmm.x86 import EPT_LEVEL_NAMES, EPT_RWX, EPTE, MemoryType
 from vmm.x86 import EptViolationQualification as Qualification
 

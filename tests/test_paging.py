@@ -7,8 +7,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reference_walk import POOL, LazyMemory, make_source, walk_memory
-from vmm.mmu.paging import (PAGING_32, PAGING_4LEVEL, PAGING_PAE, GuestWalker, PageFault, Walker32,
-                            describe_error_code, paging_format, phys_reader, phys_writer)
+from vmm.mmu.paging import (
+    PAGING_4LEVEL,
+    PAGING_32,
+    PAGING_PAE,
+    GuestWalker,
+    PageFault,
+    Walker32,
+    describe_error_code,
+    paging_format,
+    phys_reader,
+    phys_writer,
+)
 from vmm.x86 import CR0, CR4, EFER, PTE, PFError
 
 P, RW, US, A, D, PS, XD = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.PS, PTE.XD

@@ -148,3 +148,15 @@ def test_the_vocabulary_stands_alone(path):
             continue
         for name in names:
             assert not name.startswith(("unicorn", "vmm")), f"{path.name} imports {name}"
+
+
+def test_ept_violation_qualification_matches_the_vmx_layout():
+    """vmx/qualification.py still spells Table 28-7 itself; the two must encode alike."""
+    from vmm.vmx.qualification import EptViolation as VmxQualification
+
+    names = [f for f in EptViolationQualification.__dataclass_fields__]
+    for bit, name in enumerate(names):
+        one = {name: True}
+        assert EptViolationQualification(**one).encode() == VmxQualification(**one).encode(), (bit, name)
+    every = dict.fromkeys(names, True)
+    assert EptViolationQualification(**every).encode() == VmxQualification(**every).encode() == 0x11BF

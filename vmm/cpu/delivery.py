@@ -1,6 +1,6 @@
 """Delivering exceptions and interrupts into the guest: the VMM's job, since Unicorn never
-uses the guest IDT (DESIGN §3). It is VT-x's VM-entry event injection, and the `vtx`
-mode reuses it as such.
+uses the guest IDT (it reports the vector and stops). It is VT-x's VM-entry event
+injection, and the `vtx` mode reuses it as such.
 
 Protected mode (SDM vol. 3 §6.12): the IDT entry for the vector must lie within IDTR's
 limit and be a present 32-bit interrupt or trap gate; a software interrupt (INT n, INT3,
@@ -18,35 +18,50 @@ triple fault, which stops the VM (:class:`TripleFault`), never the VMM.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..mmu.paging import PageFault
-from .regs import AC, IF, NT, RF, TF, VM
+from ..x86 import CONTRIBUTORY, CR0, EFLAGS, HAS_ERROR_CODE, Descriptor, Gate, SystemType, Vector, vector_name
+from ..x86.paging import ADDRESS_MASK_32, PAGE_OFFSET_MASK, PAGE_SIZE
+from ..x86.segments import (
+    DESCRIPTOR_SIZE,
+    GATE_SIZE,
+    IVT_ENTRY_SIZE,
+    SELECTOR_INDEX_MASK,
+    SELECTOR_MASK,
+    SELECTOR_RPL_MASK,
+    SELECTOR_TI,
+    TSS32_SS_OFFSET,
+    tss32_stack_slot,
+)
 
-DE, DB, NMI, BP, OF, BR, UD, NM, DF, TS, NP, SS, GP, PF, MF, AC_VEC, MC, XM = (
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17, 18, 19)
-VECTOR_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
-                8: "#DF", 9: "CSO", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF",
-                16: "#MF", 17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE", 21: "#CP"}
-HAS_ERROR_CODE = frozenset({DF, TS, NP, SS, GP, PF, AC_VEC, 21})
-CONTRIBUTORY = frozenset({DE, TS, NP, SS, GP})
+# Old spellings, still imported by vmm/modes, vmm/vmx and vmm/vm.py (their owners move to
+# vmm.x86.Vector); the vocabulary's names are re-exported for them too.
+BP, GP, OF, PF, UD = Vector.BP, Vector.GP, Vector.OF, Vector.PF, Vector.UD
+__all__ = ["BP", "GP", "HAS_ERROR_CODE", "OF", "PF", "UD", "DeliveryFault", "Descriptor", "Event", "EventDelivery",
+           "TripleFault", "combine_events", "vector_name"]
 
-GATE_INT32, GATE_TRAP32 = 0xE, 0xF
+GATES_32 = (SystemType.INTERRUPT_GATE32, SystemType.TRAP_GATE32)
+"""The gate types delivery accepts (task gates and 16-bit gates are not modelled)."""
 
-
-def vector_name(vector: int) -> str:
-    return VECTOR_NAMES.get(vector, f"vector {vector:#x}")
+_CLEARED_ON_DELIVERY = EFLAGS.TF | EFLAGS.NT | EFLAGS.RF | EFLAGS.VM
+_CLEARED_REAL_MODE = EFLAGS.IF | EFLAGS.TF | EFLAGS.AC
+_IDT_ERROR_IDT = 2        # error-code bit 1: the selector indexes the IDT (§6.13)
+_SEGMENT_LIMIT_16 = 0xFFFF
+_SLOT = 4                 # a 32-bit stack slot
+_REAL_MODE_FRAME = 6      # FLAGS, CS, IP: three 16-bit words
+_REAL_MODE_SEGMENT_SHIFT = 4   # real-mode linear = segment * 16 + offset
 
 
 def combine_events(first: int, second: int) -> int | None:
     """SDM Table 6-5, for ``second`` raised while delivering ``first``: the vector to
     deliver next (#DF, or ``second`` handled serially), or None for a triple fault."""
-    serious = second in CONTRIBUTORY or second == PF
-    if first == DF and serious:
+    serious = second in CONTRIBUTORY or second == Vector.PF
+    if first == Vector.DF and serious:
         return None
-    if (first in CONTRIBUTORY and second in CONTRIBUTORY) or (first == PF and serious):
-        return DF
+    if (first in CONTRIBUTORY and second in CONTRIBUTORY) or (first == Vector.PF and serious):
+        return Vector.DF
     return second
 
 
@@ -77,30 +92,6 @@ class Event:
     cr2: int | None = None
 
 
-@dataclass
-class Descriptor:
-    base: int
-    limit: int
-    access: int  # bits 8..15 of the high dword: type, S, DPL, P
-    flags: int   # bits 20..23: AVL, L, D/B, G
-
-    @classmethod
-    def parse(cls, lo: int, hi: int) -> "Descriptor":
-        base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
-        limit = (lo & 0xFFFF) | (hi & 0xF0000)
-        flags = (hi >> 20) & 0xF
-        if flags & 0x8:
-            limit = (limit << 12) | 0xFFF
-        return cls(base, limit, (hi >> 8) & 0xFF, flags)
-
-    present = property(lambda self: bool(self.access & 0x80))
-    dpl = property(lambda self: (self.access >> 5) & 3)
-    system = property(lambda self: not self.access & 0x10)
-    code = property(lambda self: not self.system and bool(self.access & 0x8))
-    conforming = property(lambda self: self.code and bool(self.access & 0x4))
-    writable_data = property(lambda self: not self.system and not self.code and bool(self.access & 0x2))
-
-
 class EventDelivery:
     """Pushes the frame and loads CS:EIP as the processor's delivery microcode would.
 
@@ -119,26 +110,28 @@ class EventDelivery:
     def _read(self, linear: int, size: int) -> bytes:
         out = b""
         while size:
-            chunk = min(size, 0x1000 - (linear & 0xFFF))
-            try:
-                phys = self.translate(linear, False)
-            except PageFault as pf:
-                raise DeliveryFault(PF, pf.error_code, pf.address) from None
-            out += self.engine.read_phys(phys, chunk)
+            chunk = min(size, PAGE_SIZE - (linear & PAGE_OFFSET_MASK))
+            out += self.engine.read_phys(self._translate(linear, False), chunk)
             linear, size = linear + chunk, size - chunk
         return out
 
+    def _translate(self, linear: int, write: bool) -> int:
+        try:
+            return self.translate(linear, write)
+        except PageFault as pf:
+            raise DeliveryFault(Vector.PF, pf.error_code, pf.address) from None
+
     def _u32(self, linear: int) -> int:
-        return struct.unpack("<I", self._read(linear, 4))[0]
+        return struct.unpack("<I", self._read(linear, _SLOT))[0]
 
     def descriptor(self, selector: int, ext: int) -> Descriptor:
         """Read a GDT/LDT descriptor; #GP(selector) if outside the table."""
-        table = "ldtr" if selector & 4 else "gdtr"
+        table = "ldtr" if selector & SELECTOR_TI else "gdtr"
         _, base, limit = self.table(table)
-        index = selector & 0xFFF8
-        if index + 7 > limit:
-            raise DeliveryFault(GP, (selector & 0xFFFC) | ext)
-        lo, hi = struct.unpack("<II", self._read(base + index, 8))
+        index = selector & SELECTOR_INDEX_MASK
+        if index + DESCRIPTOR_SIZE - 1 > limit:
+            raise DeliveryFault(Vector.GP, (selector & SELECTOR_MASK) | ext)
+        lo, hi = struct.unpack("<II", self._read(base + index, DESCRIPTOR_SIZE))
         return Descriptor.parse(lo, hi)
 
     # -- the processor state delivery reads and writes ------------------------------------
@@ -150,7 +143,7 @@ class EventDelivery:
         return self.engine.table(name)
 
     def cpl(self) -> int:
-        return self.engine.reg("cs") & 3
+        return self.engine.reg("cs") & SELECTOR_RPL_MASK
 
     def saved_state(self) -> tuple[int, int, int]:
         """(EFLAGS, CS, SS) to push in the frame."""
@@ -180,7 +173,7 @@ class EventDelivery:
         history = [vector_name(event.vector)]
         while True:
             try:
-                if self.engine.reg("cr0") & 1:
+                if self.engine.reg("cr0") & CR0.PE:
                     self._protected(current)
                 else:
                     self._real(current)
@@ -193,93 +186,110 @@ class EventDelivery:
                 nxt = combine_events(current.vector, fault.vector)
                 if nxt is None:
                     raise TripleFault(self.engine.reg("eip"), history) from None
-                if nxt == DF:
-                    current = Event(DF, "exception", 0)
+                if nxt == Vector.DF:
+                    current = Event(Vector.DF, "exception", 0)
                     history.append("#DF")
                 else:
                     current = Event(nxt, "exception", fault.error_code, fault.cr2)
 
+    # -- protected mode, one step per check of SDM §6.12.1 ----------------------------------
     def _protected(self, ev: Event) -> None:
-        eng = self.engine
         software = ev.kind == "software"
-        ext = 0 if software else 1
+        ext = 0 if software else 1    # error-code bit 0: an event external to the program
         cpl = self.cpl()
-        _, idt_base, idt_limit = self.table("idtr")
-        gate_error = ev.vector * 8 + 2 + ext
-        if ev.vector * 8 + 7 > idt_limit:
-            raise DeliveryFault(GP, gate_error)
-        lo, hi = struct.unpack("<II", self._read(idt_base + ev.vector * 8, 8))
-        gate_type, gate_dpl, present = (hi >> 8) & 0x1F, (hi >> 13) & 3, bool(hi & 0x8000)
-        if gate_type not in (GATE_INT32, GATE_TRAP32):
-            raise DeliveryFault(GP, gate_error)  # task gates and 16-bit gates: not modelled
-        if software and gate_dpl < cpl:
-            raise DeliveryFault(GP, ev.vector * 8 + 2)
-        if not present:
-            raise DeliveryFault(NP, gate_error)
-        selector = lo >> 16
-        offset = (hi & 0xFFFF0000) | (lo & 0xFFFF)
-        if selector & 0xFFFC == 0:
-            raise DeliveryFault(GP, ext)
-        code = self.descriptor(selector, ext)
-        if not code.code or code.dpl > cpl:
-            raise DeliveryFault(GP, (selector & 0xFFFC) | ext)
-        if not code.present:
-            raise DeliveryFault(NP, (selector & 0xFFFC) | ext)
-        new_cpl = cpl if code.conforming else code.dpl
-
+        gate = self._gate(ev.vector, cpl, software, ext)
+        new_cpl = self._handler_cpl(gate.selector, cpl, ext)
         eflags, cs, ss = self.saved_state()
-        eip, esp = eng.reg("eip"), eng.reg("esp")
+        eip, esp = self.engine.reg("eip"), self.engine.reg("esp")
         frame = [eflags, cs, eip]
         switched = new_cpl < cpl
         if switched:
-            tss_selector, tss_base, tss_limit = self.table("tr")
-            slot = 4 + 8 * new_cpl
-            if slot + 5 > tss_limit:
-                raise DeliveryFault(TS, (tss_selector & 0xFFFC) | ext)
-            new_esp = self._u32(tss_base + slot)
-            new_ss = struct.unpack("<H", self._read(tss_base + slot + 4, 2))[0]
-            stack = self.descriptor(new_ss, ext) if new_ss & 0xFFFC else None
-            if (stack is None or new_ss & 3 != new_cpl or stack.dpl != new_cpl
-                    or not stack.writable_data):
-                raise DeliveryFault(TS, (new_ss & 0xFFFC) | ext)
-            if not stack.present:
-                raise DeliveryFault(SS, (new_ss & 0xFFFC) | ext)
-            frame = [ss, esp] + frame
+            new_ss, new_esp, stack = self._inner_stack(new_cpl, ext)
+            frame = [ss, esp, *frame]
         else:
-            new_ss, new_esp = ss, esp
-            stack = self.descriptor(ss, ext)
-        if ev.vector in HAS_ERROR_CODE and not software and ev.kind == "exception":
+            new_ss, new_esp, stack = ss, esp, self.descriptor(ss, ext)
+        if ev.vector in HAS_ERROR_CODE and ev.kind == "exception":
             frame.append(ev.error_code or 0)
-        # Translate every slot before writing any, so a fault leaves the guest untouched.
-        top = (new_esp - 4 * len(frame)) & 0xFFFFFFFF
-        slots = []
-        for i in range(len(frame)):
-            linear = (stack.base + top + 4 * i) & 0xFFFFFFFF
-            try:
-                slots.append(self.translate(linear, True))
-            except PageFault as pf:
-                raise DeliveryFault(PF, pf.error_code, pf.address) from None
-        for phys, value in zip(slots, reversed(frame)):
-            eng.write_phys(phys, struct.pack("<I", value & 0xFFFFFFFF))
+        top = self._push(stack, new_esp, frame)
 
-        if ev.vector == PF and ev.cr2 is not None:
+        if ev.vector == Vector.PF and ev.cr2 is not None:
             self.set_cr2(ev.cr2)
-        new_flags = eflags & ~(TF | NT | RF | VM)
-        if gate_type == GATE_INT32:
-            new_flags &= ~IF
-        self.enter(cpl=cpl, new_cpl=new_cpl, cs=(selector & 0xFFFC) | new_cpl, ss=new_ss if switched else None,
-                   esp=top, eflags=new_flags, eip=offset)
+        new_flags = eflags & ~_CLEARED_ON_DELIVERY
+        if gate.type == SystemType.INTERRUPT_GATE32:
+            new_flags &= ~EFLAGS.IF
+        self.enter(cpl=cpl, new_cpl=new_cpl, cs=(gate.selector & SELECTOR_MASK) | new_cpl,
+                   ss=new_ss if switched else None, esp=top, eflags=new_flags, eip=gate.offset)
 
+    def _gate(self, vector: int, cpl: int, software: bool, ext: int) -> Gate:
+        """The IDT gate for ``vector``: within IDTR's limit, a 32-bit interrupt or trap
+        gate, DPL >= CPL for INT n/INT3/INTO, present; #GP or #NP(vector) otherwise."""
+        _, idt_base, idt_limit = self.table("idtr")
+        offset = vector * GATE_SIZE
+        gate_error = offset + _IDT_ERROR_IDT + ext
+        if offset + GATE_SIZE - 1 > idt_limit:
+            raise DeliveryFault(Vector.GP, gate_error)
+        gate = Gate.parse(*struct.unpack("<II", self._read(idt_base + offset, GATE_SIZE)))
+        if gate.type not in GATES_32:
+            raise DeliveryFault(Vector.GP, gate_error)
+        if software and gate.dpl < cpl:
+            raise DeliveryFault(Vector.GP, offset + _IDT_ERROR_IDT)
+        if not gate.present:
+            raise DeliveryFault(Vector.NP, gate_error)
+        return gate
+
+    def _handler_cpl(self, selector: int, cpl: int, ext: int) -> int:
+        """Check the gate's code segment (not null, code, DPL <= CPL, present) and return
+        the handler's CPL: the CPL for a conforming segment, else its DPL."""
+        if selector & SELECTOR_MASK == 0:
+            raise DeliveryFault(Vector.GP, ext)
+        code = self.descriptor(selector, ext)
+        error = (selector & SELECTOR_MASK) | ext
+        if not code.code or code.dpl > cpl:
+            raise DeliveryFault(Vector.GP, error)
+        if not code.present:
+            raise DeliveryFault(Vector.NP, error)
+        return cpl if code.conforming else code.dpl
+
+    def _inner_stack(self, new_cpl: int, ext: int) -> tuple[int, int, Descriptor]:
+        """SS:ESP for ring ``new_cpl`` from the 32-bit TSS, and the stack segment, checked
+        as §6.12.1 says (#TS for a bad TSS slot or SS, #SS for a not-present SS)."""
+        tss_selector, tss_base, tss_limit = self.table("tr")
+        slot = tss32_stack_slot(new_cpl)
+        if slot + TSS32_SS_OFFSET + 1 > tss_limit:
+            raise DeliveryFault(Vector.TS, (tss_selector & SELECTOR_MASK) | ext)
+        new_esp = self._u32(tss_base + slot)
+        new_ss = struct.unpack("<H", self._read(tss_base + slot + TSS32_SS_OFFSET, 2))[0]
+        error = (new_ss & SELECTOR_MASK) | ext
+        stack = self.descriptor(new_ss, ext) if new_ss & SELECTOR_MASK else None
+        if (stack is None or new_ss & SELECTOR_RPL_MASK != new_cpl or stack.dpl != new_cpl
+                or not stack.writable_data):
+            raise DeliveryFault(Vector.TS, error)
+        if not stack.present:
+            raise DeliveryFault(Vector.SS, error)
+        return new_ss, new_esp, stack
+
+    def _push(self, stack: Descriptor, esp: int, frame: list[int]) -> int:
+        """Push ``frame`` (first item deepest) below ``esp``; returns the new ESP. Every
+        slot is translated before any is written, so a fault leaves the guest untouched."""
+        top = (esp - _SLOT * len(frame)) & ADDRESS_MASK_32
+        slots = [self._translate((stack.base + top + _SLOT * i) & ADDRESS_MASK_32, True)
+                 for i in range(len(frame))]
+        for phys, value in zip(slots, reversed(frame), strict=True):
+            self.engine.write_phys(phys, struct.pack("<I", value & 0xFFFFFFFF))
+        return top
+
+    # -- real mode -------------------------------------------------------------------------
     def _real(self, ev: Event) -> None:
         eng = self.engine
         _, ivt_base, ivt_limit = eng.table("idtr")
-        if ev.vector * 4 + 3 > ivt_limit:
-            raise DeliveryFault(GP, 0)
-        ip, seg = struct.unpack("<HH", eng.read_phys(ivt_base + ev.vector * 4, 4))
+        if ev.vector * IVT_ENTRY_SIZE + IVT_ENTRY_SIZE - 1 > ivt_limit:
+            raise DeliveryFault(Vector.GP, 0)
+        ip, seg = struct.unpack("<HH", eng.read_phys(ivt_base + ev.vector * IVT_ENTRY_SIZE, IVT_ENTRY_SIZE))
         flags, cs, eip = eng.reg("eflags"), eng.reg("cs"), eng.reg("eip")
-        sp = (eng.reg("esp") - 6) & 0xFFFF
-        eng.write_phys((eng.reg("ss") << 4) + sp, struct.pack("<HHH", eip & 0xFFFF, cs, flags & 0xFFFF))
-        eng.set_reg("esp", (eng.reg("esp") & 0xFFFF0000) | sp)
-        eng.set_reg("eflags", flags & ~(IF | TF | AC))
+        sp = (eng.reg("esp") - _REAL_MODE_FRAME) & _SEGMENT_LIMIT_16
+        eng.write_phys((eng.reg("ss") << _REAL_MODE_SEGMENT_SHIFT) + sp,
+                       struct.pack("<HHH", eip & _SEGMENT_LIMIT_16, cs, flags & _SEGMENT_LIMIT_16))
+        eng.set_reg("esp", (eng.reg("esp") & ~_SEGMENT_LIMIT_16 & ADDRESS_MASK_32) | sp)
+        eng.set_reg("eflags", flags & ~_CLEARED_REAL_MODE)
         eng.set_reg("cs", seg)
         eng.set_reg("eip", ip)

@@ -15,12 +15,18 @@ from functools import lru_cache
 from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, Cs
 from capstone.x86 import X86_OP_MEM
 
-PAGE_MASK = 0xFFFFF000
+from ..x86.paging import ADDRESS_MASK_32, PAGE_MASK
+
+# Legacy prefixes, by the capstone prefix-array slot that holds them (SDM vol. 2 §2.1.1).
+OPERAND_SIZE_PREFIX, OPERAND_SIZE_SLOT = 0x66, 2
+ADDRESS_SIZE_PREFIX, ADDRESS_SIZE_SLOT = 0x67, 3
+_MASK_16 = 0xFFFF
+_CODE_32 = 32              # the default code size the decoder is built for
 
 
 @lru_cache(maxsize=2)
 def _decoder(bits: int) -> Cs:
-    cs = Cs(CS_ARCH_X86, CS_MODE_32 if bits == 32 else CS_MODE_16)
+    cs = Cs(CS_ARCH_X86, CS_MODE_32 if bits == _CODE_32 else CS_MODE_16)
     cs.detail = True
     return cs
 
@@ -32,7 +38,7 @@ def _address_register(reg, name: str) -> int:
     """A base or index register: 32-bit, or the low half of one (a 0x67 prefix makes
     the address 16-bit: [bx+si], [di]...); segment and other registers count 0."""
     if name in _WIDE:
-        return reg(_WIDE[name]) & 0xFFFF
+        return reg(_WIDE[name]) & _MASK_16
     try:
         return reg(name)
     except KeyError:
@@ -48,15 +54,15 @@ def effective_address(insn, op, reg) -> int:
         ea += _address_register(reg, insn.reg_name(m.base))
     if m.index:
         ea += _address_register(reg, insn.reg_name(m.index)) * m.scale
-    if insn.prefix[3] == 0x67:
-        ea &= 0xFFFF
-    return ea & 0xFFFFFFFF
+    if insn.prefix[ADDRESS_SIZE_SLOT] == ADDRESS_SIZE_PREFIX:
+        ea &= _MASK_16
+    return ea & ADDRESS_MASK_32
 
 
 def _candidates(insn, reg) -> list[int]:
     out = [effective_address(insn, op, reg) for op in insn.operands if op.type == X86_OP_MEM]
     esp = reg("esp")
-    size = 2 if insn.prefix[2] == 0x66 else 4
+    size = 2 if insn.prefix[OPERAND_SIZE_SLOT] == OPERAND_SIZE_PREFIX else 4
     m = insn.mnemonic
     if m.startswith(("push", "call", "int", "enter")):
         out += [esp - size, esp - 2 * size, esp - 3 * size]
@@ -64,7 +70,7 @@ def _candidates(insn, reg) -> list[int]:
         out += [esp, reg("ebp")]
     if m.startswith(("movs", "stos", "lods", "cmps", "scas", "ins", "outs")) or m.startswith("rep"):
         out += [reg("edi"), reg("esi")]
-    return [a & 0xFFFFFFFF for a in out]
+    return [a & ADDRESS_MASK_32 for a in out]
 
 
 def precise_fault_address(page: int, access: str, eip: int, code: bytes, reg, bits: int = 32) -> int:

@@ -24,6 +24,8 @@ from functools import lru_cache
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc
 
+from ..x86 import Vector
+
 # Machine code of the probes (assembled once by hand so the probe needs no assembler):
 #   mov ds, word [0x2000]             -> #GP(SEL & 0xfffc): GDT limit is 0 (SEL stored at 0x2000,
 #                                        not in a register, so only error_code holds it)
@@ -34,6 +36,8 @@ _SEL_AT = 0x2000
 _INT80 = bytes.fromhex("cd80")
 _DIVZERO = bytes.fromhex("31c9f7f1")
 _BASE = 0x1000
+_SELECTOR_A, _SELECTOR_B = 0x1234, 0x2008   # two selectors whose #GP error codes tell the field apart
+_NO_EXCEPTION = -1                           # QEMU's old_exception when nothing is pending
 
 
 @dataclass(frozen=True)
@@ -68,15 +72,15 @@ def _single(name: str, found: list[int]) -> int:
 @lru_cache(maxsize=1)
 def probe_offsets() -> ExceptionFields:
     """Find the fields by running probes that set them to distinct, known values."""
-    gp_clean, gp1 = _run_probe(_LOAD_DS, 0x1234)   # error code 0x1234
-    _, gp2 = _run_probe(_LOAD_DS, 0x2008)          # error code 0x2008
+    gp_clean, gp1 = _run_probe(_LOAD_DS, _SELECTOR_A)   # #GP, error code _SELECTOR_A
+    _, gp2 = _run_probe(_LOAD_DS, _SELECTOR_B)          # #GP, error code _SELECTOR_B
     _, soft = _run_probe(_INT80)
     _, de = _run_probe(_DIVZERO)
     idx = range(len(gp1))
-    error_code = _single("error_code", [i for i in idx if gp1[i] == 0x1234 and gp2[i] == 0x2008])
+    error_code = _single("error_code", [i for i in idx if gp1[i] == _SELECTOR_A and gp2[i] == _SELECTOR_B])
     is_int = _single("exception_is_int", [i for i in idx if soft[i] == 1 and de[i] == 0 and gp1[i] == 0])
-    old = _single("old_exception", [i for i in idx if gp_clean[i] == -1 and de[i] == 0 and gp1[i] == 13
-                                    and soft[i] == -1])
+    old = _single("old_exception", [i for i in idx if gp_clean[i] == _NO_EXCEPTION and de[i] == Vector.DE
+                                    and gp1[i] == Vector.GP and soft[i] == _NO_EXCEPTION])
     return ExceptionFields(error_code, is_int, old)
 
 
@@ -102,5 +106,5 @@ def clear_pending_exception(uc: Uc) -> None:
     fields = probe_offsets()
     ctx = uc.context_save()
     base = ctypes.cast(ctx.context, ctypes.c_void_p).value
-    ctypes.memmove(base + fields.old_exception, struct.pack("<i", -1), 4)
+    ctypes.memmove(base + fields.old_exception, struct.pack("<i", _NO_EXCEPTION), 4)
     uc.context_restore(ctx)

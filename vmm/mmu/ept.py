@@ -83,15 +83,19 @@ MEMORY_TYPE_NAMES = {t.value: t.name for t in MemoryType}
 
 # Plain locals for the walk loop (a class attribute lookup per entry costs more than the test).
 _R, _W, _X, _LARGE, _A, _D = EPTE.R, EPTE.W, EPTE.X, EPTE.LARGE, EPTE.A, EPTE.D
+_IGNORE_PAT = EPTE.IGNORE_PAT
+_PML4E, _LEAF = EptLevel.PML4E, EptLevel.PTE
 
+_ALL_64 = bits(63, 0)
 _MEMTYPE_MAX = EPT_MEMTYPE_MASK >> EPT_MEMTYPE_SHIFT
-_LEVEL_OF_SIZE = {size: level for level, size in EPT_PAGE_SIZES.items()}
+_LEVEL_OF_SIZE: dict[int, int] = {size: level for level, size in EPT_PAGE_SIZES.items()}
 _LARGE_SIZES = (EPT_PAGE_SIZES[EptLevel.PDPTE], EPT_PAGE_SIZES[EptLevel.PDE])   # largest first
 
 # Reserved bits below bit 12, by what the entry is (Tables 29-1 .. 29-6).
 _PML4E_RESERVED = bits(7, 3)                      # memory type, IPAT and PS in a PML4E
 _TABLE_RESERVED = bits(6, 3)                      # a PDPTE/PDE that references a table
-_LARGE_RESERVED = {EptLevel.PDPTE: bits(29, 12), EptLevel.PDE: bits(20, 12)}  # frame bits below the page
+# a large leaf: the frame bits below its page size
+_LARGE_RESERVED: dict[int, int] = {EptLevel.PDPTE: bits(29, 12), EptLevel.PDE: bits(20, 12)}
 
 ACCESSES = ("read", "write", "fetch")
 _NEED = {"read": _R, "write": _W, "fetch": _X}
@@ -117,7 +121,7 @@ class Eptp:
         known = EPTP_MEMTYPE_MASK | EPTP_WALK_MASK | EPTP_AD | address
         return cls(pml4=value & address, memory_type=value & EPTP_MEMTYPE_MASK,
                    walk_length=((value & EPTP_WALK_MASK) >> EPTP_WALK_SHIFT) + 1,
-                   ad=bool(value & EPTP_AD), reserved=value & ~known & bits(63, 0))
+                   ad=bool(value & EPTP_AD), reserved=value & ~known & _ALL_64)
 
     def problems(self, maxphyaddr: int = MAXPHYADDR) -> list[str]:
         """Why VM entry would refuse this EPTP (SDM §27.2.1.1); empty when valid."""
@@ -199,7 +203,7 @@ def entry_reserved(value: int, level: int, maxphyaddr: int = MAXPHYADDR) -> int:
     if level == EptLevel.PML4E:
         mask |= _PML4E_RESERVED
     elif level in EPT_LARGE_LEVELS:
-        mask |= _LARGE_RESERVED[EptLevel(level)] if value & _LARGE else _TABLE_RESERVED
+        mask |= _LARGE_RESERVED[level] if value & _LARGE else _TABLE_RESERVED
     return value & mask
 
 
@@ -224,7 +228,7 @@ class EptWalker:
         self._address_mask = bits(maxphyaddr - 1, PAGE_SHIFT)
         self._eptps: dict[int, Eptp] = {}
         # reserved-bit masks by (level, large page), as entry_reserved computes them
-        ones = bits(63, 0)
+        ones = _ALL_64
         self._reserved = {(level, large): entry_reserved(ones if large else ones & ~_LARGE, level, maxphyaddr)
                           | (_LARGE & entry_reserved(ones, level, maxphyaddr) if level == EptLevel.PML4E else 0)
                           for level in range(EPT_LEVELS) for large in (False, True)}
@@ -269,7 +273,7 @@ class EptWalker:
         need = _W if as_write else _NEED[access]
 
         table = eptp.pml4
-        combined = EPT_RWX
+        combined: int = EPT_RWX
         entries: list[tuple[str, int, int]] = []
         counts, refs, read64 = self.counts, self.refs, self.read64
         for level, name in enumerate(EPT_LEVEL_NAMES):
@@ -292,7 +296,7 @@ class EptWalker:
             if reserved:
                 raise EptMisconfiguration(gpa, f"{name} {value:#x}: reserved bits {reserved:#x}", entries, tag)
             combined &= rwx
-            if level == EptLevel.PTE or (level in EPT_LARGE_LEVELS and value & _LARGE):
+            if level == _LEAF or (level in EPT_LARGE_LEVELS and value & _LARGE):
                 memory_type = (value & EPT_MEMTYPE_MASK) >> EPT_MEMTYPE_SHIFT
                 if memory_type in RESERVED_MEMORY_TYPES:
                     raise EptMisconfiguration(gpa, f"{name} {value:#x}: reserved memory type {memory_type}",
@@ -321,7 +325,7 @@ class EptWalker:
         leaf = entries[-1][2]
         return EptTranslation(frame | (gpa & (page - 1)), bool(combined & _R), bool(combined & _W),
                               bool(combined & _X), memory_type, page, entries, gpa=gpa,
-                              ignore_pat=bool(leaf & EPTE.IGNORE_PAT))
+                              ignore_pat=bool(leaf & _IGNORE_PAT))
 
 
 class EptBuilder:
@@ -439,7 +443,7 @@ class EptBuilder:
             value = self.read64(addr)
             if not value & EPT_RWX:
                 return None
-            if level == EptLevel.PTE or (level in EPT_LARGE_LEVELS and value & _LARGE):
+            if level == _LEAF or (level in EPT_LARGE_LEVELS and value & _LARGE):
                 return EPT_LEVEL_NAMES[level], addr, value
             table = value & self._address_mask
         return None

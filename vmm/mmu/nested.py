@@ -232,6 +232,7 @@ _EPT_STEPS = tuple(zip(EPT_LEVEL_NAMES, EPT_LEVEL_SHIFTS, strict=True))
 _P, _RW, _US, _A, _D, _PS = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.PS
 _PRESENT_ACCESSED = _P | _A
 _EPT_R, _EPT_W, _EPT_X, _EPT_LARGE = EPTE.R, EPTE.W, EPTE.X, EPTE.LARGE
+_WP = CR0.WP
 _UNUSUAL_CR4 = CR4.PSE | CR4.SMEP | CR4.SMAP   # 4 MiB pages possible, or SMEP/SMAP rights to apply
 
 
@@ -297,7 +298,7 @@ def fast_walk_32(nested: NestedWalker, eptp: Eptp, cr0: int, cr3: int, cr4: int,
     write_ok = pde & pte & _RW
     if user and not user_ok:
         return None
-    writable = bool(write_ok) or (not user and not cr0 & CR0.WP)
+    writable = bool(write_ok) or (not user and not cr0 & _WP)
     if write and not writable:
         return None
     data = ept((pte & PAGE_MASK) | (linear & PAGE_OFFSET_MASK), _EPT_X if fetch else _EPT_W if write else _EPT_R)

@@ -104,8 +104,12 @@ ENTRY_BIT_NAMES = PTE_NAMES
 # Old spellings, still imported by vmm/modes and vmm/trace (their owners move to vmm.x86).
 CR0_PG = CR0.PG
 
-# Plain locals for the walk loop (a class attribute lookup per entry costs more than the test).
+# Module names for the walk (a lookup on an enum class costs more than the test it serves).
 _P, _RW, _US, _A, _D, _PS, _XD = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.PS, PTE.XD
+_PG, _WP = CR0.PG, CR0.WP
+_PSE, _PAE, _SMEP, _SMAP = CR4.PSE, CR4.PAE, CR4.SMEP, CR4.SMAP
+_LONG_MODE, _NXE = EFER.LME | EFER.LMA, EFER.NXE
+_ERR_P, _ERR_WR, _ERR_US, _ERR_RSVD, _ERR_ID = PFError.P, PFError.WR, PFError.US, PFError.RSVD, PFError.ID
 
 PSE36_ADDRESS_BITS = bits(20, PSE36_SHIFT)
 """The bits of a 4 MiB PDE that may hold physical-address bits 39:32 (PSE-36)."""
@@ -122,11 +126,11 @@ class PageFault(Exception):
 
 
 def describe_error_code(code: int) -> str:
-    parts = ["protection" if code & PFError.P else "not present", "write" if code & PFError.WR else "read",
-             "user" if code & PFError.US else "supervisor"]
-    if code & PFError.RSVD:
+    parts = ["protection" if code & _ERR_P else "not present", "write" if code & _ERR_WR else "read",
+             "user" if code & _ERR_US else "supervisor"]
+    if code & _ERR_RSVD:
         parts.append("reserved bit")
-    if code & PFError.ID:
+    if code & _ERR_ID:
         parts.append("instruction fetch")
     return ", ".join(parts)
 
@@ -165,10 +169,10 @@ class Level:
     index_bits: int
     large: int = 0      # page size an entry with PS=1 maps here (0: PS is not a page size)
     register: bool = False  # PAE PDPTE: no rights, no A flag
+    index_mask: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def index_mask(self) -> int:
-        return (1 << self.index_bits) - 1
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index_mask", (1 << self.index_bits) - 1)
 
 
 @dataclass(frozen=True)
@@ -205,11 +209,11 @@ def paging_format(cr0: int, cr4: int, efer: int = 0) -> PagingFormat | None:
     CR4.PAE = 0: 32-bit; CR4.PAE = 1 and IA32_EFER.LME = 0: PAE; LME = 1 (so LMA = 1
     once paging is on): 4-level. LA57 (5-level) is not modelled.
     """
-    if not cr0 & CR0.PG:
+    if not cr0 & _PG:
         return None
-    if not cr4 & CR4.PAE:
+    if not cr4 & _PAE:
         return PAGING_32
-    if efer & (EFER.LME | EFER.LMA):
+    if efer & _LONG_MODE:
         return PAGING_4LEVEL
     return PAGING_PAE
 
@@ -220,18 +224,9 @@ class EntryMemory(Protocol):
     def write_entry(self, physical_address: int, size: int, level_name: str, value: int) -> None: ...
 
 
-@dataclass
-class _Leaf:
-    """What the descent through the levels found: the entries read, the frame and page
-    size of the mapping, and the rights combined over the levels (R/W and U/S ANDed, XD
-    ORed)."""
-
-    entries: list[tuple[str, int, int]]
-    frame: int
-    page_size: int
-    rw: bool
-    us: bool
-    xd: bool
+_Leaf = tuple[list[tuple[str, int, int]], int, int, bool, bool, bool]
+"""What the descent through the levels found: (entries read, frame, page size, R/W and U/S
+ANDed over the levels, XD ORed). A plain tuple: it is built on every walk."""
 
 
 class GuestWalker:
@@ -290,10 +285,6 @@ class GuestWalker:
         large_1g = bits(29, 13)
         return ((high | _PS, 0), (high, high | large_1g), (high, high | large_2m), (high, 0))
 
-    def _frame_mask(self, fmt: PagingFormat) -> int:
-        """The next-table / 4 KiB-frame bits of an entry in this format."""
-        return PAGE_MASK if fmt is PAGING_32 else self._address_mask
-
     def _large_frame(self, fmt: PagingFormat, value: int, page: int) -> int:
         if fmt is PAGING_32:   # 4 MiB: bits 31:22, and PSE-36's address bits 39:32 from bits 20:13
             high = (value & PSE36_ADDRESS_BITS) >> PSE36_SHIFT
@@ -330,24 +321,22 @@ class GuestWalker:
             linear &= ADDRESS_MASK_32
             return Translation(linear, linear, True, True, True, 4 * KiB, [], format="none")
         mem = self if memory is None else memory
-        nxe = fmt.nx and bool(efer & EFER.NXE)
-        smep = bool(cr4 & CR4.SMEP)
+        nxe = fmt.nx and bool(efer & _NXE)
+        smep = bool(cr4 & _SMEP)
         linear &= fmt.linear_mask
         # The error code's access bits; I/D only where the processor reports it (§4.7).
-        access = (PFError.WR if write else 0) | (PFError.US if user else 0) \
-            | (PFError.ID if fetch and (smep or nxe) else 0)
-        leaf = self._descend(fmt, mem, cr3, cr4, linear, nxe, access, pdptes)
+        access = (_ERR_WR if write else 0) | (_ERR_US if user else 0) | (_ERR_ID if fetch and (smep or nxe) else 0)
+        entries, frame, page, rw, us, xd = self._descend(fmt, mem, cr3, cr4, linear, nxe, access, pdptes)
 
-        readable, writable, executable = _rights(leaf, cr0, cr4, user=user, ac=ac, smep=smep)
+        readable, writable, executable = _rights(rw, us, xd, cr0, cr4, user=user, ac=ac, smep=smep)
         if not (executable if fetch else writable if write else readable):
-            raise PageFault(linear, access | PFError.P)
+            raise PageFault(linear, access | _ERR_P)
 
-        leaf_value = leaf.entries[-1][2]
+        leaf_value = entries[-1][2]
         if set_ad:
-            leaf_value = self._set_accessed(fmt, mem, leaf.entries, write)
-        page = leaf.page_size
-        return Translation(linear, leaf.frame | (linear & (page - 1)), writable, leaf.us, bool(leaf_value & _D),
-                           page, leaf.entries, executable=executable, readable=readable, format=fmt.name)
+            leaf_value = self._set_accessed(fmt, mem, entries, write)
+        return Translation(linear, frame | (linear & (page - 1)), writable, us, bool(leaf_value & _D),
+                           page, entries, executable=executable, readable=readable, format=fmt.name)
 
     def _descend(self, fmt: PagingFormat, mem: EntryMemory, cr3: int, cr4: int, linear: int, nxe: bool,
                  access: int, pdptes: tuple[int, ...] | None) -> _Leaf:
@@ -356,14 +345,13 @@ class GuestWalker:
         maps a page (always in PAE/4-level; with CR4.PSE in 32-bit paging)."""
         masks = self.reserved_masks(fmt, nxe)
         size = fmt.entry_size
-        pse = fmt is not PAGING_32 or bool(cr4 & CR4.PSE)
-        frame_mask = self._frame_mask(fmt)
-        xd_bit = _XD if nxe else 0
+        pse = fmt is not PAGING_32 or bool(cr4 & _PSE)
+        frame_mask = PAGE_MASK if fmt is PAGING_32 else self._address_mask
         table = cr3 & fmt.cr3_mask
-        rw = us = True
-        xd = False
+        anded = _RW | _US      # R/W and U/S of every level but the PAE PDPTE registers, ANDed
+        ored = 0               # every entry ORed: its XD bit is the translation's
         entries: list[tuple[str, int, int]] = []
-        for level, reserved in zip(fmt.levels, masks, strict=False):
+        for level, (table_reserved, large_reserved) in zip(fmt.levels, masks, strict=False):
             index = (linear >> level.shift) & level.index_mask
             addr = table + index * size
             if level.register and pdptes is not None:
@@ -373,17 +361,17 @@ class GuestWalker:
             entries.append((level.name, addr, value))
             if not value & _P:
                 raise PageFault(linear, access)
-            large = bool(level.large and value & _PS and pse)
-            if value & reserved[large]:
-                raise PageFault(linear, access | PFError.P | PFError.RSVD)
+            page = level.large if pse and value & _PS else 0   # 0: the entry references a table
+            if value & (large_reserved if page else table_reserved):
+                raise PageFault(linear, access | _ERR_P | _ERR_RSVD)
             if not level.register:
-                rw = rw and bool(value & _RW)
-                us = us and bool(value & _US)
-            xd = xd or bool(value & xd_bit)
-            if large:
-                return _Leaf(entries, self._large_frame(fmt, value, level.large), level.large, rw, us, xd)
+                anded &= value
+            ored |= value
+            if page:
+                return (entries, self._large_frame(fmt, value, page), page, bool(anded & _RW), bool(anded & _US),
+                        nxe and bool(ored & _XD))
             table = value & frame_mask
-        return _Leaf(entries, table, PAGE_SIZE, rw, us, xd)
+        return entries, table, PAGE_SIZE, bool(anded & _RW), bool(anded & _US), nxe and bool(ored & _XD)
 
     @staticmethod
     def _set_accessed(fmt: PagingFormat, mem: EntryMemory, entries: list[tuple[str, int, int]],
@@ -393,26 +381,29 @@ class GuestWalker:
         Returns the leaf's value afterwards."""
         last = len(entries) - 1
         leaf_value = entries[last][2]
-        for i, ((name, addr, value), level) in enumerate(zip(entries, fmt.levels, strict=False)):
-            if level.register:
+        levels, size = fmt.levels, fmt.entry_size
+        for i, (name, addr, value) in enumerate(entries):
+            if levels[i].register:
                 continue
-            new = value | _A | (_D if write and i == last else 0)
+            new = value | _A
+            if write and i == last:
+                new |= _D
             if new != value:
-                mem.write_entry(addr, fmt.entry_size, name, new)
+                mem.write_entry(addr, size, name, new)
                 if i == last:
                     leaf_value = new
         return leaf_value
 
 
-def _rights(leaf: _Leaf, cr0: int, cr4: int, *, user: bool, ac: bool, smep: bool) -> tuple[bool, bool, bool]:
-    """(readable, writable, executable) of a translation for the privilege of this access
-    (§4.6: U/S, R/W with CR0.WP, XD, SMEP, SMAP with EFLAGS.AC)."""
-    us = leaf.us
+def _rights(rw: bool, us: bool, xd: bool, cr0: int, cr4: int, *, user: bool, ac: bool,
+            smep: bool) -> tuple[bool, bool, bool]:
+    """(readable, writable, executable) of a translation for the privilege of this access,
+    from R/W and U/S ANDed and XD ORed over the levels (§4.6: CR0.WP, SMEP, SMAP with
+    EFLAGS.AC)."""
     if user:
-        return us, us and leaf.rw, us and not leaf.xd
-    smap_blocks = bool(cr4 & CR4.SMAP) and us and not ac
-    return (not smap_blocks, not smap_blocks and (leaf.rw or not cr0 & CR0.WP),
-            not leaf.xd and not (smep and us))
+        return us, us and rw, us and not xd
+    smap_blocks = bool(cr4 & _SMAP) and us and not ac
+    return not smap_blocks, not smap_blocks and (rw or not cr0 & _WP), not xd and not (smep and us)
 
 
 # -- compatibility: the walker native mode has used since the 2-level days ---------------------

@@ -141,7 +141,7 @@ FLAT_KERNEL_CS, FLAT_KERNEL_DS = FLAT_RING1_CS, FLAT_RING1_DS
 GUEST_KERNEL_RPL = 1
 
 # -- the VMM's linear area (x86_32 non-PAE: HYPERVISOR_VIRT_START 0xFC000000; ours is the
-# top 4 MiB, see DESIGN §3 / Engine.iret_to) --------------------------------------------------
+# top 4 MiB, where the engine keeps its trampolines: see Engine.iret_to) -------------------------
 HYPERVISOR_VIRT_START = 0xFFC00000
 GDT_VIRT = HYPERVISOR_VIRT_START            # the CPU's GDT, read-only to the guest
 SHARED_INFO_VIRT = GDT_VIRT + GDT_SIZE      # 0xFFC10000: shared info, in every address space

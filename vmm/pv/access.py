@@ -11,10 +11,12 @@ from __future__ import annotations
 import struct
 
 from ..mmu.paging import PageFault
+from ..x86 import MiB
+from ..x86.paging import PAGE_OFFSET_MASK, PAGE_SHIFT, PAGE_SIZE
 from .abi import HYPERVISOR_VIRT_START, Errno
-from .memory import PAGE_SHIFT, PAGE_SIZE, HypercallError
+from .memory import HypercallError
 
-MAX_COPY = 1 << 20  # no hypercall argument is larger; a bigger count is a guest error
+MAX_COPY = MiB  # no hypercall argument is larger; a bigger count is a guest error
 
 
 class GuestAccess:
@@ -41,7 +43,7 @@ class GuestAccess:
             raise HypercallError(Errno.EINVAL, f"{size} bytes is more than a hypercall moves")
         out = []
         while size > 0:
-            chunk = min(size, PAGE_SIZE - (linear & (PAGE_SIZE - 1)))
+            chunk = min(size, PAGE_SIZE - (linear & PAGE_OFFSET_MASK))
             out.append((self.machine(linear, write), chunk))
             linear, size = linear + chunk, size - chunk
         return out

@@ -19,10 +19,16 @@ from __future__ import annotations
 
 import struct
 
-from ..cpu.delivery import HAS_ERROR_CODE, PF, Event, vector_name
-from ..cpu.regs import IF, NT, RF, TF, VM
+from ..cpu.delivery import Event
+from ..x86 import EFLAGS, HAS_ERROR_CODE, Vector, vector_name
+from ..x86.paging import ADDRESS_MASK_32
+from ..x86.segments import SELECTOR_RPL_MASK, USER_RING
 from . import abi
 from .memory import HypercallError
+
+_CLEARED_ON_DELIVERY = EFLAGS.TF | EFLAGS.NT | EFLAGS.RF | EFLAGS.VM
+_SLOT = 4                                   # a 32-bit stack slot
+_UPCALL_MASK_SHIFT = 16                     # saved upcall mask in bits 23:16 of the pushed CS
 
 
 class DomainCrash(Exception):
@@ -54,9 +60,9 @@ class BounceDelivery:
         eflags, eip, esp = eng.reg("eflags"), eng.reg("eip"), eng.reg("esp")
         cur_cs, cur_ss = eng.reg("cs"), eng.reg("ss")
         masked = pv.shared.masked
-        virtual_flags = (eflags & ~IF) | (0 if masked else IF)
-        frame = [virtual_flags, cur_cs | int(masked) << 16, eip]
-        if cur_cs & 3 == 3:
+        virtual_flags = (eflags & ~EFLAGS.IF) | (0 if masked else EFLAGS.IF)
+        frame = [virtual_flags, cur_cs | int(masked) << _UPCALL_MASK_SHIFT, eip]
+        if cur_cs & SELECTOR_RPL_MASK == USER_RING:
             ss, top = pv.kernel_stack or (None, None)
             if not top:
                 raise DomainCrash(f"{vector_name(event.vector)} from ring 3 with no kernel stack (stack_switch)")
@@ -65,16 +71,16 @@ class BounceDelivery:
             ss, top = cur_ss, esp
         if event.kind == "exception" and event.vector in HAS_ERROR_CODE:
             frame.append(event.error_code or 0)
-        top = (top - 4 * len(frame)) & 0xFFFFFFFF
+        top = (top - _SLOT * len(frame)) & ADDRESS_MASK_32
         try:
             pv.access.write(top, struct.pack(f"<{len(frame)}I", *reversed(frame)))
         except HypercallError as err:
             raise DomainCrash(f"cannot write the bounce frame for {vector_name(event.vector)} "
                               f"at {top:#010x} ({err})") from None
-        if event.vector == PF and event.cr2 is not None and event.kind == "exception":
+        if event.vector == Vector.PF and event.cr2 is not None and event.kind == "exception":
             pv.shared.set_cr2(event.cr2)
             eng.set_reg("cr2", event.cr2)
         if flags & abi.TI_CLEAR_EVENTS:
             pv.shared.set_mask(True)
         self.delivered += 1
-        pv.transfer(address, cs, (eflags & ~(TF | NT | RF | VM)) | IF, top, ss)
+        pv.transfer(address, cs, (eflags & ~_CLEARED_ON_DELIVERY) | EFLAGS.IF, top, ss)

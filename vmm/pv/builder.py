@@ -16,11 +16,17 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..x86 import PTE, MiB
+from ..x86.paging import ENTRIES_32 as ENTRIES
+from ..x86.paging import LARGE_PAGE_32 as LARGE
+from ..x86.paging import PAGE_SHIFT, PAGE_SIZE
 from . import abi
-from .memory import ENTRIES, PAGE_SHIFT, PAGE_SIZE, PTE_P, PTE_W, DomainMemory
+from .memory import DomainMemory
 
-PTE_U = 0x4
-LARGE = ENTRIES * PAGE_SIZE
+PTE_P, PTE_W, PTE_U = PTE.P, PTE.RW, PTE.US
+
+# The opcodes of the hypercall stubs (SDM vol. 2).
+_INT3, _PUSH_EAX, _MOV_EAX_IMM32, _INT_IMM8, _RET = b"\xcc", b"\x50", b"\xb8", b"\xcd", b"\xc3"
 
 
 @dataclass
@@ -37,13 +43,13 @@ class BootState:
 
 def hypercall_page() -> bytes:
     """Xen's ring-1 transfer points: 32 bytes per hypercall number."""
-    page = bytearray(b"\xcc" * PAGE_SIZE)
+    page = bytearray(_INT3 * PAGE_SIZE)
     for nr in range(PAGE_SIZE // abi.HYPERCALL_STUB_SIZE):
         at = nr * abi.HYPERCALL_STUB_SIZE
         if nr == abi.Hypercall.iret:  # never returns: guests jump here with the frame on the stack
-            stub = b"\x50\xb8" + struct.pack("<I", nr) + bytes((0xCD, abi.HYPERCALL_VECTOR))
+            stub = _PUSH_EAX + _MOV_EAX_IMM32 + struct.pack("<I", nr) + _INT_IMM8 + bytes((abi.HYPERCALL_VECTOR,))
         else:
-            stub = b"\xb8" + struct.pack("<I", nr) + bytes((0xCD, abi.HYPERCALL_VECTOR, 0xC3))
+            stub = _MOV_EAX_IMM32 + struct.pack("<I", nr) + _INT_IMM8 + bytes((abi.HYPERCALL_VECTOR,)) + _RET
         page[at:at + len(stub)] = stub
     return bytes(page)
 
@@ -66,7 +72,7 @@ def build(mem: DomainMemory, image, shared_info_machine: int) -> BootState:
     start_info = cursor
     stack = start_info + PAGE_SIZE
     if stack + PAGE_SIZE > pt_first * PAGE_SIZE or stack + PAGE_SIZE > mapped * PAGE_SIZE:
-        raise ValueError(f"{nr * PAGE_SIZE >> 20} MiB of RAM cannot hold the image, its start info "
+        raise ValueError(f"{nr * PAGE_SIZE // MiB} MiB of RAM cannot hold the image, its start info "
                          "and the bootstrap page tables")
 
     def wm(pseudo: int, data: bytes) -> None:

@@ -10,11 +10,30 @@ from __future__ import annotations
 
 import struct
 
+from ..x86 import PTE, Access
+from ..x86.paging import (
+    ADDRESS_MASK_32,
+    ENTRY_SIZE_32,
+    INDEX_MASK_32,
+    PAGE_MASK,
+    PAGE_OFFSET_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PDE_SHIFT_32,
+    PTE_SHIFT,
+)
+from ..x86.segments import DESCRIPTOR_SIZE, SELECTOR_RPL_MASK
 from . import abi
 from .abi import Errno
-from .memory import PAGE_SHIFT, HypercallError
+from .memory import HypercallError
 
 DOMIDS_SELF = (abi.DOMID_SELF, 0)  # the one domain: its own id is 0
+MAX_TRAP_ENTRIES = 256 + 1  # one per vector, and the terminating entry with address 0
+_MMU_CMD_MASK = 3            # mmu_update: the command is in the low two bits of ptr
+_WORD = 4                    # the guest's lists (frame lists, extents) are of 32-bit words
+_BREAKPOINT_REGISTERS = 4    # DR0..DR3 hold breakpoint addresses
+_DESCRIPTORS_PER_PAGE = PAGE_SIZE // DESCRIPTOR_SIZE
+_DESCRIPTOR_DPL = Access.DPL << 8   # bits 14:13 of a descriptor's high dword
 MAX_BATCH = 1 << 16  # entries per mmu_update / mmuext_op / reservation (Xen preempts instead)
 
 
@@ -30,19 +49,19 @@ def set_trap_table(pv, table, *_):
         pv.traps.clear()
         return 0
     entries, raw, at = {}, b"", table
-    for i in range(257):
+    for _ in range(MAX_TRAP_ENTRIES):
         while len(raw) < abi.TRAP_INFO_SIZE:  # a page at a time: the list may end anywhere, and
-            if at > 0xFFFFFFFF:                 # an entry may straddle two pages
+            if at > ADDRESS_MASK_32:                 # an entry may straddle two pages
                 raise HypercallError(Errno.EFAULT, "trap table runs past the top of the address space")
-            raw += pv.access.read(at, 4096 - (at & 0xFFF))
-            at = (at | 0xFFF) + 1
+            raw += pv.access.read(at, PAGE_SIZE - (at & PAGE_OFFSET_MASK))
+            at = (at | PAGE_OFFSET_MASK) + 1
         vector, flags, cs, address = struct.unpack_from(abi.TRAP_INFO_FORMAT, raw)
         raw = raw[abi.TRAP_INFO_SIZE:]
         if address == 0:
             break
-        if cs & 3 == 0:
+        if cs & SELECTOR_RPL_MASK == 0:
             cs |= abi.GUEST_KERNEL_RPL  # Xen's fixup_guest_code_selector
-        if cs & 3 != abi.GUEST_KERNEL_RPL:
+        if cs & SELECTOR_RPL_MASK != abi.GUEST_KERNEL_RPL:
             raise HypercallError(Errno.EINVAL, f"vector {vector}: handler selector {cs:#x} is not ring 1")
         entries[vector] = (flags, cs, address)
     else:
@@ -60,7 +79,7 @@ def mmu_update(pv, reqs, count, done_ptr, domid, *_):
     try:
         for i in range(_batch(count)):
             ptr, val = struct.unpack("<II", pv.access.read(reqs + i * abi.MMU_UPDATE_SIZE, 8))
-            cmd, ptr = ptr & 3, ptr & ~3
+            cmd, ptr = ptr & _MMU_CMD_MASK, ptr & ~_MMU_CMD_MASK
             if cmd == abi.MMU_NORMAL_PT_UPDATE:
                 pv.mem.update(ptr, val)
             elif cmd == abi.MMU_MACHPHYS_UPDATE:
@@ -87,13 +106,13 @@ def update_va_mapping(pv, va, val, flags, *_):
     """Change the PTE that maps ``va`` in the current tables (it needs a 4 KiB page table)."""
     if va >= abi.HYPERVISOR_VIRT_START:
         raise HypercallError(Errno.EINVAL, f"{va:#x} is in the VMM's area")
-    pde_at = (pv.mem.base << PAGE_SHIFT) + 4 * (va >> 22)
-    pde = struct.unpack("<I", pv.engine.read_phys(pde_at, 4))[0]
-    if not pde & 1 or pde & 0x80:
+    pde_at = (pv.mem.base << PAGE_SHIFT) + ENTRY_SIZE_32 * (va >> PDE_SHIFT_32)
+    pde = struct.unpack("<I", pv.engine.read_phys(pde_at, ENTRY_SIZE_32))[0]
+    if not pde & PTE.P or pde & PTE.PS:
         raise HypercallError(Errno.EINVAL, f"no page table maps {va:#x}")
     if flags & abi.UVMF_FLUSHTYPE_MASK == abi.UVMF_FLUSHTYPE_MASK:
         raise HypercallError(Errno.EINVAL, f"flags {flags:#x}: no such flush type")
-    pv.mem.update((pde & 0xFFFFF000) + 4 * ((va >> 12) & 0x3FF), val)
+    pv.mem.update((pde & PAGE_MASK) + ENTRY_SIZE_32 * ((va >> PTE_SHIFT) & INDEX_MASK_32), val)
     pv.events.add("pv", "mmu_update entries")
     pv.engine.flush_tlb()  # UVMF_NONE included: Unicorn's TLB has no single-page flush
     return 0
@@ -137,23 +156,23 @@ def mmuext_op(pv, ops, count, done_ptr, domid, *_):
 def set_gdt(pv, frame_list, entries, *_):
     if entries > abi.FIRST_RESERVED_GDT_ENTRY:
         raise HypercallError(Errno.EINVAL, f"{entries} GDT entries: the VMM's start at {abi.FIRST_RESERVED_GDT_ENTRY}")
-    frames = [pv.access.u32(frame_list + 4 * i) for i in range((entries + 511) // 512)]
+    frames = [pv.access.u32(frame_list + _WORD * i) for i in range(-(-entries // _DESCRIPTORS_PER_PAGE))]
     raw = b""
     for i, mfn in enumerate(frames):
         if not pv.mem.owns(mfn):
             raise HypercallError(Errno.EPERM, f"GDT frame {mfn:#x} is not the domain's")
-        raw += pv.engine.read_phys(mfn << PAGE_SHIFT, min(4096, 8 * entries - 4096 * i))
-    originals = [struct.unpack_from("<II", raw, 8 * i) for i in range(entries)]
+        raw += pv.engine.read_phys(mfn << PAGE_SHIFT, min(PAGE_SIZE, DESCRIPTOR_SIZE * entries - PAGE_SIZE * i))
+    originals = [struct.unpack_from("<II", raw, DESCRIPTOR_SIZE * i) for i in range(entries)]
     checked = [pv.check_descriptor(i, lo, hi) for i, (lo, hi) in enumerate(originals)]
-    raised = sum(1 for (_, a), (_, b) in zip(originals, checked) if (a ^ b) & 0x6000)
+    raised = sum(1 for (_, a), (_, b) in zip(originals, checked, strict=True) if (a ^ b) & _DESCRIPTOR_DPL)
     pv.load_gdt(checked, raised)
     return 0
 
 
 def stack_switch(pv, ss, esp, *_):
-    if ss & 3 == 0:
+    if ss & SELECTOR_RPL_MASK == 0:
         ss |= abi.GUEST_KERNEL_RPL
-    if ss & 3 != abi.GUEST_KERNEL_RPL:
+    if ss & SELECTOR_RPL_MASK != abi.GUEST_KERNEL_RPL:
         raise HypercallError(Errno.EINVAL, f"kernel stack selector {ss:#x} is not ring 1")
     pv.kernel_stack = (ss, esp)
     return 0
@@ -161,16 +180,16 @@ def stack_switch(pv, ss, esp, *_):
 
 def set_callbacks(pv, event_cs, event_eip, failsafe_cs, failsafe_eip, *_):
     for cs in (event_cs, failsafe_cs):
-        if cs & 3 not in (0, abi.GUEST_KERNEL_RPL):
+        if cs & SELECTOR_RPL_MASK not in (0, abi.GUEST_KERNEL_RPL):
             raise HypercallError(Errno.EINVAL, f"callback selector {cs:#x} is not ring 1")
-    pv.callbacks = ((event_cs | 1, event_eip), (failsafe_cs | 1, failsafe_eip))
+    pv.callbacks = ((event_cs | abi.GUEST_KERNEL_RPL, event_eip), (failsafe_cs | abi.GUEST_KERNEL_RPL, failsafe_eip))
     return 0
 
 
 def set_debugreg(pv, reg, value, *_):
     if reg not in pv.debugregs:
         raise HypercallError(Errno.EINVAL, f"debug register {reg}")
-    if reg < 4 and value >= abi.HYPERVISOR_VIRT_START:
+    if reg < _BREAKPOINT_REGISTERS and value >= abi.HYPERVISOR_VIRT_START:
         raise HypercallError(Errno.EPERM, f"breakpoint at {value:#x} in the VMM's area")
     pv.debugregs[reg] = value
     return 0
@@ -197,7 +216,7 @@ def memory_op(pv, cmd, arg, *_):
         raise HypercallError(Errno.EINVAL, f"extent order {order}: single pages only")
     done = 0
     for i in range(_batch(nr)):
-        slot = start + 4 * i
+        slot = start + _WORD * i
         if cmd == abi.XENMEM_decrease_reservation:
             mfn = pv.access.u32(slot)
             try:
@@ -228,7 +247,7 @@ def xen_version(pv, cmd, arg, *_):
         pv.access.u32(arg)                 # submap_idx
         pv.access.put_u32(arg + 4, 0)      # no optional features offered
     elif cmd == abi.XENVER_pagesize:
-        return 4096
+        return PAGE_SIZE
     else:
         raise HypercallError(Errno.ENOSYS, f"xen_version command {cmd}")
     return 0

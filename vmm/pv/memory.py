@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import struct
 
+from ..x86 import PTE
+from ..x86.paging import ENTRIES_32, ENTRY_SIZE_32, LARGE_PAGE_32, LARGE_PAGE_MASK_32, PAGE_SHIFT, PAGE_SIZE
 from .abi import Errno
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
-ENTRIES = 1024
-PTE_P, PTE_W, PTE_PS = 0x1, 0x2, 0x80
-FRAME_MASK = 0xFFFFF000
-LARGE_FRAMES = 1024                 # frames under one 4 MiB PDE
+# PAGE_SHIFT and PAGE_SIZE are re-exported for vmm/modes/pv.py (its owner moves to vmm.x86).
+__all__ = ["ENTRIES", "L1", "L2", "PAGE_SHIFT", "PAGE_SIZE", "DomainMemory", "HypercallError"]
+
+ENTRIES = ENTRIES_32                # entries of a 32-bit page table or directory
+LARGE_FRAMES = LARGE_PAGE_32 // PAGE_SIZE   # frames under one 4 MiB PDE
+L1, L2 = 1, 2                       # Xen's table levels: a page table, a page directory
 
 
 class HypercallError(Exception):
@@ -58,7 +60,7 @@ class DomainMemory:
         self.extra_mappable: set[int] = set()         # e.g. the shared-info frame
         self.m2p = {}                                 # mfn -> pfn where changed (MMU_MACHPHYS_UPDATE)
         self.base: int | None = None                  # mfn of the active page directory
-        self.pinned: dict[int, int] = {}              # mfn -> level (1 or 2)
+        self.pinned: dict[int, int] = {}              # mfn -> level (L1 or L2)
         self.pt_frames: frozenset[int] = frozenset()  # every frame that is a page table now
         self.l2_frames: frozenset[int] = frozenset()
         self.validations = 0                          # tables validated entry by entry
@@ -84,17 +86,17 @@ class DomainMemory:
     def check_entry(self, value: int, type_rule: bool = True) -> None:
         """An entry the domain may write anywhere a page-table entry goes; ``type_rule``:
         also refuse a writable mapping of a page-table frame (entries of L1 tables)."""
-        if not value & PTE_P:
+        if not value & PTE.P:
             return  # not-present entries are the guest's to use as it likes
         mfn = value >> PAGE_SHIFT
-        if value & PTE_PS:
-            first = (value & 0xFFC00000) >> PAGE_SHIFT
+        if value & PTE.PS:
+            first = (value & LARGE_PAGE_MASK_32) >> PAGE_SHIFT
             if not all(self.owns(first + i) for i in range(LARGE_FRAMES)):
                 raise HypercallError(Errno.EPERM, f"4 MiB page at machine {first << PAGE_SHIFT:#x} not the domain's")
             return
         if not self.mappable(mfn):
             raise HypercallError(Errno.EPERM, f"machine frame {mfn:#x} is not the domain's")
-        if type_rule and value & PTE_W and mfn in self.pt_frames:
+        if type_rule and value & PTE.RW and mfn in self.pt_frames:
             raise HypercallError(Errno.EINVAL, f"frame {mfn:#x} is a page table: no writable mapping")
 
     def table(self, mfn: int) -> tuple[int, ...]:
@@ -108,24 +110,24 @@ class DomainMemory:
         saved, self.pt_frames = self.pt_frames, frozenset()  # type rule applies to new entries only
         try:
             for value in self.table(mfn):
-                if value & PTE_P:
+                if value & PTE.P:
                     try:
                         self.check_entry(value)
                     except HypercallError as err:
                         raise HypercallError(Errno.EINVAL, f"table {mfn:#x}: {err}") from None
         finally:
             self.pt_frames = saved
-        if level == 2:
+        if level == L2:
             seen = set() if seen is None else seen
             for value in self.table(mfn):
                 l1 = value >> PAGE_SHIFT
-                if value & PTE_P and not value & PTE_PS and l1 not in seen and l1 not in self.pt_frames:
+                if value & PTE.P and not value & PTE.PS and l1 not in seen and l1 not in self.pt_frames:
                     seen.add(l1)
-                    self.validate_table(l1, 1, seen)
+                    self.validate_table(l1, L1, seen)
 
     def update(self, machine_ptr: int, value: int) -> None:
         """MMU_NORMAL_PT_UPDATE: validate, write, and keep the page-table set current."""
-        if machine_ptr & 3:
+        if machine_ptr & (ENTRY_SIZE_32 - 1):
             raise HypercallError(Errno.EINVAL, f"entry address {machine_ptr:#x} not aligned")
         frame = machine_ptr >> PAGE_SHIFT
         if not self.owns(frame):
@@ -135,10 +137,10 @@ class DomainMemory:
         # one (validated then, as Xen types a page when it is first used as a table).
         self.check_entry(value, type_rule=frame in self.pt_frames and frame not in self.l2_frames)
         new_table = None
-        if frame in self.l2_frames and value & PTE_P and not value & PTE_PS:
+        if frame in self.l2_frames and value & PTE.P and not value & PTE.PS:
             l1 = value >> PAGE_SHIFT
             if l1 not in self.pt_frames:
-                self.validate_table(l1, 1)
+                self.validate_table(l1, L1)
                 new_table = l1
         self.write(machine_ptr, struct.pack("<I", value))
         if frame in self.l2_frames or new_table is not None:
@@ -147,7 +149,7 @@ class DomainMemory:
     # -- the active tree -----------------------------------------------------------------------
     def new_baseptr(self, mfn: int) -> None:
         if mfn != self.base and mfn not in self.pinned:
-            self.validate_table(mfn, 2)
+            self.validate_table(mfn, L2)
         self.base = mfn
         self.recompute()
 
@@ -164,13 +166,13 @@ class DomainMemory:
         self.recompute()
 
     def recompute(self) -> None:
-        l2 = {m for m, lvl in self.pinned.items() if lvl == 2}
+        l2 = {m for m, lvl in self.pinned.items() if lvl == L2}
         if self.base is not None:
             l2.add(self.base)
-        frames = set(l2) | {m for m, lvl in self.pinned.items() if lvl == 1}
+        frames = set(l2) | {m for m, lvl in self.pinned.items() if lvl == L1}
         for table in l2:
             for value in self.table(table):
-                if value & PTE_P and not value & PTE_PS:
+                if value & PTE.P and not value & PTE.PS:
                     frames.add(value >> PAGE_SHIFT)
         self.l2_frames = frozenset(l2)
         self.pt_frames = frozenset(frames)

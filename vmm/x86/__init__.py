@@ -2,8 +2,8 @@
 
 Exception vectors (:mod:`.vectors`), control registers, EFLAGS, EFER, XCR0 and debug
 registers (:mod:`.registers`), paging-structure entries, #PF error codes and page sizes
-(:mod:`.paging`), EPT (:mod:`.ept`), MSR numbers (:mod:`.msr`), selectors, descriptors,
-gates and the TSS (:mod:`.segments`).
+(:mod:`.paging`), EPT (:mod:`.ept`), MSR numbers (:mod:`.msr`), CPUID leaves and feature
+bits (:mod:`.cpuid`), selectors, descriptors, gates and the TSS (:mod:`.segments`).
 
 Rules: this package imports nothing from Unicorn and nothing else from :mod:`vmm`, so
 every layer may use it; no name means two things (EFLAGS.PF is the parity flag,

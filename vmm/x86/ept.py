@@ -65,7 +65,7 @@ class EptLevel(IntEnum):
 EPT_LEVEL_NAMES = ("EPT PML4E", "EPT PDPTE", "EPT PDE", "EPT PTE")
 EPT_LEVEL_SHIFTS = (39, 30, 21, 12)
 EPT_LARGE_LEVELS = (EptLevel.PDPTE, EptLevel.PDE)
-EPT_PAGE_SIZES = {EptLevel.PDPTE: 1 << 30, EptLevel.PDE: 1 << 21, EptLevel.PTE: 1 << 12}
+EPT_PAGE_SIZES: dict[int, int] = {EptLevel.PDPTE: 1 << 30, EptLevel.PDE: 1 << 21, EptLevel.PTE: 1 << 12}
 """The page a leaf maps at each level that may hold one."""
 EPT_INDEX_MASK = 0x1FF
 EPT_ENTRY_SIZE = 8

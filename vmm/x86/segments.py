@@ -32,6 +32,8 @@ SELECTOR_RPL_MASK = 3          #: bits 1:0, requested privilege level
 SELECTOR_TI = 1 << 2           #: table indicator: 1 = LDT
 SELECTOR_INDEX_MASK = 0xFFF8   #: bits 15:3 (already scaled by 8: the byte offset in the table)
 SELECTOR_MASK = 0xFFFC         #: the selector without its RPL (what error codes carry)
+KERNEL_RING = 0                #: CPL 0, the most privileged
+USER_RING = 3                  #: CPL 3, applications
 
 
 @int_operators
