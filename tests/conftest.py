@@ -66,7 +66,8 @@ def cli():
 
 
 class ExitLog(list):
-    """Every exit a VM dispatched: (VmExit, a copy of the VMCS exit-information fields)."""
+    """Every exit a VM dispatched (a typed exit from vmm.vmx.exits), with a copy of the VMCS
+    exit-information fields as they were when it was taken (the bus's "exit" topic)."""
 
     def reasons(self):
         return [e.reason for e, _ in self]
