@@ -66,7 +66,8 @@ def cli():
 
 
 class ExitLog(list):
-    """Every exit a VM dispatched: (VmExit, a copy of the VMCS exit-information fields)."""
+    """Every exit a VM dispatched (a typed exit from vmm.vmx.exits), with a copy of the VMCS
+    exit-information fields as they were when it was taken (the bus's "exit" topic)."""
 
     def reasons(self):
         return [e.reason for e, _ in self]
@@ -78,7 +79,6 @@ class ExitLog(list):
 def record_exits(vm) -> ExitLog:
     from vmm.vmx.vmcs import Field
     log = ExitLog()
-    dispatch = vm.dispatch
     info_fields = (Field.VM_EXIT_REASON, Field.EXIT_QUALIFICATION, Field.VM_EXIT_INSTRUCTION_LEN,
                    Field.VM_EXIT_INTR_INFO, Field.VM_EXIT_INTR_ERROR_CODE, Field.IDT_VECTORING_INFO_FIELD,
                    Field.IDT_VECTORING_ERROR_CODE, Field.GUEST_LINEAR_ADDRESS)
@@ -87,9 +87,8 @@ def record_exits(vm) -> ExitLog:
         vmcs = getattr(vm.mode, "vmcs", None)
         fields = {f: vmcs.read(f) for f in info_fields} if vmcs is not None else {}
         log.append((exit, fields))
-        return dispatch(exit)
 
-    vm.dispatch = recording
+    vm.bus.subscribe("exit", recording)
     return log
 
 

@@ -98,9 +98,9 @@ def test_mov_dr4_dr5_is_contained(mode, dr):
 def _misconfigure_kernel_page(vm):
     """Make the EPT leaf of the guest's code page write-only (a misconfiguration)."""
     mode = vm.mode
-    mode.map_ram_page(0x100000)
-    name, address, value = mode.ept_builder.lookup(0x100000)
-    mode.ept_builder.write64(address, (value & ~7) | 2)
+    mode.mmu.map_ram_page(0x100000)
+    name, address, value = mode.mmu.ept_builder.lookup(0x100000)
+    mode.mmu.ept_builder.write64(address, (value & ~7) | 2)
 
 
 @pytest.mark.skipif("vtx-ept" not in FLAT_MODES, reason="vtx-ept not available")

@@ -77,13 +77,13 @@ def test_ept_violation_qualification_and_lazy_backing():
     vm, log = make_vm(src, mode="vtx-ept")
     result = vm.run()
     assert result.exit_status == 1 and vm.engine.reg("esi") == 0x1234
-    violations = [(e, f) for e, f in log.of(R.EPT_VIOLATION) if e.guest_physical == 0x800000]
+    violations = [(e, f) for e, f in log.of(R.EPT_VIOLATION) if e.gpa == 0x800000]
     [(exit, fields)] = violations
     q = EptQ.decode(fields[Field.EXIT_QUALIFICATION])
     assert q.write and not q.read and q.linear_valid and q.translated
     assert (q.readable, q.writable, q.executable) == (False, False, False)  # not mapped at all
     assert vm.mode.vmcs.read(Field.GUEST_PHYSICAL_ADDRESS) >= 0  # the field exists and was written
-    assert 0x800000 in vm.mode.backed
+    assert 0x800000 in vm.mode.mmu.backed
 
 
 def test_device_page_accesses_are_ept_misconfiguration_exits():
@@ -117,9 +117,9 @@ def test_page_fault_mask_and_match_on_the_guests_own_faults():
 
 def test_invept_flushes_the_page_walk_cache():
     vm, _, _ = run_paging("vtx-ept", page_walk_cache=True)
-    assert vm.mode.nested.pwc
+    assert vm.mode.mmu.nested.pwc
     vm.mode.invept()
-    assert not vm.mode.nested.pwc and vm.mode.memory_counters()["INVEPT"] == 1
+    assert not vm.mode.mmu.nested.pwc and vm.mode.memory_counters()["INVEPT"] == 1
     vm.mode.invvpid(1)
     assert vm.mode.memory_counters()["INVVPID"] == 1
 

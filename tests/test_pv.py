@@ -496,7 +496,9 @@ gp:
     from vmm.vmx.exit_reasons import ExitReason
     exits = result.exits[ExitReason.EXCEPTION_NMI]
     hypercalls = sum(result.events["hypercalls"].values())
-    assert exits == hypercalls + 1  # the #GP from int 0x41; the two int 0x80 were no exits
+    # the #GP from int 0x41 is the one exception exit; the two int 0x80 were no exits, and
+    # the hypercalls are counted once, as hypercalls
+    assert exits == 1 and hypercalls >= 1
 
 
 def test_no_handler_crashes_the_domain_not_the_vmm():

@@ -56,14 +56,13 @@ class Guest:
         eng.set_reg("cr4", CR4_PSE)
         eng.set_reg("cr3", PD[0])
         eng.set_reg("cr0", CR0)
-        vm.mode.guest_cr3_loaded(PD[0])
+        vm.mode.mmu.guest_cr3_loaded(PD[0])
         self.reference = Walker32(phys_reader(eng.read_phys), phys_writer(eng.write_phys))
-        self.user = False
-        vm.mode._user_access = lambda vaddr: self.user  # the privilege of the access being played
+        self.user = False   # the privilege of the access being played
 
     def store(self, address: int, value: int) -> None:
         """A guest store at an identity-mapped address: the TLB fill first, then the write."""
-        answer = self.vm.mode.tlb_fill(address, "write")
+        answer = self.vm.mode.mmu.tlb_fill(address, "write", user=self.user)
         assert isinstance(answer, Fill) and answer.perms & PROT_WRITE, answer
         self.vm.engine.write_phys(answer.host_page | (address & 0xFFF), struct.pack("<I", value))
 
@@ -77,9 +76,9 @@ class Guest:
             self.store(PD[pd] + 4 * index, value)
         elif op[0] == "cr3":
             eng.set_reg("cr3", PD[op[1]])
-            mode.guest_cr3_loaded(PD[op[1]])
+            mode.mmu.guest_cr3_loaded(PD[op[1]])
         else:
-            mode.shadow.invalidate(linear(op[1], op[2]))
+            mode.mmu.shadow.invalidate(linear(op[1], op[2]))
 
     def expected(self, address: int, write: bool, user: bool):
         eng = self.vm.engine
@@ -92,7 +91,7 @@ class Guest:
     def shadowed(self, address: int, write: bool, user: bool):
         mode = self.vm.mode
         self.user = user
-        answer = mode.tlb_fill(address, "write" if write else "read")
+        answer = mode.mmu.tlb_fill(address, "write" if write else "read", user=self.user)
         self.user = False
         if isinstance(answer, Fault):
             mode.vmcs.write(Field.VM_ENTRY_INTR_INFO_FIELD, 0)  # the injection no entry will deliver
@@ -120,7 +119,7 @@ def test_counters_tell_hidden_from_true_faults():
     guest = Guest()
     guest.apply(("pde", 0, 1, PTS[0] | P | RW | US))
     guest.apply(("pte", 0, 0, FRAMES[0] | P | RW | US))
-    c = guest.vm.mode.shadow.counters
+    c = guest.vm.mode.mmu.shadow.counters
     hidden, true = c.hidden_faults, c.true_faults
     assert guest.shadowed(linear(1, 0), False, False)[0] == "page"
     assert c.hidden_faults == hidden + 1

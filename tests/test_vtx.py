@@ -109,7 +109,7 @@ def test_rdmsr_wrmsr_exit():
     [(w, wf)] = log.of(R.MSR_WRITE)
     [(r, rf)] = log.of(R.MSR_READ)
     assert wf[Field.VM_EXIT_INSTRUCTION_LEN] == rf[Field.VM_EXIT_INSTRUCTION_LEN] == 2
-    assert w.info["msr"] == r.info["msr"] == 0x174
+    assert w.msr == r.msr == 0x174
     assert vm.engine.reg("esi") == 0x10
 
 
@@ -279,7 +279,7 @@ def test_page_fault_error_code_mask_and_match_rule():
     """SDM §25.6.3: with PFEC & MASK == MATCH the #PF exits iff bit 14 is set; otherwise
     iff it is clear. (A guest-level test runs under vtx-ept, where #PF exits are only the
     guest's own faults: see test_ept_mode.py.)"""
-    from vmm.vmx.nonroot import exits_for_exception
+    from vmm.vmx.processor import exits_for_exception
     from vmm.vmx.vmcs import Vmcs
     v = Vmcs()
     for bitmap, mask, match, write_exits, read_exits in ((1 << 14, 0, 0, True, True),
@@ -320,7 +320,7 @@ def test_interrupt_window_exiting():
     src = f"mov ecx, 1000; sti; spin: dec ecx; jnz spin; mov ebx, ecx; {EXIT}"
     vm, log, result = run(src, controls("INTERRUPT_WINDOW_EXITING"))
     assert len(log.of(R.INTERRUPT_WINDOW)) == 1 and result.exit_status == 1
-    assert not vm.mode.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING)  # the handler cleared it
+    assert not vm.mode.cpu.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING)  # the handler cleared it
     _, log, _ = run(src)
     assert not log.of(R.INTERRUPT_WINDOW)
 
@@ -391,7 +391,7 @@ def test_code_written_after_its_page_was_scanned_is_rescanned():
     vm, log, result = run(src)
     assert result.exit_status == 1
     [(exit, f)] = log.of(R.MSR_READ)
-    assert f[Field.VM_EXIT_INSTRUCTION_LEN] == 2 and exit.info["msr"] == 0x174
+    assert f[Field.VM_EXIT_INSTRUCTION_LEN] == 2 and exit.msr == 0x174
     assert vm.mode.sites.rescans >= 1
 
 

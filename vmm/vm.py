@@ -1,7 +1,9 @@
 """A virtual machine: memory, board, one vCPU, a mode, and the run loop.
 
-The engine reports events; the VM turns each into a typed :class:`VmExit` and hands it to
-the mode's exit table (DESIGN §2). Virtual time is counted in guest instructions so a run
+The engine reports events; the mode's processor turns each into a typed exit
+(:mod:`vmm.vmx.exits`) and :meth:`VM.dispatch` runs the mode's handler for it, counts it
+once, publishes it on the event bus (:mod:`vmm.bus`) and carries out the handler's
+outcome (docs/ARCHITECTURE.md follows one of each kind through). Virtual time is counted in guest instructions so a run
 is deterministic: the engine runs free (no counter, full speed) unless a timer is armed
 or an instruction budget is set, and then in slices that end at the next timer deadline.
 A slice cut short by an event is charged in full (Unicorn does not say how far it got):
@@ -19,17 +21,23 @@ from dataclasses import dataclass, field
 
 from .cpu.delivery import Event, TripleFault, PF
 from .cpu.engine import Engine, EngineError, Fault, Fill, GuestMemoryError, Stop
+from .bus import EventBus
 from .cpu.faultaddr import precise_fault_address
 from .devices.board import Board
 from .loader.image import LoadedImage
 from .mmu.paging import PageFault
-from .vmx.exits import UnexpectedExit, VmExit
+from .x86 import CODE_RING0, CR0, DATA_RING0, EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE, flat_descriptor
+from .vmx.exits import (DECLINE, RESUME, Decline, Exit, Outcome, Reflect, Retry, StopVm, UnexpectedExit,
+                        Value)
 
 _clock = time.perf_counter
-INTERRUPT_WINDOW_SLICE = 64
-SLICE_QUANTUM = 4096  # longest counted slice: bounds how far virtual time can run ahead per early stop  # instructions between checks while an IRQ waits for IF=1
+INTERRUPT_WINDOW_SLICE = 64   # instructions between checks while an IRQ waits for IF=1
+SLICE_QUANTUM = 4096          # longest counted slice: bounds how far virtual time can run ahead per early stop
 HOST_MEMORY_BASE = 0xE0000000  # VMM-private host memory (VMX bitmaps, EPT tables), not guest RAM
 BOOT_GDT_ADDRESS = 0xC8000   # option-ROM area, where QEMU keeps its boot GDT too; no image loads there
+BOOT_CS, BOOT_DS = 0x08, 0x10     # the boot GDT's flat code and data selectors (Multiboot's CS/DS)
+BOOT_SECTOR_STACK = 0x7C00        # SS:SP a BIOS leaves a boot sector: just below it
+REAL_MODE_IVT_LIMIT = 0x3FF       # 256 four-byte vectors at 0
 
 
 class StopKind(enum.Enum):
@@ -86,10 +94,11 @@ class VM:
                            serial_output=serial_output or sys.stdout.buffer.write,
                            serial_input=serial_input)
         self.engine = Engine(self)
+        self.bus = EventBus(self.engine)   # what happens in this VM, for whoever subscribes
         for base, length, _name in self.board.mmio_bus.regions():
             self.engine.map_mmio(base, length,
-                                 lambda off, size, b=base: self.mode.on_mmio(b + off, size, None),
-                                 lambda off, size, value, b=base: self.mode.on_mmio(b + off, size, value))
+                                 lambda off, size, b=base: self.on_mmio(b + off, size, None),
+                                 lambda off, size, value, b=base: self.on_mmio(b + off, size, value))
         self._host_next = HOST_MEMORY_BASE
         self._breakpoint_hit: int | None = None
         self._breakpoints: dict[int, int] = {}
@@ -97,23 +106,19 @@ class VM:
         self._launched = False
         self._counted_slice = False
         self.tsc_reads = 0
-        from .trace.tracer import NullTracer
-        self.tracer = NullTracer()               # vmm.trace.tracer.Tracer attaches itself here
         self.exits: Counter = Counter()          # exits (events, in native) by reason
         self.exit_seconds: Counter = Counter()   # handler wall time by reason
         self.now = 0  # virtual time in guest instructions
         self.mode = get_mode(mode)(self, **(mode_options or {}))
+        # What each engine event becomes is the processor's to decide: the mode itself,
+        # or, for a guest in VMX non-root operation, the VMX processor it holds.
+        self.processor = self.mode.processor
         self.mode.map_guest_ram()
-        # Engine events go straight to the mode (one Python call less per exit).
-        for event in ("on_exception", "on_invalid_opcode", "on_port_in", "on_port_out", "on_cpuid",
-                      "on_rdtsc", "on_code_site"):
-            setattr(self, event.replace("on_exception", "on_interrupt"), getattr(self.mode, event))
-        self.on_tlb_fill = self.mode.tlb_fill
         self._load(image)
 
     def host_alloc(self, size: int) -> int:
         """Map ``size`` bytes of VMM-private host memory; returns its host-physical address."""
-        size = (size + 0xFFF) & ~0xFFF
+        size = (size + PAGE_OFFSET_MASK) & PAGE_MASK
         address = self._host_next
         self.engine.map_ram(address, size)
         self._host_next += size
@@ -130,81 +135,145 @@ class VM:
             self.mode.write_guest(addr, data)
         eng = self.engine
         if image.real_mode:
-            eng.set_reg("cr0", 0x10)
+            eng.set_reg("cr0", CR0.ET)
             for seg in ("ds", "es", "ss", "fs", "gs"):
                 eng.set_reg(seg, 0)
             eng.set_reg("cs", 0)
-            eng.set_reg("esp", 0x7C00)
-            eng.set_table("idtr", 0, 0x3FF)
+            eng.set_reg("esp", BOOT_SECTOR_STACK)
+            eng.set_table("idtr", 0, REAL_MODE_IVT_LIMIT)
         else:
             # Multiboot entry state: PE=1, PG=0, flat 4 GiB CS/DS, IF=0. The GDT is ours
             # and the guest must load its own before touching a segment register.
-            gdt = struct.pack("<QQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)
+            gdt = struct.pack("<QQQ", 0, flat_descriptor(CODE_RING0), flat_descriptor(DATA_RING0))
             self.mode.write_guest(BOOT_GDT_ADDRESS, gdt)
             eng.set_table("gdtr", BOOT_GDT_ADDRESS, len(gdt) - 1)
-            eng.set_reg("cr0", 0x11)
+            eng.set_reg("cr0", CR0.PE | CR0.ET)
             eng.set_reg("cr4", 0)  # as QEMU's Multiboot entry (Unicorn's default sets SSE bits)
-            eng.set_reg("cs", 0x08)
+            eng.set_reg("cs", BOOT_CS)
             for seg in ("ds", "es", "ss", "fs", "gs"):
-                eng.set_reg(seg, 0x10)
+                eng.set_reg(seg, BOOT_DS)
             eng.set_table("idtr", 0, 0)
-        eng.set_reg("eflags", 0x2)
+        eng.set_reg("eflags", EFLAGS.FIXED)
         for name, value in image.registers.items():
             eng.set_reg(name, value)
         eng.set_reg("eip", image.entry)
         self.mode.boot(image)
 
-    # -- VcpuOps: what the engine calls; the mode decides what each event becomes -------
+    # -- VcpuOps: what the engine calls; the processor decides what each event becomes ----
     def on_interrupt(self, vector: int, error_code: int, software: bool) -> None:
-        self.mode.on_exception(vector, error_code, software)
+        self.processor.on_exception(vector, error_code, software)
 
     def on_invalid_opcode(self) -> None:
-        self.mode.on_invalid_opcode()
+        self.processor.on_invalid_opcode()
 
     def on_tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
-        return self.mode.tlb_fill(vaddr, access)
+        answer = self.mode.tlb_fill(vaddr, access)
+        subs = self.bus.fill
+        if subs:
+            for observe in subs:
+                observe(vaddr, access, answer)
+        return answer
 
     def on_port_in(self, port: int, size: int) -> int:
-        return self.mode.on_port_in(port, size)
+        subs = self.bus.port
+        if subs:
+            for observe in subs:
+                observe(port, size, None)
+        return self.processor.on_port_in(port, size)
 
     def on_port_out(self, port: int, size: int, value: int) -> None:
-        self.mode.on_port_out(port, size, value)
+        subs = self.bus.port
+        if subs:
+            for observe in subs:
+                observe(port, size, value)
+        self.processor.on_port_out(port, size, value)
+
+    def on_mmio(self, address: int, size: int, value: int | None) -> int | None:
+        """A device-page access (the engine's MMIO callbacks): the mode decides what it is."""
+        subs = self.bus.mmio
+        if subs:
+            for observe in subs:
+                observe(address, size, value)
+        return self.mode.on_mmio(address, size, value)
 
     def on_cpuid(self) -> bool:
-        return self.mode.on_cpuid()
+        return self.processor.on_cpuid()
 
     def on_rdtsc(self) -> bool:
-        return self.mode.on_rdtsc()
+        return self.processor.on_rdtsc()
 
     def on_code_site(self, address: int) -> None:
-        self.mode.on_code_site(address)
+        self.processor.on_code_site(address)
 
     def read_code_byte(self, linear: int) -> int:
         return self.engine.read_phys(self.mode.translate(linear, write=False, user=False, set_ad=False), 1)[0]
 
-    # -- the exit table -------------------------------------------------------------------
-    def dispatch(self, exit: VmExit):
-        """Count the exit, run its handler from the mode's table, time the handler."""
-        reason = exit.reason
-        handler = self.mode.exit_table.get(reason)
-        self.exits[reason] += 1
+    # -- the exit table: the one place exits are counted and outcomes interpreted ----------
+    def dispatch(self, exit: Exit):
+        """Run the mode's handler for ``exit``, count the exit once, time the handler, and
+        carry out the :class:`~vmm.vmx.exits.Outcome` it returns. Returns the value for
+        the instruction (``Value``), a :class:`Fault` that stops the run (``Retry``,
+        inside a TLB fill), ``DECLINE``, or None."""
+        mode = self.mode
+        reason = exit.reason   # (Exit.key, inlined: this is every exit's path)
+        handler = mode.exit_table.get(reason if reason is not None else type(exit))
         if handler is None:
-            raise UnexpectedExit(exit, self.mode.name)
+            if reason is not None:
+                self.exits[reason] += 1
+            raise UnexpectedExit(exit, mode.name)
+        bus = self.bus
+        if bus.exit:
+            for observe in bus.exit:
+                observe(exit)
+        category = exit.category
+        outcome = None
         started = _clock()
-        result = None
-        try:
-            result = handler(exit)
-            return result
-        finally:
-            self.exit_seconds[reason] += _clock() - started
-            if self.tracer.enabled:
-                self.tracer.exit(exit, result, getattr(self.mode, "vmcs", None))
+        if category is None:
+            self.exits[reason] += 1
+            try:
+                outcome = handler(exit)
+            finally:
+                self.exit_seconds[reason] += _clock() - started
+                if bus.handled:
+                    value = outcome.value if type(outcome) is Value else None
+                    for observe in bus.handled:
+                        observe(exit, value, getattr(mode, "vmcs", None))
+        else:
+            outcome = handler(exit)
+            if outcome is not DECLINE:
+                label = exit.name
+                if type(outcome) is Reflect:
+                    label = outcome.label or f"{label} (faulted)"
+                mode.events.add(category, label, seconds=_clock() - started)
+        if outcome is RESUME:
+            return None
+        return self._carry_out(outcome)
+
+    def _carry_out(self, outcome: Outcome):
+        kind = type(outcome)
+        if kind is Value:
+            return outcome.value
+        if kind is Retry:
+            if not self.engine.running:
+                outcome.prepare()
+                return None
+            return Fault(None, None, 0, outcome.what, then=outcome.prepare)
+        if kind is StopVm:
+            raise _Stopped(StopKind.ERROR, outcome.reason)
+        if kind is Reflect:
+            self.mode.reflect(outcome.vector, outcome.error_code, outcome.cr2)
+            return None
+        if kind is Decline:
+            return outcome
+        raise TypeError(f"an exit handler returned {outcome!r}, not an Outcome")
 
     # -- event delivery ---------------------------------------------------------------------
     def inject(self, event: Event) -> None:
         """Deliver an event into the guest (VT-x: VM-entry event injection)."""
-        if self.tracer.enabled:
-            self.tracer.inject(event)
+        subs = self.bus.inject
+        if subs:
+            for observe in subs:
+                observe(event)
         self.mode.delivery.deliver(event)
 
     def stop_guest(self, message: str) -> None:
@@ -248,7 +317,7 @@ class VM:
         """Guest memory as the guest sees it at CPL0 (raises PageFault if unmapped)."""
         out = b""
         while len(out) < size:
-            chunk = min(size - len(out), 0x1000 - (address & 0xFFF))
+            chunk = min(size - len(out), PAGE_SIZE - (address & PAGE_OFFSET_MASK))
             out += self.engine.read_phys(self.mode.translate(address, write=False, user=False, set_ad=False), chunk)
             address += chunk
         return out
@@ -256,7 +325,7 @@ class VM:
     def write_linear(self, address: int, data: bytes) -> None:
         done = 0
         while done < len(data):
-            chunk = min(len(data) - done, 0x1000 - ((address + done) & 0xFFF))
+            chunk = min(len(data) - done, PAGE_SIZE - ((address + done) & PAGE_OFFSET_MASK))
             phys = self.mode.translate(address + done, write=True, user=False, set_ad=False)
             self.engine.write_phys(phys, data[done:done + chunk])
             done += chunk
@@ -297,7 +366,7 @@ class VM:
                 return self._result(StopKind.EXIT, "guest exit", started)  # ran past its exit write
             return self._result(stop.kind, stop.message, started)
         except TripleFault as tf:
-            self.mode.on_triple_fault(tf)
+            self.processor.on_triple_fault(tf)
             return self._result(StopKind.TRIPLE_FAULT, str(tf), started)
         except UnexpectedExit as ue:
             return self._result(StopKind.ERROR, f"{ue}\n{self.dump_state()}", started)
@@ -317,8 +386,9 @@ class VM:
                           self.now if exact else None, self.now, time.perf_counter() - started,
                           Counter(self.exits), Counter(self.exit_seconds), self.mode.memory_counters(),
                           events, event_seconds)
-        if self.tracer.enabled and kind is not StopKind.BREAKPOINT:
-            self.tracer.stop(result)
+        if kind is not StopKind.BREAKPOINT:
+            for observe in self.bus.stop:
+                observe(result)
         return result
 
     def _loop(self, started: float, single_step: bool = False) -> None:
@@ -328,7 +398,7 @@ class VM:
                 if single_step:
                     raise _Stopped(StopKind.EXIT, "guest exit")
                 return
-            waiting = self.mode.poll_interrupts()
+            waiting = self.processor.poll_interrupts()
             count = 1 if single_step else self._slice(waiting)
             remaining = None
             if self.timeout is not None:
@@ -353,7 +423,7 @@ class VM:
         limits = []
         if self.max_instructions is not None:
             limits.append(self.max_instructions - self.now)
-        for nxt in (self.board.next_deliverable_event(), self.mode.next_deadline()):
+        for nxt in (self.board.next_deliverable_event(), self.processor.next_deadline()):
             if nxt is not None:
                 limits.append(nxt - self.now)
         if irq_waiting:
@@ -364,13 +434,16 @@ class VM:
         eng = self.engine
         if stop is Stop.FAULT:
             fault = eng.pending_fault
+            if fault.then is not None:  # the VMM's own work, which had to wait for the run to stop
+                fault.then()
+                return
             if fault.vector == PF:
                 fault.address = self._precise_cr2(fault)
-            self.mode.on_fault(fault)
+            self.processor.on_fault(fault)
         elif stop is Stop.HALT:
-            self.mode.on_halt()
+            self.processor.on_halt()
         elif stop is Stop.SLICE_DONE:
-            self.mode.on_slice_end()
+            self.processor.on_slice_end()
         elif stop is Stop.REQUESTED:
             if self._breakpoint_hit is not None:
                 raise _Stopped(StopKind.BREAKPOINT, eng.stop_reason)
@@ -389,7 +462,7 @@ class VM:
         """Up to ``size`` bytes of code at ``linear``, stopping at an unmapped page."""
         out = b""
         while len(out) < size:
-            chunk = min(size - len(out), 0x1000 - (linear & 0xFFF))
+            chunk = min(size - len(out), PAGE_SIZE - (linear & PAGE_OFFSET_MASK))
             try:
                 phys = self.mode.translate(linear, write=False, user=False, set_ad=False)
             except PageFault:
@@ -401,7 +474,7 @@ class VM:
     def _precise_cr2(self, fault) -> int:
         eng = self.engine
         eip = eng.reg("eip")
-        bits = 32 if eng.reg("cr0") & 1 else 16
+        bits = 32 if eng.reg("cr0") & CR0.PE else 16
         return precise_fault_address(fault.address, fault.access, eip, self.read_code(eip), eng.reg, bits)
 
     def halt(self) -> None:

@@ -1,9 +1,9 @@
-"""Event counts of one run, in the shape the cost model reads (DESIGN §5).
+"""Event counts of one run, in the shape the cost model reads.
 
 Most counts come straight from the :class:`~vmm.vm.VmResult`: exits by reason, the
 mode's memory counters (shadow faults, 2-D walk references, TLB flushes, EPT
 violations) and its own events (traps, callouts, translated blocks, hypercalls). Three
-things a result does not carry are observed on the VM while it runs
+things a result does not carry are observed on the VM's event bus while it runs
 (:class:`RunObserver`):
 
 * guest instructions, exactly: a counting code hook. ``VmResult.instructions`` is exact
@@ -11,7 +11,7 @@ things a result does not carry are observed on the VM while it runs
   full; the model multiplies instructions by a CPI, so it needs the true count. (A
   faulting instruction that is restarted is counted at each attempt, as it is fetched.)
 * events delivered into the guest through its IDT (exceptions, software interrupts,
-  external interrupts), by kind: ``vm.inject`` is where every mode delivers one;
+  external interrupts), by kind: the bus's ``inject`` topic, where every mode delivers one;
 * device accesses that reach the board without an exit (MMIO under native or shadow
   paging), and, in modes that walk the guest's own tables in hardware without
   reporting it (``native``), the page-walk references made inside TLB fills.
@@ -111,10 +111,12 @@ def _sub(a: Counter, b: Counter) -> Counter:
 
 
 class RunObserver:
-    """Counts, on a live VM, what a :class:`~vmm.vm.VmResult` does not carry.
+    """Counts, on a live VM, what a :class:`~vmm.vm.VmResult` does not carry, as a
+    subscriber of the VM's event bus (:mod:`vmm.bus`).
 
-    Attach before ``vm.run()``. Costs one Python call per guest instruction (the
-    counting hook): runs are a few times slower, which is why benchmarks keep N small.
+    Attach before ``vm.run()``. Counting instructions costs one call per guest
+    instruction (the engine's counting hook): runs are a few times slower, which is why
+    benchmarks keep N small.
     """
 
     def __init__(self, vm, *, count_instructions: bool = True):
@@ -125,12 +127,15 @@ class RunObserver:
         self.native_walk_references = 0
         if count_instructions:
             self._hook_instructions()
-        self._wrap_inject()
-        self._wrap_mmio()
-        self._wrap_tlb_fill()
+        bus = vm.bus
+        bus.subscribe("inject", self._injected)
+        bus.subscribe("mmio", self._mmio)
+        # Modes that walk the guest's own tables on a TLB miss and report no walk
+        # references (native, pv) publish each hardware walk: the walker's reads inside
+        # fills, not the VMM's own lookups (event delivery, decoding).
+        bus.subscribe("walk", self._walked)
 
     def _hook_instructions(self) -> None:
-        engine = self.vm.engine
         trampoline = TRAMPOLINE_LINEAR
         box = [0]
 
@@ -139,44 +144,16 @@ class RunObserver:
             if address & ~0xFFF != trampoline:
                 box[0] += 1
         self._box = box
-        engine.add_raw_instruction_hook(thunk)
+        self.vm.bus.on_instruction(raw=thunk)
 
-    def _wrap_inject(self) -> None:
-        vm = self.vm
-        inject = vm.inject
+    def _injected(self, event) -> None:
+        self.injected[event.kind] += 1
 
-        def counting_inject(event):
-            self.injected[event.kind] += 1
-            return inject(event)
-        vm.inject = counting_inject
+    def _mmio(self, address: int, size: int, value) -> None:
+        self.device["mmio"] += 1
 
-    def _wrap_mmio(self) -> None:
-        # The engine's MMIO callbacks look up vm.mode.on_mmio at each access.
-        mode = self.vm.mode
-        on_mmio = mode.on_mmio
-
-        def counting_mmio(address, size, value):
-            self.device["mmio"] += 1
-            return on_mmio(address, size, value)
-        mode.on_mmio = counting_mmio
-
-    def _wrap_tlb_fill(self) -> None:
-        """In a mode that walks the guest's own tables on a TLB miss and reports no walk
-        references (native), count the walker's reads made inside fills: the hardware's
-        walk, not the VMM's own lookups (event delivery, decoding)."""
-        vm = self.vm
-        walker = getattr(vm.mode, "walker", None)
-        if walker is None or not hasattr(walker, "references"):
-            return
-        fill = vm.on_tlb_fill
-
-        def counting_fill(vaddr, access):
-            before = walker.references
-            try:
-                return fill(vaddr, access)
-            finally:
-                self.native_walk_references += walker.references - before
-        vm.on_tlb_fill = counting_fill
+    def _walked(self, vaddr: int, references: int) -> None:
+        self.native_walk_references += references
 
     @property
     def instruction_count(self) -> int:

@@ -16,24 +16,23 @@ _clock = time.perf_counter
 class EventCounters:
     """Counts and handler time of named events, grouped by category."""
 
-    def __init__(self) -> None:
+    def __init__(self, published: list | None = None) -> None:
+        """``published``: the event bus's ``event`` topic (its subscribers see each event
+        as it is counted), or None."""
         self.counts: defaultdict[str, Counter] = defaultdict(Counter)
         self.seconds: defaultdict[str, Counter] = defaultdict(Counter)
-        self.observer = None  # the tracer, when one is attached: observer(category, name, n)
+        self._published = published if published is not None else []
 
     def add(self, category: str, name: str, n: int = 1, seconds: float = 0.0) -> None:
         self.counts[category][name] += n
         if seconds:
             self.seconds[category][name] += seconds
-        if self.observer is not None:
-            self.observer(category, name, n)
+        for observe in self._published:
+            observe(category, name, n)
 
     def timed(self, category: str, name: str, started: float) -> None:
         """Count one event whose handler began at ``started`` (``time.perf_counter``)."""
-        self.counts[category][name] += 1
-        self.seconds[category][name] += _clock() - started
-        if self.observer is not None:
-            self.observer(category, name, 1)
+        self.add(category, name, 1, _clock() - started)
 
     def total(self, category: str) -> int:
         return sum(self.counts.get(category, Counter()).values())

@@ -1,6 +1,7 @@
 """The cost model: event counts x a cycle profile = modeled cycles, per category.
 
-Wall time in an emulator says little about hardware (DESIGN §5), so each run is also
+Wall time in an emulator says little about hardware (an emulated instruction costs
+hundreds of host cycles, an emulated VM exit far fewer than a real one), so each run is also
 priced on a real machine's published costs. The rules, one per kind of event:
 
 * every mode pays what the bare machine pays for the same guest work: guest
@@ -22,7 +23,7 @@ priced on a real machine's published costs. The rules, one per kind of event:
   translated blocks, PV emulation and bounce frames) costs
   ``events.<category>.<name>``. Port I/O is priced by the mode's own trap or callout
   event (the IO_INSTRUCTION dispatch behind it is the same event), a hypercall by
-  its hypercall event (the int 0x82 dispatch behind it is the same entry), HLT is idle.
+  its hypercall event (a hypercall is counted once, as that event), HLT is idle.
 
 Anything counted that the rules do not price is listed in :attr:`Breakdown.unmodeled`
 and shown by the reports: nothing is dropped silently.
@@ -128,11 +129,9 @@ def model_cycles(counts: Counts, mode: str, profile: Profile) -> Breakdown:
             # each still entered the VMM. Port I/O is priced by the mode's own trap or
             # callout event, HLT is idle; every other dispatch is a fault or interrupt
             # that reached the VMM first.
-            # A hypercall enters through int 0x82, which the exit table dispatches too:
-            # it is priced once, as the hypercall round trip.
-            hypercalls = sum(counts.events.get("hypercalls", {}).values())
-            entries = hidden + max(sum(n for reason, n in exits.items()
-                                       if reason not in ("IO_INSTRUCTION", "HLT")) - hypercalls, 0)
+            # (A hypercall is no exit: it is counted once, as a hypercall event, and priced
+            # as the hypercall round trip below.)
+            entries = hidden + sum(n for reason, n in exits.items() if reason not in ("IO_INSTRUCTION", "HLT"))
             add("VMM traps", "traps into the VMM", entries, cost("vmm.software_trap"))
         add("shadow paging", "hidden page faults (shadow fills)", hidden, cost("shadow.fill"))
         add("shadow paging", "guest page faults reflected", true, cost("shadow.true_fault"))

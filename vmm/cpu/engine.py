@@ -1,7 +1,7 @@
 """The engine: one Unicorn x86-32 CPU, its hooks multiplexed to a narrow Python interface.
 
 This is the only module that drives ``emu_start``. It installs one hook of each kind
-(DESIGN §3, §8.7) and forwards every event to a :class:`VcpuOps` object (the VM), which
+and forwards every event to a :class:`VcpuOps` object (the VM), which
 decides policy. Python exceptions raised inside a hook are captured, emulation is
 stopped, and the exception is re-raised from :meth:`Engine.run`, so a bug never
 disappears inside a C callback.
@@ -18,7 +18,7 @@ import struct
 import enum
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_ERR_EXCEPTION, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_UNMAPPED,
                      UC_ERR_WRITE_UNMAPPED, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
@@ -32,6 +32,7 @@ from . import quirks
 from .regs import UC_REG, UC_TABLE
 
 PAGE = 0x1000
+HLT_OPCODE = 0xF4
 SCRATCH_PAGE = 0xFFFFF000  # host page outside guest RAM, see the TLB-fill hook
 STAND_IN_PAGE = 0xFFFFD000  # a descriptor page the VMM's own segment loads never fault on (fill hook)
 TRAMPOLINE_HOST = 0xFFFFE000    # the VMM's IRET trampoline (Engine.iret_to), host side
@@ -75,11 +76,12 @@ class Stop(enum.Enum):
 class Fault:
     """A fault raised from the TLB-fill callback, delivered after emulation stops."""
 
-    vector: int
+    vector: int | None    # None: no fault for the guest, the VMM stopped the run (see ``then``)
     error_code: int | None
     address: int  # CR2 for #PF; the faulting linear address in any case
     access: str
     exited: bool = False  # a VM exit already took it (its handler queued the injection)
+    then: Callable[[], None] | None = None  # the VMM's work once emulation stopped; then the instruction reruns
 
 
 @dataclass
@@ -129,7 +131,6 @@ class Engine:
         self.stop_reason: str | None = None
         self._init_fast_regs()
         self._thunks: list = []
-        self.fill_observer = None  # called with (vaddr, access, answer) on every TLB fill
         self._counting = False
         self.trampoline: int | None = None
         self._pending_iret: dict | None = None
@@ -294,8 +295,6 @@ class Engine:
                 entry.paddr, entry.perms = TRAMPOLINE_HOST, UC_PROT_ALL
                 return True
             answer = self._guard(self.ops.on_tlb_fill, vaddr, _ACCESS.get(access, ACCESS_READ))
-            if self.fill_observer is not None:  # the tracer: page map and --walks
-                self._guard(self.fill_observer, vaddr, _ACCESS.get(access, ACCESS_READ), answer)
             if isinstance(answer, Fill):
                 entry.paddr = answer.host_page
                 entry.perms = answer.perms
@@ -364,7 +363,8 @@ class Engine:
     def hook_code_site(self, address: int) -> int:
         """Call ``ops.on_code_site(address)`` before an instruction that starts at ``address``.
 
-        A code hook bounded to one address costs nothing anywhere else (DESIGN §3).
+        A code hook bounded to one address costs nothing anywhere else: Unicorn compiles it
+        into the translated block of that address only.
         Writing EIP in the callback skips or redirects the instruction.
         """
         return self.uc.hook_add(UC_HOOK_CODE, self._site_callback, None, address, address)
@@ -535,7 +535,7 @@ class Engine:
         is an early timer tick, never a wrong EIP (HLT resumes at that EIP anyway).
         """
         try:
-            return self.ops.read_code_byte(self._linear_pc() - 1) == 0xF4
+            return self.ops.read_code_byte(self._linear_pc() - 1) == HLT_OPCODE
         except Exception:
             return False
 
@@ -547,7 +547,7 @@ class Engine:
         a segment load with CR0.PE clear is a real-mode load whose cache has DPL 0. So:
         clear PE, load SS (CPL becomes 0), set PE again, then load CS and SS through the
         normal checks. Only ring 0 is reachable this way; modes that run a guest kernel in
-        ring 1 enter it with IRET from a ring-0 trampoline instead (DESIGN §3).
+        ring 1 enter it with IRET from a ring-0 trampoline instead (:meth:`iret_to`).
         """
         if cpl != 0:
             raise ValueError("enter_ring reaches ring 0 only; use iret_to for rings 1-3")

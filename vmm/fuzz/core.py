@@ -84,15 +84,12 @@ class Containment:
         self.escapes: list[str] = []
         self.bitmaps = self._bitmaps()
         self.shared_read_only: set[int] = set()
-        self._previous_observer = eng.fill_observer
-        eng.fill_observer = self._observe
+        vm.bus.subscribe("fill", self._observe)
 
     def _is_guest(self, page: int) -> bool:
         return any(lo <= page < hi for lo, hi in self.guest_ranges)
 
     def _observe(self, vaddr: int, access: str, answer) -> None:
-        if self._previous_observer is not None:
-            self._previous_observer(vaddr, access, answer)
         if not isinstance(answer, Fill) or self._is_guest(answer.host_page):
             return
         page = answer.host_page & ~(PAGE - 1)
@@ -112,14 +109,14 @@ class Containment:
         out = list(self.escapes)
         eng = self.vm.engine
         for address in self.canaries:
-            now = eng.read_raw(address, 1) and bytes(eng.uc.mem_read(address, PAGE))
+            now = eng.read_raw(address, 1) and eng.read_phys(address, PAGE)
             expected = canary_pattern(address)
             if now != expected:
                 first = next((i for i in range(PAGE) if now[i:i + 1] != expected[i:i + 1]), 0)
                 where = "past guest RAM" if address < HOST_MEMORY_BASE else "VMM-private"
                 out.append(f"{where} canary page {address:#010x} changed at {address + first:#010x}")
         for name, address, copy in self.bitmaps:
-            if bytes(eng.uc.mem_read(address, PAGE)) != bytes(copy):
+            if eng.read_phys(address, PAGE) != bytes(copy):
                 out.append(f"{name} in host memory at {address:#010x} no longer matches the VMM's copy")
         return out
 
@@ -128,20 +125,21 @@ class Containment:
         addresses into the VMCS), with the VMM's own copies."""
         mode = self.vm.mode
         vmcs = getattr(mode, "vmcs", None)
-        if vmcs is None or not hasattr(mode, "io_bitmaps"):
+        if vmcs is None or not hasattr(mode, "cpu"):
             return []
         from ..vmx.vmcs import Field
         found = []
-        for name, fld, copy in (("I/O bitmap A", Field.IO_BITMAP_A, mode.io_bitmaps[0]),
-                                ("I/O bitmap B", Field.IO_BITMAP_B, mode.io_bitmaps[1]),
-                                ("MSR bitmap", Field.MSR_BITMAP, mode.msr_bitmap)):
+        bitmaps = mode.cpu.bitmaps
+        for name, fld, copy in (("I/O bitmap A", Field.IO_BITMAP_A, bitmaps.io[0]),
+                                ("I/O bitmap B", Field.IO_BITMAP_B, bitmaps.io[1]),
+                                ("MSR bitmap", Field.MSR_BITMAP, bitmaps.msr)):
             address = vmcs.peek(fld)
             if address >= HOST_MEMORY_BASE and self.vm.engine.read_raw(address, 1):
                 found.append((name, address, copy))
         return found
 
     def close(self) -> None:
-        self.vm.engine.fill_observer = self._previous_observer
+        self.vm.bus.unsubscribe("fill", self._observe)
 
 
 @dataclass

@@ -166,8 +166,8 @@ def corrupt_ept(vm: VM, case: dict) -> None:
     """Map the kernel and its data the way the hypervisor would, then apply the edits."""
     mode = vm.mode
     for page in range(guest.BASE, guest.STACK_TOP, PAGE):
-        mode.map_ram_page(page)
-    builder = mode.ept_builder
+        mode.mmu.map_ram_page(page)
+    builder = mode.mmu.ept_builder
     # Find (creating tables as needed) every entry first, while the tree is intact: an
     # edit must land in an EPT table, not wherever an earlier corrupted entry points.
     addresses = [builder._entry_address(gpa, level, create=True) for gpa, level, _ in case["edits"]]

@@ -13,22 +13,21 @@ give the right answers (BT fixes the sensitive instructions that trap-and-emulat
 cannot). The ones that change what the VMM maintains are emulated by the VMM: MOV to
 CR3 switches shadow page tables, MOV to CR0/CR4 that changes the paging mode resets
 them, INVLPG drops a shadow entry. Memory goes through shadow paging
-(:mod:`vmm.modes.shadowed`). User code (CPL 3) runs directly: its callout hooks return
+(:class:`vmm.modes.memory.ShadowMmu`). User code (CPL 3) runs directly: its callout hooks return
 at once.
 """
 from __future__ import annotations
 
-import time
-
 from capstone.x86 import X86_OP_MEM, X86_OP_REG
 
 from ..mmu.paging import PageFault
-from .native import NativeMode
+from ..vmx.exits import RESUME, Callout, Outcome
+from ..cpu.engine import ACCESS_FETCH
+from .hypervisor import Hypervisor
+from .memory import PAGING_CR0_BITS, PAGING_CR4_BITS, GuestPaging, ShadowMmu
 from .privileged import Emulator, decoder
-from .shadowed import PAGING_CR0_BITS, PAGING_CR4_BITS, ShadowMmu
 from .translator import APIC_TPR, Translator, callout_kind, tpr_operand
 
-_clock = time.perf_counter
 
 
 def callout_name(insn) -> str:
@@ -51,17 +50,18 @@ def _tpr_name(insn) -> str:
     return "mov tpr, r" if insn.operands[0].type == X86_OP_MEM else "mov r, tpr"
 
 
-class BtMode(ShadowMmu, NativeMode):
+class BtMode(Hypervisor):
     name = "bt"
 
     def __init__(self, vm):
-        NativeMode.__init__(self, vm)
+        super().__init__(vm)
         eng = vm.engine
-        self.init_shadow()
+        self.mmu = ShadowMmu(vm, self.pages, GuestPaging(vm, self.pages))
         self.translator = Translator(vm.read_code, eng.hook_code_site, eng.remove_hook, self.events)
         self.code_watchers.append(self)
         self._fetch_address: int | None = None
         self.operands = Emulator(self)  # effective addresses of INVLPG operands
+        self.exit_table[Callout] = self.callout
 
     def boot(self, image) -> None:
         if image.real_mode:
@@ -70,9 +70,9 @@ class BtMode(ShadowMmu, NativeMode):
 
     # -- the translation cache follows the code pages the CPU fetches -------------------------------
     def tlb_fill(self, vaddr, access):
-        if access == "fetch":
+        if access == ACCESS_FETCH:
             self._fetch_address = vaddr
-        return ShadowMmu.tlb_fill(self, vaddr, access)
+        return self.mmu.tlb_fill(vaddr, access)
 
     def fetch(self, linear_page: int, physical_page: int) -> None:
         entry, self._fetch_address = self._fetch_address, None
@@ -83,27 +83,29 @@ class BtMode(ShadowMmu, NativeMode):
 
     # -- callouts ----------------------------------------------------------------------------------
     def on_code_site(self, address: int) -> None:
-        eng = self.vm.engine
-        if eng.reg("cs") & 3:
+        if self.vm.engine.reg("cs") & 3:
             return  # user code runs directly
-        started = _clock()
         insn = self.translator.decoded.get(address)
         if insn is None:
             insn = next(decoder().disasm(self.vm.read_code(address), address, 1), None)
             if insn is None:
                 return
+        name = _tpr_name(insn) if tpr_operand(insn) is not None else callout_name(insn)
+        self.vm.dispatch(Callout(address=address, name=name, insn=insn))
+
+    def callout(self, exit: Callout) -> Outcome:
+        """Account the callout; the few instructions whose effect the VMM maintains (and a
+        patched TPR access) are performed here and skipped, the rest then run as they are."""
+        insn, eng = exit.insn, self.vm.engine
         if tpr_operand(insn) is not None:
-            name = _tpr_name(insn)
             if self._patched_tpr(insn):
-                eng.set_reg("eip", (address + insn.size) & 0xFFFFFFFF)
-            self.events.timed("callouts", name, started)
-            return
-        name = callout_name(insn)
-        emulate = _EMULATED.get(name)
+                eng.set_reg("eip", (exit.address + insn.size) & 0xFFFFFFFF)
+            return RESUME
+        emulate = _EMULATED.get(exit.name)
         if emulate is not None:
             emulate(self, insn)
-            eng.set_reg("eip", (address + insn.size) & 0xFFFFFFFF)
-        self.events.timed("callouts", name, started)
+            eng.set_reg("eip", (exit.address + insn.size) & 0xFFFFFFFF)
+        return RESUME
 
     def _write_cr(self, insn) -> None:
         eng = self.vm.engine
@@ -112,9 +114,9 @@ class BtMode(ShadowMmu, NativeMode):
         old = eng.reg(cr)
         eng.set_reg(cr, value)
         if cr == "cr3":
-            self.guest_cr3_loaded(value)
+            self.mmu.guest_cr3_loaded(value)
         elif (cr == "cr0" and (old ^ value) & PAGING_CR0_BITS) or (cr == "cr4" and (old ^ value) & PAGING_CR4_BITS):
-            self.paging_mode_changed()
+            self.mmu.paging_mode_changed()
 
     def _patched_tpr(self, insn) -> bool:
         """A task-priority access, patched as VMware and VirtualBox patched 32-bit kernels'
@@ -127,17 +129,14 @@ class BtMode(ShadowMmu, NativeMode):
             return False
         dst, src = insn.operands
         if dst.type == X86_OP_MEM:
-            self.mmio_write(APIC_TPR, dst.size, self.operands.read(insn, src, dst.size))
+            self.devices.mmio_write(APIC_TPR, dst.size, self.operands.read(insn, src, dst.size))
         else:
             self.events.add("mmio", f"read {APIC_TPR:#010x}")
             self.operands.set_reg(insn.reg_name(dst.reg), self.vm.board.mmio_bus.read(APIC_TPR, src.size))
         return True
 
     def _invlpg(self, insn) -> None:
-        self.guest_invlpg(self.operands.address(insn, insn.operands[0]))
-
-    def memory_counters(self) -> dict[str, int]:
-        return ShadowMmu.memory_counters(self)
+        self.mmu.guest_invlpg(self.operands.address(insn, insn.operands[0]))
 
 
 _EMULATED = {

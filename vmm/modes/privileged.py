@@ -1,7 +1,8 @@
 """Emulating a deprivileged kernel's privileged instructions against its virtual CPU.
 
-``trap`` mode calls :meth:`Emulator.emulate` when its ring-1 kernel raises #GP: the
-instruction at EIP is decoded (capstone) and, if it is one a ring-0 kernel may execute,
+``trap`` mode asks :meth:`Emulator.trapped` what its ring-1 kernel's #GP is and, through
+``VM.dispatch``, has :meth:`Emulator.execute` carry it out: the instruction at EIP is
+decoded (capstone) and, if it is one a ring-0 kernel may execute,
 applied to the virtual state the VMM keeps (virtual IF, CR0, GDTR, IDTR, TR, LDTR) or to
 the real machine where the VMM lets the guest own it (CR2-CR4, debug registers, MSRs,
 ports), then EIP moves past it. Anything else raises :class:`NotEmulated` and the #GP
@@ -15,10 +16,12 @@ from functools import lru_cache
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG
 
-from ..cpu.delivery import GP, Descriptor
+from ..cpu.delivery import GP, PF, Descriptor
 from ..cpu.faultaddr import effective_address
 from ..cpu.regs import CR0_TS, IF, debug_register
-from .shadowed import PAGING_CR4_BITS
+from ..mmu.paging import PageFault
+from ..vmx.exits import DECLINE, RESUME, Outcome, Reflect, TrappedInstruction
+from .memory import PAGING_CR4_BITS
 
 _WIDE = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi", "di": "edi", "sp": "esp", "bp": "ebp",
          "al": "eax", "bl": "ebx", "cl": "ecx", "dl": "edx"}
@@ -99,23 +102,33 @@ class Emulator:
             self._cache[key] = insn
         return insn
 
-    def emulate(self, error_code: int) -> str:
-        """Apply the instruction at EIP; returns its mnemonic for the statistics."""
-        eip = self.eng.reg("eip")
-        insn = self.decode(eip)
-        name = insn.mnemonic
-        handler = getattr(self, "op_" + name.replace(" ", "_"), None)
-        if handler is None:
-            raise NotEmulated(name)
+    def trapped(self, error_code: int) -> TrappedInstruction | None:
+        """The #GP at EIP as a trapped privileged instruction, or None if it is not one
+        this emulator knows (the #GP is then the guest's)."""
         try:
-            advance = handler(insn, error_code)
+            insn = self.decode(self.eng.reg("eip"))
+        except NotEmulated:
+            return None
+        name = insn.mnemonic
+        if getattr(self, "op_" + name.replace(" ", "_"), None) is None:
+            return None
+        return TrappedInstruction(name=_mov_label(insn) if name == "mov" else name, error_code=error_code, insn=insn)
+
+    def execute(self, insn, error_code: int) -> Outcome:
+        """Apply ``insn`` (at EIP) to the virtual state and move EIP past it."""
+        eip = self.eng.reg("eip")
+        name = insn.mnemonic
+        try:
+            advance = getattr(self, "op_" + name.replace(" ", "_"))(insn, error_code)
+        except NotEmulated:
+            return DECLINE
         except GuestFault as fault:
-            self.mode.reflect(fault.vector, fault.error_code)
-            return name + " (faulted)"
+            return Reflect(fault.vector, fault.error_code, label=name + " (faulted)")
+        except PageFault as pf:
+            return Reflect(PF, pf.error_code, pf.address, label="#PF while emulating")
         if advance is not False:
             self.eng.set_reg("eip", (eip + insn.size) & 0xFFFFFFFF)
-        label = _mov_label(insn) if name == "mov" else name
-        return label
+        return RESUME
 
     # -- interrupt flag, halt ----------------------------------------------------------------
     def op_cli(self, insn, _):

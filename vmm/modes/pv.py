@@ -19,7 +19,7 @@ import struct
 import time
 
 from ..cpu.delivery import GP, PF, Event, vector_name
-from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill, GuestMemoryError
+from ..cpu.engine import ACCESS_WRITE, PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill, GuestMemoryError
 from ..cpu.regs import CR0_ET, CR0_PE, CR0_PG, CR0_WP, CR4_PSE, IF, IOPL_SHIFT, VM
 from ..devices.debugexit import DEBUG_EXIT_PORT
 from ..mmu.paging import PageFault, Walker32, phys_reader, phys_writer
@@ -29,62 +29,60 @@ from ..pv.bounce import BounceDelivery, DomainCrash
 from ..pv.events import SharedInfo
 from ..pv.memory import PAGE_SHIFT, DomainMemory, HypercallError
 from ..vmx.exit_reasons import ExitReason
-from ..vmx.exits import VmExit
-from .native import PAGE_MASK, NativeMode
+from ..vmx.exits import RESUME, ExceptionExit, Hypercall, Outcome, StopVm
+from ..x86 import (CODE_RING0, CODE_RING3, DATA_RING0, DATA_RING3, EFLAGS, MSR, PAGE_MASK, PAGE_OFFSET_MASK,
+                   PAGE_SIZE, PAT_POWER_ON, SYSENTER_MSRS, Access, PFError, flat_descriptor)
+from ..x86.segments import ACCESS_DPL_SHIFT, ACCESS_TYPE_MASK
+from .hypervisor import Hypervisor
+from .memory import CodePages
 
 MACHINE_BASE = 0x10000000          # machine frame = pseudo-physical frame + 0x10000
-ERROR_P, ERROR_W, ERROR_U = 1, 2, 4
+HOST_MEMORY_BASE = 0xE0000000      # where the VMM's own host memory starts (vmm.vm.HOST_MEMORY_BASE)
 IOPL = 3 << IOPL_SHIFT
-SYSENTER_MSRS = (0x174, 0x175, 0x176)  # IA32_SYSENTER_CS, _ESP, _EIP
-IA32_PAT, PAT_POWER_ON = 0x277, 0x0007040600070406
+IA32_PAT = MSR.PAT
+RING1 = 1 << ACCESS_DPL_SHIFT       # an access byte's DPL field, at ring 1
+U32_MASK, SELECTOR_BITS = 0xFFFFFFFF, 0xFFFF
+ACCESS_BYTE_SHIFT = 8               # a descriptor's access byte: bits 15:8 of its high dword
 # SCHEDOP_shutdown reason -> isa-debug-exit value, so that `vmm run` exits as QEMU would
 # had the guest written that value to port 0xf4: poweroff = EXIT_OK (status 1).
 SHUTDOWN_EXIT_VALUE = {abi.Shutdown.poweroff: 0, abi.Shutdown.reboot: 1, abi.Shutdown.suspend: 2,
                        abi.Shutdown.crash: 0x7F, abi.Shutdown.watchdog: 0x7F}
 _clock = time.perf_counter
+HYPERCALL_ARGUMENTS = ("ebx", "ecx", "edx", "esi", "edi")  # the x86_32 hypercall ABI
 
 
 def _descriptor(access: int) -> bytes:
     """A flat 4 GiB descriptor (G, D) with the accessed bit already set: the CPU never
     needs to write the read-only GDT page."""
-    return struct.pack("<HHBBBB", 0xFFFF, 0, 0, access | 1, 0xCF, 0)
+    return struct.pack("<Q", flat_descriptor(access | Access.ACCESSED))
 
 
-class PvMode(NativeMode):
-    name = "pv"
+class DirectPaging:
+    """Xen's direct paging, as an MMU strategy: the guest's page tables hold machine
+    frames, the walker reads machine memory (only the domain's: every table was
+    validated before the MMU used it), and the VMM's linear area (GDT, shared info) is
+    answered before the guest's tables are asked."""
 
-    def __init__(self, vm, hypercall_page: int | None = None):
-        super().__init__(vm)
+    name = "direct paging"
+
+    def __init__(self, vm, pages: CodePages, events):
+        self.vm = vm
         self.engine = vm.engine
-        # Direct paging: the tables hold machine addresses, so the walker reads machine
-        # memory, and only the domain's (every table was validated before the MMU used it).
+        self.pages = pages
+        self.events = events
         self.walker = Walker32(phys_reader(self._read_machine), phys_writer(self._write_machine))
-        self.delivery = BounceDelivery(self)
-        self.exit_table[ExitReason.EXCEPTION_NMI] = self.exception
-        self.traps: dict[int, tuple[int, int, int]] = {}
-        self.kernel_stack: tuple[int, int] | None = None
-        self.callbacks = None
-        self.debugregs = {n: 0 for n in (0, 1, 2, 3, 6, 7)}
-        self.msrs = dict.fromkeys(SYSENTER_MSRS, 0)
-        self.msrs[IA32_PAT] = PAT_POWER_ON
-        self.hypercall_page_override = hypercall_page
-        self._pending = None               # a ring change to make outside emulation
-        self._blocked = False
-        self._guest_gdt_entries = 0
+        self.tlb_fills = 0
+        self.mem: DomainMemory | None = None
 
-    # -- memory: machine frames, the VMM's area ------------------------------------------
     def map_guest_ram(self) -> None:
-        vm, eng = self.vm, self.vm.engine
-        if MACHINE_BASE + vm.ram_size > 0xE0000000:
-            raise ValueError(f"pv mode gives a domain at most {(0xE0000000 - MACHINE_BASE) >> 20} MiB")
+        vm, eng = self.vm, self.engine
+        if MACHINE_BASE + vm.ram_size > HOST_MEMORY_BASE:
+            raise ValueError(f"pv mode gives a domain at most {(HOST_MEMORY_BASE - MACHINE_BASE) >> 20} MiB")
         eng.map_ram(MACHINE_BASE, vm.ram_size)
         self.mem = DomainMemory(eng.read_phys, eng.write_phys, MACHINE_BASE, vm.ram_size >> PAGE_SHIFT)
         self.gdt_host = vm.host_alloc(abi.GDT_SIZE)
-        self.shared_host = vm.host_alloc(0x1000)
+        self.shared_host = vm.host_alloc(PAGE_SIZE)
         self.mem.extra_mappable.add(self.shared_host >> PAGE_SHIFT)
-        self.shared = SharedInfo(eng, self.shared_host)
-        self.access = GuestAccess(lambda linear, write, user: self.walk(linear, write, user, set_ad=False),
-                                  self.mem, eng)
 
     def _domain_range(self, address: int, size: int, access: str) -> None:
         if not self.mem.owns(address >> PAGE_SHIFT) or not self.mem.owns((address + size - 1) >> PAGE_SHIFT):
@@ -103,7 +101,7 @@ class PvMode(NativeMode):
         return self.mem.mappable(page >> PAGE_SHIFT)
 
     def write_guest(self, gpa: int, data: bytes) -> None:
-        self.vm.engine.write_phys(MACHINE_BASE + gpa, data)
+        self.engine.write_phys(MACHINE_BASE + gpa, data)
 
     def _vmm_page(self, linear: int) -> tuple[int, int] | None:
         """(host page, permissions) of a page in the VMM's linear area the guest may see."""
@@ -115,14 +113,26 @@ class PvMode(NativeMode):
         return None
 
     def tlb_fill(self, vaddr: int, access: str):
+        walks = self.vm.bus.walk
+        if not walks:
+            return self._fill(vaddr, access)
+        before = self.walker.references
+        answer = self._fill(vaddr, access)
+        for observe in walks:
+            observe(vaddr, self.walker.references - before)
+        return answer
+
+    def _fill(self, vaddr: int, access: str):
         self.tlb_fills += 1
-        eng = self.vm.engine
+        eng = self.engine
         user = eng.reg("cs") & 3 == 3 and not abi.GDT_VIRT <= vaddr < abi.GDT_VIRT + abi.GDT_SIZE
-        write = access == "write"
+        write = access == ACCESS_WRITE
+        w = PFError.WR if write else 0
+        u = PFError.US if user else 0
         if vaddr >= abi.HYPERVISOR_VIRT_START:
             vmm = self._vmm_page(vaddr)
             if vmm is None or user or (write and not vmm[1] & PROT_WRITE):
-                return Fault(PF, ERROR_P * (vmm is not None) | ERROR_W * write | ERROR_U * user, vaddr, access)
+                return Fault(PF, (PFError.P if vmm is not None else 0) | w | u, vaddr, access)
             return Fill(vmm[0], vmm[1])
         try:
             t = self.walk(vaddr, write, user)
@@ -130,19 +140,19 @@ class PvMode(NativeMode):
             return Fault(PF, pf.error_code, pf.address, access)
         if t is None:  # paging off: only before the builder's tables are loaded (VM._load)
             if vaddr >= self.vm.ram_size:
-                return Fault(PF, ERROR_W * write | ERROR_U * user, vaddr, access)
+                return Fault(PF, w | u, vaddr, access)
             return Fill(MACHINE_BASE + (vaddr & PAGE_MASK), PROT_READ | PROT_WRITE | PROT_EXEC)
         frame = t.physical >> PAGE_SHIFT
         if not self.mem.mappable(frame):
-            return Fault(PF, ERROR_P | ERROR_W * write | ERROR_U * user, vaddr, access)
+            return Fault(PF, PFError.P | w | u, vaddr, access)
         protected = frame in self.mem.pt_frames
         if write and protected:
             self.events.add("pv", "writes to page-table frames refused")
-            return Fault(PF, ERROR_P | ERROR_W | ERROR_U * user, vaddr, access)
+            return Fault(PF, PFError.P | PFError.WR | u, vaddr, access)
         perms = PROT_READ | PROT_EXEC
         if t.writable and (t.dirty or write) and not protected:
             perms |= PROT_WRITE
-        return self.fill(vaddr & PAGE_MASK, t.physical & PAGE_MASK, perms, access)
+        return self.pages.fill(vaddr & PAGE_MASK, t.physical & PAGE_MASK, perms, access)
 
     def walk(self, linear: int, write: bool, user: bool, set_ad: bool = True):
         """The guest's tables, paging being always on once the builder has run (CR0.PG is
@@ -156,14 +166,59 @@ class PvMode(NativeMode):
     def translate(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> int:
         vmm = self._vmm_page(linear) if linear >= abi.HYPERVISOR_VIRT_START else None
         if vmm is not None:
-            return vmm[0] + (linear & 0xFFF)
+            return vmm[0] + (linear & PAGE_OFFSET_MASK)
         t = self.walk(linear, write, user, set_ad)
         return MACHINE_BASE + linear if t is None else t.physical
+
+    # the guest's tables change only through mmu_update, which flushes what it must
+    def guest_cr3_loaded(self, value: int) -> None:
+        self.engine.flush_tlb()
+
+    def paging_mode_changed(self) -> None:
+        self.engine.flush_tlb()
+
+    def guest_invlpg(self, linear: int) -> None:
+        self.engine.flush_tlb()
 
     def memory_counters(self) -> dict[str, int]:
         return {"TLB fills (direct-paging walks)": self.tlb_fills,
                 "page-table frames": len(self.mem.pt_frames),
                 "page tables validated": self.mem.validations}
+
+
+class PvMode(Hypervisor):
+    name = "pv"
+
+    def __init__(self, vm, hypercall_page: int | None = None):
+        super().__init__(vm)
+        self.engine = vm.engine
+        self.mmu = DirectPaging(vm, self.pages, self.events)
+        self.walker = self.mmu.walker   # the walk references the cost model counts (RunObserver)
+        self.delivery = BounceDelivery(self)
+        self.exit_table[ExitReason.EXCEPTION_NMI] = self.exception
+        self.exit_table[Hypercall] = self.hypercall
+        self.traps: dict[int, tuple[int, int, int]] = {}
+        self.kernel_stack: tuple[int, int] | None = None
+        self.callbacks = None
+        self.debugregs = {n: 0 for n in (0, 1, 2, 3, 6, 7)}
+        self.msrs = dict.fromkeys(SYSENTER_MSRS, 0)
+        self.msrs[IA32_PAT] = PAT_POWER_ON
+        self.hypercall_page_override = hypercall_page
+        self._pending = None               # a ring change to make outside emulation
+        self._blocked = False
+        self._guest_gdt_entries = 0
+
+    # -- memory: the direct-paging strategy's ------------------------------------------
+    def map_guest_ram(self) -> None:
+        mmu = self.mmu
+        mmu.map_guest_ram()
+        self.mem, self.gdt_host, self.shared_host = mmu.mem, mmu.gdt_host, mmu.shared_host
+        self.shared = SharedInfo(self.engine, self.shared_host)
+        self.access = GuestAccess(lambda linear, write, user: mmu.walk(linear, write, user, set_ad=False),
+                                  self.mem, self.engine)
+
+    def is_guest_physical(self, page: int) -> bool:
+        return self.mmu.is_guest_physical(page)
 
     # -- boot ----------------------------------------------------------------------------------
     def boot(self, image) -> None:
@@ -177,8 +232,9 @@ class PvMode(NativeMode):
             image.hypercall_page = self.hypercall_page_override
         state = builder.build(self.mem, image, self.shared_host)
         eng = self.vm.engine
-        reserved = {abi.HYPERVISOR_CS: 0x9A, abi.HYPERVISOR_DS: 0x92, abi.FLAT_RING1_CS: 0xBA,
-                    abi.FLAT_RING1_DS: 0xB2, abi.FLAT_RING3_CS: 0xFA, abi.FLAT_RING3_DS: 0xF2}
+        reserved = {abi.HYPERVISOR_CS: CODE_RING0, abi.HYPERVISOR_DS: DATA_RING0,
+                    abi.FLAT_RING1_CS: CODE_RING0 | RING1, abi.FLAT_RING1_DS: DATA_RING0 | RING1,
+                    abi.FLAT_RING3_CS: CODE_RING3, abi.FLAT_RING3_DS: DATA_RING3}
         for selector, access in reserved.items():
             eng.write_phys(self.gdt_host + (selector & ~7), _descriptor(access))
         eng.set_table("gdtr", abi.GDT_VIRT, abi.GDT_SIZE - 1)
@@ -186,7 +242,7 @@ class PvMode(NativeMode):
         eng.set_reg("cr4", CR4_PSE)
         eng.set_reg("cr3", state.cr3)
         eng.set_reg("cr0", CR0_PE | CR0_ET | CR0_WP | CR0_PG)
-        self._enter(image.entry, abi.FLAT_KERNEL_CS, 0x202, state.stack_top, abi.FLAT_KERNEL_DS)
+        self._enter(image.entry, abi.FLAT_KERNEL_CS, EFLAGS.IF | EFLAGS.FIXED, state.stack_top, abi.FLAT_KERNEL_DS)
         for seg in ("ds", "es", "fs", "gs"):
             eng.set_reg(seg, abi.FLAT_KERNEL_DS)
         for reg in ("eax", "ebx", "ecx", "edx", "edi", "ebp"):
@@ -243,6 +299,11 @@ class PvMode(NativeMode):
                 self.events.add("pv", "int 0x80 direct to the guest")
                 self.vm.inject(Event(vector, "software"))
                 return
+        if software and vector == abi.HYPERCALL_VECTOR and eng.reg("cs") & 3 == abi.GUEST_KERNEL_RPL:
+            nr = eng.reg("eax")
+            self.vm.dispatch(Hypercall(number=nr, name=abi.HYPERCALL_NAMES.get(nr, f"unknown ({nr})"),
+                                       args=tuple(eng.reg(r) for r in HYPERCALL_ARGUMENTS)))
+            return
         super().on_exception(vector, error_code, software)
 
     def on_port_in(self, port: int, size: int) -> int:
@@ -253,14 +314,12 @@ class PvMode(NativeMode):
         self.events.add("pv", "emulated I/O")
         super().on_port_out(port, size, value)
 
-    def exception(self, exit: VmExit) -> None:
-        info, eng = exit.info, self.vm.engine
-        vector, software = info["vector"], info.get("software")
+    def exception(self, exit: ExceptionExit) -> Outcome:
+        eng = self.vm.engine
+        vector, software = exit.vector, exit.software
         cpl = eng.reg("cs") & 3
         try:
-            if software and vector == abi.HYPERCALL_VECTOR and cpl == abi.GUEST_KERNEL_RPL:
-                self.hypercall()
-            elif vector == GP and not software and cpl == abi.GUEST_KERNEL_RPL and self._emulate_msr():
+            if vector == GP and not software and cpl == abi.GUEST_KERNEL_RPL and self._emulate_msr():
                 pass
             elif software and vector not in (3, 4):  # INT n (INT3 and INTO are traps of their own)
                 entry = self.traps.get(vector)
@@ -273,9 +332,10 @@ class PvMode(NativeMode):
                     self.vm.inject(Event(vector, "software"))
             else:
                 self.events.add("bounce frames", vector_name(vector))
-                self.vm.inject(Event(vector, "exception", info.get("error_code"), info.get("cr2")))
+                self.vm.inject(Event(vector, "exception", exit.error_code, exit.cr2))
         except DomainCrash as crash:
-            self.vm.stop_guest(f"domain crashed: {crash}")
+            return StopVm(f"domain crashed: {crash}")
+        return RESUME
 
     def _emulate_msr(self) -> bool:
         """RDMSR/WRMSR fault in ring 1; like Xen's emulate_privileged_op, the VMM emulates
@@ -293,30 +353,30 @@ class PvMode(NativeMode):
             self.msrs[msr] = eng.reg("edx") << 32 | eng.reg("eax")
             self.events.add("pv", "emulated WRMSR")
         else:
-            eng.set_reg("eax", self.msrs[msr] & 0xFFFFFFFF)
+            eng.set_reg("eax", self.msrs[msr] & U32_MASK)
             eng.set_reg("edx", self.msrs[msr] >> 32)
             self.events.add("pv", "emulated RDMSR")
         eng.set_reg("eip", eip + 2)
         return True
 
     # -- hypercalls ------------------------------------------------------------------------------
-    def hypercall(self) -> None:
-        eng = self.vm.engine
-        nr = eng.reg("eax")
-        handler = hypercalls.HANDLERS.get(nr)
-        name = abi.HYPERCALL_NAMES.get(nr, f"unknown ({nr})")
-        started = _clock()
+    def hypercall(self, exit: Hypercall) -> Outcome:
+        """One hypercall, by number from the ABI's table (:mod:`vmm.pv.hypercalls`); the
+        result goes to EAX, a failure as -errno."""
+        handler = hypercalls.HANDLERS.get(exit.number)
         try:
             if handler is None:
-                raise HypercallError(abi.Errno.ENOSYS, f"hypercall {nr}")
-            result = handler(self, eng.reg("ebx"), eng.reg("ecx"), eng.reg("edx"), eng.reg("esi"), eng.reg("edi"))
+                raise HypercallError(abi.Errno.ENOSYS, f"hypercall {exit.number}")
+            result = handler(self, *exit.args)
         except HypercallError as err:
-            self.events.add("hypercall errors", f"{name}: -{err.errno.name}")
+            self.events.add("hypercall errors", f"{exit.name}: -{err.errno.name}")
             self.last_error = str(err)
             result = abi.neg(err.errno)
+        except DomainCrash as crash:
+            return StopVm(f"domain crashed: {crash}")
         if result is not None:
-            eng.set_reg("eax", result)
-        self.events.timed("hypercalls", name, started)
+            self.vm.engine.set_reg("eax", result)
+        return RESUME
 
     def hypercall_iret(self):
         """HYPERVISOR_iret: pop EAX, EIP, CS, EFLAGS (and ESP, SS to ring 3) off the guest
@@ -324,7 +384,7 @@ class PvMode(NativeMode):
         eng = self.vm.engine
         esp = eng.reg("esp")
         eax, eip, cs, eflags = struct.unpack("<IIII", self.access.read(esp, 16))
-        cs &= 0xFFFF
+        cs &= SELECTOR_BITS
         if cs & 3 == 3:
             esp, ss = struct.unpack("<II", self.access.read(esp + 16, 8))
         elif cs & 3 == abi.GUEST_KERNEL_RPL:
@@ -333,7 +393,7 @@ class PvMode(NativeMode):
             raise HypercallError(abi.Errno.EINVAL, f"iret to ring 0 (CS {cs:#x})")
         self.shared.set_mask(not eflags & IF)
         eng.set_reg("eax", eax)
-        self.transfer(eip, cs, (eflags & ~(IOPL | VM)) | IF | 2, esp, ss & 0xFFFF)
+        self.transfer(eip, cs, (eflags & ~(IOPL | VM)) | IF | EFLAGS.FIXED, esp, ss & SELECTOR_BITS)
         if not eflags & IF or self.shared.upcall_pending:
             self.kick()
         return None
@@ -357,14 +417,14 @@ class PvMode(NativeMode):
     # -- GDT -------------------------------------------------------------------------------------
     def check_descriptor(self, index: int, lo: int, hi: int) -> tuple[int, int]:
         """Xen's check_descriptor: code and data only, never DPL 0 (raised to 1)."""
-        if not hi & 0x8000:
+        if not hi & Access.P << ACCESS_BYTE_SHIFT:
             return lo, hi
-        if not hi & 0x1000:
+        if not hi & Access.S << ACCESS_BYTE_SHIFT:
             raise HypercallError(abi.Errno.EINVAL, f"GDT entry {index}: system descriptor "
-                                 f"(type {hi >> 8 & 0xF}) not allowed")
-        if not hi >> 13 & 3:
-            hi |= abi.GUEST_KERNEL_RPL << 13
-        return lo, hi | 0x100
+                                 f"(type {hi >> ACCESS_BYTE_SHIFT & ACCESS_TYPE_MASK}) not allowed")
+        if not hi & Access.DPL << ACCESS_BYTE_SHIFT:
+            hi |= abi.GUEST_KERNEL_RPL << (ACCESS_DPL_SHIFT + ACCESS_BYTE_SHIFT)
+        return lo, hi | Access.ACCESSED << ACCESS_BYTE_SHIFT
 
     def load_gdt(self, descriptors, raised: int = 0) -> None:
         """Install validated guest descriptors below the VMM's reserved entries."""

@@ -2,7 +2,7 @@
 
 The guest kernel runs unmodified in ring 1. The VMM owns what the CPU uses: a shadow
 GDT (the guest's descriptors with DPL 0 turned into DPL 1, plus the VMM's own), its own
-IDT and TSS, and shadow page tables (:mod:`vmm.modes.shadowed`). The guest's CPU state
+IDT and TSS, and shadow page tables (:class:`vmm.modes.memory.ShadowMmu`). The guest's CPU state
 that ring 1 may not touch is virtual: IF, CR0, GDTR, IDTR, TR, LDTR.
 
 Every privileged instruction of the kernel (CLI, STI, HLT, LGDT, LIDT, LTR, LLDT, MOV
@@ -29,14 +29,14 @@ import struct
 import time
 
 from ..cpu.delivery import GP, PF, Descriptor, EventDelivery
-from ..cpu.engine import PROT_READ, Fault, Fill, GuestMemoryError
-from ..cpu.regs import IF
+from ..cpu.engine import ACCESS_WRITE, PROT_READ, Fault, Fill, GuestMemoryError
 from ..mmu.paging import PageFault
-from .native import NativeMode
-from .privileged import Emulator, NotEmulated
-from .shadowed import ShadowMmu
+from ..vmx.exits import DECLINE, Outcome, TrappedInstruction
+from ..x86 import CR0, EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE, PFError
+from .hypervisor import Hypervisor
+from .memory import PAGING_CR0_BITS, GuestPaging, ShadowMmu
+from .privileged import Emulator
 
-PAGE_MASK = 0xFFFFF000
 VMM_LINEAR = 0xFFFC0000       # the VMM's part of every address space (up to the trampoline)
 VMM_END = 0xFFFE0000
 SHADOW_GDT = VMM_LINEAR       # 64 KiB: any guest GDT fits, and the VMM's own slots
@@ -44,8 +44,9 @@ VMM_IDT = VMM_LINEAR + 0x10000
 VMM_TSS = VMM_LINEAR + 0x11000
 VMM_AREA_SIZE = 0x12000
 VMM_CS, VMM_SS, VMM_TSS_SEL = 0xFFE8, 0xFFF0, 0xFFF8
-IOPL = 3 << 12
-CR0_NE = 1 << 5   # the VMM runs with native FPU error reporting: SMSW shows it
+IOPL = EFLAGS.IOPL
+IF = EFLAGS.IF
+CR0_NE = CR0.NE   # the VMM runs with native FPU error reporting: SMSW shows it
 
 
 def _descriptor(base: int, limit: int, access: int, flags: int) -> int:
@@ -101,15 +102,15 @@ class TrapDelivery(EventDelivery):
         eng.set_reg("eip", eip)
 
 
-class TrapMode(ShadowMmu, NativeMode):
+class TrapMode(Hypervisor):
     name = "trap"
 
     def __init__(self, vm):
-        NativeMode.__init__(self, vm)
-        self.init_shadow()
+        super().__init__(vm)
+        self.vcr0 = 0
+        self.mmu = ShadowMmu(vm, self.pages, GuestPaging(vm, self.pages, guest_cr0=lambda: self.vcr0))
         self.vmm_area = vm.host_alloc(VMM_AREA_SIZE)
         self.vif = False
-        self.vcr0 = 0
         self.virtual_tables = {"gdtr": (0, 0, 0), "idtr": (0, 0, 0), "tr": (0, 0, 0), "ldtr": (0, 0, 0)}
         self.delivery = TrapDelivery(self)
         self.emulator = Emulator(self)
@@ -117,6 +118,7 @@ class TrapMode(ShadowMmu, NativeMode):
         self.gdt_dirty = False                     # the guest wrote its GDT: rebuild at the next trap
         self._restore_limit: int | None = None     # GDTR limit to restore after a deferred ring entry
         self.code_watchers.append(self)  # guest GDT pages are traced through the same policy
+        self.exit_table[TrappedInstruction] = self.emulate
 
     # -- boot: the Multiboot state, moved to ring 1 ------------------------------------------
     def boot(self, image) -> None:
@@ -182,11 +184,20 @@ class TrapMode(ShadowMmu, NativeMode):
         return self.vcr0
 
     def set_cr0(self, value: int) -> None:
-        from .shadowed import PAGING_CR0_BITS
         old, self.vcr0 = self.vcr0, value
         self.vm.engine.set_reg("cr0", value | CR0_NE)
         if (old ^ value) & PAGING_CR0_BITS:
-            self.paging_mode_changed()
+            self.mmu.paging_mode_changed()
+
+    # the paging-state changes the emulator applies (the shadow follows them)
+    def guest_cr3_loaded(self, value: int) -> None:
+        self.mmu.guest_cr3_loaded(value)
+
+    def paging_mode_changed(self) -> None:
+        self.mmu.paging_mode_changed()
+
+    def guest_invlpg(self, linear: int) -> None:
+        self.mmu.guest_invlpg(linear)
 
     # -- descriptor tables -----------------------------------------------------------------------
     def load_gdt(self, base: int, limit: int) -> None:
@@ -200,7 +211,7 @@ class TrapMode(ShadowMmu, NativeMode):
         size = min(limit + 1, 0x10000)
         raw = bytearray()
         while len(raw) < size:  # page by page: an unmapped part reads as not-present descriptors
-            chunk = min(size - len(raw), 0x1000 - ((base + len(raw)) & 0xFFF))
+            chunk = min(size - len(raw), PAGE_SIZE - ((base + len(raw)) & PAGE_OFFSET_MASK))
             try:
                 raw += self.read_guest((base + len(raw)) & 0xFFFFFFFF, chunk)
             except (PageFault, GuestMemoryError):
@@ -212,15 +223,15 @@ class TrapMode(ShadowMmu, NativeMode):
         vmm = struct.pack("<QQ", _descriptor(0, 0xFFFFF, 0x9B, 0xC), _descriptor(0, 0xFFFFF, 0x93, 0xC))
         self._write_vmm(VMM_CS, vmm)
         frames = set()
-        for offset in range(0, size, 0x1000):
+        for offset in range(0, size, PAGE_SIZE):
             try:
                 frames.add(self.translate((base + offset) & 0xFFFFFFFF, False, False, set_ad=False) & PAGE_MASK)
             except (PageFault, GuestMemoryError):
                 pass
-        # The guest's GDT pages are mapped read-only (the code-page policy of NativeMode.fill)
+        # The guest's GDT pages are mapped read-only (the code-page policy of CodePages.fill)
         # so that a store to one reaches the VMM, which rebuilds the shadow at its next trap.
         self.gdt_frames = frames
-        self.code_frames |= frames
+        self.pages.frames |= frames
         self.vm.engine.flush_tlb()
 
     def read_guest(self, linear: int, size: int) -> bytes:
@@ -237,9 +248,6 @@ class TrapMode(ShadowMmu, NativeMode):
     def write_guest_linear(self, linear: int, data: bytes) -> None:
         self.vm.write_linear(linear, data)
 
-    def reflect(self, vector: int, error_code: int | None) -> None:
-        """An exception the emulated instruction raises in the guest."""
-        NativeMode.on_exception(self, vector, error_code or 0, False)
 
     def _write_vmm(self, offset: int, data: bytes) -> None:
         self.vm.engine.write_phys(self.vmm_area + offset, data)
@@ -255,10 +263,11 @@ class TrapMode(ShadowMmu, NativeMode):
     # -- memory ----------------------------------------------------------------------------------
     def tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
         if VMM_LINEAR <= vaddr < VMM_END:
-            if access == "write":  # readable (the CPU reads its tables there), never writable
-                return Fault(PF, 3 | (4 if self.real_cpl() == 3 else 0), vaddr, access)
+            if access == ACCESS_WRITE:  # readable (the CPU reads its tables there), never writable
+                user = PFError.US if self.real_cpl() == 3 else 0
+                return Fault(PF, PFError.P | PFError.WR | user, vaddr, access)
             return Fill(self.vmm_area + (vaddr & PAGE_MASK) - VMM_LINEAR, PROT_READ)
-        return ShadowMmu.tlb_fill(self, vaddr, access)
+        return self.mmu.tlb_fill(vaddr, access)
 
     # -- traps ---------------------------------------------------------------------------------
     def on_slice_end(self) -> None:
@@ -275,19 +284,14 @@ class TrapMode(ShadowMmu, NativeMode):
     def on_exception(self, vector: int, error_code: int, software: bool) -> None:
         self._settle()
         if vector == GP and not software and self.real_cpl() == 1:
-            started = time.perf_counter()
-            try:
-                name = self.emulator.emulate(error_code)
-            except NotEmulated:
-                name = None
-            except PageFault as pf:
-                self.events.timed("traps", "#PF while emulating", started)
-                self.on_fault(Fault(PF, pf.error_code, pf.address, "read"))
-                return
-            if name is not None:
-                self.events.timed("traps", name, started)
+            trapped = self.emulator.trapped(error_code)
+            if trapped is not None and self.vm.dispatch(trapped) is not DECLINE:
                 return
         super().on_exception(vector, error_code, software)
+
+    def emulate(self, exit: TrappedInstruction) -> Outcome:
+        """The #GP of a privileged instruction: apply it to the virtual CPU."""
+        return self.emulator.execute(exit.insn, exit.error_code)
 
     def on_port_in(self, port: int, size: int) -> int:
         started = time.perf_counter()

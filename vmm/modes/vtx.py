@@ -1,11 +1,13 @@
-"""``vtx``: the guest kernel at CPL0 in VMX non-root operation, a KVM-like hypervisor above.
+"""``vtx`` and ``vtx-ept``: the guest kernel at CPL0 in VMX non-root operation, a KVM-like
+hypervisor above.
 
-The processor side (which event exits, with what qualification) is
-:class:`vmm.vmx.nonroot.VmxNonRoot`; this module is the hypervisor: the VMCS it sets
-up, the one exit table, and a handler per exit reason doing what KVM's
-``kvm_vmx_exit_handlers`` would. Guest memory goes through shadow page tables
-(:mod:`vmm.mmu.shadow`): #PF, CR3-load and INVLPG exits keep them in step with the
-guest's own tables, as KVM did before EPT.
+The hypervisor *has* the processor side (:class:`vmm.vmx.processor.VmxProcessor`: the
+VMCS, which event exits and with what qualification); this module is the hypervisor:
+the VMCS it sets up, the one exit table, and a handler per exit reason doing what KVM's
+``kvm_vmx_exit_handlers`` would. Guest memory goes through the MMU strategy chosen for
+it: shadow page tables (:class:`vmm.modes.memory.ShadowMmu`), kept in step with the
+guest's own by #PF, CR3-load and INVLPG exits as KVM did before EPT; or, in
+``vtx-ept``, EPT (:class:`vmm.modes.vtx_ept.EptMmu`).
 
 The guest-state area of the VMCS is *live* while the guest runs: its register fields
 read and write the engine directly (KVM caches them in ``vcpu->arch.regs`` likewise),
@@ -17,121 +19,68 @@ from __future__ import annotations
 import struct
 
 from ..cpu.cpuid import host_cpuid
-from ..cpu.delivery import GP, PF, Descriptor, combine_events
-from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
-from ..mmu.hostmem import HostPages
-from ..mmu.paging import CR0_PG, PageFault
-from ..mmu.shadow import ShadowPaging
-from ..cpu.regs import IF, debug_register
+from ..cpu.delivery import GP, PF, UD, Descriptor, TripleFault, combine_events
+from ..cpu.engine import Fault, Fill
+from ..cpu.regs import debug_register
+from ..mmu.paging import PageFault
 from ..vmx import entry
 from ..vmx.controls import (ENTRY_DEFAULT1, EXIT_DEFAULT1, PINBASED_DEFAULT1, PROCBASED_DEFAULT1,
                             ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased, capability_msrs)
 from ..vmx.exit_reasons import ExitReason
-from ..vmx.exits import VmExit
-from ..vmx.nonroot import KVM_ENOSYS, VmxNonRoot, exits_for_exception
+from ..vmx.exits import (RESUME, CrAccessExit, DescriptorTableExit, DrAccessExit, EptMisconfigExit, ExceptionExit,
+                         Exit, ExternalInterruptExit, MsrExit, Outcome, ShadowPageFault, Value)
+from ..vmx.processor import KVM_ENOSYS, LIVE_REGISTERS, LIVE_SELECTORS, LIVE_TABLES, VmxProcessor, exits_for_exception
 from ..vmx.qualification import CrAccess, CrAccessType, InterruptionInfo, InterruptionType
-from ..vmx.vmcs import Field, Vmcs
-from .native import NativeMode
-from .shadowed import ShadowMmu, shadow_counters
-from .sites import CodeSites
+from ..vmx.sites import CodeSites
+from ..vmx.vmcs import Field
+from ..x86 import CR0, CR4, EFLAGS, MSR, PAT_POWER_ON, SYSENTER_MSRS, FeatureControl, Vector
+from .hypervisor import Hypervisor
+from .memory import PAGING_CR0_BITS, PAGING_CR4_BITS, GuestPaging, ShadowMmu
 
-PAGE_MASK = 0xFFFFF000
-PAGING_CR0_BITS = (1 << 31) | (1 << 16) | 1   # PG, WP, PE: the shadow is rebuilt when they change
-PAGING_CR4_BITS = (1 << 4) | (1 << 5) | (1 << 7)  # PSE, PAE, PGE
-R_EXCEPTION_NMI = ExitReason.EXCEPTION_NMI
-_ACTIVATE_SECONDARY = PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS._value_
-_ENABLE_VPID = SecondaryProcBased.ENABLE_VPID._value_
+CPUID_OUTPUTS = ("eax", "ebx", "ecx", "edx")
+HYPERVISOR_LEAF = 0x40000000             # CPUID: the hypervisor's signature and its highest leaf
 HYPERVISOR_SIGNATURE = b"VMMLabPython"   # CPUID 0x4000_0000 EBX, ECX, EDX
-HYPERVISOR_MAX_LEAF = 0x40000001
+HYPERVISOR_MAX_LEAF = HYPERVISOR_FEATURES_LEAF = 0x40000001
+EXTENDED_LEAVES = 0x80000000
+CPUID_1_ECX_VMX, CPUID_1_ECX_HYPERVISOR = 1 << 5, 1 << 31
 SUBLEAF_LEAVES = frozenset({4, 7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18})  # ECX selects a subleaf
-
-# Guest-state fields backed by the engine while the guest runs.
-LIVE_REGISTERS = {
-    Field.GUEST_CR0: "cr0", Field.GUEST_CR3: "cr3", Field.GUEST_CR4: "cr4",
-    Field.GUEST_RIP: "eip", Field.GUEST_RSP: "esp", Field.GUEST_RFLAGS: "eflags",
-    Field.GUEST_DR7: "dr7",
-}
-LIVE_SELECTORS = {
-    Field.GUEST_ES_SELECTOR: "es", Field.GUEST_CS_SELECTOR: "cs", Field.GUEST_SS_SELECTOR: "ss",
-    Field.GUEST_DS_SELECTOR: "ds", Field.GUEST_FS_SELECTOR: "fs", Field.GUEST_GS_SELECTOR: "gs",
-}
-LIVE_TABLES = {
-    Field.GUEST_GDTR_BASE: ("gdtr", 1), Field.GUEST_GDTR_LIMIT: ("gdtr", 2),
-    Field.GUEST_IDTR_BASE: ("idtr", 1), Field.GUEST_IDTR_LIMIT: ("idtr", 2),
-    Field.GUEST_TR_SELECTOR: ("tr", 0), Field.GUEST_LDTR_SELECTOR: ("ldtr", 0),
-}
+VMCS_LINK_POINTER_NONE = 0xFFFFFFFFFFFFFFFF
+VPID = 1                                 # this model's one vCPU's tag
+MISC_ENABLE_FAST_STRINGS = 1
+U64_MASK = (1 << 64) - 1
+U32_MASK = 0xFFFFFFFF
 
 # The exceptions KVM intercepts with shadow paging: #PF (shadow faults), #UD (emulation),
 # #AC (split-lock detection) and #MC.
-DEFAULT_EXCEPTION_BITMAP = (1 << PF) | (1 << 6) | (1 << 17) | (1 << 18)
+DEFAULT_EXCEPTION_BITMAP = (1 << Vector.PF) | (1 << Vector.UD) | (1 << Vector.AC) | (1 << Vector.MC)
 # CR0/CR4 bits the hypervisor owns (KVM without EPT: paging-related bits and caching).
-DEFAULT_CR0_MASK = (1 << 31) | (1 << 16) | (1 << 30) | (1 << 29) | (1 << 5)  # PG WP CD NW NE
-DEFAULT_CR4_MASK = (1 << 4) | (1 << 5) | (1 << 7) | (1 << 13)               # PSE PAE PGE VMXE
+DEFAULT_CR0_MASK = CR0.PG | CR0.WP | CR0.CD | CR0.NW | CR0.NE
+DEFAULT_CR4_MASK = CR4.PSE | CR4.PAE | CR4.PGE | CR4.VMXE
 
 # MSRs the hypervisor models (KVM's emulated set, trimmed to a 32-bit guest).
-IA32_TSC, IA32_APIC_BASE, IA32_FEATURE_CONTROL = 0x10, 0x1B, 0x3A
-IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP = 0x174, 0x175, 0x176
-IA32_MISC_ENABLE, IA32_PAT, IA32_MTRRCAP, IA32_EFER = 0x1A0, 0x277, 0xFE, 0xC0000080
-PASSTHROUGH_MSRS = (IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP, IA32_EFER)
+PASSTHROUGH_MSRS = (*SYSENTER_MSRS, MSR.EFER)
 
 
-class LiveVmcs(Vmcs):
-    """A VMCS whose guest register fields are the engine's registers while ``live``."""
+class VtxMode(Hypervisor):
+    """The VT-x hypervisor. It *has* a VMX processor (``cpu``, which owns the VMCS and
+    decides what exits) and an MMU strategy: shadow paging (``vtx``), or EPT's 2-D walks
+    (``vtx-ept``, ``ept=True``)."""
 
-    def __init__(self, engine):
-        super().__init__()
-        self.engine = engine
-        self.live = False
-
-    def read(self, encoding):
-        if self.live:
-            name = LIVE_REGISTERS.get(encoding) or LIVE_SELECTORS.get(encoding)
-            if name:
-                return self.engine.reg(name)
-            table = LIVE_TABLES.get(encoding)
-            if table:
-                return self.engine.table(table[0])[table[1]]
-        return super().read(encoding)
-
-    def write(self, encoding, value):
-        if self.live and encoding in LIVE_REGISTERS:
-            self.engine.set_reg(LIVE_REGISTERS[encoding], value)
-            return
-        super().write(encoding, value)
-
-    def capture(self) -> None:
-        """Copy the live guest state into the store (on stop, for dumps)."""
-        for field in (*LIVE_REGISTERS, *LIVE_SELECTORS, *LIVE_TABLES):
-            value = self.read(field)
-            self.live = False
-            self._store(field, False, value)
-            self.live = True
-
-
-class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
     name = "vtx"
 
-    def __init__(self, vm):
-        NativeMode.__init__(self, vm)
-        self.vmcs = LiveVmcs(vm.engine)
+    def __init__(self, vm, *, ept: bool = False, page_walk_cache: bool = False):
+        super().__init__(vm)
+        self.name = "vtx-ept" if ept else "vtx"
         self.sites = CodeSites(vm.engine, vm.read_code)
         self.code_watchers.append(self.sites)
-        self.io_bitmaps = (bytearray(0x1000), bytearray(0x1000))
-        self.msr_bitmap = bytearray(0x1000)
-        self._io_decode: dict[int, tuple[int, bool, bool]] = {}
-        self._vectoring = None
-        self._delivering = None
-        self._inject_cr2 = None
-        self._timer_start = 0
-        self.injected = 0
-        self.queued_irq: int | None = None
-        self.msrs: dict[int, int] = {IA32_PAT: 0x0007040600070406, IA32_MISC_ENABLE: 1}
-        self.delivery.intercept = self.intercept_nested_fault
+        self.cpu = self.processor = VmxProcessor(vm, self, self.sites)
+        self.vmcs = self.cpu.vmcs
+        self.queued_irq: int | None = None   # an interrupt held back for the interrupt window
+        self.msrs: dict[int, int] = {MSR.PAT: PAT_POWER_ON, MSR.MISC_ENABLE: MISC_ENABLE_FAST_STRINGS}
+        self.delivery.intercept = self.cpu.intercept_nested_fault
         host_cpuid()  # read once now, not inside the first CPUID exit
-        self.host_pages = HostPages(vm.host_alloc, vm.engine.read_phys, vm.engine.write_phys, vm.engine.read_u64)
-        self.shadow = ShadowPaging(self.host_pages, flush_tlb=self.request_flush)
-        self.tlb_flushes = 0
         self._set_up_vmcs()
+        self.ept = ept
         self.exit_table = {
             ExitReason.EXCEPTION_NMI: self.handle_exception,
             ExitReason.EXTERNAL_INTERRUPT: self.handle_external_interrupt,
@@ -150,9 +99,18 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
             ExitReason.MSR_WRITE: self.handle_wrmsr,
             ExitReason.GDTR_IDTR: self.handle_descriptor_table,
             ExitReason.LDTR_TR: self.handle_descriptor_table,
-            ExitReason.PREEMPTION_TIMER: lambda exit: None,
+            ExitReason.PREEMPTION_TIMER: self.handle_preemption_timer,
             ExitReason.WBINVD: self.handle_skip,
         }
+        if ept:
+            from .vtx_ept import EptMmu
+            self.mmu = EptMmu(vm, self.pages, self.cpu, page_walk_cache=page_walk_cache)
+            self.mmu.configure(self.vmcs)
+            self.exit_table[ExitReason.EPT_VIOLATION] = self.mmu.handle_violation
+            self.exit_table[ExitReason.EPT_MISCONFIG] = self.handle_ept_misconfig
+        else:
+            self.mmu = ShadowMmu(vm, self.pages, GuestPaging(vm, self.pages), true_faults="injected",
+                                 on_miss=self.shadow_miss)
 
     # -- the VMCS a KVM-like hypervisor writes ----------------------------------------------
     def _set_up_vmcs(self) -> None:
@@ -168,40 +126,18 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
                 | SecondaryProcBased.WBINVD_EXITING | SecondaryProcBased.ENABLE_VPID)
         v.write(Field.VM_EXIT_CONTROLS, EXIT_DEFAULT1 | ExitControls.ACK_INTERRUPT_ON_EXIT)
         v.write(Field.VM_ENTRY_CONTROLS, ENTRY_DEFAULT1)
-        v.write(Field.VIRTUAL_PROCESSOR_ID, 1)  # VPID on, as KVM enables it: no TLB flush per entry
+        v.write(Field.VIRTUAL_PROCESSOR_ID, VPID)  # VPID on, as KVM enables it: no TLB flush per entry
         v.write(Field.EXCEPTION_BITMAP, DEFAULT_EXCEPTION_BITMAP)
         v.write(Field.CR0_GUEST_HOST_MASK, DEFAULT_CR0_MASK)
         v.write(Field.CR4_GUEST_HOST_MASK, DEFAULT_CR4_MASK)
-        v.write(Field.VMCS_LINK_POINTER, 0xFFFFFFFFFFFFFFFF)
-        # Bitmaps live in host memory outside the guest; the VMM keeps a copy it reads.
-        for field, bitmap in ((Field.IO_BITMAP_A, self.io_bitmaps[0]), (Field.IO_BITMAP_B, self.io_bitmaps[1]),
-                              (Field.MSR_BITMAP, self.msr_bitmap)):
-            v.write(field, self.vm.host_alloc(0x1000))
-        self.msr_bitmap[:] = b"\xff" * 0x1000  # every RDMSR/WRMSR exits until the VMM says otherwise
-        self._sync_bitmap(Field.MSR_BITMAP, self.msr_bitmap)
+        v.write(Field.VMCS_LINK_POINTER, VMCS_LINK_POINTER_NONE)
+        self.cpu.allocate_bitmaps()   # in host memory outside the guest
 
     def set_io_intercept(self, port: int, on: bool = True) -> None:
-        bitmap = self.io_bitmaps[0 if port < 0x8000 else 1]
-        bit = port & 0x7FFF
-        bitmap[bit >> 3] = bitmap[bit >> 3] | (1 << (bit & 7)) if on else bitmap[bit >> 3] & ~(1 << (bit & 7))
-        self._sync_bitmap(Field.IO_BITMAP_A if port < 0x8000 else Field.IO_BITMAP_B, bitmap)
+        self.cpu.bitmaps.set_io(port, on)
 
     def set_msr_intercept(self, msr: int, *, read: bool, write: bool) -> None:
-        if msr <= 0x1FFF:
-            bases = (0, 0x800)
-        elif 0xC0000000 <= msr <= 0xC0001FFF:
-            bases = (0x400, 0xC00)
-        else:
-            return  # outside both ranges every RDMSR/WRMSR exits
-        index = msr & 0x1FFF
-        for base, on in zip(bases, (read, write)):
-            byte = base + (index >> 3)
-            self.msr_bitmap[byte] = (self.msr_bitmap[byte] | (1 << (index & 7)) if on
-                                     else self.msr_bitmap[byte] & ~(1 << (index & 7)))
-        self._sync_bitmap(Field.MSR_BITMAP, self.msr_bitmap)
-
-    def _sync_bitmap(self, field: Field, bitmap: bytearray) -> None:
-        self.vm.engine.write_phys(self.vmcs.read(field), bytes(bitmap))
+        self.cpu.bitmaps.set_msr(msr, read=read, write=write)
 
     # -- VMLAUNCH ---------------------------------------------------------------------------
     def launch(self) -> str | None:
@@ -223,11 +159,11 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
             return entry.entry_failure_report(problems, v)
         for field, name in LIVE_REGISTERS.items():
             eng.set_reg(name, v.read(field))
-        if eng.reg("cr0") & CR0_PG:
-            self.shadow.activate(eng.reg("cr3"))
+        if eng.reg("cr0") & CR0.PG:
+            self.mmu.guest_cr3_loaded(eng.reg("cr3"))
         v.live = True
         v.launched = True
-        self.vm_entry()
+        self.cpu.vm_entry()
         return None
 
     def entry_checks(self) -> list[str]:
@@ -245,160 +181,138 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
     def stopped(self) -> None:
         self.vmcs.capture()
 
-    # -- memory: shadow paging ----------------------------------------------------------------
-    def tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
-        """A TLB miss walks the shadow tables; a miss there is a #PF VM exit, handled
-        synchronously (the hidden fault costs an exit but no stop of the engine)."""
-        self.tlb_fills += 1
-        eng = self.vm.engine
-        page = vaddr & PAGE_MASK
-        if not eng.reg("cr0") & CR0_PG:  # guest paging off: the VMM's identity map
-            return self.fill(page, page, PROT_READ | PROT_WRITE | PROT_EXEC, access)
-        if self.shadow.root is None:
-            self.shadow.activate(eng.reg("cr3"))
-        write, user = access == "write", self._user_access(vaddr)
-        hit = self.shadow.lookup(vaddr, write, user)
-        if hit is not None:
-            host_page, writable = hit
-            return self.fill(page, host_page, PROT_READ | PROT_EXEC | (PROT_WRITE if writable else 0), access)
+    # -- memory: shadow paging's #PF exits ------------------------------------------------------
+    def shadow_miss(self, vaddr: int, write: bool, user: bool, access: str) -> Fill | Fault:
+        """A miss in the shadow tables: a #PF VM exit, handled synchronously inside the TLB
+        fill (the hidden fault costs an exit but no stop of the engine)."""
+        eng, mmu = self.vm.engine, self.mmu
         if not eng.running or eng.vmm_access:
             # The VMM's own access (a segment load while it delivers an event reads the
             # GDT through the MMU): fill the shadow from the guest's tables as KVM's
             # software walk would; there is no guest instruction to fault.
-            try:
-                t = self.walk(vaddr, write, user)
-            except PageFault as pf:
-                self.shadow.counters.true_faults += 1
-                return Fault(PF, pf.error_code, vaddr, access)
-            return self._shadow_fill(vaddr, write, access, t)
-        error = self.shadow.fault_error_code(vaddr, write, user)
+            return mmu.hidden_fault(vaddr, write, user, access)
+        error = mmu.shadow.fault_error_code(vaddr, write, user)
         if not exits_for_exception(self.vmcs, PF, error):
             # A hypervisor that lets this #PF through under shadow paging: the guest sees its
             # own faults; a miss its tables would satisfy (a hidden fault) can never be
             # filled, so the VM stops with why (KVM forces the #PF intercept without EPT).
             try:
-                self.walk(vaddr, write, user, set_ad=False)
+                mmu.walk(vaddr, write, user, set_ad=False)
             except PageFault as pf:
                 return Fault(PF, pf.error_code, vaddr, access)
             self.vm.stop_guest(f"shadow paging needs #PF exits: EXCEPTION_BITMAP and PAGE_FAULT_ERROR_CODE_"
                                f"MASK/MATCH let a hidden fault (error code {error:#x}) at {vaddr:#010x} "
                                f"through to the guest, and the shadow tables cannot be filled")
-        return self.vmexit(R_EXCEPTION_NMI, qualification=vaddr, linear=vaddr,
-                           intr_info=InterruptionInfo.exception(PF, True), intr_error=error, defer_entry=True,
-                           shadow=True, access=access, write=write, user=user, vector=PF, error_code=error)
+        return self.cpu.vmexit(ShadowPageFault(qualification=vaddr, linear=vaddr, vector=PF, error_code=error,
+                                               access=access, write=write, user=user),
+                               intr_info=InterruptionInfo.exception(PF, True), intr_error=error, defer_entry=True)
 
-    def shadow_page_fault(self, exit: VmExit) -> Fill | Fault:
+    def shadow_page_fault(self, exit: ShadowPageFault) -> Outcome:
         """KVM's FNAME(page_fault): walk the guest's tables; fill the shadow (hidden
         fault) or reflect the guest's own #PF (true fault)."""
-        info, vaddr = exit.info, exit.guest_linear
+        vaddr, mmu = exit.linear, self.mmu
         try:
-            t = self.walk(vaddr, info["write"], info["user"])
+            t = mmu.walk(vaddr, exit.write, exit.user)
         except PageFault as pf:
-            self.shadow.counters.true_faults += 1
+            mmu.shadow.counters.true_faults += 1
             self.inject_exception(PF, pf.error_code)
-            self._inject_cr2 = vaddr
-            return Fault(PF, pf.error_code, vaddr, info["access"], exited=True)
-        return self._shadow_fill(vaddr, info["write"], info["access"], t)
+            self.cpu.inject_cr2 = vaddr
+            return Value(Fault(PF, pf.error_code, vaddr, exit.access, exited=True))
+        return Value(mmu.sync(vaddr, exit.write, exit.access, t))
 
-    def _shadow_fill(self, vaddr: int, write: bool, access: str, t) -> Fill:
-        """Install the shadow entry for a successful guest walk and answer the fill."""
-        target = t.physical & PAGE_MASK
-        if write and self.shadow.is_protected(target):
-            self.shadow.guest_table_written(target)
-        host_page, writable = self.shadow.sync(vaddr, write, t)
-        perms = PROT_READ | PROT_EXEC | (PROT_WRITE if writable else 0)
-        return self.fill(vaddr & PAGE_MASK, host_page, perms, access)
+    def on_mmio(self, address: int, size: int, value: int | None) -> int | None:
+        if not self.ept:
+            return self.devices.mmio(address, size, value)
+        if value is not None and self.devices.replayed_store(address, size, value):
+            return None  # Unicorn's replay of a store already emulated (DeviceAccess.mmio_write)
+        return self.cpu.vmexit(EptMisconfigExit(gpa=address, address=address, size=size, value=value),
+                               defer_entry=True)
 
-    def on_fault(self, fault) -> None:
-        if fault.exited:  # the #PF exit already ran; this is its VM entry, injecting it
-            self._inject_cr2 = fault.address
-            self.vm_entry()
-            return
-        super().on_fault(fault)
+    def handle_ept_misconfig(self, exit: EptMisconfigExit) -> Outcome:
+        """KVM's MMIO path: emulate the access on the device model."""
+        if exit.value is None:
+            return Value(self.vm.board.mmio_bus.read(exit.address, exit.size))
+        self.devices.mmio_write(exit.address, exit.size, exit.value)
+        return RESUME
 
-    def request_flush(self) -> None:
-        """Flush Unicorn's TLB now. Safe inside the TLB-fill hook (QEMU's own MOV CR3
-        helper flushes in the middle of a translation block); stopping emulation there
-        instead would abort and restart the faulting instruction."""
-        self.vm.engine.flush_tlb()
+    def invept(self, single_context: bool = False) -> None:
+        """INVEPT (vtx-ept): drop cached EPT-derived translations."""
+        self.mmu.invept(single_context)
 
-    def flush_on_entry(self, deferred: bool) -> None:
-        """Without VPID every VM entry starts with an empty TLB (SDM §28.3.3.1)."""
-        v = self.vmcs._values  # every entry passes here: plain dict reads
-        if (v.get(Field.CPU_BASED_VM_EXEC_CONTROL, 0) & _ACTIVATE_SECONDARY
-                and v.get(Field.SECONDARY_VM_EXEC_CONTROL, 0) & _ENABLE_VPID
-                and v.get(Field.VIRTUAL_PROCESSOR_ID, 0)):
-            return
-        self.tlb_flushes += 1
-        if deferred:
-            self.request_flush()
-        else:
-            self.vm.engine.flush_tlb()
+    def invvpid(self, vpid: int | None = None) -> None:
+        """INVVPID (vtx-ept): drop the translations tagged with this VPID."""
+        self.mmu.invvpid(vpid)
 
     def memory_counters(self) -> dict[str, int]:
-        return {**shadow_counters(self.shadow, "injected"), "TLB flushes on VM entry": self.tlb_flushes}
+        return {**self.mmu.memory_counters(), "TLB flushes on VM entry": self.cpu.tlb_flushes}
 
     # -- exit handlers: the hypervisor ------------------------------------------------------
-    def skip(self, exit: VmExit) -> None:
+    def skip(self, exit: Exit) -> Outcome:
         """KVM's skip_emulated_instruction; hooked exits (CPUID, I/O, RDTSC) are completed
         by the engine itself."""
-        if not exit.info.get("hooked"):
-            self.skip_instruction(exit.instruction_length)
+        if not exit.hooked:
+            self.cpu.skip_instruction(exit.length)
+        return RESUME
 
-    def handle_skip(self, exit: VmExit) -> None:
-        self.skip(exit)
+    def handle_skip(self, exit: Exit) -> Outcome:
+        return self.skip(exit)
 
-    def handle_cpuid(self, exit: VmExit) -> None:
+    def handle_cpuid(self, exit: Exit) -> Outcome:
         eng = self.vm.engine
         leaf = eng.reg("eax")
         subleaf = eng.reg("ecx") if leaf in SUBLEAF_LEAVES else 0
-        eng.set_regs4(("eax", "ebx", "ecx", "edx"), self.cpuid(leaf, subleaf))
+        eng.set_regs4(CPUID_OUTPUTS, self.cpuid(leaf, subleaf))
+        return RESUME
 
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-        if leaf == 0x40000000:
+        if leaf == HYPERVISOR_LEAF:
             ebx, ecx, edx = struct.unpack("<III", HYPERVISOR_SIGNATURE)
             return HYPERVISOR_MAX_LEAF, ebx, ecx, edx
-        if leaf == 0x40000001:
+        if leaf == HYPERVISOR_FEATURES_LEAF:
             return 0, 0, 0, 0
         host = host_cpuid()
         basic_max = host[0][0]
         if leaf in host:
             eax, ebx, ecx, edx = host[leaf]
-        elif leaf < 0x80000000 and leaf > basic_max:
+        elif basic_max < leaf < EXTENDED_LEAVES:
             eax, ebx, ecx, edx = host[basic_max]  # as Intel: the highest basic leaf
         else:
             eax = ebx = ecx = edx = 0
         if leaf == 1:
-            ecx |= 1 << 31       # hypervisor present
-            ecx &= ~(1 << 5)     # no VMX for the guest: this model does not nest
+            ecx |= CPUID_1_ECX_HYPERVISOR   # hypervisor present
+            ecx &= ~CPUID_1_ECX_VMX        # no VMX for the guest: this model does not nest
         return eax, ebx, ecx, edx
 
-    def handle_hlt(self, exit: VmExit) -> None:
+    def handle_hlt(self, exit: Exit) -> Outcome:
         self.skip(exit)
         self.vm.halt()
+        return RESUME
 
-    def handle_invlpg(self, exit: VmExit) -> None:
-        self.shadow.invalidate(exit.qualification)
-        self.vm.engine.flush_tlb()
-        self.skip(exit)
+    def handle_invlpg(self, exit: Exit) -> Outcome:
+        self.mmu.guest_invlpg(exit.qualification)
+        return self.skip(exit)
 
-    def handle_rdpmc(self, exit: VmExit) -> None:
-        self.write_edx_eax(0)
-        self.skip(exit)
+    def handle_rdpmc(self, exit: Exit) -> Outcome:
+        self.cpu.write_edx_eax(0)
+        return self.skip(exit)
 
-    def handle_rdtsc(self, exit: VmExit) -> None:
-        offset = self.vmcs.read(Field.TSC_OFFSET) if self.primary(PrimaryProcBased.USE_TSC_OFFSETTING) else 0
-        self.write_edx_eax((self.vm.guest_tsc() + offset) & 0xFFFFFFFFFFFFFFFF)
+    def handle_rdtsc(self, exit: Exit) -> Outcome:
+        offset = self.vmcs.read(Field.TSC_OFFSET) if self.cpu.primary(PrimaryProcBased.USE_TSC_OFFSETTING) else 0
+        self.cpu.write_edx_eax((self.vm.guest_tsc() + offset) & U64_MASK)
+        return RESUME
 
-    def handle_vmcall(self, exit: VmExit) -> None:
+    def handle_vmcall(self, exit: Exit) -> Outcome:
         """KVM's hypercall ABI: number in EAX, result in EAX; none defined here yet."""
-        self.vm.engine.set_reg("eax", -KVM_ENOSYS & 0xFFFFFFFF)
-        self.skip(exit)
+        self.vm.engine.set_reg("eax", -KVM_ENOSYS & U32_MASK)
+        return self.skip(exit)
 
-    def handle_cr_access(self, exit: VmExit) -> None:
+    def handle_preemption_timer(self, exit: Exit) -> Outcome:
+        return RESUME
+
+    def handle_cr_access(self, exit: CrAccessExit) -> Outcome:
         q = CrAccess.decode(exit.qualification)
         eng, v = self.vm.engine, self.vmcs
-        gpr = exit.info.get("gpr")
+        gpr = exit.gpr
         if q.access is CrAccessType.MOV_TO_CR:
             value = eng.reg(gpr)
             if q.cr == 0:
@@ -406,62 +320,60 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
                 eng.set_reg("cr0", value)
                 v.write(Field.CR0_READ_SHADOW, value)
                 if (old ^ value) & PAGING_CR0_BITS:
-                    self.paging_mode_changed()
+                    self.mmu.paging_mode_changed()
             elif q.cr == 4:
                 old = eng.reg("cr4")
                 eng.set_reg("cr4", value)
                 v.write(Field.CR4_READ_SHADOW, value)
                 if (old ^ value) & PAGING_CR4_BITS:
-                    self.paging_mode_changed()
+                    self.mmu.paging_mode_changed()
             elif q.cr == 3:
                 eng.set_reg("cr3", value)
-                self.guest_cr3_loaded(value)
+                self.mmu.guest_cr3_loaded(value)
         elif q.access is CrAccessType.MOV_FROM_CR:
             eng.set_reg(gpr, eng.reg(f"cr{q.cr}"))
         elif q.access is CrAccessType.CLTS:
-            eng.set_reg("cr0", eng.reg("cr0") & ~8)
-            v.write(Field.CR0_READ_SHADOW, v.read(Field.CR0_READ_SHADOW) & ~8)
-        self.skip(exit)
+            eng.set_reg("cr0", eng.reg("cr0") & ~CR0.TS)
+            v.write(Field.CR0_READ_SHADOW, v.read(Field.CR0_READ_SHADOW) & ~CR0.TS)
+        return self.skip(exit)
 
-    def handle_dr_access(self, exit: VmExit) -> None:
-        eng, info = self.vm.engine, exit.info
-        dr = debug_register(info["dr"], eng.reg("cr4"))
+    def handle_dr_access(self, exit: DrAccessExit) -> Outcome:
+        eng = self.vm.engine
+        dr = debug_register(exit.dr, eng.reg("cr4"))
         if dr is None:
-            self.inject_exception(6)  # #UD: DR4/DR5 with CR4.DE set
-            return
-        if info["to_dr"]:
-            eng.set_reg(dr, eng.reg(info["gpr"]))
+            self.inject_exception(UD)  # DR4/DR5 with CR4.DE set
+            return RESUME
+        if exit.to_dr:
+            eng.set_reg(dr, eng.reg(exit.gpr))
         else:
-            eng.set_reg(info["gpr"], eng.reg(dr))
-        self.skip(exit)
+            eng.set_reg(exit.gpr, eng.reg(dr))
+        return self.skip(exit)
 
-    def handle_rdmsr(self, exit: VmExit) -> None:
-        msr = exit.info["msr"]
-        value = self.read_msr(msr)
+    def handle_rdmsr(self, exit: MsrExit) -> Outcome:
+        value = self.read_msr(exit.msr)
         if value is None:
             self.inject_exception(GP, 0)
-            return
-        self.write_edx_eax(value)
-        self.skip(exit)
+            return RESUME
+        self.cpu.write_edx_eax(value)
+        return self.skip(exit)
 
-    def handle_wrmsr(self, exit: VmExit) -> None:
+    def handle_wrmsr(self, exit: MsrExit) -> Outcome:
         eng = self.vm.engine
-        msr = exit.info["msr"]
-        if not self.write_msr(msr, (eng.reg("edx") << 32) | eng.reg("eax")):
+        if not self.write_msr(exit.msr, (eng.reg("edx") << 32) | eng.reg("eax")):
             self.inject_exception(GP, 0)
-            return
-        self.skip(exit)
+            return RESUME
+        return self.skip(exit)
 
     def read_msr(self, msr: int) -> int | None:
         if msr in PASSTHROUGH_MSRS:
             return self.vm.engine.msr(msr)
-        if msr == IA32_APIC_BASE:
+        if msr == MSR.APIC_BASE:
             return self.vm.board.lapic.read_apic_base()
-        if msr == IA32_TSC:
+        if msr == MSR.TSC:
             return self.vm.guest_tsc()
-        if msr == IA32_FEATURE_CONTROL:
-            return 1  # locked, VMX off: the guest cannot enable VMX
-        if msr == IA32_MTRRCAP:
+        if msr == MSR.FEATURE_CONTROL:
+            return FeatureControl.LOCK  # locked, VMX off: the guest cannot enable VMX
+        if msr == MSR.MTRRCAP:
             return 0
         if msr in capability_msrs():
             return None  # no nested VMX
@@ -470,7 +382,7 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
     def write_msr(self, msr: int, value: int) -> bool:
         if msr in PASSTHROUGH_MSRS:
             self.vm.engine.set_msr(msr, value)
-        elif msr == IA32_APIC_BASE:
+        elif msr == MSR.APIC_BASE:
             self.vm.board.lapic.write_apic_base(value)
         elif msr in self.msrs:
             self.msrs[msr] = value
@@ -478,22 +390,23 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
             return False
         return True
 
-    def handle_descriptor_table(self, exit: VmExit) -> None:
+    def handle_descriptor_table(self, exit: DescriptorTableExit) -> Outcome:
         """Accounted, then executed by the engine itself: leaving EIP at the instruction
         lets it run natively, which is exactly what emulating it would do."""
+        return RESUME
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         info = InterruptionInfo.exception(vector, error_code is not None)
         self.vmcs.write(Field.VM_ENTRY_INTR_INFO_FIELD, info.encode())
         self.vmcs.write(Field.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code or 0)
 
-    def handle_exception(self, exit: VmExit):
+    def handle_exception(self, exit: ExceptionExit | ShadowPageFault) -> Outcome:
         """A shadow page fault is the VMM's own business; anything else is reflected.
 
         Reflect the exception into the guest; if the exit interrupted the delivery of
         another event (IDT-vectoring information), combine the two as the SDM's
         Table 6-5 does (contributory on contributory, or on #PF, becomes #DF)."""
-        if exit.info.get("shadow"):
+        if type(exit) is ShadowPageFault:
             return self.shadow_page_fault(exit)
         v = self.vmcs
         intr = InterruptionInfo.decode(v.read(Field.VM_EXIT_INTR_INFO))
@@ -504,35 +417,37 @@ class VtxMode(VmxNonRoot, ShadowMmu, NativeMode):
             if first.type in (InterruptionType.HARDWARE_EXCEPTION, InterruptionType.NMI):
                 combined = combine_events(first.vector, vector)
                 if combined is None:
-                    from ..cpu.delivery import TripleFault
                     raise TripleFault(self.vm.engine.reg("eip"), ["(reflected)", f"vector {first.vector}",
                                                                  f"vector {vector}"])
                 if combined != vector:
                     vector, error = combined, 0
         if vector == PF:
-            self._inject_cr2 = exit.info.get("cr2")
+            self.cpu.inject_cr2 = exit.cr2
         if intr.type is InterruptionType.SOFTWARE_EXCEPTION:
             v.write(Field.VM_ENTRY_INTR_INFO_FIELD, InterruptionInfo(vector, intr.type).encode())
-            v.write(Field.VM_ENTRY_INSTRUCTION_LEN, exit.instruction_length)
+            v.write(Field.VM_ENTRY_INSTRUCTION_LEN, exit.length)
         else:
             self.inject_exception(vector, error)
+        return RESUME
 
-    def handle_external_interrupt(self, exit: VmExit) -> None:
+    def handle_external_interrupt(self, exit: ExternalInterruptExit) -> Outcome:
         """The interrupt is the guest's (its board raised it): inject it now if the guest
         can take it, else ask for an interrupt-window exit."""
         v = self.vmcs
         intr = v.read(Field.VM_EXIT_INTR_INFO)
         vector = InterruptionInfo.decode(intr).vector if intr >> 31 else self.vm.board.acknowledge_interrupt()
-        if self.vm.engine.reg("eflags") & IF and self.queued_irq is None:
+        if self.vm.engine.reg("eflags") & EFLAGS.IF and self.queued_irq is None:
             v.write(Field.VM_ENTRY_INTR_INFO_FIELD,
                     InterruptionInfo(vector, InterruptionType.EXTERNAL_INTERRUPT).encode())
         else:
             self.queued_irq = vector
-            self.set_primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING, True)
+            self.cpu.set_primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING, True)
+        return RESUME
 
-    def handle_interrupt_window(self, exit: VmExit) -> None:
-        self.set_primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING, False)
+    def handle_interrupt_window(self, exit: Exit) -> Outcome:
+        self.cpu.set_primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING, False)
         if self.queued_irq is not None:
             self.vmcs.write(Field.VM_ENTRY_INTR_INFO_FIELD,
                             InterruptionInfo(self.queued_irq, InterruptionType.EXTERNAL_INTERRUPT).encode())
             self.queued_irq = None
+        return RESUME

@@ -1,4 +1,4 @@
-"""``vtx-ept``: VT-x with extended page tables (2008): the guest owns its page tables.
+"""EPT (2008) as the MMU strategy of ``vtx-ept``: the guest owns its page tables.
 
 No CR3, INVLPG or #PF exits any more: a TLB miss walks the guest's tables *and* EPT,
 two-dimensionally (:mod:`vmm.mmu.nested`), every reference counted by (guest level,
@@ -17,37 +17,48 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..cpu.delivery import PF
 from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
 from ..mmu.ept import EptBuilder, EptMisconfiguration, EptViolation, EptWalker
+from ..mmu.hostmem import HostPages
 from ..mmu.nested import FAST_WALK_REFERENCES, NestedWalker, fast_walk_32
-from ..mmu.paging import CR0_PG, GuestWalker, PageFault
+from ..mmu.paging import GuestWalker, PageFault
 from ..vmx.controls import PrimaryProcBased, SecondaryProcBased
 from ..vmx.exit_reasons import ExitReason
-from ..vmx.exits import VmExit
+from ..vmx.exits import RESUME, EptViolationExit, Outcome, Retry, StopVm
 from ..vmx.qualification import EptViolation as EptQualification
 from ..vmx.vmcs import Field
-from .vtx import PAGE_MASK, VtxMode
+from ..x86 import CR0, CR4, PAGE_MASK, PAGE_SIZE, KiB
+from .memory import ADDRESS_MASK, CodePages, user_access
 
-PF = 14
-BACKING = -1  # pseudo-vectors: Faults that stop emulation so a host frame can be mapped,
-OUTSIDE = -2  # or so the VM can stop on an access outside RAM and devices
-BACKING_CHUNK = 0x10000
+CR0_PG = CR0.PG
+CR4_VMXE = CR4.VMXE
+BACKING_CHUNK = 64 * KiB
+WALK_ATTEMPTS = 8  # each EPT violation maps one more page; a walk needs at most 5
 
 
-class VtxEptMode(VtxMode):
-    name = "vtx-ept"
+class EptMmu:
+    """Two-dimensional walks: the guest's tables, each reference translated by EPT.
 
-    def __init__(self, vm, page_walk_cache: bool = False):
-        super().__init__(vm)
-        eng, pages = vm.engine, self.host_pages
+    ``cpu`` is the VMX processor: the EPT pointer is its VMCS field, and a walk that EPT
+    cannot map is its VM exit (EPT_VIOLATION), which the hypervisor's table hands to
+    :meth:`handle_violation` (KVM's ``tdp_page_fault``: the MMU's own business)."""
+
+    name = "EPT"
+
+    def __init__(self, vm, pages: CodePages, cpu, page_walk_cache: bool = False):
+        self.vm, self.pages, self.cpu = vm, pages, cpu
+        eng = vm.engine
+        self.host_pages = host = HostPages(vm.host_alloc, eng.read_phys, eng.write_phys, eng.read_u64)
 
         def ept_write64(hpa: int, value: int) -> None:  # every EPT edit passes here
-            pages.write64(hpa, value)
-            if hasattr(self, "nested"):
+            host.write64(hpa, value)
+            if self.nested is not None:
                 self.nested.ept_changed()
 
-        self.ept_builder = EptBuilder(pages.read64, ept_write64, pages.alloc)
-        self.ept = EptWalker(pages.read64, ept_write64)
+        self.nested: NestedWalker | None = None
+        self.ept_builder = EptBuilder(host.read64, ept_write64, host.alloc)
+        self.ept = EptWalker(host.read64, ept_write64)
 
         def guest_read(pa: int, size: int) -> int:
             if size == 8:
@@ -59,17 +70,18 @@ class VtxEptMode(VtxMode):
 
         self.nested = NestedWalker(GuestWalker(guest_read, guest_write), self.ept, pwc=page_walk_cache)
         # The VMM's own walks (event delivery, decoding) are software: not counted.
-        self._software = NestedWalker(GuestWalker(guest_read, guest_write),
-                                      EptWalker(pages.read64, pages.write64))
+        self._software = NestedWalker(GuestWalker(guest_read, guest_write), EptWalker(host.read64, host.write64))
         self.backed: set[int] = set()          # guest pages the guest or loader touched
         self.backed_chunks: set[int] = set()   # host memory allocated, BACKING_CHUNK each
-        self.ept_violations = 0
-        self.mmio_exits = 0
         self.invepts = 0
         self.invvpids = 0
         self.walk_refs: Counter = Counter()
         self.walks_2d = 0
-        v = self.vmcs
+        self.tlb_fills = 0
+
+    def configure(self, v) -> None:
+        """The VMCS of a hypervisor with EPT: the EPT pointer, EPT and unrestricted guest on,
+        no CR3, INVLPG or #PF exits, and only the caching bits of CR0 (and CR4.VMXE) owned."""
         v.write(Field.EPT_POINTER, self.ept_builder.eptp(ad=False))
         v.write(Field.SECONDARY_VM_EXEC_CONTROL, v.read(Field.SECONDARY_VM_EXEC_CONTROL)
                 | SecondaryProcBased.ENABLE_EPT | SecondaryProcBased.UNRESTRICTED_GUEST)
@@ -77,10 +89,8 @@ class VtxEptMode(VtxMode):
             PrimaryProcBased.CR3_LOAD_EXITING | PrimaryProcBased.CR3_STORE_EXITING | PrimaryProcBased.INVLPG_EXITING)
         v.write(Field.CPU_BASED_VM_EXEC_CONTROL, primary)
         v.write(Field.EXCEPTION_BITMAP, v.read(Field.EXCEPTION_BITMAP) & ~(1 << PF))
-        v.write(Field.CR0_GUEST_HOST_MASK, (1 << 30) | (1 << 29))   # CD, NW: paging is the guest's own
-        v.write(Field.CR4_GUEST_HOST_MASK, 1 << 13)                 # VMXE
-        self.exit_table[ExitReason.EPT_VIOLATION] = self.handle_ept_violation
-        self.exit_table[ExitReason.EPT_MISCONFIG] = self.handle_ept_misconfig
+        v.write(Field.CR0_GUEST_HOST_MASK, CR0.CD | CR0.NW)   # paging is the guest's own
+        v.write(Field.CR4_GUEST_HOST_MASK, CR4_VMXE)
 
     # -- guest RAM: backed lazily -------------------------------------------------------------
     def map_guest_ram(self) -> None:
@@ -104,7 +114,7 @@ class VtxEptMode(VtxMode):
 
     def write_guest(self, gpa: int, data: bytes) -> None:
         end = gpa + len(data)
-        for page in range(gpa & PAGE_MASK, end, 0x1000):
+        for page in range(gpa & PAGE_MASK, end, PAGE_SIZE):
             self.back(page)
         self.vm.engine.write_phys(gpa, data)
 
@@ -113,7 +123,7 @@ class VtxEptMode(VtxMode):
         a VMWRITE of an invalid value mid-run (which the next VM entry would refuse) stops
         the guest when it next misses the TLB, and the VMM's own accesses keep the last
         valid pointer, as the processor keeps the one it entered with."""
-        raw = self.vmcs.peek(Field.EPT_POINTER)
+        raw = self.cpu.vmcs.peek(Field.EPT_POINTER)
         if raw == self._eptp_valid:
             return raw
         try:
@@ -139,9 +149,9 @@ class VtxEptMode(VtxMode):
         eng = self.vm.engine
         cr0 = eng.reg("cr0")
         write, fetch = access == "write", access == "fetch"
-        user = self._user_access(vaddr)
+        user = user_access(eng, vaddr)
         eptp = self.eptp_in_use()
-        for _ in range(8):  # each EPT violation maps one more page; a walk needs at most 5
+        for _ in range(WALK_ATTEMPTS):
             try:
                 if cr0 & CR0_PG:
                     cr3, cr4 = eng.reg("cr3"), eng.reg("cr4")
@@ -159,16 +169,16 @@ class VtxEptMode(VtxMode):
                     host, w, x = e.host_physical, e.writable, e.executable
                 self.walks_2d += 1
                 perms = PROT_READ | (PROT_WRITE if w else 0) | (PROT_EXEC if x else 0)
-                return self.fill(vaddr & PAGE_MASK, host & PAGE_MASK, perms, access)
+                return self.pages.fill(vaddr & PAGE_MASK, host & PAGE_MASK, perms, access)
             except PageFault as pf:
                 self.walk_refs.update(self.nested.last_references)
                 return Fault(PF, pf.error_code, pf.address, access)  # the guest's own #PF
             except EptViolation as v:
                 self.walk_refs.update(self.nested.last_references)
-                outcome = self.vmexit(ExitReason.EPT_VIOLATION, qualification=v.exit_qualification,
-                                      linear=v.linear, gpa=v.gpa, defer_entry=True, gpa_fault=v.gpa)
-                if outcome is not None:
-                    return outcome
+                stop = self.cpu.vmexit(EptViolationExit(qualification=v.exit_qualification, linear=v.linear, gpa=v.gpa),
+                                   defer_entry=True)
+                if stop is not None:
+                    return stop  # a Retry: the run stops, the page is backed, the access runs again
             except EptMisconfiguration as m:
                 self.walk_refs.update(self.nested.last_references)
                 if not self.vm.board.mmio_bus.find(m.gpa):
@@ -185,11 +195,11 @@ class VtxEptMode(VtxMode):
         guest RAM it touches is backed on the way."""
         eng = self.vm.engine
         eptp = self.eptp_in_use(stop=False)
-        for _ in range(8):
+        for _ in range(WALK_ATTEMPTS):
             try:
                 cr0 = eng.reg("cr0")
                 if not cr0 & CR0_PG:
-                    gpa = linear & 0xFFFFFFFF
+                    gpa = linear & ADDRESS_MASK
                     return self._software.ept.translate(eptp, gpa, "write" if write else "read").host_physical
                 return self._software.walk(cr0, eng.reg("cr3"), eng.reg("cr4"), linear, eptp=eptp, write=write,
                                            user=user, set_ad=set_ad).host_physical
@@ -203,51 +213,25 @@ class VtxEptMode(VtxMode):
 
     def map_ram_page(self, gpa: int) -> None:
         page = self.back(gpa)
-        self.ept_builder.map(page, page, 0x1000, True, True, True)
+        self.ept_builder.map(page, page, PAGE_SIZE, True, True, True)
 
     # -- exit handlers ------------------------------------------------------------------------
-    def handle_ept_violation(self, exit: VmExit):
+    def handle_violation(self, exit: EptViolationExit) -> Outcome:
         """KVM's tdp_page_fault: back and map guest RAM; give a device page its MMIO
         (misconfigured) entry; anything else is outside the guest: stop."""
-        self.ept_violations += 1
-        gpa = exit.info["gpa_fault"]
+        gpa = exit.gpa
         if self.is_ram(gpa):
-            if not self.is_backed(gpa) and self.vm.engine.running:
-                # Unicorn cannot map host memory while it emulates: stop, back the frame,
-                # and run the faulting instruction again (on_fault).
-                return Fault(BACKING, None, gpa, "backing", exited=True)
+            if not self.is_backed(gpa):
+                # Unicorn cannot map host memory while it emulates: the run stops, the
+                # frame is backed and mapped, the faulting instruction runs again.
+                return Retry(lambda: self.map_ram_page(gpa), "backing")
             self.map_ram_page(gpa)
-            return None
+            return RESUME
         if self.vm.board.mmio_bus.find(gpa):
             self.ept_builder.map_mmio_marker(gpa)
-            return None
+            return RESUME
         q = EptQualification.decode(exit.qualification)
-        self._outside = (f"EPT violation at guest-physical {gpa:#010x} outside RAM and devices "
-                         f"({q.describe()})")
-        return Fault(OUTSIDE, None, gpa, "outside", exited=True)
-
-    def on_mmio(self, address: int, size: int, value: int | None) -> int | None:
-        if value is not None and self.replayed_store(address, size, value):
-            return None  # Unicorn's replay of a store already emulated (NativeMode.mmio_write)
-        return self.vmexit(ExitReason.EPT_MISCONFIG, gpa=address, defer_entry=True,
-                           address=address, size=size, value=value)
-
-    def handle_ept_misconfig(self, exit: VmExit):
-        """KVM's MMIO path: emulate the access on the device model."""
-        self.mmio_exits += 1
-        info = exit.info
-        if info["value"] is None:
-            return self.vm.board.mmio_bus.read(info["address"], info["size"])
-        self.mmio_write(info["address"], info["size"], info["value"])
-        return None
-
-    def on_fault(self, fault) -> None:
-        if fault.vector == BACKING:
-            self.map_ram_page(fault.address)
-            return
-        if fault.vector == OUTSIDE:
-            self.vm.stop_guest(self._outside)
-        super().on_fault(fault)
+        return StopVm(f"EPT violation at guest-physical {gpa:#010x} outside RAM and devices ({q.describe()})")
 
     def invept(self, single_context: bool = False) -> None:
         """INVEPT: drop cached EPT-derived translations. This model has one EPTP, so the
@@ -262,11 +246,14 @@ class VtxEptMode(VtxMode):
         self.invvpids += 1
         self.vm.engine.flush_tlb()
 
-    # shadow-paging machinery of plain vtx has nothing to do here
+    # the guest's paging changes: its tables are walked as they are, nothing to keep in step
     def guest_cr3_loaded(self, value: int) -> None:
         self.vm.engine.flush_tlb()
 
     def paging_mode_changed(self) -> None:
+        self.vm.engine.flush_tlb()
+
+    def guest_invlpg(self, linear: int) -> None:
         self.vm.engine.flush_tlb()
 
     def references(self) -> Counter:
@@ -287,11 +274,10 @@ class VtxEptMode(VtxMode):
             "  guest page-table entries": guest,
             "  EPT entries translating guest tables": ept_tables,
             "  EPT entries translating the data page": ept_data,
-            "EPT violations (pages mapped)": self.ept_violations,
+            "EPT violations (pages mapped)": self.vm.exits[ExitReason.EPT_VIOLATION],   # counted once, as exits
             "guest RAM pages backed": len(self.backed),
-            "EPT misconfigurations (MMIO accesses)": self.mmio_exits,
+            "EPT misconfigurations (MMIO accesses)": self.vm.exits[ExitReason.EPT_MISCONFIG],
             "page-walk cache hits": self.nested.pwc_hits,
             "INVEPT": self.invepts,
             "INVVPID": self.invvpids,
-            "TLB flushes on VM entry": self.tlb_flushes,
         }

@@ -2,8 +2,9 @@
 and page walks it caused, as text or JSON lines.
 
 This is the only place with a per-instruction Python hook, and it exists only while a
-trace runs (`NullTracer` otherwise: the VM calls it at exits and deliveries, which are
-already slow paths, and never per instruction).
+trace runs: the tracer subscribes to the VM's event bus (:mod:`vmm.bus`) for exits,
+deliveries, fills and the mode's own events, and asks it for the per-instruction hook
+unless only exits are traced.
 
 Event objects (JSON lines, one per line; field names are stable):
 
@@ -38,21 +39,6 @@ TRACED_REGS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eflags")
 _PERMS = "rwx"
 
 
-class NullTracer:
-    """Tracing off: every call is a no-op (the VM checks ``enabled`` first anyway)."""
-
-    enabled = False
-
-    def exit(self, exit, result, vmcs) -> None:
-        pass
-
-    def inject(self, event) -> None:
-        pass
-
-    def stop(self, result) -> None:
-        pass
-
-
 @lru_cache(maxsize=2)
 def _decoder(bits: int) -> Cs:
     return Cs(CS_ARCH_X86, CS_MODE_32 if bits == 32 else CS_MODE_16)
@@ -66,15 +52,14 @@ def describe_exit(exit, vmcs) -> str:
             return CrAccess.decode(q).describe()
         if r is ExitReason.IO_INSTRUCTION:
             if vmcs is None:
-                info = exit.info
-                return f"{'IN' if info['direction'] == 'in' else 'OUT'} port {info['port']:#x}, {info['size']} byte(s)"
+                return f"{exit.direction.upper()} port {exit.port:#x}, {exit.size} byte(s)"
             return IoInstruction.decode(q).describe()
         if r is ExitReason.DR_ACCESS:
             return MovDr.decode(q).describe()
         if r in (ExitReason.EPT_VIOLATION,):
-            return EptViolation.decode(q).describe() + f", guest-physical {exit.guest_physical:#x}"
+            return EptViolation.decode(q).describe() + f", guest-physical {exit.gpa:#x}"
         if r is ExitReason.EPT_MISCONFIG:
-            return f"guest-physical {exit.guest_physical:#x} (MMIO)"
+            return f"guest-physical {exit.gpa:#x} (MMIO)"
         if r is ExitReason.INVLPG:
             return f"INVLPG {q:#x}"
         if r in (ExitReason.EXCEPTION_NMI, ExitReason.EXTERNAL_INTERRUPT):
@@ -83,13 +68,13 @@ def describe_exit(exit, vmcs) -> str:
                 raw = vmcs.read(Field.VM_EXIT_INTR_INFO)
                 if raw >> 31:
                     return InterruptionInfo.decode(raw).describe()
-            vector = exit.info.get("vector")
+            vector = getattr(exit, "vector", None)
             return f"vector {vector:#x}" if vector is not None else ""
         if r in (ExitReason.MSR_READ, ExitReason.MSR_WRITE):
-            return f"MSR {exit.info.get('msr', 0):#x}"
+            return f"MSR {exit.msr:#x}"
         if r in (ExitReason.GDTR_IDTR, ExitReason.LDTR_TR):
-            return f"{exit.info.get('mnemonic', '').upper()}, displacement {q:#x}"
-    except (ValueError, KeyError):
+            return f"{exit.mnemonic.upper()}, displacement {q:#x}"
+    except (ValueError, AttributeError):
         pass
     return ""
 
@@ -110,8 +95,6 @@ class Tracer:
     installs no per-instruction hook at all). Events that happen during a selected
     instruction are printed after it.
     """
-
-    enabled = True
 
     def __init__(self, vm, out, fmt: str = "text", *, start: int = 0, count: int | None = None,
                  address_range: tuple[int, int] | None = None, ring: str | None = None,
@@ -137,17 +120,20 @@ class Tracer:
         self._vals = (ctypes.c_uint64 * len(read))()
         self._ntraced = len(TRACED_REGS)
         self._last = None
-        eng.fill_observer = self._filled
         self._read_batch = eng.read_regs_thunk(self._ids, self._vals)
+        bus = vm.bus
         if not exits_only:
             vm.mode.code_watchers.append(self)   # decode each instruction once, until its page is written
             unfiltered = not (start or count is not None or address_range or ring)
             if unfiltered:
-                eng.add_raw_instruction_hook(self._fast_hook())
+                bus.on_instruction(raw=self._fast_hook())
             else:
-                eng.add_instruction_hook(self._instruction)
-        vm.mode.events.observer = self.mode_event   # traps, callouts, hypercalls... as they happen
-        vm.tracer = self
+                bus.on_instruction(self._instruction)
+        bus.subscribe("fill", self._filled)
+        bus.subscribe("handled", self.exit)
+        bus.subscribe("inject", self.inject)
+        bus.subscribe("event", self.mode_event)   # traps, callouts, hypercalls... as they happen
+        bus.subscribe("stop", self.stop)
 
     # -- code watcher: the decode cache lives until the code page is written ----------------------
     def fetch(self, linear_page: int, page: int) -> None:
@@ -335,8 +321,7 @@ class Tracer:
             return
         self._event({"type": "exit", "n": self._number(), "reason": int(exit.reason), "name": exit.reason.name,
                      "qualification": exit.qualification, "decoded": describe_exit(exit, vmcs),
-                     "length": exit.instruction_length,
-                     "info": {k: v for k, v in exit.info.items() if k != "hooked"},
+                     "length": exit.length, "info": exit.payload(),
                      "result": result if isinstance(result, int) and not isinstance(result, bool) else None})
 
     def mode_event(self, category: str, name: str, n: int) -> None:

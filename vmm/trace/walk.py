@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..mmu.ept import EptMisconfiguration, EptViolation, EptWalker
 from ..mmu.nested import NestedWalker
 from ..mmu.paging import CR0_PG, GuestWalker, PageFault, paging_format
+from ..modes.memory import ShadowMmu
 from ..vmx.vmcs import Field
 
 PTE_BITS = ((0, "P"), (1, "RW"), (2, "US"), (3, "PWT"), (4, "PCD"), (5, "A"), (6, "D"), (7, "PS"), (8, "G"),
@@ -79,7 +80,7 @@ def explain(vm, linear: int, access: str = "read", user: bool = False) -> list[s
             for kind, pa, size, value, *_ in log:
                 lines.append(f"  guest entry at guest-physical {pa:#010x} = {value:#0{2 + 2 * size}x}  "
                              f"{pte_flags(value)}")
-        if getattr(mode, "shadow", None) is not None:  # vtx, trap, bt: the tables the MMU really walks
+        if isinstance(mode.mmu, ShadowMmu):  # vtx, trap, bt: the tables the MMU really walks
             lines += _shadow_lines(mode, linear)
     if isinstance(result, str):
         lines.append(f"result: {result}")
@@ -128,7 +129,7 @@ def _format_nested(log, entries) -> list[str]:
 
 
 def _shadow_lines(mode, linear: int) -> list[str]:
-    shadow, eng = mode.shadow, mode.vm.engine
+    shadow, eng = mode.mmu.shadow, mode.vm.engine
     if shadow.root is None:
         return ["  shadow: no shadow root (guest paging off)"]
     lines = [f"  shadow page directory (host-physical {shadow.root:#010x}), what the MMU really walks:"]

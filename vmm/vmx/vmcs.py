@@ -22,6 +22,8 @@ from __future__ import annotations
 import enum
 from typing import Iterator
 
+from .controls import PrimaryProcBased, SecondaryProcBased
+
 NATURAL_BITS = 32
 """Width of a natural-width field in this model (the guest and host are 32-bit)."""
 
@@ -50,6 +52,8 @@ class FieldType(enum.IntEnum):
 
 
 _RESERVED_BITS = 0xFFFF_8000 | (1 << 12)
+_ACTIVATE_SECONDARY = PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS._value_
+_ENABLE_VPID = SecondaryProcBased.ENABLE_VPID._value_
 
 
 def encoding_width(encoding: int) -> Width:
@@ -431,6 +435,14 @@ class Vmcs:
         """Read a field given as a :class:`Field` member, without decoding the encoding
         (the controls and entry fields the exit hot path consults)."""
         return self._values.get(field, 0)
+
+    def vpid_enabled(self) -> bool:
+        """Secondary controls active, "enable VPID" set and a non-zero VPID: VM entries
+        keep the TLB (SDM §28.3.3.1). Checked at every VM entry, in one lookup each."""
+        v = self._values
+        return bool(v.get(Field.CPU_BASED_VM_EXEC_CONTROL, 0) & _ACTIVATE_SECONDARY
+                    and v.get(Field.SECONDARY_VM_EXEC_CONTROL, 0) & _ENABLE_VPID
+                    and v.get(Field.VIRTUAL_PROCESSOR_ID, 0))
 
     def record_exit(self, reason: int, qualification: int, length: int, linear: int, intr_info: int,
                     intr_error: int, vectoring: int, vectoring_error: int) -> None:

@@ -1,7 +1,7 @@
 """VMX non-root operation: what the processor does with each guest event, per the VMCS.
 
-This is the "hardware" half of the ``vtx`` mode (the hypervisor half, the exit
-handlers, is :mod:`vmm.modes.vtx`). For every event the engine reports, the controls
+This is the "hardware" half of the VT-x modes, a component the hypervisor
+(:mod:`vmm.modes.vtx`, the exit handlers) holds as ``cpu``. For every event the engine reports, the controls
 decide, as SDM vol. 3 ch. 26 says, between
 
 * a **VM exit**: the exit-information fields are filled (reason, qualification,
@@ -12,30 +12,46 @@ decide, as SDM vol. 3 ch. 26 says, between
   shadow; RDTSC adds the TSC offset).
 
 Sensitive instructions that Unicorn cannot hook by type are found in the guest's code
-pages (:mod:`vmm.modes.sites`).
+pages (:mod:`vmm.vmx.sites`).
 """
 from __future__ import annotations
 
-from capstone.x86 import X86_OP_MEM
+from capstone.x86 import X86_OP_MEM, X86_OP_REG
 
 from ..cpu.delivery import BP, HAS_ERROR_CODE, OF, PF, UD, Event, TripleFault
 from ..cpu.faultaddr import effective_address
 from ..cpu.regs import IF
+from .bitmaps import BITMAP_SIZE, VmxBitmaps
 from .controls import ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased
 from .exit_reasons import ExitReason
-from .exits import VmExit
+from .exits import (IN, OUT, CpuidExit, CrAccessExit, DescriptorTableExit, DrAccessExit, ExceptionExit, Exit,
+                    ExternalInterruptExit, InstructionExit, IoExit, MsrExit)
 from .qualification import (CrAccess, CrAccessType, InterruptionInfo, InterruptionType, IoInstruction,
                             MovDr)
-from .vmcs import Field
+from .sites import CodeSites
+from .vmcs import Field, Vmcs
+from ..x86 import CR0
 
 GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")  # SDM GPR numbering
 GPR_INDEX = {name: i for i, name in enumerate(GPRS)}
-CR0_TS = 1 << 3
+CR0_TS = CR0.TS
+U32_MASK, WORD_MASK = 0xFFFFFFFF, 0xFFFF
+# Instruction encodings the processor recognises at an exit (what the hardware decodes)
+INT3, INTO = b"\xcc", b"\xce"
+VMCALL = b"\x0f\x01\xc1"
+OPERAND_SIZE_PREFIX = 0x66
+IO_IMMEDIATE_OPCODES = frozenset({0xE4, 0xE5, 0xE6, 0xE7})   # IN/OUT with an imm8 port
+IO_STRING_OPCODES = frozenset({0x6C, 0x6D, 0x6E, 0x6F})      # INS/OUTS
 PREEMPTION_TIMER_RATE = 5  # IA32_VMX_MISC[4:0]: the timer counts down once per 2^5 TSC ticks
 KVM_ENOSYS = 1000          # KVM's hypercall error for an unknown number
-_HOOKED = {"hooked": True}
+CPUID_LENGTH = RDTSC_LENGTH = 2   # 0F A2, 0F 31
 _ACTIVATE_SECONDARY = PrimaryProcBased.ACTIVATE_SECONDARY_CONTROLS._value_
-_CPUID_EXIT = VmExit(ExitReason.CPUID, 0, None, None, 2, _HOOKED)  # immutable: shared by every CPUID exit  # the engine completes the instruction (CPUID, I/O, RDTSC)
+_ENABLE_VPID = SecondaryProcBased.ENABLE_VPID._value_
+_BITMAP_FIELDS = (Field.IO_BITMAP_A, Field.IO_BITMAP_B, Field.MSR_BITMAP)   # VmxBitmaps.IO_A, IO_B, MSR
+# Exits with nothing to qualify, shared by every occurrence (they are immutable); the engine
+# completes both instructions itself.
+_CPUID_EXIT = CpuidExit(length=CPUID_LENGTH, hooked=True)
+RDTSC_EXIT = InstructionExit(reason=ExitReason.RDTSC, length=RDTSC_LENGTH, hooked=True)
 
 
 def exits_for_exception(vmcs, vector: int, error_code: int) -> bool:
@@ -46,13 +62,101 @@ def exits_for_exception(vmcs, vector: int, error_code: int) -> bool:
     match = error_code & vmcs.read(Field.PAGE_FAULT_ERROR_CODE_MASK) == vmcs.read(Field.PAGE_FAULT_ERROR_CODE_MATCH)
     return bit if match else not bit
 
+# Guest-state fields backed by the engine while the guest runs.
+LIVE_REGISTERS = {
+    Field.GUEST_CR0: "cr0", Field.GUEST_CR3: "cr3", Field.GUEST_CR4: "cr4",
+    Field.GUEST_RIP: "eip", Field.GUEST_RSP: "esp", Field.GUEST_RFLAGS: "eflags",
+    Field.GUEST_DR7: "dr7",
+}
+LIVE_SELECTORS = {
+    Field.GUEST_ES_SELECTOR: "es", Field.GUEST_CS_SELECTOR: "cs", Field.GUEST_SS_SELECTOR: "ss",
+    Field.GUEST_DS_SELECTOR: "ds", Field.GUEST_FS_SELECTOR: "fs", Field.GUEST_GS_SELECTOR: "gs",
+}
+LIVE_TABLES = {
+    Field.GUEST_GDTR_BASE: ("gdtr", 1), Field.GUEST_GDTR_LIMIT: ("gdtr", 2),
+    Field.GUEST_IDTR_BASE: ("idtr", 1), Field.GUEST_IDTR_LIMIT: ("idtr", 2),
+    Field.GUEST_TR_SELECTOR: ("tr", 0), Field.GUEST_LDTR_SELECTOR: ("ldtr", 0),
+}
 
-class VmxNonRoot:
-    """Mixin for a mode whose guest runs in VMX non-root operation.
 
-    Expects ``self.vm``, ``self.vmcs`` (a live VMCS), ``self.sites`` and the mode's
-    ``exit_table``; provides the engine-event methods of :class:`~vmm.modes.native.NativeMode`.
+class LiveVmcs(Vmcs):
+    """A VMCS whose guest register fields are the engine's registers while ``live``."""
+
+    def __init__(self, engine):
+        super().__init__()
+        self.engine = engine
+        self.live = False
+
+    def read(self, encoding):
+        if self.live:
+            name = LIVE_REGISTERS.get(encoding) or LIVE_SELECTORS.get(encoding)
+            if name:
+                return self.engine.reg(name)
+            table = LIVE_TABLES.get(encoding)
+            if table:
+                return self.engine.table(table[0])[table[1]]
+        return super().read(encoding)
+
+    def write(self, encoding, value):
+        if self.live and encoding in LIVE_REGISTERS:
+            self.engine.set_reg(LIVE_REGISTERS[encoding], value)
+            return
+        super().write(encoding, value)
+
+    def capture(self) -> None:
+        """Copy the live guest state into the store (on stop, for dumps)."""
+        for field in (*LIVE_REGISTERS, *LIVE_SELECTORS, *LIVE_TABLES):
+            value = self.read(field)
+            self.live = False
+            self._store(field, False, value)
+            self.live = True
+
+
+class VmxProcessor:
+    """The processor in VMX non-root operation, for a VT-x hypervisor that *has* one.
+
+    It owns what the hardware owns: the VMCS (live while the guest runs), the I/O and MSR
+    bitmaps, the IDT-vectoring state of an event being delivered, the preemption-timer
+    start, and the sites where the guest's sensitive instructions are. For every engine
+    event it decides, from the controls, between a VM exit (exit-information fields,
+    ``VM.dispatch`` to the hypervisor's exit table, VM entry) and what the instruction
+    does with no exit. ``hypervisor`` answers the few things that are its own: where a
+    port write goes when OUT does not exit (``io_direct``) and whether it holds an
+    interrupt back for the interrupt window (``queued_irq``).
     """
+
+    def __init__(self, vm, hypervisor, sites: CodeSites):
+        self.vm = vm
+        self.hv = hypervisor
+        self.vmcs = LiveVmcs(vm.engine)
+        self.sites = sites
+        self.bitmaps = VmxBitmaps(self._sync_bitmap)
+        self._io_decode: dict[int, tuple[int, bool, bool]] = {}
+        self._vectoring: tuple[InterruptionInfo, int] | None = None
+        self._delivering: tuple[InterruptionInfo, int] | None = None
+        self.inject_cr2: int | None = None  # CR2 to load with the #PF the next VM entry injects
+        self._timer_start = 0
+        self.injected = 0
+        self.tlb_flushes = 0
+
+    def _sync_bitmap(self, which: int, data: bytes) -> None:
+        address = self.vmcs.read(_BITMAP_FIELDS[which])
+        if address:
+            self.vm.engine.write_phys(address, data)
+
+    def allocate_bitmaps(self) -> None:
+        """Give the bitmaps host pages outside the guest and point the VMCS at them."""
+        for field in _BITMAP_FIELDS:
+            self.vmcs.write(field, self.vm.host_alloc(BITMAP_SIZE))
+        self.bitmaps.publish()
+
+    def flush_on_entry(self, deferred: bool) -> None:
+        """Without VPID every VM entry starts with an empty TLB (SDM §28.3.3.1). (Flushing
+        inside a TLB fill is safe: QEMU's own MOV CR3 helper flushes mid-block.)"""
+        if self.vmcs.vpid_enabled():
+            return
+        self.tlb_flushes += 1
+        self.vm.engine.flush_tlb()
 
     # -- controls ---------------------------------------------------------------------------
     # (flag._value_: an int AND with an IntFlag goes through enum machinery, ~1 us; these
@@ -72,21 +176,19 @@ class VmxNonRoot:
         self.vmcs.write(Field.CPU_BASED_VM_EXEC_CONTROL, value | flag if on else value & ~flag)
 
     # -- the exit itself ---------------------------------------------------------------------
-    def vmexit(self, reason: ExitReason, *, qualification: int = 0, length: int = 0,
-               linear: int | None = None, intr_info: InterruptionInfo | None = None,
-               intr_error: int | None = None, gpa: int | None = None, defer_entry: bool = False, **info):
+    def vmexit(self, exit: Exit, *, intr_info: InterruptionInfo | None = None,
+               intr_error: int | None = None, defer_entry: bool = False):
         """Fill the exit-information fields, run the handler, then enter the guest again.
 
         ``defer_entry``: the exit happened inside a TLB fill (a shadow page fault); the
         VM entry's side effects wait until emulation stops."""
         vectoring = self._vectoring
-        self.vmcs.record_exit(int(reason), qualification, length, linear or 0,
+        self.vmcs.record_exit(exit.reason, exit.qualification, exit.length, exit.linear or 0,
                               intr_info.encode() if intr_info else 0, intr_error or 0,
                               vectoring[0].encode() if vectoring else 0, vectoring[1] if vectoring else 0)
         self._vectoring = None
-        if gpa is not None:
-            self.vmcs.set_exit_info(Field.GUEST_PHYSICAL_ADDRESS, gpa)
-        exit = VmExit(reason, qualification, linear, gpa, length, info)
+        if exit.gpa is not None:
+            self.vmcs.set_exit_info(Field.GUEST_PHYSICAL_ADDRESS, exit.gpa)
         result = self.vm.dispatch(exit)
         if defer_entry:
             self.flush_on_entry(deferred=True)
@@ -111,8 +213,8 @@ class VmxNonRoot:
             eng = self.vm.engine
             eng.set_reg("eip", eng.reg("eip") + self.vmcs.read(Field.VM_ENTRY_INSTRUCTION_LEN))
         error = self.vmcs.read(Field.VM_ENTRY_EXCEPTION_ERROR_CODE) if intr.error_code_valid else None
-        cr2 = self._inject_cr2
-        self._inject_cr2 = None
+        cr2 = self.inject_cr2
+        self.inject_cr2 = None
         self.injected += 1
         self.deliver_as_hardware(Event(intr.vector, kind, error, cr2), intr)
 
@@ -139,7 +241,7 @@ class VmxNonRoot:
         eng = self.vm.engine
         if software:
             opcode = self.vm.read_code(eng.reg("eip") - 1, 1)
-            if vector == BP and opcode == b"\xcc" or vector == OF and opcode == b"\xce":
+            if vector == BP and opcode == INT3 or vector == OF and opcode == INTO:
                 # INT3 / INTO are software exceptions: they consult the exception bitmap.
                 if exits_for_exception(self.vmcs, vector, 0):
                     eng.set_reg("eip", eng.reg("eip") - 1)  # the exit reports the instruction
@@ -150,6 +252,10 @@ class VmxNonRoot:
         self.hardware_exception(vector, error_code, None)
 
     def on_fault(self, fault) -> None:
+        if fault.exited:  # the #PF exit already ran inside the TLB fill; this is its VM entry
+            self.inject_cr2 = fault.address
+            self.vm_entry()
+            return
         self.hardware_exception(fault.vector, fault.error_code or 0, fault.address)
 
     def hardware_exception(self, vector: int, error_code: int, cr2: int | None) -> None:
@@ -162,17 +268,17 @@ class VmxNonRoot:
 
     def _exception_exit(self, vector, error_code, itype, length, cr2) -> None:
         has_code = itype is InterruptionType.HARDWARE_EXCEPTION and vector in HAS_ERROR_CODE
-        self.vmexit(ExitReason.EXCEPTION_NMI, qualification=cr2 or 0 if vector == PF else 0, length=length,
-                    linear=cr2 if vector == PF else None,
+        self.vmexit(ExceptionExit(qualification=cr2 or 0 if vector == PF else 0, length=length,
+                                  linear=cr2 if vector == PF else None, vector=vector, error_code=error_code,
+                                  software=itype is InterruptionType.SOFTWARE_EXCEPTION, cr2=cr2),
                     intr_info=InterruptionInfo(vector, itype, error_code_valid=has_code),
-                    intr_error=error_code if has_code else None,
-                    vector=vector, error_code=error_code, cr2=cr2)
+                    intr_error=error_code if has_code else None)
 
     def on_invalid_opcode(self) -> None:
         eng = self.vm.engine
         eip = eng.reg("eip")
-        if self.vm.read_code(eip, 3) == b"\x0f\x01\xc1":
-            self.vmexit(ExitReason.VMCALL, length=3)
+        if self.vm.read_code(eip, len(VMCALL)) == VMCALL:
+            self.vmexit(InstructionExit(reason=ExitReason.VMCALL, length=3))
             return
         self.hardware_exception(UD, 0, None)
 
@@ -182,14 +288,14 @@ class VmxNonRoot:
 
     def on_cpuid(self) -> bool:
         # CPUID always exits (SDM §26.1.2): the lean path, with nothing to qualify.
-        self.vmcs.record_exit(10, 0, 2, 0, 0, 0, 0, 0)
+        self.vmcs.record_exit(ExitReason.CPUID, 0, CPUID_LENGTH, 0, 0, 0, 0, 0)
         self.vm.dispatch(_CPUID_EXIT)
         self.vm_entry()
         return True
 
     def on_rdtsc(self) -> bool:
         if self.primary(PrimaryProcBased.RDTSC_EXITING):
-            self.vmexit(ExitReason.RDTSC, length=2, hooked=True)
+            self.vmexit(RDTSC_EXIT)
         else:
             offset = self.vmcs.read(Field.TSC_OFFSET) if self.primary(PrimaryProcBased.USE_TSC_OFFSETTING) else 0
             self.write_edx_eax(self.vm.guest_tsc() + offset)
@@ -197,24 +303,20 @@ class VmxNonRoot:
 
     def write_edx_eax(self, value: int) -> None:
         eng = self.vm.engine
-        eng.set_reg("eax", value & 0xFFFFFFFF)
-        eng.set_reg("edx", (value >> 32) & 0xFFFFFFFF)
+        eng.set_reg("eax", value & U32_MASK)
+        eng.set_reg("edx", (value >> 32) & U32_MASK)
 
     def on_halt(self) -> None:
         if self.primary(PrimaryProcBased.HLT_EXITING):
             eng = self.vm.engine
             eng.set_reg("eip", eng.reg("eip") - 1)  # HLT exits before it executes
-            self.vmexit(ExitReason.HLT, length=1)
+            self.vmexit(InstructionExit(reason=ExitReason.HLT, length=1))
         else:
             self.vm.halt()
 
     def _io_exits(self, port: int, size: int) -> bool:
         if self.primary(PrimaryProcBased.USE_IO_BITMAPS):
-            for p in range(port, min(port + size, 0x10000)):
-                bitmap = self.io_bitmaps[0 if p < 0x8000 else 1]
-                if bitmap[(p & 0x7FFF) >> 3] >> (p & 7) & 1:
-                    return True
-            return port + size > 0x10000  # wrapping past 0xffff always exits
+            return self.bitmaps.io_exits(port, size)
         return self.primary(PrimaryProcBased.UNCONDITIONAL_IO_EXITING)
 
     def _io_qualification(self, port: int, size: int, direction_in: bool) -> tuple[int, int]:
@@ -222,10 +324,10 @@ class VmxNonRoot:
         decoded = self._io_decode.get(eip)
         if decoded is None:
             code = self.vm.read_code(eip, 3)
-            prefix = 1 if code[:1] == b"\x66" else 0
+            prefix = 1 if code[:1] == bytes([OPERAND_SIZE_PREFIX]) else 0
             opcode = code[prefix] if len(code) > prefix else 0
-            immediate = opcode in (0xE4, 0xE5, 0xE6, 0xE7)
-            string = opcode in (0x6C, 0x6D, 0x6E, 0x6F)
+            immediate = opcode in IO_IMMEDIATE_OPCODES
+            string = opcode in IO_STRING_OPCODES
             decoded = self._io_decode[eip] = (prefix + (2 if immediate else 1), immediate, string)
         length, immediate, string = decoded
         q = IoInstruction(port, size, direction_in, string=string, immediate=immediate).encode()
@@ -235,16 +337,15 @@ class VmxNonRoot:
         if not self._io_exits(port, size):
             return self.vm.board.port_bus.read(port, size)
         q, length = self._io_qualification(port, size, True)
-        return self.vmexit(ExitReason.IO_INSTRUCTION, qualification=q, length=length, hooked=True,
-                           port=port, size=size, direction="in")
+        return self.vmexit(IoExit(qualification=q, length=length, hooked=True, port=port, size=size, direction=IN))
 
     def on_port_out(self, port: int, size: int, value: int) -> None:
         if not self._io_exits(port, size):
-            self.io_direct(port, size, value)
+            self.hv.io_direct(port, size, value)
             return
         q, length = self._io_qualification(port, size, False)
-        self.vmexit(ExitReason.IO_INSTRUCTION, qualification=q, length=length, hooked=True,
-                    port=port, size=size, direction="out", value=value)
+        self.vmexit(IoExit(qualification=q, length=length, hooked=True, port=port, size=size, direction=OUT,
+                           value=value))
 
     def next_deadline(self) -> int | None:
         if self.pin(PinBased.PREEMPTION_TIMER):
@@ -254,23 +355,23 @@ class VmxNonRoot:
     def on_slice_end(self) -> None:
         deadline = self.next_deadline()
         if deadline is not None and self.vm.now >= deadline:
-            self.vmexit(ExitReason.PREEMPTION_TIMER)
+            self.vmexit(InstructionExit(reason=ExitReason.PREEMPTION_TIMER))
 
     def poll_interrupts(self) -> bool:
         """External interrupts and the interrupt window (SDM §26.2, §26.7.5)."""
         board, eng = self.vm.board, self.vm.engine
         if self.pin(PinBased.EXTERNAL_INTERRUPT_EXITING):
-            if board.interrupt_pending() and self.queued_irq is None:
+            if board.interrupt_pending() and self.hv.queued_irq is None:
                 info = None
                 if self.vmcs.read(Field.VM_EXIT_CONTROLS) & ExitControls.ACK_INTERRUPT_ON_EXIT:
                     vector = board.acknowledge_interrupt()
                     info = InterruptionInfo(vector, InterruptionType.EXTERNAL_INTERRUPT)
-                self.vmexit(ExitReason.EXTERNAL_INTERRUPT, intr_info=info)
+                self.vmexit(ExternalInterruptExit(vector=None if info is None else info.vector), intr_info=info)
         elif board.interrupt_pending() and eng.reg("eflags") & IF:
             self.deliver_as_hardware(Event(board.acknowledge_interrupt(), "external"),
                                      InterruptionInfo(0, InterruptionType.EXTERNAL_INTERRUPT))
         if self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) and eng.reg("eflags") & IF:
-            self.vmexit(ExitReason.INTERRUPT_WINDOW)
+            self.vmexit(InstructionExit(reason=ExitReason.INTERRUPT_WINDOW))
         waiting = self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) or board.interrupt_pending()
         return bool(waiting and not eng.reg("eflags") & IF)
 
@@ -303,7 +404,7 @@ class VmxNonRoot:
             if to_cr:
                 value = eng.reg(gpr)
                 if (value ^ shadow) & mask:
-                    self.vmexit(ExitReason.CR_ACCESS, qualification=q, length=insn.size, cr=cr, gpr=gpr)
+                    self.vmexit(CrAccessExit(qualification=q, length=insn.size, cr=cr, gpr=gpr))
                     return
                 eng.set_reg(cr_name, (value & ~mask) | (eng.reg(cr_name) & mask))
             else:
@@ -314,27 +415,26 @@ class VmxNonRoot:
                 targets = [vmcs.read(Field.CR3_TARGET_VALUE0 + 2 * i)
                            for i in range(min(4, vmcs.read(Field.CR3_TARGET_COUNT)))]
                 if eng.reg(gpr) not in targets:
-                    self.vmexit(ExitReason.CR_ACCESS, qualification=q, length=insn.size, cr=3, gpr=gpr)
+                    self.vmexit(CrAccessExit(qualification=q, length=insn.size, cr=3, gpr=gpr))
             elif not to_cr and self.primary(PrimaryProcBased.CR3_STORE_EXITING):
-                self.vmexit(ExitReason.CR_ACCESS, qualification=q, length=insn.size, cr=3, gpr=gpr)
+                self.vmexit(CrAccessExit(qualification=q, length=insn.size, cr=3, gpr=gpr))
 
     def _site_clts(self, insn) -> None:
         mask, shadow = self.vmcs.read(Field.CR0_GUEST_HOST_MASK), self.vmcs.read(Field.CR0_READ_SHADOW)
         if mask & CR0_TS and shadow & CR0_TS:
-            self.vmexit(ExitReason.CR_ACCESS, qualification=CrAccess(0, CrAccessType.CLTS).encode(),
-                        length=insn.size, cr=0)
+            self.vmexit(CrAccessExit(qualification=CrAccess(0, CrAccessType.CLTS).encode(), length=insn.size, cr=0))
         elif mask & CR0_TS:
             self.skip_instruction(insn.size)  # TS owned by the host and shadow clear: no effect
 
     def _site_smsw(self, insn) -> None:
         mask = self.vmcs.read(Field.CR0_GUEST_HOST_MASK)
         op = insn.operands[0]
-        if mask and op.type == 1:  # register destination: shadowed bits come from the shadow
+        if mask and op.type == X86_OP_REG:  # register destination: shadowed bits come from the shadow
             eng = self.vm.engine
             value = (eng.reg("cr0") & ~mask) | (self.vmcs.read(Field.CR0_READ_SHADOW) & mask)
             name = insn.reg_name(op.reg)
             full = "e" + name[-2:] if len(name) == 2 else name
-            eng.set_reg(full, (eng.reg(full) & ~0xFFFF) | (value & 0xFFFF) if len(name) == 2 else value)
+            eng.set_reg(full, (eng.reg(full) & ~WORD_MASK) | (value & WORD_MASK) if len(name) == 2 else value)
             self.skip_instruction(insn.size)
 
     def _site_mov_dr(self, insn) -> None:
@@ -345,56 +445,49 @@ class VmxNonRoot:
         dr_name, gpr = (insn.reg_name(a.reg), insn.reg_name(b.reg)) if to_dr else \
             (insn.reg_name(b.reg), insn.reg_name(a.reg))
         q = MovDr(int(dr_name[2:]), not to_dr, GPR_INDEX.get(gpr, 0)).encode()
-        self.vmexit(ExitReason.DR_ACCESS, qualification=q, length=insn.size, dr=dr_name, gpr=gpr,
-                    to_dr=to_dr)
+        self.vmexit(DrAccessExit(qualification=q, length=insn.size, dr=dr_name, gpr=gpr, to_dr=to_dr))
 
     def _msr_exits(self, msr: int, write: bool) -> bool:
         if not self.primary(PrimaryProcBased.USE_MSR_BITMAPS):
             return True
-        if msr <= 0x1FFF:
-            base = 0x800 if write else 0
-        elif 0xC0000000 <= msr <= 0xC0001FFF:
-            base = 0xC00 if write else 0x400
-        else:
-            return True
-        index = msr & 0x1FFF
-        return bool(self.msr_bitmap[base + (index >> 3)] >> (index & 7) & 1)
+        return self.bitmaps.msr_exits(msr, write)
 
     def _site_rdmsr(self, insn) -> None:
         msr = self.vm.engine.reg("ecx")
         if self._msr_exits(msr, False):
-            self.vmexit(ExitReason.MSR_READ, length=insn.size, msr=msr)
+            self.vmexit(MsrExit(reason=ExitReason.MSR_READ, length=insn.size, msr=msr))
 
     def _site_wrmsr(self, insn) -> None:
         msr = self.vm.engine.reg("ecx")
         if self._msr_exits(msr, True):
-            self.vmexit(ExitReason.MSR_WRITE, length=insn.size, msr=msr)
+            self.vmexit(MsrExit(reason=ExitReason.MSR_WRITE, length=insn.size, msr=msr))
 
     def _site_invlpg(self, insn) -> None:
         if self.primary(PrimaryProcBased.INVLPG_EXITING):
             linear = self.effective_address(insn)
-            self.vmexit(ExitReason.INVLPG, qualification=linear, length=insn.size, linear=linear)
+            self.vmexit(InstructionExit(reason=ExitReason.INVLPG, qualification=linear, length=insn.size, linear=linear))
 
     def _site_descriptor_table(self, insn) -> None:
         if self.secondary(SecondaryProcBased.DESCRIPTOR_TABLE_EXITING):
             reason = ExitReason.GDTR_IDTR if insn.mnemonic in ("sgdt", "sidt", "lgdt", "lidt") \
                 else ExitReason.LDTR_TR
             op = insn.operands[0]
-            displacement = op.mem.disp & 0xFFFFFFFF if op.type == 3 else 0
-            self.vmexit(reason, qualification=displacement, length=insn.size, mnemonic=insn.mnemonic)
+            displacement = op.mem.disp & U32_MASK if op.type == X86_OP_MEM else 0
+            self.vmexit(DescriptorTableExit(reason=reason, qualification=displacement, length=insn.size,
+                                            mnemonic=insn.mnemonic))
 
     def _site_always(reason):
         def handler(self, insn):
-            self.vmexit(reason, length=insn.size)
+            self.vmexit(InstructionExit(reason=reason, length=insn.size))
         return handler
 
     def _site_rdpmc(self, insn) -> None:
         if self.primary(PrimaryProcBased.RDPMC_EXITING):
-            self.vmexit(ExitReason.RDPMC, length=insn.size)
+            self.vmexit(InstructionExit(reason=ExitReason.RDPMC, length=insn.size))
 
     def _site_wbinvd(self, insn) -> None:
         if self.secondary(SecondaryProcBased.WBINVD_EXITING):
-            self.vmexit(ExitReason.WBINVD, length=insn.size)
+            self.vmexit(InstructionExit(reason=ExitReason.WBINVD, length=insn.size))
 
     _site_handlers = {
         "mov": None,  # filled below: only MOV to/from CRn or DRn reach a site
@@ -406,7 +499,7 @@ class VmxNonRoot:
                                         _site_descriptor_table))
 
     def _site_mov(self, insn) -> None:
-        names = [insn.reg_name(op.reg) for op in insn.operands if op.type == 1]
+        names = [insn.reg_name(op.reg) for op in insn.operands if op.type == X86_OP_REG]
         if any(n.startswith("cr") for n in names):
             self._site_mov_cr(insn)
         elif any(n.startswith("dr") for n in names):
@@ -427,4 +520,4 @@ class VmxNonRoot:
         return 0
 
 
-__all__ = ["VmxNonRoot", "KVM_ENOSYS"]
+__all__ = ["VmxProcessor", "LiveVmcs", "KVM_ENOSYS", "exits_for_exception"]

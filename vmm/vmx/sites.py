@@ -1,7 +1,7 @@
 """Sensitive-instruction sites in guest code, found once per code page.
 
 Unicorn hooks only IN/OUT/CPUID/RDTSC by instruction; MOV CRn, MOV DRn, RDMSR/WRMSR,
-INVLPG, LGDT/SGDT... execute natively at CPL0 (DESIGN §3). A mode that must intercept
+INVLPG, LGDT/SGDT... execute natively at CPL0. A mode that must intercept
 them finds them in the code: when a code page is first fetched (a TLB fill for an
 instruction fetch), its bytes are searched for the opcodes of those instructions
 (``0F xx``, optionally behind prefixes) and a code hook bounded to each candidate

@@ -1,0 +1,238 @@
+"""What every mode is built from: a VMM above one vCPU, and the bare machine's answers.
+
+A mode is a :class:`Hypervisor` that *has* the parts it needs, chosen when it is made:
+
+* ``mmu``: an MMU strategy (:mod:`vmm.modes.memory`): the guest's own tables, shadow
+  tables, EPT, or PV direct paging;
+* ``devices``: :class:`DeviceAccess`, the board's ports and device pages;
+* ``delivery``: how an event enters the guest (its IDT; trap's virtual one; PV's
+  bounce frames);
+* ``events``: the mode's own event counts (traps, callouts, hypercalls...);
+* ``exit_table``: the handler of each exit (keyed by SDM reason, or by exit type for a
+  software VMM's own entries), run by ``VM.dispatch``;
+* ``processor``: what decides what each engine event becomes. The mode itself, unless
+  its guest runs in VMX non-root operation, where that is the VMX processor
+  (:class:`vmm.vmx.processor.VmxProcessor`).
+
+The defaults here are what the bare machine does with each event (exceptions through
+the guest's IDT, port I/O on the board, HLT waits for an interrupt); a mode states
+only where it differs. No mode derives from another.
+"""
+from __future__ import annotations
+
+from ..cost.events import EventCounters
+from ..cpu.delivery import UD, Event, EventDelivery
+from ..cpu.engine import Fault, Fill
+from ..x86 import EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK
+from ..vmx.exit_reasons import ExitReason
+from ..vmx.exits import (IN, OUT, RESUME, ExceptionExit, Exit, ExternalInterruptExit, InstructionExit, IoExit,
+                         Outcome, Value)
+from .memory import CodePages
+
+# Local-APIC registers whose write changes when the next timer interrupt comes: SVR
+# (software enable), LVT timer, initial count, divide configuration.
+APIC_TIMER_REGISTERS = frozenset({0x0F0, 0x320, 0x380, 0x3E0})
+HLT_EXIT = InstructionExit(reason=ExitReason.HLT, length=1)
+
+
+class DeviceAccess:
+    """The board's ports and device pages, as the guest's accesses reach them."""
+
+    def __init__(self, vm, events: EventCounters):
+        self.vm = vm
+        self.events = events
+        self._replayed_store: tuple[int, int, int] | None = None
+
+    def port_write(self, port: int, size: int, value: int) -> None:
+        """A port write reaching the board (what OUT does on the bare machine)."""
+        board = self.vm.board
+        board.port_bus.write(port, size, value)
+        if board.exit_status is not None:
+            self.vm.request_stop("guest exit")
+        elif port in board.TIMING_PORTS:
+            self.vm.replan()
+
+    def mmio(self, address: int, size: int, value: int | None) -> int | None:
+        """An access to a device page (the local APIC): straight to the board. Counted by
+        register (a TPR write is the 32-bit stand-in for Adams & Agesen's cr8wr)."""
+        if value is None:
+            self.events.add("mmio", f"read {address:#010x}")
+            return self.vm.board.mmio_bus.read(address, size)
+        self.mmio_write(address, size, value)
+        return None
+
+    def replayed_store(self, address: int, size: int, value: int | None) -> bool:
+        """True (once) for Unicorn's replay of the store that ended the last run."""
+        replay = self._replayed_store is not None and self._replayed_store == (address, size, value)
+        self._replayed_store = None
+        return replay
+
+    def mmio_write(self, address: int, size: int, value: int) -> None:
+        """A device store. One that reprograms the APIC timer ends a free run so the run
+        loop replans (VM.replan). Stopping inside an MMIO callback makes Unicorn execute
+        the store again when the run resumes (measured: it restarts the instruction), so
+        that replay is recognised and absorbed, never written twice."""
+        if self.replayed_store(address, size, value):
+            return
+        self.events.add("mmio", f"write {address:#010x}")
+        self.vm.board.mmio_bus.write(address, size, value)
+        if address & PAGE_OFFSET_MASK in APIC_TIMER_REGISTERS and self.vm.replan():
+            self._replayed_store = (address, size, value)
+
+
+class Hypervisor:
+    """The parts every mode has, and the bare machine's answer to each event."""
+
+    name = "hypervisor"
+
+    def __init__(self, vm):
+        self.vm = vm
+        eng = vm.engine
+        self.ram_size = vm.ram_size
+        self.device_ranges = [(base, base + length) for base, length, _ in vm.board.mmio_bus.regions()]
+        self.events = EventCounters(vm.bus.event)
+        self.devices = DeviceAccess(vm, self.events)
+        self.pages = CodePages(vm, self.is_guest_physical)
+        self.code_watchers = self.pages.watchers     # objects with fetch(linear_page, page) and written(page)
+        self.delivery = EventDelivery(eng, lambda linear, write: self.translate(linear, write, user=False),
+                                      lambda cr2: eng.set_reg("cr2", cr2))
+        self.processor = self
+        self.mmu = None  # set by the mode
+        self.exit_table = {
+            ExitReason.EXCEPTION_NMI: self.exception,
+            ExitReason.EXTERNAL_INTERRUPT: self.external_interrupt,
+            ExitReason.IO_INSTRUCTION: self.io,
+            ExitReason.HLT: self.hlt,
+        }
+
+    # -- memory: the MMU strategy's ----------------------------------------------------------
+    def is_guest_physical(self, page: int) -> bool:
+        """The guest's physical memory: its RAM and its devices, nothing of the VMM's."""
+        if page < self.ram_size:
+            return True
+        return any(lo <= page < hi for lo, hi in self.device_ranges)
+
+    def tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
+        return self.mmu.tlb_fill(vaddr, access)
+
+    @property
+    def tlb_fills(self) -> int:
+        return self.mmu.tlb_fills
+
+    def walk(self, linear: int, write: bool, user: bool, set_ad: bool = True):
+        return self.mmu.walk(linear, write, user, set_ad)
+
+    def translate(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> int:
+        """Guest-linear to host-physical, as the VMM's own accesses see it; raises PageFault."""
+        return self.mmu.translate(linear, write, user, set_ad)
+
+    def map_guest_ram(self) -> None:
+        self.mmu.map_guest_ram()
+
+    def write_guest(self, gpa: int, data: bytes) -> None:
+        """The loader's writes into guest-physical memory."""
+        self.mmu.write_guest(gpa, data)
+
+    def memory_counters(self) -> dict[str, int]:
+        """Counts of the mode's memory-virtualization events, for statistics."""
+        return self.mmu.memory_counters()
+
+    def on_mmio(self, address: int, size: int, value: int | None) -> int | None:
+        return self.devices.mmio(address, size, value)
+
+    def io_direct(self, port: int, size: int, value: int) -> None:
+        self.devices.port_write(port, size, value)
+
+    # -- engine events: the bare machine's ------------------------------------------------------
+    def on_exception(self, vector: int, error_code: int, software: bool) -> None:
+        self.vm.dispatch(ExceptionExit(vector=vector, error_code=error_code, software=software))
+
+    def on_invalid_opcode(self) -> None:
+        self.on_exception(UD, 0, False)
+
+    def on_fault(self, fault: Fault) -> None:
+        self.vm.dispatch(ExceptionExit(linear=fault.address, vector=fault.vector, error_code=fault.error_code,
+                                       cr2=fault.address, access=fault.access))
+
+    def reflect(self, vector: int, error_code: int | None, cr2: int | None = None) -> None:
+        """Deliver an exception the VMM found while handling an exit (an emulated
+        instruction's fault), as the exception exit the guest raising it would be."""
+        self.vm.dispatch(ExceptionExit(linear=cr2, vector=vector, error_code=error_code or 0, cr2=cr2,
+                                       access=None if cr2 is None else "read"))
+
+    def on_port_in(self, port: int, size: int) -> int:
+        return self.vm.dispatch(IoExit(port=port, size=size, direction=IN))
+
+    def on_port_out(self, port: int, size: int, value: int) -> None:
+        self.vm.dispatch(IoExit(port=port, size=size, direction=OUT, value=value))
+
+    def on_cpuid(self) -> bool:
+        return False  # the engine's own CPUID answers
+
+    def on_rdtsc(self) -> bool:
+        return False
+
+    def on_code_site(self, address: int) -> None:
+        pass
+
+    def on_halt(self) -> None:
+        self.vm.dispatch(HLT_EXIT)
+
+    def on_slice_end(self) -> None:
+        pass
+
+    def on_triple_fault(self, fault) -> None:
+        pass
+
+    def next_deadline(self) -> int | None:
+        """Virtual time at which the mode itself needs control (VMX preemption timer)."""
+        return None
+
+    def interrupts_enabled(self) -> bool:
+        """The guest's EFLAGS.IF (a deprivileged guest's is virtual)."""
+        return bool(self.vm.engine.reg("eflags") & EFLAGS.IF)
+
+    def poll_interrupts(self) -> bool:
+        """Deliver a pending interrupt if the guest accepts one; True if one still waits."""
+        board = self.vm.board
+        if not board.interrupt_pending():
+            return False
+        if self.interrupts_enabled():
+            self.vm.dispatch(ExternalInterruptExit(vector=board.acknowledge_interrupt()))
+            return board.interrupt_pending()
+        return True
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def boot(self, image) -> None:
+        """The image is loaded and the boot state (Multiboot's) set: a mode that boots its
+        guests differently (pv: ring 1, paging on, start-info page) changes it here."""
+
+    def launch(self) -> str | None:
+        """Start the guest; a mode with entry checks returns their failure report."""
+        return None
+
+    def stopped(self) -> None:
+        """The VM stopped: settle any state the mode keeps live."""
+
+    # -- handlers: the bare machine's ------------------------------------------------------------
+    def exception(self, exit: ExceptionExit) -> Outcome:
+        kind = "software" if exit.software else "exception"
+        self.vm.inject(Event(exit.vector, kind, exit.error_code, exit.cr2))
+        return RESUME
+
+    def external_interrupt(self, exit: ExternalInterruptExit) -> Outcome:
+        self.vm.inject(Event(exit.vector, "external"))
+        return RESUME
+
+    def hlt(self, exit: Exit) -> Outcome:
+        self.vm.halt()
+        return RESUME
+
+    def io(self, exit: IoExit) -> Outcome:
+        if exit.direction == IN:
+            return Value(self.vm.board.port_bus.read(exit.port, exit.size))
+        self.devices.port_write(exit.port, exit.size, exit.value)
+        return RESUME
+
+
+__all__ = ["Hypervisor", "DeviceAccess", "PAGE_MASK"]

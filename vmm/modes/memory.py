@@ -1,0 +1,284 @@
+"""MMU strategies: how a mode answers the engine's TLB misses. A mode *has* one.
+
+* :class:`GuestPaging`: the guest's own tables, walked one-dimensionally on each miss
+  (``native``; the walk the hardware makes);
+* :class:`ShadowMmu`: shadow page tables kept by the VMM from the guest's (``trap``,
+  ``bt``, ``vtx``); a shadow miss is a hidden page fault the VMM handles in place, or,
+  under VT-x, a #PF VM exit (the hypervisor passes ``on_miss``);
+* EPT's two-dimensional walk (:class:`vmm.modes.vtx_ept.EptMmu`) and Xen's direct
+  paging (:class:`vmm.modes.pv.DirectPaging`) live beside the modes that use them.
+
+Every strategy answers ``tlb_fill``, ``walk``, ``translate``, ``map_guest_ram``,
+``write_guest``, the paging-state changes (``guest_cr3_loaded``, ``paging_mode_changed``,
+``guest_invlpg``) and ``memory_counters``. The last step of every fill is the code-page
+policy of :class:`CodePages`, which the watchers of code (the VT-x site scanner, the
+binary translator, the tracer's decode cache) subscribe to.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..cpu.delivery import PF
+from ..cpu.engine import ACCESS_FETCH, ACCESS_WRITE, PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill, GuestMemoryError
+from ..mmu.hostmem import HostPages
+from ..mmu.paging import PageFault, Translation, Walker32, phys_reader, phys_writer
+from ..mmu.shadow import ShadowPaging
+from ..x86 import CR0, CR4, PAGE_MASK
+
+ALL = PROT_READ | PROT_WRITE | PROT_EXEC
+ADDRESS_MASK = 0xFFFFFFFF
+UNBACKED_PAGE = 0xDFFFF000  # below the VMM's host memory (0xE0000000), above any guest RAM: never mapped
+PAGING_CR0_BITS = CR0.PG | CR0.WP | CR0.PE       # the shadow is rebuilt when they change
+PAGING_CR4_BITS = CR4.PSE | CR4.PAE | CR4.PGE
+DESCRIPTOR_TABLES = ("gdtr", "ldtr", "idtr", "tr")
+
+
+class CodePages:
+    """The last step of a TLB fill: the code-page policy for whoever watches code.
+
+    Watchers (objects with ``fetch(linear_page, page)`` and ``written(page)``) learn of
+    each code page when it is first fetched; a code page is then mapped without write
+    permission, so a write to it comes back as a fill, is reported, and maps the page
+    writable but not executable until the next fetch (self-modifying code, and code and
+    data sharing a page, keep working). VMM memory is never the guest's: a fill that
+    lands on it is answered with a page that has nothing behind it.
+    """
+
+    def __init__(self, vm, is_guest_physical: Callable[[int], bool]):
+        self.vm = vm
+        self.ram_size = vm.ram_size
+        self.is_guest_physical = is_guest_physical
+        self.watchers: list = []
+        self.frames: set[int] = set()
+
+    def fill(self, linear_page: int, guest_page: int, perms: int, access: str) -> Fill:
+        if guest_page >= self.ram_size and not self.is_guest_physical(guest_page) \
+                and self.vm.engine.read_raw(guest_page, 1):
+            # VMM memory (VMX bitmaps, shadow tables, the trampoline): map a page with
+            # nothing behind it, so that the access (if the guest really makes it) stops
+            # the VM as one outside its RAM and devices does.
+            guest_page = UNBACKED_PAGE
+        watchers = self.watchers
+        if not watchers:
+            return Fill(guest_page, perms)
+        if access == ACCESS_FETCH:
+            for w in watchers:
+                w.fetch(linear_page, guest_page)
+            self.frames.add(guest_page)
+            return Fill(guest_page, perms & ~PROT_WRITE)
+        if guest_page in self.frames:
+            if access == ACCESS_WRITE:
+                self.frames.discard(guest_page)
+                for w in watchers:
+                    w.written(guest_page)
+                return Fill(guest_page, perms & ~PROT_EXEC)
+            return Fill(guest_page, perms & ~PROT_WRITE)
+        return Fill(guest_page, perms)
+
+
+def user_access(engine, vaddr: int) -> bool:
+    """Whether a TLB miss is a CPL-3 access. The fill hook does not say which MMU index
+    asked, so a user-mode fill that lands on the GDT/LDT/IDT/TSS page is treated as the
+    implicit supervisor access it is (a segment load reads the GDT)."""
+    if not (engine.reg("cr0") & CR0.PE and engine.reg("cs") & 3 == 3):
+        return False
+    page = vaddr & PAGE_MASK
+    for table in DESCRIPTOR_TABLES:
+        _, base, limit = engine.table(table)
+        if base & PAGE_MASK <= page <= (base + limit) & PAGE_MASK:
+            return False
+    return True
+
+
+class GuestPaging:
+    """The guest's own page tables, in its own RAM: a one-dimensional walk per TLB miss.
+
+    ``guest_cr0`` is the CR0 the guest believes it has (trap mode keeps it virtual)."""
+
+    name = "guest paging"
+
+    def __init__(self, vm, pages: CodePages, guest_cr0: Callable[[], int] | None = None):
+        self.vm = vm
+        self.pages = pages
+        self.ram_size = vm.ram_size
+        eng = vm.engine
+        self.guest_cr0 = guest_cr0 or (lambda: eng.reg("cr0"))
+        # The guest's page tables are read (and A/D bits written) only inside its RAM: a
+        # CR3 or PDE pointing elsewhere stops the VM instead of reaching VMM memory.
+        self.walker = Walker32(phys_reader(self.read_guest_phys), phys_writer(self.write_guest_phys))
+        self.tlb_fills = 0
+
+    def read_guest_phys(self, address: int, size: int) -> bytes:
+        if address + size > self.ram_size:
+            raise GuestMemoryError(address, size, "read")
+        return self.vm.engine.read_phys(address, size)
+
+    def write_guest_phys(self, address: int, data: bytes) -> None:
+        if address + len(data) > self.ram_size:
+            raise GuestMemoryError(address, len(data), "write")
+        self.vm.engine.write_phys(address, data)
+
+    def map_guest_ram(self) -> None:
+        """All of the guest's RAM, at host-physical = guest-physical."""
+        self.vm.engine.map_ram(0, self.vm.ram_size)
+
+    def write_guest(self, gpa: int, data: bytes) -> None:
+        self.vm.engine.write_phys(gpa, data)
+
+    def walk(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> Translation | None:
+        """The guest's own translation, or None with paging off; raises PageFault."""
+        cr0 = self.guest_cr0()
+        if not cr0 & CR0.PG:
+            return None
+        eng = self.vm.engine
+        return self.walker.walk(cr0, eng.reg("cr3"), eng.reg("cr4"), linear, write=write, user=user, set_ad=set_ad)
+
+    def translate(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> int:
+        """Guest-linear to guest-physical (== host-physical here); raises PageFault."""
+        t = self.walk(linear, write, user, set_ad)
+        physical = linear & ADDRESS_MASK if t is None else t.physical
+        if not self.pages.is_guest_physical(physical & PAGE_MASK):
+            raise GuestMemoryError(physical, 1, "write" if write else "read")
+        return physical
+
+    def tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
+        walks = self.vm.bus.walk
+        if not walks:
+            return self._fill(vaddr, access)
+        before = self.walker.references
+        answer = self._fill(vaddr, access)
+        for observe in walks:
+            observe(vaddr, self.walker.references - before)
+        return answer
+
+    def _fill(self, vaddr: int, access: str) -> Fill | Fault:
+        self.tlb_fills += 1
+        write = access == ACCESS_WRITE
+        try:
+            t = self.walk(vaddr, write, user_access(self.vm.engine, vaddr))
+        except PageFault as pf:
+            return Fault(PF, pf.error_code, pf.address, access)
+        page = vaddr & PAGE_MASK
+        if t is None:
+            return self.pages.fill(page, page, ALL, access)
+        perms = PROT_READ | PROT_EXEC
+        if t.writable and (t.dirty or write):
+            perms |= PROT_WRITE  # clean pages stay read-only so the first write sets D
+        return self.pages.fill(page, t.physical & PAGE_MASK, perms, access)
+
+    # the hardware walks the tables the guest wrote: nothing to keep in step
+    def guest_cr3_loaded(self, value: int) -> None:
+        self.vm.engine.flush_tlb()
+
+    def paging_mode_changed(self) -> None:
+        self.vm.engine.flush_tlb()
+
+    def guest_invlpg(self, linear: int) -> None:
+        self.vm.engine.flush_tlb()
+
+    def memory_counters(self) -> dict[str, int]:
+        return {"TLB fills (guest walks)": self.tlb_fills}
+
+
+class ShadowMmu:
+    """TLB fills through shadow page tables the VMM keeps from the guest's.
+
+    This is the pre-EPT arrangement VMware and Xen (for HVM) used: a TLB miss walks the
+    shadow; a miss there is a "hidden" page fault the VMM takes itself (walk the guest's
+    tables, install the shadow entry, resume) unless the guest's own tables fault too,
+    in which case the #PF is the guest's. Guest page-table pages are write-protected in
+    the shadow, so a write to one reaches the VMM and zaps what was derived from it.
+    ``on_miss(vaddr, write, user, access)``, when given, takes a shadow miss instead of
+    the in-place walk (VT-x: a #PF VM exit). ``true_faults`` names what the VMM does
+    with the guest's own faults, for the statistics ("delivered" or "injected").
+    """
+
+    name = "shadow paging"
+
+    def __init__(self, vm, pages: CodePages, guest: GuestPaging, *, true_faults: str = "delivered",
+                 on_miss: Callable[[int, bool, bool, str], Fill | Fault] | None = None):
+        eng = vm.engine
+        self.vm = vm
+        self.pages = pages
+        self.guest = guest
+        self.walker = guest.walker
+        self.host_pages = HostPages(vm.host_alloc, eng.read_phys, eng.write_phys, eng.read_u64)
+        self.shadow = ShadowPaging(self.host_pages, flush_tlb=eng.flush_tlb)
+        self.on_miss = on_miss
+        self.true_fault_label = true_faults
+        self.tlb_fills = 0
+        self.map_guest_ram = guest.map_guest_ram
+        self.write_guest = guest.write_guest
+        self.walk = guest.walk
+        self.translate = guest.translate
+
+    def tlb_fill(self, vaddr: int, access: str, user: bool | None = None) -> Fill | Fault:
+        """``user``: the privilege of the access when the caller knows it (the engine's
+        fill hook does not say: it is taken from CS then)."""
+        self.tlb_fills += 1
+        page = vaddr & PAGE_MASK
+        if not self.guest.guest_cr0() & CR0.PG:  # guest paging off: the VMM's identity map
+            return self.pages.fill(page, page, ALL, access)
+        shadow = self.shadow
+        if shadow.root is None:
+            shadow.activate(self.vm.engine.reg("cr3"))
+        write = access == ACCESS_WRITE
+        if user is None:
+            user = user_access(self.vm.engine, vaddr)
+        hit = shadow.lookup(vaddr, write, user)
+        if hit is None:
+            if self.on_miss is not None:
+                return self.on_miss(vaddr, write, user, access)
+            return self.hidden_fault(vaddr, write, user, access)
+        host_page, writable = hit
+        return self.pages.fill(page, host_page, PROT_READ | PROT_EXEC | (PROT_WRITE if writable else 0), access)
+
+    def hidden_fault(self, vaddr: int, write: bool, user: bool, access: str) -> Fill | Fault:
+        """Walk the guest's tables: fill the shadow, or return the guest's own #PF."""
+        try:
+            t = self.walk(vaddr, write, user)
+        except PageFault as pf:
+            self.shadow.counters.true_faults += 1
+            return Fault(PF, pf.error_code, vaddr, access)
+        return self.sync(vaddr, write, access, t)
+
+    def sync(self, vaddr: int, write: bool, access: str, t: Translation) -> Fill:
+        """Install the shadow entry for a successful guest walk and answer the fill."""
+        target = t.physical & PAGE_MASK
+        if write and self.shadow.is_protected(target):
+            self.shadow.guest_table_written(target)
+        host_page, writable = self.shadow.sync(vaddr, write, t)
+        perms = PROT_READ | PROT_EXEC | (PROT_WRITE if writable else 0)
+        return self.pages.fill(vaddr & PAGE_MASK, host_page, perms, access)
+
+    # -- what the VMM does when the guest changes its paging state ----------------------------
+    def guest_cr3_loaded(self, value: int) -> None:
+        if self.guest.guest_cr0() & CR0.PG or self.shadow.root is not None:
+            self.shadow.activate(value)
+        self.vm.engine.flush_tlb()
+
+    def paging_mode_changed(self) -> None:
+        self.shadow.reset()
+        if self.shadow.root is None:
+            self.shadow.activate(self.vm.engine.reg("cr3"))
+        self.vm.engine.flush_tlb()
+
+    def guest_invlpg(self, linear: int) -> None:
+        self.shadow.invalidate(linear)
+        self.vm.engine.flush_tlb()
+
+    def memory_counters(self) -> dict[str, int]:
+        """The shadow-paging statistics of ``vmm run --stat``."""
+        c = self.shadow.counters
+        return {
+            "hidden page faults (shadow filled)": c.hidden_faults,
+            f"true page faults ({self.true_fault_label})": c.true_faults,
+            "guest page-table writes intercepted": c.pte_write_intercepts,
+            "CR3 switches": c.cr3_switches,
+            "INVLPG": c.invlpg,
+            "shadow resets (paging-mode changes)": c.resets,
+            "shadow pages built": c.pages_built,
+            "shadow pages dropped": c.pages_dropped,
+            "shadow entries zapped": c.entries_zapped,
+            "shadow-table references": sum(c.references.values()),
+        }
