@@ -342,7 +342,7 @@ def test_an_unsaveable_attribute_is_named():
     vm, _ = make("hello", "native", budget=4096)
     vm.run()
     vm.mode.walker.lock = threading.Lock()
-    with pytest.raises(SnapshotError, match=r"mode\.walker\.lock"):
+    with pytest.raises(SnapshotError, match=r"mode\.mmu\.walker\.lock"):
         save_vm(vm)
 
 

@@ -53,18 +53,23 @@ import zlib
 from collections import Counter, defaultdict, deque
 from typing import Any
 
+from .bus import TOPICS
 from .cpu.state import capture_cpu, flush_caches, restore_cpu
 
 MAGIC = b"VMMSNAP\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _HEADER = struct.Struct("<8sHHQ32s")   # magic, version, reserved, payload length, sha256
 _MARSHAL_VERSION = 2                   # no reference flags: bytes depend on values only
 
-#: Attributes holding engine hook handles (address -> handle), by class name.
-HOOK_TABLES = {("CodeSites", "hooks"), ("PageTranslation", "hooks")}
-#: Attributes that are not the VM's state, left as a fresh VM has them: host wall time,
-#: and the subscription of a tracer (a tracer attaches itself to the VM it watches).
-NOT_STATE = {("EventCounters", "seconds"), ("EventCounters", "observer")}
+#: Attributes holding engine hook handles (address -> handle), by class: saved as the
+#: addresses, installed again on restore (the VT-x site scanner's, a translated page's).
+HOOK_TABLES = {("vmm.vmx.sites:CodeSites", "hooks"), ("vmm.modes.translator:PageTranslation", "hooks")}
+#: Attributes that are not the VM's state, left as a fresh VM has them: handler wall time.
+NOT_STATE = {("vmm.cost.events:EventCounters", "seconds")}
+#: Objects that attach themselves to a VM to watch it, from outside (a tracer is one of the
+#: mode's code watchers while it traces): not saved, left out of the containers holding
+#: them; whoever wants one on a restored VM attaches it again.
+ATTACHED = {"vmm.trace.tracer:Tracer"}
 #: Packages whose classes a snapshot may name (everything it rebuilds is one of these).
 _TRUSTED = ("vmm.", "collections", "builtins")
 
@@ -127,6 +132,10 @@ def _resolve(path: str) -> Any:
     return target
 
 
+def _attached(obj: Any) -> bool:
+    return _class_path(type(obj)) in ATTACHED
+
+
 def _is_ours(obj: Any) -> bool:
     return type(obj).__module__.startswith("vmm.") and hasattr(obj, "__dict__")
 
@@ -155,7 +164,7 @@ class _Encoder:
         if type(value).__name__ == "CsInsn":
             return ("insn", value.address, bytes(value.bytes), value._cs.mode, bool(value._cs.detail))
         if isinstance(value, (list, tuple, set, frozenset, deque)):
-            items = [self.encode(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            items = [self.encode(v, f"{path}[{i}]") for i, v in enumerate(value) if not _attached(v)]
             kind = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset", deque: "deque"}.get(type(value))
             if kind is None:
                 raise SnapshotError(f"cannot save {path}: a {type(value).__name__} (a container subclass)")
@@ -192,17 +201,19 @@ class _Encoder:
             return ("ref", index)
         index = self.memo[id(value)] = len(self.memo)
         self.keep.append(value)
-        cls = type(value)
+        cls = _class_path(type(value))
+        if cls in ATTACHED:
+            raise SnapshotError(f"cannot save {path}: a {cls} watches the VM from outside and is not its state")
         attrs = []
         for name, attr in vars(value).items():
             where = f"{path}.{name}"
-            if (cls.__name__, name) in NOT_STATE:
+            if (cls, name) in NOT_STATE:
                 attrs.append([name, ("not_state",)])
-            elif (cls.__name__, name) in HOOK_TABLES:
+            elif (cls, name) in HOOK_TABLES:
                 attrs.append([name, ("hooks", list(attr))])
             else:
                 attrs.append([name, self.encode(attr, where)])
-        return ("obj", index, _class_path(cls), attrs)
+        return ("obj", index, cls, attrs)
 
 
 class _Decoder:
@@ -246,7 +257,10 @@ class _Decoder:
         return _resolve(node[1])
 
     def _method(self, node, fresh, path):
-        return getattr(self.decode(node[1], _MISSING, f"{path}.__self__"), node[2])
+        # The fresh VM's bound method leads to its owner: restoring into that owner keeps
+        # its identity (``vm.processor`` and the engine's callbacks still reach it).
+        owner = fresh.__self__ if isinstance(fresh, types.MethodType) else _MISSING
+        return getattr(self.decode(node[1], owner, f"{path}.__self__"), node[2])
 
     def _wiring(self, node, fresh, path):
         if fresh is _MISSING:
@@ -377,7 +391,30 @@ def _devices(vm) -> list[tuple[int, int]]:
 
 
 def _roots(vm) -> dict[str, Any]:
-    return {"vm": vm, "engine": vm.engine, "board": vm.board}
+    """The VM's own parts, saved by name and restored as the fresh VM's. The event bus and
+    each of its topics are among them: the bus is wiring (whoever holds it or a topic, as
+    the mode's event counters hold ``event``, is given the fresh VM's) and nothing on it
+    is saved."""
+    roots = {"vm": vm, "engine": vm.engine, "board": vm.board, "bus": vm.bus}
+    roots.update({f"bus.{topic}": getattr(vm.bus, topic) for topic in TOPICS})
+    return roots
+
+
+def _mode_subscriptions(bus, index_of) -> list[list]:
+    """The bus's subscribers that are the mode's own: bound methods of objects in its saved
+    graph, as [topic, object index, method name], in the bus's order. Such a subscription
+    is wiring its subscriber's construction makes, so a fresh VM has it already, bound to
+    the object the restore fills in place; :func:`restore_vm` checks that it does. Any
+    other subscriber (a tracer, a cost observer, a test's callback) watches from outside
+    and is not saved."""
+    found = []
+    for topic in TOPICS:
+        for callback in getattr(bus, topic):
+            owner = getattr(callback, "__self__", None)
+            index = None if owner is None else index_of(owner)
+            if index is not None:
+                found.append([topic, index, callback.__func__.__name__])
+    return found
 
 
 class _quiet_fills:
@@ -395,12 +432,14 @@ class _quiet_fills:
     def __enter__(self):
         from .cpu.engine import PROT_READ, SCRATCH_PAGE, Fill
 
-        self.saved = self.vm.on_tlb_fill
+        # The engine looks ``on_tlb_fill`` up on the VM at every fill, so an instance
+        # attribute shadows VM.on_tlb_fill (the mode's MMU, then the bus's ``fill``
+        # subscribers) until it is deleted again.
         self.vm.on_tlb_fill = lambda vaddr, access: Fill(SCRATCH_PAGE, PROT_READ)
         return self
 
     def __exit__(self, *exc):
-        self.vm.on_tlb_fill = self.saved
+        del self.vm.on_tlb_fill
         flush_caches(self.vm.engine)
         return False
 
@@ -412,7 +451,9 @@ def save_vm(vm) -> bytes:
     if vm.engine.running:
         raise SnapshotError("cannot save a VM while it runs: save between runs (after a budget stop or a step)")
     flush_caches(vm.engine)
-    mode_tree = _Encoder(_roots(vm)).encode(vm.mode, "mode")
+    modes = _Encoder(_roots(vm))
+    mode_tree = modes.encode(vm.mode, "mode")
+    subscriptions = _mode_subscriptions(vm.bus, lambda owner: modes.memo.get(id(owner)))
     plain = _Encoder({})
     tree = {
         "format": "vmm",
@@ -424,6 +465,7 @@ def save_vm(vm) -> bytes:
         "board": plain.encode(vm.board.save_state(), "board"),
         "cpu": plain.encode(capture_cpu(vm.engine, _devices(vm)), "cpu"),
         "mode": mode_tree,
+        "subscriptions": subscriptions,
     }
     return _pack(tree)
 
@@ -459,6 +501,13 @@ def restore_vm(data: bytes, *, serial_output=None, serial_input=None, max_instru
         vm.exits = plain.decode(saved["exits"], _MISSING, "vm.exits")
         modes = _Decoder(_roots(vm), vm.engine)
         modes.decode(tree["mode"], vm.mode, "mode")
+        if vm.processor is not vm.mode.processor:
+            raise SnapshotError("cannot restore the mode: the processor the VM dispatches to is not the restored one")
+        restored = {id(obj): index for index, obj in modes.memo.items()}
+        made = _mode_subscriptions(vm.bus, lambda owner: restored.get(id(owner)))
+        if made != tree["subscriptions"]:
+            raise SnapshotError(f"cannot restore the mode's bus subscriptions {tree['subscriptions']}: a fresh VM "
+                                f"makes {made} (a subscription made after construction is not wiring)")
         modes.install_hooks(vm)
     except SnapshotError:
         raise
@@ -468,6 +517,7 @@ def restore_vm(data: bytes, *, serial_output=None, serial_input=None, max_instru
 
 
 __all__ = [
+    "ATTACHED",
     "FORMAT_VERSION",
     "HOOK_TABLES",
     "MAGIC",
