@@ -385,3 +385,71 @@ def test_a_real_mode_boot_sector_round_trips(tmp_path):
     restored = resume_in_new_process([save_vm(vm)], tmp_path)[0]
     assert bytes.fromhex(restored["transcript"]) == b"AR"
     assert restored["status"] == (0x21 << 1) | 1
+
+
+# -- what the capture declares, and the wiring it leaves to a fresh VM ---------------------------
+def test_every_declared_exception_names_a_real_attribute():
+    """HOOK_TABLES and NOT_STATE name (class, attribute) pairs the modes really have: a
+    renamed class or attribute would otherwise leave its declaration silently unused."""
+    from vmm.snapshot import ATTACHED, HOOK_TABLES, NOT_STATE, _class_path, _Encoder, _resolve, _roots
+
+    met = set()
+    for mode in MODES:
+        vm, _ = make("paging", mode, budget=20000)
+        vm.run()
+        encoder = _Encoder(_roots(vm))
+        encoder.encode(vm.mode, "mode")
+        met |= {(_class_path(type(obj)), name) for obj in encoder.keep for name in vars(obj)}
+    assert HOOK_TABLES | NOT_STATE <= met
+    assert all(isinstance(_resolve(path), type) for path in ATTACHED)
+
+
+@pytest.mark.parametrize("name,mode", [("paging", "bt"), ("timer", "vtx")])
+def test_a_restore_installs_code_hooks_without_the_mode_seeing_fills(name, mode):
+    """Installing a code hook makes Unicorn fill a TLB entry; while the restore installs
+    them, VM.on_tlb_fill is shadowed so those fills reach neither the mode nor the bus,
+    and afterwards the VM's own method (the mode's MMU, then the bus) is back."""
+    vm, _ = make(name, mode, budget=40000)
+    vm.run()
+    data = save_vm(vm)
+    fills = []
+    twin = restore_vm(data, serial_output=lambda b: None, max_instructions=BUDGET)
+    assert twin.mode.memory_counters() == vm.mode.memory_counters()
+    assert "on_tlb_fill" not in vars(twin)
+    twin.bus.subscribe("fill", lambda vaddr, access, answer: fills.append(vaddr))
+    twin.run()
+    assert fills, "fills after the restore reach the bus again"
+
+
+def test_outside_observers_are_not_saved_and_the_bus_is_fresh():
+    """A tracer (a code watcher and bus subscriber) and a test's callback watch the VM from
+    outside: saved without them, restored with none, the run goes on alike."""
+    import io
+
+    from vmm.trace.tracer import Tracer
+
+    reference, _ = uninterrupted("hello", "native")
+    vm, out = make("hello", "native", budget=4096)
+    Tracer(vm, io.StringIO())
+    vm.bus.subscribe("exit", lambda exit: None)
+    vm.run()
+    data = save_vm(vm)
+    twin_out = bytearray()
+    twin = restore_vm(data, serial_output=twin_out.extend, max_instructions=BUDGET)
+    assert not twin.mode.code_watchers
+    assert not any(getattr(twin.bus, topic) for topic in ("fill", "exit", "handled", "inject", "event", "stop"))
+    assert twin.mode.events._published is twin.bus.event     # the counters publish on the fresh bus
+    result = twin.run()
+    assert result.status == reference["status"]
+    assert bytes(out) + bytes(twin_out) == bytes.fromhex(reference["output"])
+
+
+def test_a_mode_subscription_made_after_construction_is_named_on_restore():
+    """A mode object's bus subscription is wiring its construction makes; one made later
+    is not, and the restore says so rather than leave it out."""
+    vm, _ = make("hello", "native", budget=4096)
+    vm.run()
+    vm.bus.subscribe("stop", vm.mode.devices.replayed_store)
+    data = save_vm(vm)
+    with pytest.raises(SnapshotError, match=r"subscription.*\['stop'"):
+        restore_vm(data, serial_output=lambda b: None)

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from unicorn import Uc, UcError
 from unicorn import x86_const as X
 
+from ..x86 import MSR, PAGE_SIZE, SYSENTER_MSRS
 from .regs import CONTROL, GPRS, SEGMENTS, UC_TABLE
 
-PAGE = 0x1000
+PAGE = PAGE_SIZE
 WINDOW = 0x100000            # memory is read a MiB at a time; zero windows are skipped whole
 _ZERO_PAGE = bytes(PAGE)
 _ZERO_WINDOW = bytes(WINDOW)
@@ -40,9 +41,7 @@ DEBUG_REGISTERS = ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
 X87_SSE = {"fpcw": X.UC_X86_REG_FPCW, "fpsw": X.UC_X86_REG_FPSW, "fptag": X.UC_X86_REG_FPTAG,
            "mxcsr": X.UC_X86_REG_MXCSR}
 # MSRs a 32-bit guest here can reach (checked after a restore; the context carries them all).
-IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP = 0x174, 0x175, 0x176
-IA32_EFER = 0xC0000080
-CHECKED_MSRS = (IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP, IA32_EFER)
+CHECKED_MSRS = tuple(int(msr) for msr in (*SYSENTER_MSRS, MSR.EFER))
 
 
 class CpuStateError(ValueError):
