@@ -453,3 +453,21 @@ def test_a_mode_subscription_made_after_construction_is_named_on_restore():
     data = save_vm(vm)
     with pytest.raises(SnapshotError, match=r"subscription.*\['stop'"):
         restore_vm(data, serial_output=lambda b: None)
+
+
+def test_the_documented_example_runs_as_documented(capsys):
+    """docs/snapshots.md's example runs as it stands and prints what the page says it
+    prints (the lines it shows), and the whole transcript an uninterrupted run prints."""
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "snapshots.md").read_text()
+    code, shown = re.search(r"## The Python API\n\n```python\n(.*?)```\n\nprints\n\n```\n(.*?)```", page,
+                            re.DOTALL).groups()
+    exec(compile(code, "docs/snapshots.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    lines = shown.splitlines()
+    cut = lines.index("...")
+    before, after = lines[:cut], lines[cut + 1:]
+    assert printed[:cut] == before and printed[len(printed) - len(after):] == after
+    reference, _ = uninterrupted("timer", "vtx-ept")
+    assert "\n".join(printed[2:]) + "\n" == bytes.fromhex(reference["transcript"]).decode()

@@ -14,16 +14,28 @@ What a snapshot holds, each part in its own declared form:
 * the **VM**: virtual time (``now``), the TSC read count, whether the mode was launched,
   the host-memory allocation pointer, exits by reason;
 * the **mode**: captured generically (:class:`_Encoder`), so the capture does not depend
-  on how a mode is put together. It walks the mode's object graph from ``vm.mode`` and
+  on how a mode is put together (its MMU strategy, its VMX processor, its devices and
+  delivery are all reached from ``vm.mode``). It walks the mode's object graph and
   records plain data (ints, strings, bytes, containers, enums), the project's own
   objects attribute by attribute (shared ones once), bound methods as (object, name),
-  and references to the VM, engine and board as such. What is not state is declared:
-  closures are *wiring* that a fresh VM builds the same way (a restore keeps the fresh
-  one, and fails naming the attribute when a fresh VM has none there); capstone
-  instructions in decode caches are saved as (address, bytes) and decoded again;
-  :data:`HOOK_TABLES` hold engine hook handles, saved as addresses and installed again;
-  :data:`NOT_STATE` (handler wall time, a tracer's subscription) is not saved. Anything
-  else stops the save with an error naming its path (``mode.walker.lock``).
+  and references to the VM, engine, board and event bus (and the bus's topic lists) as
+  such. A restore fills the fresh VM's objects in place, following the same paths
+  (through a bound method to its owner too), so whatever the fresh VM wired to them
+  (``vm.processor``, the engine's callbacks, closures) reaches the restored state. What
+  is not state is declared: closures are *wiring* that a fresh VM builds the same way
+  (a restore keeps the fresh one, and fails naming the attribute when a fresh VM has
+  none there); capstone instructions in decode caches are saved as (address, bytes)
+  and decoded again; :data:`HOOK_TABLES` hold engine hook handles, saved as addresses
+  and installed again; :data:`NOT_STATE` (handler wall time) is not saved;
+  :data:`ATTACHED` objects (a tracer among the code watchers) watch from outside and
+  are left out. Anything else stops the save with an error naming its path
+  (``mode.mmu.walker.lock``).
+* the **bus subscriptions that are the mode's** (:func:`_mode_subscriptions`): the bus
+  is wiring and a restored VM has a fresh one. A subscriber that is one of the mode's
+  objects subscribed when it was made, so the fresh VM has that subscription already,
+  bound to the object restored in place; the snapshot lists them and a restore checks
+  the fresh VM made the same ones. Other subscribers (tracers, cost observers, tests)
+  are not saved.
 
 Not saved: the engine's translated-code cache and softmmu TLB. Their entries hold host
 pointers, and they are caches of what the state above determines, so a restored engine
@@ -31,14 +43,15 @@ starts with both empty. But how many TLB fills a run counts depends on what its 
 held, so :func:`save_vm` flushes the saved VM's TLB and translated code too (a snapshot
 point is a TLB-flush point, like a CR3 load), and a restore installs the code hooks
 without letting the fills that causes reach the mode (:class:`_quiet_fills`). The saved
-VM and every VM restored from it then go on alike, fill for fill; a VM never saved may count some TLB fills (and
-the walks behind them) more or fewer after that point, never different exits, virtual
-time or output. Also not saved: breakpoints and tracers (debugger state, re-attached by
+VM and every VM restored from it then go on alike, fill for fill; a VM never saved may
+count some TLB fills (and the walks behind them) more or fewer after that point, never
+different exits, virtual time or output. Also not saved: breakpoints and tracers (debugger state, re-attached by
 whoever wants them), and the host side of the serial port (``restore_vm`` takes it).
 
 The format: ``MAGIC``, a format version, the length and SHA-256 of the payload, then the
 payload, zlib-compressed ``marshal`` (version 2: plain data only, no object references,
-so equal state gives equal bytes). Any malformed, truncated, corrupted or foreign input
+so equal state gives equal bytes). Version 2 is the composed modes' graph with the list
+of the mode's bus subscriptions; a version-1 snapshot is refused. Any malformed, truncated, corrupted or foreign input
 raises :class:`SnapshotError` with a one-line message.
 """
 from __future__ import annotations
