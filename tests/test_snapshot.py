@@ -471,3 +471,44 @@ def test_the_documented_example_runs_as_documented(capsys):
     assert printed[:cut] == before and printed[len(printed) - len(after):] == after
     reference, _ = uninterrupted("timer", "vtx-ept")
     assert "\n".join(printed[2:]) + "\n" == bytes.fromhex(reference["transcript"]).decode()
+
+
+def _objects(root, skip) -> dict[int, str]:
+    """The project's objects reachable from ``root`` (through attributes, containers and
+    bound methods' owners), by id, with the first path that reaches each."""
+    from vmm.snapshot import _is_ours
+
+    found: dict[int, str] = {}
+    stack = [(root, "mode")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}[{k!r}]") for k, v in value.items())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+        elif hasattr(value, "__self__") and _is_ours(value.__self__):
+            stack.append((value.__self__, f"{path}.__self__"))
+        elif _is_ours(value) and id(value) not in found and not any(value is s for s in skip):
+            found[id(value)] = path
+            stack.extend((v, f"{path}.{k}") for k, v in vars(value).items())
+    return found
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_restore_fills_the_fresh_vms_objects_in_place(mode):
+    """Every object a fresh VM's mode is built from is still its after the restore, the
+    state put into it: wiring that points at one (``vm.processor``, closures, the engine's
+    callbacks) then reaches the restored state, not an object the restore left behind."""
+    from vmm.snapshot import _Decoder, _roots, _unpack
+
+    vm, _ = make("timer", mode, budget=40000)
+    vm.run()
+    data = save_vm(vm)
+    twin = restore_vm(data, serial_output=lambda b: None, max_instructions=BUDGET)
+    fresh = VM(vm.image, mode=mode, ram_size=RAM, serial_output=lambda b: None, max_instructions=BUDGET)
+    skip = (fresh, fresh.engine, fresh.board, fresh.bus)
+    before = _objects(fresh.mode, skip)
+    _Decoder(_roots(fresh), fresh.engine).decode(_unpack(data)["mode"], fresh.mode, "mode")
+    after = _objects(fresh.mode, skip)
+    assert [path for i, path in before.items() if i not in after] == []
+    assert twin.processor is twin.mode.processor
