@@ -92,6 +92,9 @@ def bench(workloads, modes, profile, out, iterations, compare_paper, from_json, 
         console.print(table)
         console.print(f"cycle profiles: {', '.join(list_profiles())} (default {DEFAULT_PROFILE})")
         return
+    from .common import check_writable_dir
+
+    check_writable_dir(out, "-o")
     try:
         if from_json:
             report = rep.load_report(from_json, profile)

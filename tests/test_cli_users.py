@@ -1,0 +1,191 @@
+"""What broke for people following the README: each test runs the real ``vmm`` command."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import assemble, run_cli
+from vmm.build.guests import build_guest
+
+HELLO_BANNER = b"Hello from the vmm 'hello' guest!"
+
+
+def _one_line_error(proc, fragment: str) -> None:
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("vmm: error: "), err
+    assert fragment in err, err
+
+
+@pytest.fixture
+def under_a_file(tmp_path):
+    """A path whose parent is a plain file: nobody, root included, can write there."""
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("")
+    return blocker / "out"
+
+
+# -- 4. unwritable outputs fail before the run --------------------------------------------
+
+def test_stat_json_unwritable_fails_before_the_guest_runs(under_a_file):
+    proc = run_cli("run", "hello", "--stat-json", str(under_a_file / "s.json"))
+    _one_line_error(proc, "--stat-json")
+    assert proc.stdout == b""              # the guest never ran
+
+
+def test_trace_output_unwritable_fails_before_the_guest_runs(under_a_file):
+    proc = run_cli("trace", "hello", "-o", str(under_a_file / "t.txt"))
+    _one_line_error(proc, "-o")
+    assert HELLO_BANNER not in proc.stderr
+
+
+def test_bench_out_unwritable_fails_before_the_run(under_a_file):
+    _one_line_error(run_cli("bench", "-w", "cpuid", "-m", "native", "-o", str(under_a_file)), "-o")
+
+
+def test_fuzz_save_unwritable_fails_before_the_run(under_a_file):
+    proc = run_cli("fuzz", "--harness", "instructions", "--mode", "native", "--cases", "1",
+                   "--save", str(under_a_file / "findings"))
+    _one_line_error(proc, "--save")
+    assert b"vmm fuzz" not in proc.stdout
+
+
+# -- 8. exit statuses ---------------------------------------------------------------------
+
+def test_exit_status_qemu_convention_stays_the_default():
+    assert run_cli("run", "hello").returncode == 1                      # (0 << 1) | 1
+    assert run_cli("run", "hello", "--exit-status", "qemu").returncode == 1
+
+
+def test_exit_status_guest_tells_success_from_a_vmm_stop(tmp_path):
+    ok = run_cli("run", "hello", "--exit-status", "guest")
+    assert ok.returncode == 0 and ok.stdout.startswith(HELLO_BANNER)
+    spin = tmp_path / "spin.bin"
+    spin.write_bytes(assemble("spin: jmp spin"))
+    flat = ("--kind", "flat", "--load-address", "0x100000", "--exit-status", "guest")
+    budget = run_cli("run", str(spin), *flat, "--max-instructions", "1000")
+    assert budget.returncode == 124 and b"instruction budget" in budget.stderr
+    timed_out = run_cli("run", str(spin), *flat, "--timeout", "0.5")
+    assert timed_out.returncode == 124 and b"wall-clock" in timed_out.stderr
+    halt = tmp_path / "halt.bin"
+    halt.write_bytes(assemble("cli\nhlt"))
+    halted = run_cli("run", str(halt), *flat)
+    assert halted.returncode == 125 and b"halted" in halted.stderr
+    # Under QEMU's convention all of these are 1, like the guest's success.
+    assert run_cli("run", str(halt), "--kind", "flat", "--load-address", "0x100000").returncode == 1
+
+
+def test_exit_status_guest_is_the_value_written(tmp_path):
+    path = tmp_path / "three.bin"
+    path.write_bytes(assemble("mov al, 3\nout 0xf4, al\nhlt"))
+    flat = ("--kind", "flat", "--load-address", "0x100000")
+    assert run_cli("run", str(path), *flat).returncode == 7          # (3 << 1) | 1
+    assert run_cli("run", str(path), *flat, "--exit-status", "guest").returncode == 3
+
+
+def test_run_help_explains_the_exit_statuses():
+    text = run_cli("run", "--help").stdout.decode()
+    for fragment in ("--exit-status", "isa-debug-exit", "124", "125", "(value << 1) | 1"):
+        assert fragment in text, fragment
+
+
+# -- 9. impossible values -------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, fragment", [
+    (("run", "hello", "--max-instructions", "0"), "--max-instructions 0"),
+    (("run", "hello", "--max-instructions", "-5"), "--max-instructions -5"),
+    (("trace", "hello", "--max-instructions", "0"), "--max-instructions 0"),
+    (("run", "hello", "--timeout", "-1"), "--timeout -1"),
+    (("trace", "hello", "--timeout", "-1"), "--timeout -1"),
+    (("walk", "hello", "--gva", "0", "--timeout", "-1"), "--timeout -1"),
+    (("run", "hello", "--ram", "1"), "--ram 1"),
+    (("run", "hello", "--ram", "0"), "--ram 0"),
+    (("run", "hello", "--ram", "4096"), "--ram 4096"),
+    (("trace", "hello", "--count", "0"), "--count 0"),
+    (("trace", "hello", "--from", "-1"), "--from -1"),
+    (("trace", "hello", "--range", "5:1"), "--range 5:1"),
+    (("trace", "hello", "--range", "0x1000:0x1000"), "--range 0x1000:0x1000"),
+    (("walk", "hello", "--gva", "0x100000000"), "32-bit"),
+    (("walk", "hello", "--gva", "0x100000000", "--mode", "native"), "32-bit"),
+    (("walk", "hello", "--gva", "0", "--at", "0"), "--at 0"),
+])
+def test_impossible_values(args, fragment):
+    _one_line_error(run_cli(*args), fragment)
+
+
+def test_ram_help_and_check_agree():
+    text = " ".join(run_cli("run", "--help").stdout.decode().split())
+    assert "2 to 3072" in text
+    assert run_cli("run", "hello", "--ram", "2").returncode == 1   # the minimum the help gives boots
+
+
+# -- 11. trace and walk take run's image options --------------------------------------------
+
+def test_trace_and_walk_take_the_image_options(tmp_path):
+    module = tmp_path / "mod.bin"
+    module.write_bytes(b"module bytes")
+    common = ("--cmdline", "root=x", "--module", str(module), "--ram", "16")
+    traced = run_cli("trace", "hello", *common, "--count", "2")
+    assert traced.returncode == 1, traced.stderr
+    walked = run_cli("walk", "hello", *common, "--gva", "0x100000", "--mode", "native")
+    assert walked.returncode == 0, walked.stderr
+    # Flat images need --kind and --load-address: the same spelling as run.
+    flat = tmp_path / "three.bin"
+    flat.write_bytes(assemble("mov al, 3\nout 0xf4, al\nhlt"))
+    spec = ("--kind", "flat", "--load-address", "0x100000")
+    assert run_cli("trace", str(flat), *spec).returncode == 7
+    assert b"guest exit" in run_cli("walk", str(flat), *spec, "--gva", "0x100000", "--mode", "native").stdout
+
+
+def test_trace_and_walk_take_vmcs_edits():
+    traced = run_cli("trace", "hello", "--mode", "vtx", "--exits-only", "--vmcs", "NO_SUCH_FIELD=1")
+    _one_line_error(traced, "NO_SUCH_FIELD")
+    walked = run_cli("walk", "hello", "--mode", "vtx", "--gva", "0", "--control", "NO_SUCH_CONTROL")
+    _one_line_error(walked, "NO_SUCH_CONTROL")
+    assert run_cli("trace", "hello", "--mode", "vtx", "--exits-only", "--control", "HLT_EXITING=off").returncode == 1
+    _one_line_error(run_cli("trace", "hello", "--vmcs", "EXCEPTION_BITMAP=0"), "VT-x mode")
+
+
+def test_the_image_options_are_one_set():
+    """run, trace and walk document the image options in the same words."""
+    def options(command):
+        text = run_cli(command, "--help").stdout.decode()
+        return {name: " ".join(text.split(name, 1)[1].split()[:6]) for name in
+                ("--cmdline", "--module", "--kind", "--load-address", "--control", "--vmcs")}
+    assert options("trace") == options("walk")
+    assert set(options("run")) == set(options("trace"))
+
+
+# -- 12. vmm fuzz ---------------------------------------------------------------------------
+
+def test_fuzz_harness_excluded_by_mode_says_so():
+    proc = run_cli("fuzz", "--harness", "ept", "--harness", "instructions", "--mode", "native", "--cases", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert b"ept: skipped, not selected by --mode (it runs in vtx-ept)" in proc.stdout
+
+
+def test_fuzz_in_which_nothing_ran_fails():
+    proc = run_cli("fuzz", "--harness", "ept", "--mode", "native", "--cases", "2")
+    assert proc.returncode == 2
+    assert b"nothing ran" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+# -- 14. QEMU's habits ----------------------------------------------------------------------
+
+def test_qemu_spellings(tmp_path):
+    elf = tmp_path / "hello.elf"
+    elf.write_bytes(build_guest("hello").elf)
+    module = tmp_path / "initrd.bin"
+    module.write_bytes(b"initrd")
+    proc = run_cli("run", "-kernel", str(elf), "-append", "console=ttyS0", "-initrd", str(module), "-m", "64M")
+    assert proc.returncode == 1 and proc.stdout.startswith(HELLO_BANNER), proc.stderr
+    assert run_cli("run", "-kernel", "hello", "-m", "1G").returncode == 1
+    assert run_cli("run", "hello", "-m", "32").returncode == 1
+
+
+def test_qemu_spellings_errors(tmp_path):
+    _one_line_error(run_cli("run"), "no image")
+    _one_line_error(run_cli("run", "hello", "-kernel", "hello"), "two images")
+    _one_line_error(run_cli("run", "hello", "-m", "1M"), "--ram 1M")
+    _one_line_error(run_cli("run", "hello", "-S"), "--wait goes with --gdb")
+    _one_line_error(run_cli("run", "hello", "-s", "--gdb", ":5555"), "-s means --gdb :1234")
