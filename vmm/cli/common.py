@@ -182,9 +182,9 @@ class RamSize(click.ParamType):
             try:
                 mib = int(text[:len(text) - len(suffix)]) * _RAM_SUFFIXES[suffix]
             except ValueError:
-                fail(f"--ram {value}: expected MiB, e.g. 128, 128M or 1G")
+                self.fail(f"{value!r}: expected MiB, e.g. 128, 128M or 1G", param, ctx)
         if not RAM_MIN_MIB <= mib <= RAM_MAX_MIB:
-            fail(f"--ram {value}: guest RAM must be {RAM_MIN_MIB} to {RAM_MAX_MIB} MiB")
+            self.fail(f"{value}: guest RAM must be {RAM_MIN_MIB} to {RAM_MAX_MIB} MiB", param, ctx)
         return mib
 
 

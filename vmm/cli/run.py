@@ -65,7 +65,8 @@ def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mi
         fail(f"two images: {image} and -kernel {kernel}; give one")
     image = image or kernel
     if not image:
-        fail("no image: give IMAGE_OR_GUEST (or -kernel FILE); `vmm guests` lists the built-in guests")
+        raise click.UsageError("Missing argument 'IMAGE_OR_GUEST' (or -kernel FILE); `vmm guests` lists the "
+                               "built-in guests")
     if gdb_default:
         if gdb_address and gdb_address != QEMU_GDB_ADDRESS:
             fail(f"-s means --gdb {QEMU_GDB_ADDRESS}; not with --gdb {gdb_address}")
