@@ -1,6 +1,11 @@
 """What broke for people following the README: each test runs the real ``vmm`` command."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from conftest import assemble, run_cli
@@ -200,3 +205,47 @@ def test_qemu_spellings_errors(tmp_path):
     _one_line_error(run_cli("run", "hello", "-kernel", "hello"), "two images")
     _one_line_error(run_cli("run", "hello", "-S"), "--wait goes with --gdb")
     _one_line_error(run_cli("run", "hello", "-s", "--gdb", ":5555"), "-s means --gdb :1234")
+
+
+# -- 5. an installed wheel boots the guests -------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_wheel_lists_every_package():
+    """pyproject.toml names the packages one by one (so that it can map vmm.guests onto
+    guests/): a new subpackage of vmm must be named there too."""
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "vmm").rglob("__init__.py")}
+    assert set(setuptools["packages"]) == on_disk | {"vmm.guests"}
+    assert setuptools["package-dir"] == {"vmm.guests": "guests"}
+
+
+@pytest.mark.slow
+def test_installed_wheel_boots_a_guest(tmp_path):
+    wheels, venv, elsewhere = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_REQUIRE_VIRTUALENV")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+
+    def check(*cmd, cwd=elsewhere, timeout=600):
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, timeout=timeout)
+        assert proc.returncode == 0, (cmd, proc.stdout.decode()[-2000:], proc.stderr.decode()[-2000:])
+        return proc
+
+    check(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(REPO), "-w", str(wheels), cwd=REPO)
+    wheel, = wheels.glob("vmm-*.whl")
+    check(sys.executable, "-m", "venv", "--system-site-packages", str(venv))
+    python = venv / "bin" / "python"
+    check(str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel))
+    where = check(str(python), "-c", "import vmm, sys; sys.stdout.write(vmm.__file__)").stdout.decode()
+    assert where.startswith(str(venv)), where          # the installed copy, not the checkout
+    booted = subprocess.run([str(venv / "bin" / "vmm"), "run", "hello", "--exit-status", "guest"], cwd=elsewhere,
+                            env=env, capture_output=True, timeout=120)
+    assert booted.returncode == 0, booted.stderr.decode()
+    assert booted.stdout.startswith(HELLO_BANNER)
+    assert list((tmp_path / "cache" / "vmm" / "guests").glob("hello-native-*.elf"))   # cached outside site-packages
+    listed = check(str(venv / "bin" / "vmm"), "guests").stdout.decode()
+    assert "macrobench" in listed
