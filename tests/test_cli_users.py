@@ -249,3 +249,48 @@ def test_installed_wheel_boots_a_guest(tmp_path):
     assert list((tmp_path / "cache" / "vmm" / "guests").glob("hello-native-*.elf"))   # cached outside site-packages
     listed = check(str(venv / "bin" / "vmm"), "guests").stdout.decode()
     assert "macrobench" in listed
+
+
+# -- 13. the overhead report --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bench_json(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = run_cli("bench", "-w", "in,callret", "-m", "native,vtx", "-n", "4", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr.decode()
+    return out / "bench.json"
+
+
+def _rows(text: str) -> set[tuple[str, str]]:
+    """(workload, mode) of each table row (a blank workload cell continues the one above)."""
+    rows, workload = set(), ""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 6 and cells[1] in ("native", "vtx"):
+            workload = cells[0] or workload
+            rows.add((workload, cells[1]))
+    return rows
+
+
+def test_bench_prints_a_legend_under_the_table(bench_json):
+    text = " ".join(run_cli("bench", "--from-json", str(bench_json)).stdout.decode().split())
+    assert "below 1x" in text and "wall s: host seconds of both runs" in text and "shows as a fraction" in text
+
+
+def test_from_json_honours_workload_and_mode(bench_json):
+    every = run_cli("bench", "--from-json", str(bench_json))
+    assert _rows(every.stdout.decode()) == {("in", "native"), ("in", "vtx"), ("callret", "native"),
+                                            ("callret", "vtx")}
+    some = run_cli("bench", "--from-json", str(bench_json), "-w", "in", "-m", "vtx")
+    assert some.returncode == 0, some.stderr
+    assert _rows(some.stdout.decode()) == {("in", "vtx")}
+    row = next(line for line in some.stdout.decode().splitlines() if "│ vtx" in line)
+    assert row.split("│")[4].strip().endswith("x")     # still priced against native, left out of the view
+    _one_line_error(run_cli("bench", "--from-json", str(bench_json), "-w", "pgfault"), "not in the report")
+
+
+def test_compare_paper_warns_off_the_paper_profile(bench_json):
+    off = run_cli("bench", "--from-json", str(bench_json), "--compare-paper")
+    assert b"warning:" in off.stdout and b"not on p4-2005" in off.stdout
+    on = run_cli("bench", "--from-json", str(bench_json), "--compare-paper", "--profile", "p4-2005")
+    assert on.returncode == 0 and b"warning:" not in on.stdout

@@ -98,6 +98,9 @@ def bench(workloads, modes, profile, out, iterations, compare_paper, from_json, 
     try:
         if from_json:
             report = rep.load_report(from_json, profile)
+            if workloads or modes:
+                report = rep.select(report, _split(workloads) and _workloads(workloads) or None,
+                                    _split(modes) or None)
         else:
             prof = load_profile(profile or DEFAULT_PROFILE)
             names = _workloads(workloads)
