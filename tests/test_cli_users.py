@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -294,3 +297,53 @@ def test_compare_paper_warns_off_the_paper_profile(bench_json):
     assert b"warning:" in off.stdout and b"not on p4-2005" in off.stdout
     on = run_cli("bench", "--from-json", str(bench_json), "--compare-paper", "--profile", "p4-2005")
     assert on.returncode == 0 and b"warning:" not in on.stdout
+
+
+# -- 14. gdb attaches to a running guest ---------------------------------------------------------
+
+GDB = shutil.which("gdb")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(GDB is None, reason="needs gdb")
+@pytest.mark.parametrize("spelling", [("--gdb", ":{port}"), ("-s",)])
+def test_gdb_attaches_to_a_running_guest(tmp_path, spelling):
+    # The guest counts in EAX until EBX is cleared: only a debugger can let it out.
+    path = tmp_path / "count.bin"
+    path.write_bytes(assemble("mov ebx, 1\nxor eax, eax\nspin: inc eax\ncmp ebx, 0\njne spin\n"
+                              "xor eax, eax\nout 0xf4, al\nhlt"))
+    port = 1234 if spelling == ("-s",) else _free_port()
+    if spelling == ("-s",):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip("port 1234 is taken")
+    args = [a.format(port=port) for a in spelling]
+    vmm = subprocess.Popen([sys.executable, "-m", "vmm.cli", "run", str(path), "--kind", "flat", "--load-address",
+                            "0x100000", *args, "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = vmm.stderr.readline().decode()
+        assert f"the guest runs; gdb can attach on 127.0.0.1:{port}" in line
+        time.sleep(0.5)                                   # the guest runs without a debugger meanwhile
+        out = subprocess.run([GDB, "-batch", "-nx", "-ex", "set architecture i386",
+                              "-ex", f"target remote 127.0.0.1:{port}", "-ex", "printf \"eax=%u\\n\", $eax",
+                              "-ex", "set var $ebx = 0", "-ex", "continue"],
+                             capture_output=True, timeout=60).stdout.decode()
+        eax = int(out.split("eax=", 1)[1].split()[0])
+        assert eax > 1000, out                            # it had been counting before gdb came
+        assert "exited with code 01" in out, out
+        assert vmm.wait(timeout=30) == 1
+    finally:
+        if vmm.poll() is None:
+            vmm.kill()
+            vmm.communicate()
+
+
+def test_gdb_without_wait_and_no_debugger_runs_to_the_end():
+    proc = run_cli("run", "hello", "--gdb", f":{_free_port()}")
+    assert proc.returncode == 1 and proc.stdout.startswith(HELLO_BANNER)
+    assert b"gdb can attach" in proc.stderr

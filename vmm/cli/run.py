@@ -34,12 +34,13 @@ QEMU_GDB_ADDRESS = ":1234"
 @click.option("--serial-input", type=click.File("rb"), default=None, metavar="FILE",
               help="Bytes the guest reads from the UART ('-' for stdin).")
 @click.option("--gdb", "gdb_address", default=None, metavar="[HOST]:PORT",
-              help="Serve the GDB remote protocol (loopback by default) and wait for gdb before the first "
-              "instruction: gdb -ex 'target remote :1234' guest.elf. In gdb, 'monitor stat' prints the exit "
-              "statistics and 'monitor walk ADDR' explains a translation.")
+              help="Serve the GDB remote protocol (loopback by default), as QEMU's -gdb: the guest runs and gdb "
+              "attaches whenever it connects (gdb -ex 'target remote :1234' guest.elf), stopping it where it is; "
+              "with --wait (-S) the guest waits for gdb before its first instruction. In gdb, 'monitor stat' "
+              "prints the exit statistics and 'monitor walk ADDR' explains a translation.")
 @click.option("-s", "gdb_default", is_flag=True, help=f"QEMU's -s: --gdb {QEMU_GDB_ADDRESS}.")
-@click.option("--wait", "-S", "wait", is_flag=True, help="With --gdb: wait for the debugger before running "
-              "(what --gdb always does; accepted for QEMU-style command lines, -s -S).")
+@click.option("--wait", "-S", "wait", is_flag=True, help="With --gdb: wait for the debugger before the first "
+              "instruction (QEMU's -S; -s -S is QEMU's usual pair).")
 @click.option("--page-walk-cache", is_flag=True,
               help="vtx-ept: cache the EPT translation of guest page-table pages (fewer 2-D walk references).")
 @click.option("--stat", is_flag=True, help="After the run, print exits by reason (count, share, "
@@ -101,11 +102,13 @@ def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mi
             port = int(port_text)
         except ValueError:
             fail(f"--gdb {gdb_address}: expected [HOST]:PORT, e.g. :1234")
-        vm.timeout = None  # the debugger decides how long the guest runs
+        if wait:
+            vm.timeout = None  # the debugger decides how long the guest runs
+        where = host or "127.0.0.1"
+        listening = "waiting for gdb on" if wait else "the guest runs; gdb can attach on"
         try:
-            result = serve_gdb(vm, host or "127.0.0.1", port, symbols=loaded.symbols,
-                               on_listen=lambda p: click.echo(f"vmm: waiting for gdb on {host or '127.0.0.1'}:{p}",
-                                                              err=True))
+            result = serve_gdb(vm, where, port, symbols=loaded.symbols, wait=wait,
+                               on_listen=lambda p: click.echo(f"vmm: {listening} {where}:{p}", err=True))
         except OSError as err:
             fail(f"--gdb {gdb_address}: {err.strerror or err}")
     else:
