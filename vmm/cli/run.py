@@ -7,7 +7,6 @@ import click
 
 from ..modes import MODES
 from .common import (
-    EXIT_STATUS_HELP,
     apply_tuning,
     budget_options,
     check_writable_file,
@@ -23,7 +22,7 @@ from .common import (
 QEMU_GDB_ADDRESS = ":1234"
 
 
-@click.command(epilog="\b\nExit status (--exit-status):\n" + EXIT_STATUS_HELP)
+@click.command()
 @click.argument("image", metavar="IMAGE_OR_GUEST", required=False)
 @click.option("-kernel", "kernel", default=None, metavar="FILE",
               help="QEMU's spelling of IMAGE_OR_GUEST (likewise -append, -initrd, -m, -s, -S).")
