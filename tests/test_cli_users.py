@@ -205,6 +205,8 @@ def test_qemu_spellings(tmp_path):
 
 def test_qemu_spellings_errors(tmp_path):
     _usage_error(run_cli("run"), "IMAGE_OR_GUEST")
+    _one_line_error(run_cli("run", "hello", "-initrd", str(tmp_path / "none.bin")), "module file not found")
+    _one_line_error(run_cli("run", "-kernel", str(tmp_path / "none.elf")), "image file not found")
     _one_line_error(run_cli("run", "hello", "-kernel", "hello"), "two images")
     _one_line_error(run_cli("run", "hello", "-S"), "--wait goes with --gdb")
     _one_line_error(run_cli("run", "hello", "-s", "--gdb", ":5555"), "-s means --gdb :1234")
