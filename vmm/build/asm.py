@@ -566,8 +566,10 @@ class _Preprocessor:
 
 
 def default_include_dirs() -> list[Path]:
-    """``guests/include`` at the repository root (next to the ``vmm`` package)."""
-    return [Path(__file__).resolve().parents[2] / "guests" / "include"]
+    """``guests/include`` of the guest sources (a checkout's or an installed package's)."""
+    from .guests import guest_source_dir
+
+    return [guest_source_dir() / "include"]
 
 
 def _dirs(include_dirs) -> list[Path]:

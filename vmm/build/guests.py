@@ -11,9 +11,14 @@ Images are Multiboot v1 ELF32 files loaded at 1 MiB with the Multiboot header fi
     >>> hex(g.entry), hex(g.load_address), len(g.flat) >= len(g.elf) // 4
     ('0x10000c', '0x100000', True)
 
-Builds are cached under ``guests/.build/``: the key is a hash of the guest source, every
+Builds are cached under ``guests/.build/`` (an installed package: the user's cache
+folder, ``$XDG_CACHE_HOME/vmm/guests``): the key is a hash of the guest source, every
 include file, the flavour and the build tool sources, so a cached image is used only
 when nothing it was made from has changed.
+
+``guests/`` at the top of the repository is the one copy of the sources. A wheel ships
+it as ``vmm/guests/`` (pyproject.toml maps the package ``vmm.guests`` onto that folder),
+so an installed ``vmm`` boots the same guests as a checkout.
 
 ``python -m vmm.build.guests`` lists the catalog; ``python -m vmm.build.guests NAME -o
 FILE`` writes an image (try ``qemu-system-i386 -kernel FILE -serial stdio ...``).
@@ -41,8 +46,17 @@ FLAVOURS = ("native", "pv")
 _CACHE_FORMAT = 1
 
 
+def _packaged_dir() -> Path:
+    """Where a wheel puts the guest sources: ``vmm/guests/`` inside the installed package."""
+    return Path(__file__).resolve().parents[1] / "guests"
+
+
 def guest_source_dir() -> Path:
-    """The ``guests/`` folder at the repository root (next to ``vmm/``)."""
+    """The guest sources: ``vmm/guests/`` of an installed package, else the ``guests/``
+    folder at the repository root (next to ``vmm/``) of a checkout."""
+    packaged = _packaged_dir()
+    if (packaged / "include").is_dir():
+        return packaged
     return Path(__file__).resolve().parents[2] / "guests"
 
 
@@ -51,7 +65,13 @@ def _include_dir() -> Path:
 
 
 def _cache_dir() -> Path:
-    return guest_source_dir() / ".build"
+    """``guests/.build`` of a checkout; the user's cache folder for an installed package,
+    whose site-packages folder is nobody's to write in."""
+    source = guest_source_dir()
+    if source != _packaged_dir():
+        return source / ".build"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vmm" / "guests"
 
 
 def exit_status(value: int) -> int:

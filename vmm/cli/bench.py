@@ -92,9 +92,15 @@ def bench(workloads, modes, profile, out, iterations, compare_paper, from_json, 
         console.print(table)
         console.print(f"cycle profiles: {', '.join(list_profiles())} (default {DEFAULT_PROFILE})")
         return
+    from .common import check_writable_dir
+
+    check_writable_dir(out, "-o")
     try:
         if from_json:
             report = rep.load_report(from_json, profile)
+            if workloads or modes:
+                report = rep.select(report, _split(workloads) and _workloads(workloads) or None,
+                                    _split(modes) or None)
         else:
             prof = load_profile(profile or DEFAULT_PROFILE)
             names = _workloads(workloads)

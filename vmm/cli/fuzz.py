@@ -10,7 +10,7 @@ import sys
 import click
 
 from ..modes import MODES
-from .common import fail
+from .common import check_writable_dir, fail
 
 HARNESS_NAMES = ("instructions", "paging", "ept", "vmcs", "hypercalls")
 
@@ -41,6 +41,7 @@ def outcome_lines(reports) -> list[str]:
     lines = []
     for r in reports:
         if r.skipped:
+            lines.append(f"{r.harness}: skipped, {r.skipped}")
             continue
         lines.append(f"{r.harness}: {_outcomes(r) or '-'}")
         lines += [f"  {note}: {n}" for note, n in sorted(r.notes.items())]
@@ -94,9 +95,7 @@ def fuzz(harnesses, cases, seed, modes, save_dir):
     unavailable = [m for m in modes if m not in available]
     if unavailable:
         fail(f"--mode {', '.join(unavailable)}: not available; available: {', '.join(available)}")
-    if save_dir is not None:
-        if os.path.exists(save_dir) and not os.path.isdir(save_dir):
-            fail(f"--save {save_dir}: exists and is not a directory")
+    check_writable_dir(save_dir, "--save")
     chosen = [HARNESSES[name] for name in (harnesses or HARNESS_NAMES)]
     import faulthandler
     faulthandler.enable()        # a crash inside the engine still prints where it happened
@@ -113,6 +112,9 @@ def fuzz(harnesses, cases, seed, modes, save_dir):
             report = harness.run(cases, seed=seed, modes=tuple(modes) or None,
                                  progress=lambda n, t=task: progress.advance(t, n), inflight=inflight)
             progress.update(task, completed=cases)
+            if report.skipped and modes and harness.modes(tuple(available)):
+                # The harness could run, in modes the command line left out.
+                report.skipped = f"not selected by --mode (it runs in {', '.join(harness.modes(tuple(available)))})"
             reports.append(report)
     if inflight is not None and os.path.exists(inflight):
         os.unlink(inflight)
@@ -121,6 +123,8 @@ def fuzz(harnesses, cases, seed, modes, save_dir):
     out.print("outcomes (clean stops, by kind):")
     for line in outcome_lines(reports):
         out.print(f"  {line}", markup=False, highlight=False)
+    if not any(r.runs for r in reports):
+        fail("nothing ran: every harness chosen was skipped (see the table); choose another --harness or --mode")
     failures = sum(sum(r.failures.values()) for r in reports)
     if failures:
         out.print(f"[bold red]{failures} failure(s)[/] (seed {seed}); the first of each harness:")

@@ -6,7 +6,16 @@ import sys
 import click
 
 from ..modes import MODES
-from .common import fail, report_stats, resolve_image
+from .common import (
+    apply_tuning,
+    at_least,
+    budget_options,
+    check_writable_file,
+    fail,
+    image_options,
+    load_target,
+    report_stats,
+)
 
 
 def _parse_range(ctx, param, value):
@@ -16,6 +25,8 @@ def _parse_range(ctx, param, value):
         lo, hi = (int(part, 0) for part in value.split(":"))
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected LO:HI, e.g. 0x100000:0x101000") from None
+    if lo >= hi:
+        fail(f"--range {value}: empty (LO must be below HI; the range is LO <= EIP < HI)")
     return lo, hi
 
 
@@ -27,20 +38,22 @@ def _parse_range(ctx, param, value):
               "(fields documented in vmm/trace/tracer.py and the README).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the trace here instead of standard output.")
-@click.option("--from", "start", type=int, default=0, show_default=True, metavar="N",
+@click.option("--from", "start", type=int, callback=at_least(0, "--from", "instructions are numbered from 0"),
+              default=0, show_default=True, metavar="N",
               help="First instruction to show (instructions are numbered from 0).")
-@click.option("--count", type=int, default=None, metavar="K", help="Show K instructions from --from.")
+@click.option("--count", type=int, callback=at_least(1, "--count", "show at least 1 instruction"), default=None,
+              metavar="K", help="Show K instructions from --from.")
 @click.option("--range", "address_range", callback=_parse_range, default=None, metavar="LO:HI",
               help="Only instructions with LO <= EIP < HI.")
 @click.option("--ring", type=click.Choice(["user", "kernel"]), default=None, help="Only CPL 3, or only CPL 0-2.")
 @click.option("--exits-only", is_flag=True, help="VM exits, injected events and walks only (no per-instruction "
               "hook: runs at full speed).")
 @click.option("--walks", is_flag=True, help="Also show every TLB miss and what the MMU answered.")
-@click.option("--max-instructions", type=int, default=None, metavar="N")
-@click.option("--timeout", type=float, default=60.0, show_default=True, metavar="S")
+@budget_options(timeout=60.0)
+@image_options()
 @click.option("--stat", is_flag=True, help="End with the exit-statistics table.")
 def trace(image, mode, fmt, output, start, count, address_range, ring, exits_only, walks, max_instructions,
-          timeout, stat):
+          timeout, cmdline, modules, ram_mib, kind, load_address, controls, vmcs_writes, stat):
     """Trace IMAGE_OR_GUEST instruction by instruction: address, bytes, disassembly, the
     registers each instruction changed, and inline the VM exits (SDM name, decoded
     qualification, handler result), injected events and, with --walks, page walks. The
@@ -55,7 +68,9 @@ def trace(image, mode, fmt, output, start, count, address_range, ring, exits_onl
     from ..trace.tracer import Tracer
     from ..vm import VM
 
-    loaded = resolve_image(image, ram_size=128 << 20, kind="auto", cmdline=None, modules=(), load_address=None)
+    check_writable_file(output, "-o")
+    loaded = load_target(image, ram_mib=ram_mib, kind=kind, cmdline=cmdline, modules=modules,
+                         load_address=load_address)
     err = sys.stderr.buffer
 
     def serial(data: bytes) -> None:
@@ -63,10 +78,11 @@ def trace(image, mode, fmt, output, start, count, address_range, ring, exits_onl
         err.flush()
 
     try:
-        vm = VM(loaded, mode=mode, serial_output=serial, max_instructions=max_instructions,
-                timeout=timeout or None)
+        vm = VM(loaded, mode=mode, ram_size=ram_mib << 20, serial_output=serial,
+                max_instructions=max_instructions, timeout=timeout or None)
     except (NotImplementedError, ValueError) as exc:
         fail(str(exc))
+    apply_tuning(vm, mode, controls, vmcs_writes)
     try:
         out = open(output, "w") if output else sys.stdout
     except OSError as exc:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import click
 
-from .common import fail, parse_int, resolve_image
+from .common import apply_tuning, fail, image_options, load_target, non_negative_seconds, parse_int
+
+#: Every mode runs an i386 guest: a linear address has 32 bits.
+LINEAR_ADDRESS_LIMIT = 1 << 32
 
 
 @click.command()
@@ -19,8 +22,10 @@ from .common import fail, parse_int, resolve_image
               "or a symbol or address at which to stop (before that instruction runs).")
 @click.option("--access", type=click.Choice(("read", "write", "fetch")), default="read", show_default=True)
 @click.option("--user", is_flag=True, help="Translate as a user-mode (CPL 3) access.")
-@click.option("--timeout", type=float, default=10.0, show_default=True, metavar="S")
-def walk(image, gva, mode, when, access, user, timeout):
+@click.option("--timeout", type=float, callback=non_negative_seconds, default=10.0, show_default=True, metavar="S")
+@image_options()
+def walk(image, gva, mode, when, access, user, timeout, cmdline, modules, ram_mib, kind, load_address, controls,
+         vmcs_writes):
     """Explain how the guest translates one address: every paging-structure entry, its
     address and bits, each EPT step (vtx-ept) or the shadow entries (vtx), and the result
     or the fault.
@@ -32,14 +37,21 @@ def walk(image, gva, mode, when, access, user, timeout):
     from ..trace.walk import explain
     from ..vm import VM
 
-    loaded = resolve_image(image, ram_size=128 << 20, kind="auto", cmdline=None, modules=(), load_address=None)
+    if not 0 <= gva < LINEAR_ADDRESS_LIMIT:
+        fail(f"--gva {gva:#x}: above the 32-bit linear address space of a {mode} guest")
+    loaded = load_target(image, ram_mib=ram_mib, kind=kind, cmdline=cmdline, modules=modules,
+                         load_address=load_address)
     budget = None
     if when != "end":
         try:
             budget = int(when, 0)
         except ValueError:
             budget = None
-    vm = VM(loaded, mode=mode, serial_output=lambda data: None, max_instructions=budget, timeout=timeout or None)
+        if budget is not None and budget < 1:
+            fail(f"--at {when}: a number of instructions is at least 1 (or 'end', or a symbol)")
+    vm = VM(loaded, mode=mode, ram_size=ram_mib << 20, serial_output=lambda data: None, max_instructions=budget,
+            timeout=timeout or None)
+    apply_tuning(vm, mode, controls, vmcs_writes)
     if when != "end" and budget is None:
         address = loaded.symbols.get(when)
         if address is None:

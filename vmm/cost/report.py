@@ -24,6 +24,19 @@ from .profile import DEFAULT_PROFILE, Profile, load_profile
 from .workloads import BY_NAME, Measurement, WorkloadError, cannot_run, get_workload, measure
 
 TOP_EVENTS = 3
+#: The profile whose cycle counts are those of Adams & Agesen's machine (a Pentium 4, 2005):
+#: only on it does the model's column compare like with like against the paper's.
+PAPER_PROFILE = "p4-2005"
+
+LEGEND = (
+    "overhead: the mode's modeled cycles per iteration over native's for the same workload; 1.00x costs "
+    "what bare hardware does, below 1x the mode's model is cheaper than native's (an event native pays "
+    "for, such as a fault taken through the guest's IDT, that the mode handles more cheaply or not at all).",
+    "wall s: host seconds of both runs (N and 2N iterations) of the pair, boot included, with the counting "
+    "hook on; the speed of this simulator, not of the modeled machine.",
+    "counts per iteration are the difference of the 2N and N runs divided by N, so an event that does not "
+    "happen every iteration (a timer tick, a TLB miss every other pass) shows as a fraction.",
+)
 
 
 @dataclass
@@ -309,13 +322,40 @@ def write_outputs(report: BenchReport, out_dir: Path) -> list[Path]:
     return paths
 
 
+def select(report: BenchReport, workloads: list[str] | None, modes: list[str] | None) -> BenchReport:
+    """The report restricted to ``workloads`` and ``modes`` (None: all of them), keeping the
+    overheads priced against native even when native itself is left out of the view."""
+    keep_w = [w for w in report.workloads if workloads is None or w in workloads]
+    keep_m = [m for m in report.modes if modes is None or m in modes]
+    missing = [w for w in workloads or () if w not in report.workloads]
+    missing += [m for m in modes or () if m not in report.modes]
+    if missing:
+        raise ValueError(f"not in the report: {', '.join(missing)} (it has workloads "
+                         f"{', '.join(report.workloads)}; modes {', '.join(report.modes)})")
+    rows = [r for r in report.rows if r.workload in keep_w and r.mode in keep_m]
+    return BenchReport(report.profile, keep_w, keep_m, rows)
+
+
+def paper_warning(report: BenchReport) -> str | None:
+    """Why the paper comparison may mislead: a profile other than the paper's machine."""
+    if report.profile.name == PAPER_PROFILE:
+        return None
+    return (f"the cycles are priced on {report.profile.name}, not on {PAPER_PROFILE} (the paper's Pentium 4): "
+            f"the model's columns are another machine's; use --profile {PAPER_PROFILE} to compare like with like")
+
+
 def print_report(report: BenchReport, console, *, compare_paper: bool = False) -> None:
     console.print(render_table(report))
+    for line in LEGEND:
+        console.print(line, markup=False, highlight=False)
     for i, note in enumerate(error_notes(report), 1):
         console.print(f"[yellow]note {i}:[/] {note}")
     for note in unmodeled_notes(report):
         console.print(f"[yellow]note:[/] {note}")
     if compare_paper:
+        warning = paper_warning(report)
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}")
         console.print(paper_table(report))
         for w, claim, holds in orderings(report):
             verdict = "holds" if holds else ("does not hold" if holds is not None else "not measured")

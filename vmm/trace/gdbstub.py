@@ -50,6 +50,9 @@ log = logging.getLogger("vmm.gdb")
 __all__ = ["GdbStub", "serve_gdb", "target_xml", "checksum", "REGISTERS", "PACKET_SIZE", "MONITOR_HELP"]
 
 INTERRUPT_REASON = "interrupted from gdb (^C)"
+ATTACH_REASON = "gdb attached to the running guest"
+#: How often the accepting thread looks for gdb, and repeats its stop request, while the guest runs.
+ATTACH_POLL_S = 0.05
 LINEAR_MASK = 0xFFFFFFFF
 #: The O packet's text is hex: two characters a byte, and room for the framing.
 CONSOLE_CHUNK = (PACKET_SIZE - 16) // 2
@@ -469,10 +472,16 @@ def _is_loopback(host: str) -> bool:
 
 def serve_gdb(vm, host: str = "127.0.0.1", port: int = 1234, *,
               on_listen: Callable[[int], None] | None = None,
-              symbols: dict[str, int] | None = None) -> VmResult:
+              symbols: dict[str, int] | None = None, wait: bool = True) -> VmResult:
     """Listen on ``host:port`` (port 0: any free port), accept one gdb connection, serve
     it until the guest exits or stops, or gdb kills (``k``) or detaches (``D``: the guest
     then runs on to its end), and return the VM's last result.
+
+    ``wait`` (QEMU's ``-S``): accept gdb before the first instruction. Without it the
+    guest runs at once, as under QEMU's ``-s`` alone, and gdb attaches whenever it
+    connects: a helper thread accepts the connection and stops the engine where the
+    guest is, and the session starts there. A guest that ends before gdb comes ends the
+    run as without a debugger.
 
     ``on_listen(port)`` is called once the socket listens. The default host is the
     loopback interface: anyone who can connect controls the guest and reads its memory,
@@ -490,7 +499,14 @@ def serve_gdb(vm, host: str = "127.0.0.1", port: int = 1234, *,
         log.info("gdb stub listening on %s:%d", host, bound)
         if on_listen is not None:
             on_listen(bound)
-        conn, peer = server.accept()
+        if wait:
+            conn, peer = server.accept()
+        else:
+            accepted = _run_until_attached(vm, server)
+            if isinstance(accepted, VmResult):
+                return accepted
+            conn, peer = accepted
+            vm.timeout = None  # from here on the debugger decides how long the guest runs
     finally:
         server.close()
     log.info("gdb connected from %s:%d", peer[0], peer[1])
@@ -499,3 +515,40 @@ def serve_gdb(vm, host: str = "127.0.0.1", port: int = 1234, *,
     except OSError:
         pass
     return GdbStub(vm, symbols=symbols).serve(conn)
+
+
+def _run_until_attached(vm, server: socket.socket):
+    """Run the guest while a helper thread waits for gdb; the accepted (socket, peer), or
+    the VM's result when the guest stopped by itself first."""
+    finished = threading.Event()
+    accepted: list[tuple[socket.socket, tuple]] = []
+
+    def accept() -> None:
+        server.settimeout(ATTACH_POLL_S)
+        while not finished.is_set():
+            try:
+                accepted.append(server.accept())
+                break
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+        while not finished.is_set():
+            # The VM's run loop clears a stop request between two engine runs: repeat it.
+            vm.engine.request_stop(ATTACH_REASON)
+            finished.wait(ATTACH_POLL_S)
+
+    watcher = threading.Thread(target=accept, name="gdb-attach", daemon=True)
+    watcher.start()
+    try:
+        result = vm.run()
+    finally:
+        finished.set()
+        watcher.join()
+    if accepted and result.kind is StopKind.ERROR and result.message == ATTACH_REASON:
+        conn, peer = accepted[0]
+        conn.settimeout(None)
+        return conn, peer
+    for conn, _peer in accepted:
+        conn.close()   # gdb came as the guest ended: it finds the connection closed
+    return result
