@@ -30,9 +30,23 @@ from ..pv.events import SharedInfo
 from ..pv.memory import PAGE_SHIFT, DomainMemory, HypercallError
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import RESUME, ExceptionExit, Hypercall, Outcome, StopVm
-from ..x86 import (CODE_RING0, CODE_RING3, DATA_RING0, DATA_RING3, EFLAGS, MSR, PAGE_MASK, PAGE_OFFSET_MASK,
-                   PAGE_SIZE, PAT_POWER_ON, SYSENTER_MSRS, Access, PFError, flat_descriptor)
-from ..x86.segments import ACCESS_DPL_SHIFT, ACCESS_TYPE_MASK
+from ..x86 import (
+    CODE_RING0,
+    CODE_RING3,
+    DATA_RING0,
+    DATA_RING3,
+    EFLAGS,
+    MSR,
+    PAGE_MASK,
+    PAGE_OFFSET_MASK,
+    PAGE_SIZE,
+    PAT_POWER_ON,
+    SYSENTER_MSRS,
+    Access,
+    PFError,
+    flat_descriptor,
+)
+from ..x86.segments import ACCESS_DPL_SHIFT, ACCESS_TYPE_MASK, SELECTOR_RPL_MASK, USER_RING
 from .hypervisor import Hypervisor
 from .memory import CodePages
 
@@ -125,7 +139,8 @@ class DirectPaging:
     def _fill(self, vaddr: int, access: str):
         self.tlb_fills += 1
         eng = self.engine
-        user = eng.reg("cs") & 3 == 3 and not abi.GDT_VIRT <= vaddr < abi.GDT_VIRT + abi.GDT_SIZE
+        user = (eng.reg("cs") & SELECTOR_RPL_MASK == USER_RING
+                and not abi.GDT_VIRT <= vaddr < abi.GDT_VIRT + abi.GDT_SIZE)
         write = access == ACCESS_WRITE
         w = PFError.WR if write else 0
         u = PFError.US if user else 0
@@ -291,9 +306,9 @@ class PvMode(Hypervisor):
     # -- events from the engine ------------------------------------------------------------
     def on_exception(self, vector: int, error_code: int, software: bool) -> None:
         eng = self.vm.engine
-        if software and vector == abi.SYSCALL_VECTOR and eng.reg("cs") & 3 == 3:
+        if software and vector == abi.SYSCALL_VECTOR and eng.reg("cs") & SELECTOR_RPL_MASK == USER_RING:
             entry = self.traps.get(vector)
-            if entry is not None and entry[0] & abi.TI_DPL_MASK == 3:
+            if entry is not None and entry[0] & abi.TI_DPL_MASK == USER_RING:
                 # Xen x86_32 gives int 0x80 a DPL-3 gate straight to the guest's handler:
                 # no VMM entry, hence no exit here; only the delivery itself.
                 self.events.add("pv", "int 0x80 direct to the guest")
@@ -385,7 +400,7 @@ class PvMode(Hypervisor):
         esp = eng.reg("esp")
         eax, eip, cs, eflags = struct.unpack("<IIII", self.access.read(esp, 16))
         cs &= SELECTOR_BITS
-        if cs & 3 == 3:
+        if cs & SELECTOR_RPL_MASK == USER_RING:
             esp, ss = struct.unpack("<II", self.access.read(esp + 16, 8))
         elif cs & 3 == abi.GUEST_KERNEL_RPL:
             esp, ss = esp + 16, eng.reg("ss")

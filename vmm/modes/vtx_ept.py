@@ -29,6 +29,7 @@ from ..vmx.exits import RESUME, EptViolationExit, Outcome, Retry, StopVm
 from ..vmx.qualification import EptViolation as EptQualification
 from ..vmx.vmcs import Field
 from ..x86 import CR0, CR4, PAGE_MASK, PAGE_SIZE, KiB
+from ..x86.paging import ENTRY_SIZE_64
 from .memory import ADDRESS_MASK, CodePages, user_access
 
 CR0_PG = CR0.PG
@@ -61,7 +62,7 @@ class EptMmu:
         self.ept = EptWalker(host.read64, ept_write64)
 
         def guest_read(pa: int, size: int) -> int:
-            if size == 8:
+            if size == ENTRY_SIZE_64:
                 return eng.read_u64(pa)
             return int.from_bytes(eng.read_phys(pa, size), "little")  # may be the last bytes of RAM
 

@@ -36,6 +36,8 @@ from ..vmx.exit_reasons import ExitReason
 from ..vmx.qualification import CrAccess, EptViolation, InterruptionInfo, IoInstruction, MovDr
 
 TRACED_REGS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eflags")
+"""Registers the trace shows changes of; the batch read adds CS and CR0 after them (for the
+ring and the operand size), which the zips over names, values and last values leave out."""
 _PERMS = "rwx"
 
 
@@ -204,11 +206,13 @@ class Tracer:
                     n0, eip, (asm, hexbytes), cpl0 = prev
                     last = self._last
                     if jsonl:
-                        changed = ", ".join([f'"{k}": {v}' for k, v, o in zip(names, regs, last) if v != o])
+                        changed = ", ".join([f'"{k}": {v}'
+                                             for k, v, o in zip(names, regs, last, strict=False) if v != o])
                         write(f'{{"type": "insn", "n": {n0}, "eip": {eip}, "bytes": "{hexbytes}", '
                               f'"asm": "{asm}", "ring": {cpl0}, "changed": {{{changed}}}}}\n')
                     else:
-                        changed = " ".join([f"{k}={v:#x}" for k, v, o in zip(names, regs, last) if v != o])
+                        changed = " ".join([f"{k}={v:#x}"
+                                            for k, v, o in zip(names, regs, last, strict=False) if v != o])
                         if color:
                             line = f"\x1b[2m{n0:>8}\x1b[0m {eip:08x}  {hexbytes:<24} \x1b[1m{asm:<32}\x1b[0m {changed}"
                         else:
