@@ -74,8 +74,8 @@ def parse_int(ctx, param, value):
 def report_stats(result, *, mode: str, guest: str, show: bool, json_path: str | None) -> None:
     from rich.console import Console
 
-    from ..cost.events import render_events
-    from ..cost.stats import exit_stats, render, render_memory, stats_json
+    from ..stats.events import render_events
+    from ..stats.exits import exit_stats, render, render_memory, stats_json
 
     rows = exit_stats(result.exits, result.exit_seconds)
     if show:

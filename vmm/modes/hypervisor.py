@@ -20,9 +20,9 @@ only where it differs. No mode derives from another.
 """
 from __future__ import annotations
 
-from ..cost.events import EventCounters
 from ..cpu.delivery import UD, Event, EventDelivery
 from ..cpu.engine import Fault, Fill
+from ..stats.events import EventCounters
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import (
     IN,
