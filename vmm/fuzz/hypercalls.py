@@ -154,7 +154,7 @@ class HypercallHarness(Harness):
 
     def unavailable(self, available):
         if "pv" not in available:
-            return "mode pv is not available yet"
+            return "hypercalls exist in mode pv only"
         return None
 
     def strategy(self):
