@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from .bus import EventBus
 from .cpu.delivery import PF, Event, TripleFault
@@ -275,7 +276,7 @@ class VM:
                 observe(event)
         self.mode.delivery.deliver(event)
 
-    def stop_guest(self, message: str) -> None:
+    def stop_guest(self, message: str) -> NoReturn:
         """Stop the VM now, with a reason (called after emulation stopped)."""
         raise _Stopped(StopKind.ERROR, message)
 

@@ -99,6 +99,7 @@ class DirectPaging:
         self.mem.extra_mappable.add(self.shared_host >> PAGE_SHIFT)
 
     def _domain_range(self, address: int, size: int, access: str) -> None:
+        assert self.mem is not None, "map_guest_ram() made the domain's memory"
         if not self.mem.owns(address >> PAGE_SHIFT) or not self.mem.owns((address + size - 1) >> PAGE_SHIFT):
             raise GuestMemoryError(address, size, access)
 
@@ -112,6 +113,7 @@ class DirectPaging:
 
     def is_guest_physical(self, page: int) -> bool:
         """Machine pages the domain may reach: its own RAM and the shared-info page."""
+        assert self.mem is not None, "map_guest_ram() made the domain's memory"
         return self.mem.mappable(page >> PAGE_SHIFT)
 
     def write_guest(self, gpa: int, data: bytes) -> None:
@@ -137,6 +139,7 @@ class DirectPaging:
         return answer
 
     def _fill(self, vaddr: int, access: str):
+        assert self.mem is not None, "map_guest_ram() made the domain's memory"
         self.tlb_fills += 1
         eng = self.engine
         user = (eng.reg("cs") & SELECTOR_RPL_MASK == USER_RING
@@ -172,6 +175,7 @@ class DirectPaging:
     def walk(self, linear: int, write: bool, user: bool, set_ad: bool = True):
         """The guest's tables, paging being always on once the builder has run (CR0.PG is
         cleared only for the instant of a ring change through the trampoline)."""
+        assert self.mem is not None, "map_guest_ram() made the domain's memory"
         if self.mem.base is None:
             return None  # VM._load, before the domain is built: pseudo-physical
         eng = self.engine
@@ -196,6 +200,7 @@ class DirectPaging:
         self.engine.flush_tlb()
 
     def memory_counters(self) -> dict[str, int]:
+        assert self.mem is not None, "map_guest_ram() made the domain's memory"
         return {"TLB fills (direct-paging walks)": self.tlb_fills,
                 "page-table frames": len(self.mem.pt_frames),
                 "page tables validated": self.mem.validations}
@@ -219,7 +224,7 @@ class PvMode(Hypervisor):
         self.msrs = dict.fromkeys(SYSENTER_MSRS, 0)
         self.msrs[IA32_PAT] = PAT_POWER_ON
         self.hypercall_page_override = hypercall_page
-        self._pending = None               # a ring change to make outside emulation
+        self._pending: tuple[int, int, int, int, int] | None = None  # a ring change to make outside emulation
         self._blocked = False
         self._guest_gdt_entries = 0
 

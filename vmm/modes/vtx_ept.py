@@ -54,10 +54,11 @@ class EptMmu:
 
         def ept_write64(hpa: int, value: int) -> None:  # every EPT edit passes here
             host.write64(hpa, value)
-            if self.nested is not None:
-                self.nested.ept_changed()
+            walker = getattr(self, "nested", None)  # absent while the EPT is first built, below
+            if walker is not None:
+                walker.ept_changed()
 
-        self.nested: NestedWalker | None = None
+        self.nested: NestedWalker
         self.ept_builder = EptBuilder(host.read64, ept_write64, host.alloc)
         self.ept = EptWalker(host.read64, ept_write64)
 
@@ -221,6 +222,7 @@ class EptMmu:
         """KVM's tdp_page_fault: back and map guest RAM; give a device page its MMIO
         (misconfigured) entry; anything else is outside the guest: stop."""
         gpa = exit.gpa
+        assert gpa is not None, "an EPT violation always reports its guest-physical address"
         if self.is_ram(gpa):
             if not self.is_backed(gpa):
                 # Unicorn cannot map host memory while it emulates: the run stops, the

@@ -110,7 +110,8 @@ class Tracer:
         self.n = -1                  # number of the instruction being executed
         self.instructions = 0
         self.events = 0
-        self._prev = None            # (n, eip, decoded, ring) of the instruction in flight
+        # (n, eip, (asm, hex bytes), ring) of the instruction in flight
+        self._prev: tuple[int, int, tuple[str, str], int] | None = None
         self._pending: list[dict] = []
         self._pages: dict[int, int] = {}            # linear code page -> host page
         self._decoded: dict[int, tuple[str, str]] = {}  # EIP -> (asm, hex bytes)
@@ -121,7 +122,7 @@ class Tracer:
         self._ids = (ctypes.c_int * len(read))(*(eng_reg_id(r) for r in read))
         self._vals = (ctypes.c_uint64 * len(read))()
         self._ntraced = len(TRACED_REGS)
-        self._last = None
+        self._last: list[int] | None = None
         self._read_batch = eng.read_regs_thunk(self._ids, self._vals)
         bus = vm.bus
         if not exits_only:
@@ -205,6 +206,7 @@ class Tracer:
                 if prev is not None:
                     n0, eip, (asm, hexbytes), cpl0 = prev
                     last = self._last
+                    assert last is not None, "an instruction in flight follows a register read"
                     if jsonl:
                         changed = ", ".join([f'"{k}": {v}'
                                              for k, v, o in zip(names, regs, last, strict=False) if v != o])
@@ -261,8 +263,9 @@ class Tracer:
         return decoded
 
     def _emit_instruction(self, regs) -> None:
-        n, eip, (asm, hexbytes), cpl = self._prev
-        last = self._last
+        prev, last = self._prev, self._last
+        assert prev is not None and last is not None, "called only with an instruction in flight"
+        n, eip, (asm, hexbytes), cpl = prev
         self._prev = None
         names = TRACED_REGS
         if self.fmt == "jsonl":
