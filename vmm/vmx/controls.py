@@ -234,7 +234,7 @@ class Capability:
 def bit_name(flags: type[enum.IntFlag], bit: int) -> str:
     for m in flags:
         if int(m) == 1 << bit:
-            return m.name
+            return m.name or f"bit {bit}"
     return f"reserved bit {bit}"
 
 
