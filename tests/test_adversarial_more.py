@@ -5,17 +5,16 @@ own memory."""
 from __future__ import annotations
 
 import pytest
+from test_adversarial import CASES, OUTSIDE, PIT_FASTEST
 
+from conftest import RAM, make_vm
 from vmm.fuzz.core import Containment
-from vmm.modes import available_modes
+from vmm.modes import MODES
 from vmm.vm import HOST_MEMORY_BASE, StopKind
 from vmm.vmx.vmcs import Field
 
-from conftest import RAM, make_vm
-from test_adversarial import CASES, OUTSIDE, PIT_FASTEST
-
 # Flat guests boot in every mode but pv (a PV kernel has its own boot protocol and image).
-FLAT_MODES = tuple(m for m in available_modes() if m != "pv")
+FLAT_MODES = tuple(m for m in MODES if m != "pv")
 NEW_MODES = tuple(m for m in FLAT_MODES if m not in ("native", "vtx", "vtx-ept"))
 
 
@@ -201,8 +200,7 @@ def test_fuzz_findings_stay_fixed(harness, mode, case):
 
     from vmm.fuzz.core import replay
 
-    if mode not in available_modes():
-        pytest.skip(f"mode {mode} not available")
+    assert mode in MODES
     here = sys._getframe()
     report = replay({"harness": harness, "mode": mode, "seed": 11, "index": 0, "case": case})
     assert not report.failures, [f.detail for f in report.findings]

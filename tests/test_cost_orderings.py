@@ -17,13 +17,8 @@ from vmm.cost.model import model_cycles
 from vmm.cost.profile import load_profile
 from vmm.cost.report import BenchReport, Row
 from vmm.cost.workloads import measure
-from vmm.modes import available_modes
 
 SMALL = {"tlbmiss": 1, "forkwait": 2}
-
-
-def needs(mode):
-    return pytest.mark.skipif(mode not in available_modes(), reason=f"mode {mode} not available yet")
 
 
 @lru_cache(maxsize=None)
@@ -35,24 +30,20 @@ def cycles(workload: str, mode: str, profile: str) -> float:
     return model_cycles(_measure(workload, mode).per_iteration, mode, load_profile(profile)).total
 
 
-@needs("bt")
 @pytest.mark.parametrize("workload", ["in", "pgfault", "ptemod"])
 def test_bt_beats_first_generation_vtx(workload):
     assert cycles(workload, "bt", "p4-2005") < cycles(workload, "vtx", "p4-2005")
 
 
-@needs("bt")
 def test_bt_beats_first_generation_vtx_on_cr8wr():
     assert cycles("cr8wr", "bt", "p4-2005") < cycles("cr8wr", "vtx", "p4-2005")
 
 
-@needs("bt")
 @pytest.mark.parametrize("workload", ["syscall", "callret", "divzero"])
 def test_first_generation_vtx_beats_bt(workload):
     assert cycles(workload, "vtx", "p4-2005") < cycles(workload, "bt", "p4-2005")
 
 
-@needs("pv")
 def test_pv_page_table_updates_beat_shadow_paging():
     pv = _measure("ptemod", "pv").per_iteration
     assert pv.events["hypercalls"]["mmu_update"] >= 1     # the write went through the hypervisor

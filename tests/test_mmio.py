@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from vmm.modes import available_modes
-from vmm.vm import StopKind
-
 from conftest import make_vm
+from vmm.modes import MODES
+from vmm.vm import StopKind
 
 SRC = """
     mov esp, 0x180000
@@ -27,7 +26,7 @@ l:  mov dword ptr [0xfee00080], esi
 """
 
 
-@pytest.mark.parametrize("mode", [m for m in available_modes() if m != "pv"])
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "pv"])
 def test_apic_stores_reach_the_device_once_each(mode):
     vm, _ = make_vm(SRC, mode=mode, timeout=10)
     result = vm.run()

@@ -35,7 +35,7 @@ per-instruction hook for its subscriber only.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 TOPICS = ("exit", "handled", "inject", "fill", "walk", "mmio", "port", "event", "stop")
 

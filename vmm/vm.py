@@ -18,17 +18,17 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NoReturn
 
-from .cpu.delivery import Event, TripleFault, PF
-from .cpu.engine import Engine, EngineError, Fault, Fill, GuestMemoryError, Stop
 from .bus import EventBus
+from .cpu.delivery import PF, Event, TripleFault
+from .cpu.engine import Engine, EngineError, Fault, Fill, GuestMemoryError, Stop
 from .cpu.faultaddr import precise_fault_address
 from .devices.board import Board
 from .loader.image import LoadedImage
 from .mmu.paging import PageFault
+from .vmx.exits import DECLINE, RESUME, Decline, Exit, Outcome, Reflect, Retry, StopVm, UnexpectedExit, Value
 from .x86 import CODE_RING0, CR0, DATA_RING0, EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE, flat_descriptor
-from .vmx.exits import (DECLINE, RESUME, Decline, Exit, Outcome, Reflect, Retry, StopVm, UnexpectedExit,
-                        Value)
 
 _clock = time.perf_counter
 INTERRUPT_WINDOW_SLICE = 64   # instructions between checks while an IRQ waits for IF=1
@@ -276,7 +276,7 @@ class VM:
                 observe(event)
         self.mode.delivery.deliver(event)
 
-    def stop_guest(self, message: str) -> None:
+    def stop_guest(self, message: str) -> NoReturn:
         """Stop the VM now, with a reason (called after emulation stopped)."""
         raise _Stopped(StopKind.ERROR, message)
 

@@ -105,8 +105,8 @@ def budget_options(timeout: float):
 def report_stats(result, *, mode: str, guest: str, show: bool, json_path: str | None) -> None:
     from rich.console import Console
 
-    from ..cost.events import render_events
-    from ..cost.stats import exit_stats, render, render_memory, stats_json
+    from ..stats.events import render_events
+    from ..stats.exits import exit_stats, render, render_memory, stats_json
 
     rows = exit_stats(result.exits, result.exit_seconds)
     if show:

@@ -102,7 +102,7 @@ class Counts:
 def _sub(a: Counter, b: Counter) -> Counter:
     """a - b keeping zeros and negatives out (a 2N run never counts less than an N run;
     a negative difference would be noise and is dropped, not hidden in a total)."""
-    out = Counter()
+    out: Counter[str] = Counter()
     for key in set(a) | set(b):
         value = a.get(key, 0) - b.get(key, 0)
         if value > 0:
@@ -167,7 +167,7 @@ class RunObserver:
         events = {c: Counter(v) for c, v in result.events.items()}
         device = Counter(self.device)
         device["port"] = _port_accesses(self.vm)
-        refs = Counter()
+        refs: Counter[str] = Counter()
         if WALK_REFERENCES in memory:
             refs["2-D"] = memory[WALK_REFERENCES]
         elif SHADOW_REFERENCES in memory:

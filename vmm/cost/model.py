@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .counters import HIDDEN_FAULTS, PTE_WRITES, TRUE_FAULTS, ENTRY_FLUSHES, Counts
+from .counters import ENTRY_FLUSHES, HIDDEN_FAULTS, PTE_WRITES, TRUE_FAULTS, Counts
 from .profile import Cost, Profile
 
 FAMILY = {"native": "native", "trap": "software", "bt": "software", "pv": "software",

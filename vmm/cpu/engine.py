@@ -14,22 +14,44 @@ undefined opcode, IN/OUT/CPUID, a TLB miss (``UC_HOOK_TLB_FILL`` with
 from __future__ import annotations
 
 import ctypes
-import struct
 import enum
+import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
-from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_ERR_EXCEPTION, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_UNMAPPED,
-                     UC_ERR_WRITE_UNMAPPED, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
-                     UC_HOOK_TLB_FILL, UC_MEM_FETCH, UC_MEM_WRITE, UC_MODE_32, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE,
-                     UC_TLB_VIRTUAL, Uc, UcError)
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+from unicorn import (
+    UC_ARCH_X86,
+    UC_ERR_EXCEPTION,
+    UC_ERR_FETCH_UNMAPPED,
+    UC_ERR_READ_UNMAPPED,
+    UC_ERR_WRITE_UNMAPPED,
+    UC_HOOK_CODE,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_TLB_FILL,
+    UC_MEM_FETCH,
+    UC_MEM_WRITE,
+    UC_MODE_32,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+    UC_TLB_VIRTUAL,
+    Uc,
+    UcError,
+)
 from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from . import quirks
 from .regs import UC_REG, UC_TABLE
+
+MEMBUF_SIZE = 64
+"""Bytes of the reusable read buffer: larger reads allocate their own."""
 
 PAGE = 0x1000
 HLT_OPCODE = 0xF4
@@ -147,7 +169,7 @@ class Engine:
                          lambda uc, off, sz, val, data: write(off, sz, val), None)
 
     def read_phys(self, addr: int, size: int) -> bytes:
-        buf = self._membuf if size <= 64 else ctypes.create_string_buffer(size)
+        buf = self._membuf if size <= MEMBUF_SIZE else ctypes.create_string_buffer(size)
         if self._mem_read(self._handle, addr, buf, size):
             return bytes(self._slow_read(addr, size))
         return buf.raw[:size]
@@ -186,7 +208,7 @@ class Engine:
         self._write = _uclib.uc_reg_write
         self._write_batch = _uclib.uc_reg_write_batch
         self._mem_read = _uclib.uc_mem_read
-        self._membuf = ctypes.create_string_buffer(64)
+        self._membuf = ctypes.create_string_buffer(MEMBUF_SIZE)
         self._u64 = ctypes.c_uint64()
         self._pu64 = ctypes.cast(ctypes.pointer(self._u64), self._mem_read.argtypes[2])
         self._batch_ids: dict = {}
@@ -430,7 +452,7 @@ class Engine:
     def read_raw(self, addr: int, size: int) -> bytes:
         """Host-physical bytes, no error raised (b"" when unmapped)."""
         buf = self._membuf
-        if size > 64 or self._mem_read(self._handle, addr, buf, size):
+        if size > MEMBUF_SIZE or self._mem_read(self._handle, addr, buf, size):
             return b""
         return buf.raw[:size]
 
@@ -491,7 +513,7 @@ class Engine:
             self.uc.emu_start(begin, 0, timeout=timeout_us, count=count)
         except UcError as err:
             if self._error is not None:
-                raise self._error
+                raise self._error from err
             if err.errno == UC_ERR_EXCEPTION and self._fault is not None:
                 self.pending_fault = self._fault
                 return Stop.FAULT

@@ -154,7 +154,8 @@ def vm_cases(draw) -> dict:
     eptp = draw(st.none() | st.none() | st.none() | st.integers(0, 0xFFF))   # new low 12 bits of the EPTP
     accesses = []
     for _ in range(draw(st.integers(1, 16))):
-        at = draw(st.sampled_from([e[0] for e in edits]) | st.sampled_from(TARGETS)) + draw(st.sampled_from([0, 8, 0xFFC]))
+        at = (draw(st.sampled_from([e[0] for e in edits]) | st.sampled_from(TARGETS))
+              + draw(st.sampled_from([0, 8, 0xFFC])))
         kind = draw(st.sampled_from(["load", "store", "fetch", "rmw"]))
         accesses.append({"load": b"\xa1" + u32(at), "store": b"\xc7\x05" + u32(at) + u32(0x12345678),
                          "rmw": b"\x83\x05" + u32(at) + b"\x01",
@@ -171,7 +172,7 @@ def corrupt_ept(vm: VM, case: dict) -> None:
     # Find (creating tables as needed) every entry first, while the tree is intact: an
     # edit must land in an EPT table, not wherever an earlier corrupted entry points.
     addresses = [builder._entry_address(gpa, level, create=True) for gpa, level, _ in case["edits"]]
-    for address, (_, _, value) in zip(addresses, case["edits"]):
+    for address, (_, _, value) in zip(addresses, case["edits"], strict=True):
         builder.write64(address, value)
     if case["eptp_low"] is not None:
         eptp = mode.vmcs.read(Field.EPT_POINTER)

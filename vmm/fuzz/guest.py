@@ -87,7 +87,7 @@ def stubs_bytes() -> bytes:
     return bytes(out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _assembled() -> tuple[bytes, bytes]:
     """The prologue and the common handler (keystone, once per process)."""
     from keystone import KS_ARCH_X86, KS_MODE_32, Ks

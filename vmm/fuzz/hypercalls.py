@@ -85,7 +85,7 @@ def code_bytes(calls: list[list[int]]) -> bytes:
     out = bytearray()
     for number, *args in calls:
         out += _mov(0, number)
-        for reg, value in zip((3, 1, 2, 6, 7), args):        # ebx ecx edx esi edi
+        for reg, value in zip((3, 1, 2, 6, 7), args, strict=False):        # ebx ecx edx esi edi
             out += _mov(reg, value)
         out += INT_0x82
     out += shutdown_bytes()                                     # struct sched_shutdown { reason = 0 }
@@ -154,7 +154,7 @@ class HypercallHarness(Harness):
 
     def unavailable(self, available):
         if "pv" not in available:
-            return "mode pv is not available yet"
+            return "hypercalls exist in mode pv only"
         return None
 
     def strategy(self):

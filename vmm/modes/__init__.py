@@ -36,8 +36,3 @@ def get_mode(name: str):
     module, cls, options = _CLASSES[name]
     mode = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
     return partial(mode, **options) if options else mode
-
-
-def available_modes() -> tuple[str, ...]:
-    """Every mode, in the order above."""
-    return MODES

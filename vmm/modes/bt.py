@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from capstone.x86 import X86_OP_MEM, X86_OP_REG
 
+from ..cpu.engine import ACCESS_FETCH
 from ..mmu.paging import PageFault
 from ..vmx.exits import RESUME, Callout, Outcome
-from ..cpu.engine import ACCESS_FETCH
 from .hypervisor import Hypervisor
 from .memory import PAGING_CR0_BITS, PAGING_CR4_BITS, GuestPaging, ShadowMmu
 from .privileged import Emulator, decoder
 from .translator import APIC_TPR, Translator, callout_kind, tpr_operand
-
 
 
 def callout_name(insn) -> str:

@@ -20,13 +20,23 @@ only where it differs. No mode derives from another.
 """
 from __future__ import annotations
 
-from ..cost.events import EventCounters
 from ..cpu.delivery import UD, Event, EventDelivery
 from ..cpu.engine import Fault, Fill
-from ..x86 import EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK
+from ..stats.events import EventCounters
 from ..vmx.exit_reasons import ExitReason
-from ..vmx.exits import (IN, OUT, RESUME, ExceptionExit, Exit, ExternalInterruptExit, InstructionExit, IoExit,
-                         Outcome, Value)
+from ..vmx.exits import (
+    IN,
+    OUT,
+    RESUME,
+    ExceptionExit,
+    Exit,
+    ExternalInterruptExit,
+    InstructionExit,
+    IoExit,
+    Outcome,
+    Value,
+)
+from ..x86 import EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK
 from .memory import CodePages
 
 # Local-APIC registers whose write changes when the next timer interrupt comes: SVR

@@ -16,7 +16,7 @@ binary translator, the tracer's decode cache) subscribe to.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..cpu.delivery import PF
 from ..cpu.engine import ACCESS_FETCH, ACCESS_WRITE, PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill, GuestMemoryError
@@ -24,6 +24,7 @@ from ..mmu.hostmem import HostPages
 from ..mmu.paging import PageFault, Translation, Walker32, phys_reader, phys_writer
 from ..mmu.shadow import ShadowPaging
 from ..x86 import CR0, CR4, PAGE_MASK
+from ..x86.segments import SELECTOR_RPL_MASK, USER_RING
 
 ALL = PROT_READ | PROT_WRITE | PROT_EXEC
 ADDRESS_MASK = 0xFFFFFFFF
@@ -80,7 +81,7 @@ def user_access(engine, vaddr: int) -> bool:
     """Whether a TLB miss is a CPL-3 access. The fill hook does not say which MMU index
     asked, so a user-mode fill that lands on the GDT/LDT/IDT/TSS page is treated as the
     implicit supervisor access it is (a segment load reads the GDT)."""
-    if not (engine.reg("cr0") & CR0.PE and engine.reg("cs") & 3 == 3):
+    if not (engine.reg("cr0") & CR0.PE and engine.reg("cs") & SELECTOR_RPL_MASK == USER_RING):
         return False
     page = vaddr & PAGE_MASK
     for table in DESCRIPTOR_TABLES:

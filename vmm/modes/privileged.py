@@ -21,6 +21,8 @@ from ..cpu.faultaddr import effective_address
 from ..cpu.regs import CR0_TS, IF, debug_register
 from ..mmu.paging import PageFault
 from ..vmx.exits import DECLINE, RESUME, Outcome, Reflect, TrappedInstruction
+from ..x86.opcodes import OPERAND_SIZE_PREFIX
+from ..x86.registers import ControlRegister
 from .memory import PAGING_CR4_BITS
 
 _WIDE = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi", "di": "edi", "sp": "esp", "bp": "ebp",
@@ -150,7 +152,7 @@ class Emulator:
         if op.type != X86_OP_MEM:
             raise NotEmulated(insn.mnemonic)
         limit, base = struct.unpack("<HI", self.mode.read_guest(self.address(insn, op), 6))
-        if insn.prefix[2] == 0x66:
+        if insn.prefix[2] == OPERAND_SIZE_PREFIX:
             base &= 0xFFFFFF  # a 16-bit operand size loads a 24-bit base
         return base, limit
 
@@ -216,17 +218,17 @@ class Emulator:
 
     def write_cr(self, n: int, value: int) -> None:
         m = self.mode
-        if n == 0:
+        if n == ControlRegister.CR0:
             m.set_cr0(value)
-        elif n == 3:
+        elif n == ControlRegister.CR3:
             self.eng.set_reg("cr3", value)
             m.guest_cr3_loaded(value)
-        elif n == 4:
+        elif n == ControlRegister.CR4:
             old = self.eng.reg("cr4")
             self.eng.set_reg("cr4", value)
             if (old ^ value) & PAGING_CR4_BITS:
                 m.paging_mode_changed()
-        elif n == 2:
+        elif n == ControlRegister.CR2:
             self.eng.set_reg("cr2", value)
         else:
             raise GuestFault(6, None)

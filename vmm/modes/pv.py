@@ -30,9 +30,23 @@ from ..pv.events import SharedInfo
 from ..pv.memory import PAGE_SHIFT, DomainMemory, HypercallError
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import RESUME, ExceptionExit, Hypercall, Outcome, StopVm
-from ..x86 import (CODE_RING0, CODE_RING3, DATA_RING0, DATA_RING3, EFLAGS, MSR, PAGE_MASK, PAGE_OFFSET_MASK,
-                   PAGE_SIZE, PAT_POWER_ON, SYSENTER_MSRS, Access, PFError, flat_descriptor)
-from ..x86.segments import ACCESS_DPL_SHIFT, ACCESS_TYPE_MASK
+from ..x86 import (
+    CODE_RING0,
+    CODE_RING3,
+    DATA_RING0,
+    DATA_RING3,
+    EFLAGS,
+    MSR,
+    PAGE_MASK,
+    PAGE_OFFSET_MASK,
+    PAGE_SIZE,
+    PAT_POWER_ON,
+    SYSENTER_MSRS,
+    Access,
+    PFError,
+    flat_descriptor,
+)
+from ..x86.segments import ACCESS_DPL_SHIFT, ACCESS_TYPE_MASK, SELECTOR_RPL_MASK, USER_RING
 from .hypervisor import Hypervisor
 from .memory import CodePages
 
@@ -85,6 +99,7 @@ class DirectPaging:
         self.mem.extra_mappable.add(self.shared_host >> PAGE_SHIFT)
 
     def _domain_range(self, address: int, size: int, access: str) -> None:
+        assert self.mem is not None, "map_guest_ram() made the domain's memory"
         if not self.mem.owns(address >> PAGE_SHIFT) or not self.mem.owns((address + size - 1) >> PAGE_SHIFT):
             raise GuestMemoryError(address, size, access)
 
@@ -98,6 +113,7 @@ class DirectPaging:
 
     def is_guest_physical(self, page: int) -> bool:
         """Machine pages the domain may reach: its own RAM and the shared-info page."""
+        assert self.mem is not None, "map_guest_ram() made the domain's memory"
         return self.mem.mappable(page >> PAGE_SHIFT)
 
     def write_guest(self, gpa: int, data: bytes) -> None:
@@ -123,9 +139,11 @@ class DirectPaging:
         return answer
 
     def _fill(self, vaddr: int, access: str):
+        assert self.mem is not None, "map_guest_ram() made the domain's memory"
         self.tlb_fills += 1
         eng = self.engine
-        user = eng.reg("cs") & 3 == 3 and not abi.GDT_VIRT <= vaddr < abi.GDT_VIRT + abi.GDT_SIZE
+        user = (eng.reg("cs") & SELECTOR_RPL_MASK == USER_RING
+                and not abi.GDT_VIRT <= vaddr < abi.GDT_VIRT + abi.GDT_SIZE)
         write = access == ACCESS_WRITE
         w = PFError.WR if write else 0
         u = PFError.US if user else 0
@@ -157,6 +175,7 @@ class DirectPaging:
     def walk(self, linear: int, write: bool, user: bool, set_ad: bool = True):
         """The guest's tables, paging being always on once the builder has run (CR0.PG is
         cleared only for the instant of a ring change through the trampoline)."""
+        assert self.mem is not None, "map_guest_ram() made the domain's memory"
         if self.mem.base is None:
             return None  # VM._load, before the domain is built: pseudo-physical
         eng = self.engine
@@ -181,6 +200,7 @@ class DirectPaging:
         self.engine.flush_tlb()
 
     def memory_counters(self) -> dict[str, int]:
+        assert self.mem is not None, "map_guest_ram() made the domain's memory"
         return {"TLB fills (direct-paging walks)": self.tlb_fills,
                 "page-table frames": len(self.mem.pt_frames),
                 "page tables validated": self.mem.validations}
@@ -204,7 +224,7 @@ class PvMode(Hypervisor):
         self.msrs = dict.fromkeys(SYSENTER_MSRS, 0)
         self.msrs[IA32_PAT] = PAT_POWER_ON
         self.hypercall_page_override = hypercall_page
-        self._pending = None               # a ring change to make outside emulation
+        self._pending: tuple[int, int, int, int, int] | None = None  # a ring change to make outside emulation
         self._blocked = False
         self._guest_gdt_entries = 0
 
@@ -291,9 +311,9 @@ class PvMode(Hypervisor):
     # -- events from the engine ------------------------------------------------------------
     def on_exception(self, vector: int, error_code: int, software: bool) -> None:
         eng = self.vm.engine
-        if software and vector == abi.SYSCALL_VECTOR and eng.reg("cs") & 3 == 3:
+        if software and vector == abi.SYSCALL_VECTOR and eng.reg("cs") & SELECTOR_RPL_MASK == USER_RING:
             entry = self.traps.get(vector)
-            if entry is not None and entry[0] & abi.TI_DPL_MASK == 3:
+            if entry is not None and entry[0] & abi.TI_DPL_MASK == USER_RING:
                 # Xen x86_32 gives int 0x80 a DPL-3 gate straight to the guest's handler:
                 # no VMM entry, hence no exit here; only the delivery itself.
                 self.events.add("pv", "int 0x80 direct to the guest")
@@ -385,7 +405,7 @@ class PvMode(Hypervisor):
         esp = eng.reg("esp")
         eax, eip, cs, eflags = struct.unpack("<IIII", self.access.read(esp, 16))
         cs &= SELECTOR_BITS
-        if cs & 3 == 3:
+        if cs & SELECTOR_RPL_MASK == USER_RING:
             esp, ss = struct.unpack("<II", self.access.read(esp + 16, 8))
         elif cs & 3 == abi.GUEST_KERNEL_RPL:
             esp, ss = esp + 16, eng.reg("ss")

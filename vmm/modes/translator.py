@@ -32,9 +32,17 @@ from dataclasses import dataclass, field
 from capstone import CS_GRP_BRANCH_RELATIVE, CS_GRP_CALL, CS_GRP_INT, CS_GRP_IRET, CS_GRP_JUMP, CS_GRP_RET
 from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG
 
+from ..x86.opcodes import (
+    GROUP5_OPCODE,
+    MAX_INSTRUCTION_LENGTH,
+    MODRM_DISP32,
+    MODRM_MOD_RM_MASK,
+    PREFIX_GROUPS,
+    TWO_BYTE_ESCAPE,
+)
+from ..x86.paging import PAGE_MASK, PAGE_SIZE
 from .privileged import decoder
 
-PAGE_MASK = 0xFFFFF000
 APIC_TPR = 0xFEE00080
 _TPR_BYTES = APIC_TPR.to_bytes(4, "little")
 PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf2\xf3")
@@ -52,6 +60,7 @@ FIRST_BYTES = frozenset(
 SECOND_BYTES = frozenset([0x00, 0x01, 0x02, 0x03, 0x06, 0x08, 0x09, 0x20, 0x21, 0x22, 0x23,
                           0x30, 0x32, 0x33, 0xA0, 0xA1, 0xA8, 0xA9])
 FF_REGS = frozenset([2, 3, 4, 5])   # CALL near/far indirect, JMP near/far indirect
+FAR_POINTER_OPERANDS = 2            # capstone gives a ptr16:32 operand as two immediates
 
 PRIVILEGED = frozenset(["cli", "sti", "hlt", "lgdt", "lidt", "lldt", "ltr", "lmsw", "clts", "invlpg", "invd",
                         "wbinvd", "rdmsr", "wrmsr", "rdpmc", "in", "out", "insb", "insw", "insd", "outsb",
@@ -99,7 +108,7 @@ def callout_kind(insn) -> str | None:
         return "indirect"
     if m in ("call", "jmp"):
         if insn.operands and insn.operands[0].type == X86_OP_IMM:
-            return "sensitive" if len(insn.operands) == 2 else None   # far ptr16:32 / near direct
+            return "sensitive" if len(insn.operands) == FAR_POINTER_OPERANDS else None   # far ptr16:32 / near direct
         return "indirect"
     return None
 
@@ -110,16 +119,16 @@ def candidates(page: bytes) -> list[int]:
     n = len(page)
     for i in range(n):
         j = i
-        while j < n and j - i < 4 and page[j] in PREFIXES:
+        while j < n and j - i < PREFIX_GROUPS and page[j] in PREFIXES:
             j += 1
         if j >= n:
             continue
         b = page[j]
         if b not in FIRST_BYTES:
             continue
-        if b == 0x0F and (j + 1 >= n or page[j + 1] not in SECOND_BYTES):
+        if b == TWO_BYTE_ESCAPE and (j + 1 >= n or page[j + 1] not in SECOND_BYTES):
             continue
-        if b == 0xFF and (j + 1 >= n or (page[j + 1] >> 3) & 7 not in FF_REGS):
+        if b == GROUP5_OPCODE and (j + 1 >= n or (page[j + 1] >> 3) & 7 not in FF_REGS):
             continue
         found.append(i)
     found += tpr_candidates(page)
@@ -133,14 +142,16 @@ def tpr_candidates(page: bytes) -> list[int]:
     i = page.find(_TPR_BYTES)
     while i >= 0:
         starts = []
-        if i >= 1 and page[i - 1] in (0xA1, 0xA3):
-            starts.append(i - 1)
-        if i >= 2 and page[i - 2] in (0x89, 0x8B, 0xC7) and page[i - 1] & 0xC7 == 0x05:
-            starts.append(i - 2)
+        moffs, modrm_form = i - 1, i - 2   # A1/A3 before the address; opcode and ModRM before the disp32
+        if moffs >= 0 and page[moffs] in (0xA1, 0xA3):
+            starts.append(moffs)
+        if (modrm_form >= 0 and page[modrm_form] in (0x89, 0x8B, 0xC7)
+                and page[i - 1] & MODRM_MOD_RM_MASK == MODRM_DISP32):
+            starts.append(modrm_form)
         for start in starts:
             found.append(start)
             j = start - 1
-            while j >= 0 and start - j <= 4 and page[j] in PREFIXES:
+            while j >= 0 and start - j <= PREFIX_GROUPS and page[j] in PREFIXES:
                 found.append(j)
                 j -= 1
         i = page.find(_TPR_BYTES, i + 1)
@@ -270,10 +281,10 @@ class Translator:
             base, code = t.linear, t.code
             address = start
             t.blocks[start] = start + 1
-            while base <= address < base + 0x1000:
+            while base <= address < base + PAGE_SIZE:
                 offset = address - base
-                insn = next(dis.disasm(code[offset:offset + 15], address, 1), None)
-                if insn is None or offset + insn.size > 0x1000:
+                insn = next(dis.disasm(code[offset:offset + MAX_INSTRUCTION_LENGTH], address, 1), None)
+                if insn is None or offset + insn.size > PAGE_SIZE:
                     break
                 t.blocks[start] = address + insn.size
                 groups = set(insn.groups)

@@ -33,6 +33,7 @@ from ..cpu.engine import ACCESS_WRITE, PROT_READ, Fault, Fill, GuestMemoryError
 from ..mmu.paging import PageFault
 from ..vmx.exits import DECLINE, Outcome, TrappedInstruction
 from ..x86 import CR0, EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE, PFError
+from ..x86.segments import USER_RING
 from .hypervisor import Hypervisor
 from .memory import PAGING_CR0_BITS, GuestPaging, ShadowMmu
 from .privileged import Emulator
@@ -71,7 +72,7 @@ class TrapDelivery(EventDelivery):
     """Event delivery in the guest's virtual terms: its own IDT, GDT and TSS, CPL 0 for
     its ring-1 kernel, the virtual IF and RPL-0 selectors in the frame."""
 
-    def __init__(self, mode: "TrapMode"):
+    def __init__(self, mode: TrapMode):
         eng = mode.vm.engine
         super().__init__(eng, lambda linear, write: mode.translate(linear, write, user=False),
                          lambda cr2: eng.set_reg("cr2", cr2))
@@ -178,7 +179,7 @@ class TrapMode(Hypervisor):
         """The virtual IF in the kernel; user code cannot change IF, and the VMM assumes
         its kernel returned to user mode with interrupts on (an IRET to ring 3 does not
         trap, so the VMM cannot see the IF it restores)."""
-        return self.vif if self.real_cpl() != 3 else True
+        return self.vif if self.real_cpl() != USER_RING else True
 
     def guest_cr0(self) -> int:
         return self.vcr0
@@ -264,7 +265,7 @@ class TrapMode(Hypervisor):
     def tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
         if VMM_LINEAR <= vaddr < VMM_END:
             if access == ACCESS_WRITE:  # readable (the CPU reads its tables there), never writable
-                user = PFError.US if self.real_cpl() == 3 else 0
+                user = PFError.US if self.real_cpl() == USER_RING else 0
                 return Fault(PF, PFError.P | PFError.WR | user, vaddr, access)
             return Fill(self.vmm_area + (vaddr & PAGE_MASK) - VMM_LINEAR, PROT_READ)
         return self.mmu.tlb_fill(vaddr, access)

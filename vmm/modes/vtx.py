@@ -24,16 +24,37 @@ from ..cpu.engine import Fault, Fill
 from ..cpu.regs import debug_register
 from ..mmu.paging import PageFault
 from ..vmx import entry
-from ..vmx.controls import (ENTRY_DEFAULT1, EXIT_DEFAULT1, PINBASED_DEFAULT1, PROCBASED_DEFAULT1,
-                            ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased, capability_msrs)
+from ..vmx.controls import (
+    ENTRY_DEFAULT1,
+    EXIT_DEFAULT1,
+    PINBASED_DEFAULT1,
+    PROCBASED_DEFAULT1,
+    ExitControls,
+    PinBased,
+    PrimaryProcBased,
+    SecondaryProcBased,
+    capability_msrs,
+)
 from ..vmx.exit_reasons import ExitReason
-from ..vmx.exits import (RESUME, CrAccessExit, DescriptorTableExit, DrAccessExit, EptMisconfigExit, ExceptionExit,
-                         Exit, ExternalInterruptExit, MsrExit, Outcome, ShadowPageFault, Value)
+from ..vmx.exits import (
+    RESUME,
+    CrAccessExit,
+    DescriptorTableExit,
+    DrAccessExit,
+    EptMisconfigExit,
+    ExceptionExit,
+    Exit,
+    ExternalInterruptExit,
+    MsrExit,
+    Outcome,
+    ShadowPageFault,
+    Value,
+)
 from ..vmx.processor import KVM_ENOSYS, LIVE_REGISTERS, LIVE_SELECTORS, LIVE_TABLES, VmxProcessor, exits_for_exception
 from ..vmx.qualification import CrAccess, CrAccessType, InterruptionInfo, InterruptionType
 from ..vmx.sites import CodeSites
 from ..vmx.vmcs import Field
-from ..x86 import CR0, CR4, EFLAGS, MSR, PAT_POWER_ON, SYSENTER_MSRS, FeatureControl, Vector
+from ..x86 import CR0, CR4, EFLAGS, MSR, PAT_POWER_ON, SYSENTER_MSRS, ControlRegister, FeatureControl, Vector
 from .hypervisor import Hypervisor
 from .memory import PAGING_CR0_BITS, PAGING_CR4_BITS, GuestPaging, ShadowMmu
 
@@ -315,19 +336,19 @@ class VtxMode(Hypervisor):
         gpr = exit.gpr
         if q.access is CrAccessType.MOV_TO_CR:
             value = eng.reg(gpr)
-            if q.cr == 0:
+            if q.cr == ControlRegister.CR0:
                 old = eng.reg("cr0")
                 eng.set_reg("cr0", value)
                 v.write(Field.CR0_READ_SHADOW, value)
                 if (old ^ value) & PAGING_CR0_BITS:
                     self.mmu.paging_mode_changed()
-            elif q.cr == 4:
+            elif q.cr == ControlRegister.CR4:
                 old = eng.reg("cr4")
                 eng.set_reg("cr4", value)
                 v.write(Field.CR4_READ_SHADOW, value)
                 if (old ^ value) & PAGING_CR4_BITS:
                     self.mmu.paging_mode_changed()
-            elif q.cr == 3:
+            elif q.cr == ControlRegister.CR3:
                 eng.set_reg("cr3", value)
                 self.mmu.guest_cr3_loaded(value)
         elif q.access is CrAccessType.MOV_FROM_CR:

@@ -29,6 +29,7 @@ from ..vmx.exits import RESUME, EptViolationExit, Outcome, Retry, StopVm
 from ..vmx.qualification import EptViolation as EptQualification
 from ..vmx.vmcs import Field
 from ..x86 import CR0, CR4, PAGE_MASK, PAGE_SIZE, KiB
+from ..x86.paging import ENTRY_SIZE_64
 from .memory import ADDRESS_MASK, CodePages, user_access
 
 CR0_PG = CR0.PG
@@ -53,15 +54,16 @@ class EptMmu:
 
         def ept_write64(hpa: int, value: int) -> None:  # every EPT edit passes here
             host.write64(hpa, value)
-            if self.nested is not None:
-                self.nested.ept_changed()
+            walker = getattr(self, "nested", None)  # absent while the EPT is first built, below
+            if walker is not None:
+                walker.ept_changed()
 
-        self.nested: NestedWalker | None = None
+        self.nested: NestedWalker
         self.ept_builder = EptBuilder(host.read64, ept_write64, host.alloc)
         self.ept = EptWalker(host.read64, ept_write64)
 
         def guest_read(pa: int, size: int) -> int:
-            if size == 8:
+            if size == ENTRY_SIZE_64:
                 return eng.read_u64(pa)
             return int.from_bytes(eng.read_phys(pa, size), "little")  # may be the last bytes of RAM
 
@@ -220,6 +222,7 @@ class EptMmu:
         """KVM's tdp_page_fault: back and map guest RAM; give a device page its MMIO
         (misconfigured) entry; anything else is outside the guest: stop."""
         gpa = exit.gpa
+        assert gpa is not None, "an EPT violation always reports its guest-physical address"
         if self.is_ram(gpa):
             if not self.is_backed(gpa):
                 # Unicorn cannot map host memory while it emulates: the run stops, the

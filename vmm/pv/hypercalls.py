@@ -9,6 +9,7 @@ and ``success_count`` says how many, as in Xen).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from ..x86 import PTE, Access
 from ..x86.paging import (
@@ -329,7 +330,7 @@ def _alloc(shared, kind: str) -> int:
     return port
 
 
-HANDLERS = {
+HANDLERS: dict[int, Callable[..., int | None]] = {
     abi.Hypercall.set_trap_table: set_trap_table,
     abi.Hypercall.mmu_update: mmu_update,
     abi.Hypercall.set_gdt: set_gdt,

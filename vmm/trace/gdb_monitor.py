@@ -88,7 +88,7 @@ class Monitor:
         """The exit statistics so far, the tables of ``vmm run --stat`` as plain text."""
         from rich.console import Console
 
-        from ..cost.stats import exit_stats, render, render_memory
+        from ..stats.exits import exit_stats, render, render_memory
 
         vm = self.vm
         rows = exit_stats(vm.exits, vm.exit_seconds)

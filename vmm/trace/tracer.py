@@ -36,6 +36,8 @@ from ..vmx.exit_reasons import ExitReason
 from ..vmx.qualification import CrAccess, EptViolation, InterruptionInfo, IoInstruction, MovDr
 
 TRACED_REGS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eflags")
+"""Registers the trace shows changes of; the batch read adds CS and CR0 after them (for the
+ring and the operand size), which the zips over names, values and last values leave out."""
 _PERMS = "rwx"
 
 
@@ -108,7 +110,8 @@ class Tracer:
         self.n = -1                  # number of the instruction being executed
         self.instructions = 0
         self.events = 0
-        self._prev = None            # (n, eip, decoded, ring) of the instruction in flight
+        # (n, eip, (asm, hex bytes), ring) of the instruction in flight
+        self._prev: tuple[int, int, tuple[str, str], int] | None = None
         self._pending: list[dict] = []
         self._pages: dict[int, int] = {}            # linear code page -> host page
         self._decoded: dict[int, tuple[str, str]] = {}  # EIP -> (asm, hex bytes)
@@ -119,7 +122,7 @@ class Tracer:
         self._ids = (ctypes.c_int * len(read))(*(eng_reg_id(r) for r in read))
         self._vals = (ctypes.c_uint64 * len(read))()
         self._ntraced = len(TRACED_REGS)
-        self._last = None
+        self._last: list[int] | None = None
         self._read_batch = eng.read_regs_thunk(self._ids, self._vals)
         bus = vm.bus
         if not exits_only:
@@ -203,12 +206,15 @@ class Tracer:
                 if prev is not None:
                     n0, eip, (asm, hexbytes), cpl0 = prev
                     last = self._last
+                    assert last is not None, "an instruction in flight follows a register read"
                     if jsonl:
-                        changed = ", ".join([f'"{k}": {v}' for k, v, o in zip(names, regs, last) if v != o])
+                        changed = ", ".join([f'"{k}": {v}'
+                                             for k, v, o in zip(names, regs, last, strict=False) if v != o])
                         write(f'{{"type": "insn", "n": {n0}, "eip": {eip}, "bytes": "{hexbytes}", '
                               f'"asm": "{asm}", "ring": {cpl0}, "changed": {{{changed}}}}}\n')
                     else:
-                        changed = " ".join([f"{k}={v:#x}" for k, v, o in zip(names, regs, last) if v != o])
+                        changed = " ".join([f"{k}={v:#x}"
+                                            for k, v, o in zip(names, regs, last, strict=False) if v != o])
                         if color:
                             line = f"\x1b[2m{n0:>8}\x1b[0m {eip:08x}  {hexbytes:<24} \x1b[1m{asm:<32}\x1b[0m {changed}"
                         else:
@@ -257,8 +263,9 @@ class Tracer:
         return decoded
 
     def _emit_instruction(self, regs) -> None:
-        n, eip, (asm, hexbytes), cpl = self._prev
-        last = self._last
+        prev, last = self._prev, self._last
+        assert prev is not None and last is not None, "called only with an instruction in flight"
+        n, eip, (asm, hexbytes), cpl = prev
         self._prev = None
         names = TRACED_REGS
         if self.fmt == "jsonl":

@@ -77,7 +77,7 @@ def explain(vm, linear: int, access: str = "read", user: bool = False) -> list[s
                 result = (t.physical, t.physical, t.writable, t.user)
             except PageFault as pf:
                 result = f"guest #PF, error code {pf.error_code:#x} ({_pf_text(pf.error_code)})"
-            for kind, pa, size, value, *_ in log:
+            for _kind, pa, size, value, *_ in log:
                 lines.append(f"  guest entry at guest-physical {pa:#010x} = {value:#0{2 + 2 * size}x}  "
                              f"{pte_flags(value)}")
         if isinstance(mode.mmu, ShadowMmu):  # vtx, trap, bt: the tables the MMU really walks

@@ -13,7 +13,7 @@ Layout:
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 BITMAP_SIZE = 0x1000
 IO_PORTS_PER_BITMAP = 0x8000
@@ -72,7 +72,7 @@ class VmxBitmaps:
         quarters = self._msr_quarters(msr)
         if quarters is None:
             return  # outside both ranges every RDMSR/WRMSR exits
-        for base, on in zip(quarters, (read, write)):
+        for base, on in zip(quarters, (read, write), strict=True):
             _set_bit(self.msr, base * 8 + (msr & MSR_INDEX_MASK), on)
         self._sync(self.MSR, bytes(self.msr))
 

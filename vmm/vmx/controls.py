@@ -165,6 +165,10 @@ MEMORY_TYPE_UC = 0
 MEMORY_TYPE_WB = 6
 VMCS_REVISION_ID = 1
 VMCS_SIZE = 4096
+VMCS_SIZE_MAX = 4096
+"""IA32_VMX_BASIC bits 44:32: the VMCS region size, greater than 0 and at most 4096 (SDM vol. 3 §A.1)."""
+MEMORY_TYPE_LIMIT = 1 << 4
+"""IA32_VMX_BASIC bits 53:50: a four-bit memory type."""
 
 
 def vmx_basic(revision_id: int = VMCS_REVISION_ID, vmcs_size: int = VMCS_SIZE,
@@ -179,9 +183,9 @@ def vmx_basic(revision_id: int = VMCS_REVISION_ID, vmcs_size: int = VMCS_SIZE,
     """
     if not 0 <= revision_id < (1 << 31):
         raise ValueError("revision id is 31 bits")
-    if not 0 < vmcs_size <= 4096:
+    if not 0 < vmcs_size <= VMCS_SIZE_MAX:
         raise ValueError("VMCS size is 1..4096 bytes")
-    if not 0 <= memory_type < 16:
+    if not 0 <= memory_type < MEMORY_TYPE_LIMIT:
         raise ValueError("memory type is 4 bits")
     return (revision_id
             | (vmcs_size << 32)
@@ -210,7 +214,7 @@ class Capability:
         return (self.allowed1 << 32) | self.allowed0
 
     @classmethod
-    def from_msr(cls, name: str, flags: type[enum.IntFlag], value: int) -> "Capability":
+    def from_msr(cls, name: str, flags: type[enum.IntFlag], value: int) -> Capability:
         return cls(name, flags, value & 0xFFFF_FFFF, value >> 32)
 
     @property
@@ -230,7 +234,7 @@ class Capability:
 def bit_name(flags: type[enum.IntFlag], bit: int) -> str:
     for m in flags:
         if int(m) == 1 << bit:
-            return m.name
+            return m.name or f"bit {bit}"
     return f"reserved bit {bit}"
 
 

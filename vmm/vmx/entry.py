@@ -25,13 +25,14 @@ Checked here:
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..mmu.ept import Eptp
+from ..x86.vectors import FIRST_USER_VECTOR, Vector
 from .controls import PrimaryProcBased, SecondaryProcBased, check_all
 from .exit_reasons import ExitReason, exit_reason_word
 from .qualification import InterruptionInfo, InterruptionType
-from .vmcs import Field
+from .vmcs import CR3_TARGET_SLOTS, ActivityState, Field
 
 CR0_PE, CR0_NW, CR0_CD, CR0_PG = 1, 1 << 29, 1 << 30, 1 << 31
 RFLAGS_RESERVED_ZERO = (1 << 3) | (1 << 5) | (1 << 15) | (0x3FF << 22)
@@ -53,7 +54,7 @@ def check_controls(vmcs) -> list[str]:
         if secondary & SecondaryProcBased.ENABLE_EPT:
             eptp = vmcs.read(Field.EPT_POINTER)
             problems += [f"EPT pointer {eptp:#x}: {p}" for p in Eptp.decode(eptp).problems()]
-    if vmcs.read(Field.CR3_TARGET_COUNT) > 4:
+    if vmcs.read(Field.CR3_TARGET_COUNT) > CR3_TARGET_SLOTS:
         problems.append(f"CR3-target count {vmcs.read(Field.CR3_TARGET_COUNT)} is above 4")
     return problems
 
@@ -90,7 +91,7 @@ def check_guest_state(vmcs, code_descriptor: Callable[[int], tuple[bool, bool] |
         elif not desc[1]:
             problems.append(f"guest CS {cs:#06x}: segment not present")
     activity = vmcs.read(Field.GUEST_ACTIVITY_STATE)
-    if activity > 3:
+    if activity > max(ActivityState):
         problems.append(f"guest activity state {activity} is not 0-3")
     problems += check_injection(vmcs, cr0, rflags)
     return problems
@@ -106,9 +107,10 @@ def check_injection(vmcs, cr0: int, rflags: int) -> list[str]:
     info = InterruptionInfo.decode(raw)
     if info.type in (InterruptionType.RESERVED, InterruptionType.OTHER_EVENT):
         problems.append(f"VM-entry interruption information: type {int(info.type)} cannot be injected")
-    if info.type is InterruptionType.NMI and info.vector != 2:
+    if info.type is InterruptionType.NMI and info.vector != Vector.NMI:
         problems.append(f"VM-entry interruption information: NMI with vector {info.vector}")
-    if info.type is InterruptionType.HARDWARE_EXCEPTION and (info.vector >= 32 or info.vector == 2):
+    if info.type is InterruptionType.HARDWARE_EXCEPTION and (info.vector >= FIRST_USER_VECTOR
+                                                             or info.vector == Vector.NMI):
         problems.append(f"VM-entry interruption information: hardware exception vector {info.vector}")
     if info.error_code_valid and (info.vector not in HAS_ERROR_CODE or not cr0 & CR0_PE
                                   or info.type is not InterruptionType.HARDWARE_EXCEPTION):

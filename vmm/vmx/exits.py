@@ -13,8 +13,9 @@ interprets the outcome. Nothing else does any of the three.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from .exit_reasons import ExitReason
 

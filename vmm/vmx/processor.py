@@ -21,21 +21,33 @@ from capstone.x86 import X86_OP_MEM, X86_OP_REG
 from ..cpu.delivery import BP, HAS_ERROR_CODE, OF, PF, UD, Event, TripleFault
 from ..cpu.faultaddr import effective_address
 from ..cpu.regs import IF
+from ..x86 import CR0, ControlRegister
 from .bitmaps import BITMAP_SIZE, VmxBitmaps
 from .controls import ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased
 from .exit_reasons import ExitReason
-from .exits import (IN, OUT, CpuidExit, CrAccessExit, DescriptorTableExit, DrAccessExit, ExceptionExit, Exit,
-                    ExternalInterruptExit, InstructionExit, IoExit, MsrExit)
-from .qualification import (CrAccess, CrAccessType, InterruptionInfo, InterruptionType, IoInstruction,
-                            MovDr)
+from .exits import (
+    IN,
+    OUT,
+    CpuidExit,
+    CrAccessExit,
+    DescriptorTableExit,
+    DrAccessExit,
+    ExceptionExit,
+    Exit,
+    ExternalInterruptExit,
+    InstructionExit,
+    IoExit,
+    MsrExit,
+)
+from .qualification import CrAccess, CrAccessType, InterruptionInfo, InterruptionType, IoInstruction, MovDr
 from .sites import CodeSites
-from .vmcs import Field, Vmcs
-from ..x86 import CR0
+from .vmcs import CR3_TARGET_SLOTS, Field, Vmcs
 
 GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")  # SDM GPR numbering
 GPR_INDEX = {name: i for i, name in enumerate(GPRS)}
 CR0_TS = CR0.TS
 U32_MASK, WORD_MASK = 0xFFFFFFFF, 0xFFFF
+WORD_GPRS = frozenset({"ax", "cx", "dx", "bx", "sp", "bp", "si", "di"})  #: the 16-bit halves of the GPRs
 # Instruction encodings the processor recognises at an exit (what the hardware decodes)
 INT3, INTO = b"\xcc", b"\xce"
 VMCALL = b"\x0f\x01\xc1"
@@ -410,10 +422,10 @@ class VmxProcessor:
             else:
                 eng.set_reg(gpr, (eng.reg(cr_name) & ~mask) | (shadow & mask))
             self.skip_instruction(insn.size)
-        elif cr == 3:
+        elif cr == ControlRegister.CR3:
             if to_cr and self.primary(PrimaryProcBased.CR3_LOAD_EXITING):
                 targets = [vmcs.read(Field.CR3_TARGET_VALUE0 + 2 * i)
-                           for i in range(min(4, vmcs.read(Field.CR3_TARGET_COUNT)))]
+                           for i in range(min(CR3_TARGET_SLOTS, vmcs.read(Field.CR3_TARGET_COUNT)))]
                 if eng.reg(gpr) not in targets:
                     self.vmexit(CrAccessExit(qualification=q, length=insn.size, cr=3, gpr=gpr))
             elif not to_cr and self.primary(PrimaryProcBased.CR3_STORE_EXITING):
@@ -433,8 +445,9 @@ class VmxProcessor:
             eng = self.vm.engine
             value = (eng.reg("cr0") & ~mask) | (self.vmcs.read(Field.CR0_READ_SHADOW) & mask)
             name = insn.reg_name(op.reg)
-            full = "e" + name[-2:] if len(name) == 2 else name
-            eng.set_reg(full, (eng.reg(full) & ~WORD_MASK) | (value & WORD_MASK) if len(name) == 2 else value)
+            word = name in WORD_GPRS
+            full = "e" + name if word else name
+            eng.set_reg(full, (eng.reg(full) & ~WORD_MASK) | (value & WORD_MASK) if word else value)
             self.skip_instruction(insn.size)
 
     def _site_mov_dr(self, insn) -> None:
@@ -465,7 +478,8 @@ class VmxProcessor:
     def _site_invlpg(self, insn) -> None:
         if self.primary(PrimaryProcBased.INVLPG_EXITING):
             linear = self.effective_address(insn)
-            self.vmexit(InstructionExit(reason=ExitReason.INVLPG, qualification=linear, length=insn.size, linear=linear))
+            self.vmexit(InstructionExit(reason=ExitReason.INVLPG, qualification=linear,
+                                        length=insn.size, linear=linear))
 
     def _site_descriptor_table(self, insn) -> None:
         if self.secondary(SecondaryProcBased.DESCRIPTOR_TABLE_EXITING):

@@ -59,7 +59,7 @@ class CrAccess:
                 | _check("lmsw_source", self.lmsw_source, 16) << 16)
 
     @classmethod
-    def decode(cls, q: int) -> "CrAccess":
+    def decode(cls, q: int) -> CrAccess:
         return cls(cr=_field(q, 0, 4), access=CrAccessType(_field(q, 4, 2)), gpr=_field(q, 8, 4),
                    lmsw_memory=bool(_field(q, 6, 1)), lmsw_source=_field(q, 16, 16))
 
@@ -100,7 +100,7 @@ class IoInstruction:
                 | _check("port", self.port, 16) << 16)
 
     @classmethod
-    def decode(cls, q: int) -> "IoInstruction":
+    def decode(cls, q: int) -> IoInstruction:
         code = _field(q, 0, 3)
         if code not in _IO_SIZE_CODES:
             raise ValueError(f"I/O qualification {q:#x}: size code {code} is not defined")
@@ -142,7 +142,7 @@ class EptViolation:
         return sum(int(bool(getattr(self, name))) << bit for name, bit in self._BITS)
 
     @classmethod
-    def decode(cls, q: int) -> "EptViolation":
+    def decode(cls, q: int) -> EptViolation:
         return cls(**{name: bool(q >> bit & 1) for name, bit in cls._BITS})
 
     def describe(self) -> str:
@@ -172,7 +172,7 @@ class DebugException:
         return _check("breakpoints", self.breakpoints, 4) | int(bool(self.bd)) << 13 | int(bool(self.bs)) << 14
 
     @classmethod
-    def decode(cls, q: int) -> "DebugException":
+    def decode(cls, q: int) -> DebugException:
         return cls(breakpoints=_field(q, 0, 4), bd=bool(_field(q, 13, 1)), bs=bool(_field(q, 14, 1)))
 
     def describe(self) -> str:
@@ -191,7 +191,7 @@ class Invlpg:
         return _check("linear", self.linear, self.width)
 
     @classmethod
-    def decode(cls, q: int, width: int = 32) -> "Invlpg":
+    def decode(cls, q: int, width: int = 32) -> Invlpg:
         return cls(linear=_field(q, 0, width), width=width)
 
     def describe(self) -> str:
@@ -217,7 +217,7 @@ class TaskSwitch:
         return _check("selector", self.selector, 16) | _check("source", self.source, 2) << 30
 
     @classmethod
-    def decode(cls, q: int) -> "TaskSwitch":
+    def decode(cls, q: int) -> TaskSwitch:
         return cls(selector=_field(q, 0, 16), source=TaskSwitchSource(_field(q, 30, 2)))
 
     def describe(self) -> str:
@@ -238,7 +238,7 @@ class MovDr:
         return _check("dr", self.dr, 3) | int(bool(self.from_dr)) << 4 | _check("gpr", self.gpr, 4) << 8
 
     @classmethod
-    def decode(cls, q: int) -> "MovDr":
+    def decode(cls, q: int) -> MovDr:
         return cls(dr=_field(q, 0, 3), from_dr=bool(_field(q, 4, 1)), gpr=_field(q, 8, 4))
 
     def describe(self) -> str:
@@ -294,13 +294,13 @@ class InterruptionInfo:
                 | int(bool(self.valid)) << 31)
 
     @classmethod
-    def decode(cls, q: int) -> "InterruptionInfo":
+    def decode(cls, q: int) -> InterruptionInfo:
         return cls(vector=_field(q, 0, 8), type=InterruptionType(_field(q, 8, 3)),
                    error_code_valid=bool(_field(q, 11, 1)), nmi_unblocking=bool(_field(q, 12, 1)),
                    valid=bool(_field(q, 31, 1)))
 
     @classmethod
-    def exception(cls, vector: int, error_code: bool = False) -> "InterruptionInfo":
+    def exception(cls, vector: int, error_code: bool = False) -> InterruptionInfo:
         return cls(vector, InterruptionType.HARDWARE_EXCEPTION, error_code_valid=error_code)
 
     def describe(self) -> str:

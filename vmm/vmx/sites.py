@@ -20,6 +20,8 @@ from functools import lru_cache
 
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 
+from ..x86.opcodes import PREFIX_GROUPS
+
 PAGE_MASK = 0xFFFFF000
 PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf2\xf3")
 # Second opcode bytes after 0x0F: group 6 (SLDT/STR/LLDT/LTR), group 7 (SGDT/SIDT/LGDT/
@@ -43,7 +45,7 @@ def candidates(page: bytes, base: int) -> set[int]:
         while i >= 0:
             found.add(base + i)
             j = i - 1
-            while j >= 0 and i - j <= 4 and page[j] in PREFIXES:
+            while j >= 0 and i - j <= PREFIX_GROUPS and page[j] in PREFIXES:
                 found.add(base + j)
                 j -= 1
             i = page.find(pattern, i + 1)

@@ -20,7 +20,7 @@ This is a 32-bit model: natural-width fields hold 32 bits (``NATURAL_BITS``).
 from __future__ import annotations
 
 import enum
-from typing import Iterator
+from collections.abc import Iterator
 
 from .controls import PrimaryProcBased, SecondaryProcBased
 
@@ -70,6 +70,19 @@ def encoding_index(encoding: int) -> int:
 
 def encoding_is_high(encoding: int) -> bool:
     return bool(encoding & 1)
+
+
+CR3_TARGET_SLOTS = 4
+"""CR3-target values 0..3: a CR3-target count above 4 fails VM entry (SDM vol. 3 §25.6.7, §27.2.1.1)."""
+
+
+class ActivityState(enum.IntEnum):
+    """The guest activity state field (SDM vol. 3 §25.4.2, Table 25-3)."""
+
+    ACTIVE = 0
+    HLT = 1
+    SHUTDOWN = 2
+    WAIT_FOR_SIPI = 3
 
 
 class Field(enum.IntEnum):

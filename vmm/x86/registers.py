@@ -6,7 +6,7 @@ Sources: SDM vol. 1 §3.4.3 "EFLAGS Register"; vol. 3 §2.5 "Control Registers" 
 """
 from __future__ import annotations
 
-from enum import IntFlag
+from enum import IntEnum, IntFlag
 
 from .bits import int_operators
 
@@ -142,3 +142,15 @@ class DR7(IntFlag):
 
 DR7_RW_SHIFT = 16
 DR7_LEN_SHIFT = 18
+
+
+class ControlRegister(IntEnum):
+    """Control-register numbers, as MOV CRn encodes them in ModRM.reg and as the VMX
+    exit qualification for control-register accesses reports them (vol. 3 §2.5; Table 28-3).
+    CR1, CR5-CR7 are reserved: MOV to or from them is #UD."""
+
+    CR0 = 0
+    CR2 = 2
+    CR3 = 3
+    CR4 = 4
+    CR8 = 8

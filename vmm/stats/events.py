@@ -53,7 +53,7 @@ def render_events(category: str, counts: Counter, seconds: Counter, title: str):
     table = Table(title=title, title_justify="left")
     for name, justify in ((category[:-1] if category.endswith("s") else category, "left"),
                           ("count", "right"), ("%", "right"), ("handler time", "right"), ("mean", "right")):
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify="left" if justify == "left" else "right")
     for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         t = seconds.get(name, 0.0)
         table.add_row(name, str(n), f"{100 * n / total:.1f}" if total else "0.0",

@@ -63,7 +63,7 @@ def render(rows: list[ExitStat], title: str):
     table = Table(title=title, title_justify="left")
     for name, justify in (("#", "right"), ("exit reason", "left"), ("count", "right"), ("%", "right"),
                           ("handler time", "right"), ("mean", "right")):
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify="left" if justify == "left" else "right")
     for s in rows:
         table.add_row(str(int(s.reason)), s.reason.name, str(s.count), f"{100 * s.count / total:.1f}",
                       f"{s.handler_seconds * 1e3:.2f} ms", f"{s.mean_us:.1f} us")
