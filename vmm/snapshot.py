@@ -78,7 +78,7 @@ _MARSHAL_VERSION = 2                   # no reference flags: bytes depend on val
 #: addresses, installed again on restore (the VT-x site scanner's, a translated page's).
 HOOK_TABLES = {("vmm.vmx.sites:CodeSites", "hooks"), ("vmm.modes.translator:PageTranslation", "hooks")}
 #: Attributes that are not the VM's state, left as a fresh VM has them: handler wall time.
-NOT_STATE = {("vmm.cost.events:EventCounters", "seconds")}
+NOT_STATE = {("vmm.stats.events:EventCounters", "seconds")}
 #: Objects that attach themselves to a VM to watch it, from outside (a tracer is one of the
 #: mode's code watchers while it traces): not saved, left out of the containers holding
 #: them; whoever wants one on a restored VM attaches it again.
