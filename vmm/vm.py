@@ -40,6 +40,11 @@ BOOT_SECTOR_STACK = 0x7C00        # SS:SP a BIOS leaves a boot sector: just belo
 REAL_MODE_IVT_LIMIT = 0x3FF       # 256 four-byte vectors at 0
 
 
+
+def _stdout_write(data: bytes) -> None:
+    """The default serial console: the process's standard output, as bytes."""
+    sys.stdout.buffer.write(data)
+
 class StopKind(enum.Enum):
     EXIT = "guest exit"                 # isa-debug-exit: status in VmResult.exit_status
     TRIPLE_FAULT = "triple fault"
@@ -65,6 +70,7 @@ class VmResult:
     memory: dict = field(default_factory=dict)   # the mode's memory-virtualization counters
     events: dict = field(default_factory=dict)   # the mode's own events: category -> Counter(name)
     event_seconds: dict = field(default_factory=dict)  # handler time, same keys
+    serial: bytes = b""   # the console's output, where the caller kept it (the bench workloads)
 
     @property
     def status(self) -> int:
@@ -91,7 +97,7 @@ class VM:
         self.max_instructions = max_instructions
         self.timeout = timeout
         self.board = Board(ram_size=ram_size,
-                           serial_output=serial_output or sys.stdout.buffer.write,
+                           serial_output=serial_output or _stdout_write,
                            serial_input=serial_input)
         self.engine = Engine(self)
         self.bus = EventBus(self.engine)   # what happens in this VM, for whoever subscribes
@@ -107,7 +113,7 @@ class VM:
         self._counted_slice = False
         self.tsc_reads = 0
         self.exits: Counter = Counter()          # exits (events, in native) by reason
-        self.exit_seconds: Counter = Counter()   # handler wall time by reason
+        self.exit_seconds: Counter = Counter()   # handler wall time by reason (float seconds)
         self.now = 0  # virtual time in guest instructions
         self.mode = get_mode(mode)(self, **(mode_options or {}))
         # What each engine event becomes is the processor's to decide: the mode itself,
@@ -233,16 +239,16 @@ class VM:
             try:
                 outcome = handler(exit)
             finally:
-                self.exit_seconds[reason] += _clock() - started
+                self.exit_seconds[reason] += _clock() - started  # type: ignore[assignment]  # typeshed: Counter holds ints; these are float seconds
                 if bus.handled:
-                    value = outcome.value if type(outcome) is Value else None
+                    value = outcome.value if isinstance(outcome, Value) else None
                     for observe in bus.handled:
                         observe(exit, value, getattr(mode, "vmcs", None))
         else:
             outcome = handler(exit)
             if outcome is not DECLINE:
-                label = exit.name
-                if type(outcome) is Reflect:
+                label = getattr(exit, "name", category)  # software entries are named
+                if isinstance(outcome, Reflect):
                     label = outcome.label or f"{label} (faulted)"
                 mode.events.add(category, label, seconds=_clock() - started)
         if outcome is RESUME:
@@ -250,20 +256,19 @@ class VM:
         return self._carry_out(outcome)
 
     def _carry_out(self, outcome: Outcome):
-        kind = type(outcome)
-        if kind is Value:
+        if isinstance(outcome, Value):
             return outcome.value
-        if kind is Retry:
+        if isinstance(outcome, Retry):
             if not self.engine.running:
                 outcome.prepare()
                 return None
             return Fault(None, None, 0, outcome.what, then=outcome.prepare)
-        if kind is StopVm:
+        if isinstance(outcome, StopVm):
             raise _Stopped(StopKind.ERROR, outcome.reason)
-        if kind is Reflect:
+        if isinstance(outcome, Reflect):
             self.mode.reflect(outcome.vector, outcome.error_code, outcome.cr2)
             return None
-        if kind is Decline:
+        if isinstance(outcome, Decline):
             return outcome
         raise TypeError(f"an exit handler returned {outcome!r}, not an Outcome")
 
@@ -434,6 +439,7 @@ class VM:
         eng = self.engine
         if stop is Stop.FAULT:
             fault = eng.pending_fault
+            assert fault is not None, "a FAULT stop always leaves its fault"
             if fault.then is not None:  # the VMM's own work, which had to wait for the run to stop
                 fault.then()
                 return
@@ -446,7 +452,7 @@ class VM:
             self.processor.on_slice_end()
         elif stop is Stop.REQUESTED:
             if self._breakpoint_hit is not None:
-                raise _Stopped(StopKind.BREAKPOINT, eng.stop_reason)
+                raise _Stopped(StopKind.BREAKPOINT, eng.stop_reason or "breakpoint")
             if self.board.exit_status is None and eng.stop_reason:
                 raise _Stopped(StopKind.ERROR, eng.stop_reason)
         elif stop is Stop.TIMEOUT:

@@ -112,7 +112,7 @@ def boot(workload: Workload, mode: str, iterations: int, *, observe: bool = True
     The VM's serial output is kept (a failing run quotes it)."""
     from ..build.asm import AsmError
     from ..build.guests import build_guest
-    from ..loader.image import load_image
+    from ..loader.image import LoadedImage, load_image
     from ..vm import VM
 
     flavour = "pv" if mode == "pv" else "native"
@@ -123,7 +123,7 @@ def boot(workload: Workload, mode: str, iterations: int, *, observe: bool = True
     cmdline = f"{workload.test} {iterations}"
     if mode == "pv":  # a Xen PV kernel: ELF notes, start_info (vmm.loader.xen)
         from ..loader.xen import load_xen
-        image = load_xen(built.elf, ram_size=RAM, cmdline=cmdline)
+        image: LoadedImage = load_xen(built.elf, ram_size=RAM, cmdline=cmdline)
     else:
         image = load_image(built.elf, ram_size=RAM, cmdline=cmdline, image_name=workload.guest)
     serial = bytearray()

@@ -536,7 +536,7 @@ class Engine:
                 return Stop.SLICE_DONE
         if self.stop_reason is not None:
             return Stop.REQUESTED
-        if timeout_us and time.perf_counter() - started >= timeout_s:
+        if timeout_s and time.perf_counter() - started >= timeout_s:
             return Stop.TIMEOUT
         if self._after_hlt():
             return Stop.HALT

@@ -68,8 +68,8 @@ def entry64(draw) -> int:
 
 
 @st.composite
-def tables(draw, fmt: str) -> dict:
-    """{"fmt", "entries": [[table page, index, value], ...]} for one format."""
+def tables(draw, fmt: str) -> list[list[int]]:
+    """[[table page, index, value], ...]: the entries to write, for one format."""
     entry, per_table = (entry32(), 1024) if fmt == "32" else (entry64(), 512)
     out = []
     for page in TABLE_PAGES:

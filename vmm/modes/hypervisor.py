@@ -161,6 +161,7 @@ class Hypervisor:
         self.on_exception(UD, 0, False)
 
     def on_fault(self, fault: Fault) -> None:
+        assert fault.vector is not None, "the run loop carries out the VMM's own stops first"
         self.vm.dispatch(ExceptionExit(linear=fault.address, vector=fault.vector, error_code=fault.error_code,
                                        cr2=fault.address, access=fault.access))
 
@@ -231,6 +232,7 @@ class Hypervisor:
         return RESUME
 
     def external_interrupt(self, exit: ExternalInterruptExit) -> Outcome:
+        assert exit.vector is not None, "the bare machine acknowledges the interrupt before the exit"
         self.vm.inject(Event(exit.vector, "external"))
         return RESUME
 

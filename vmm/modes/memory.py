@@ -241,6 +241,7 @@ class ShadowMmu:
         except PageFault as pf:
             self.shadow.counters.true_faults += 1
             return Fault(PF, pf.error_code, vaddr, access)
+        assert t is not None, "a shadow miss happens only with guest paging on"
         return self.sync(vaddr, write, access, t)
 
     def sync(self, vaddr: int, write: bool, access: str, t: Translation) -> Fill:

@@ -271,10 +271,11 @@ class Translator:
         while work:
             start = work.pop()
             page = start & PAGE_MASK
-            t = self.by_linear.get(page)
-            if t is None:
+            found = self.by_linear.get(page)
+            if found is None:
                 self.pending.setdefault(page, set()).add(start)
                 continue
+            t = found
             if start in t.blocks:
                 continue
             new += 1

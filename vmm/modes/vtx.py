@@ -232,6 +232,7 @@ class VtxMode(Hypervisor):
         """KVM's FNAME(page_fault): walk the guest's tables; fill the shadow (hidden
         fault) or reflect the guest's own #PF (true fault)."""
         vaddr, mmu = exit.linear, self.mmu
+        assert vaddr is not None, "a shadow page fault always has its linear address"
         try:
             t = mmu.walk(vaddr, exit.write, exit.user)
         except PageFault as pf:
@@ -427,7 +428,7 @@ class VtxMode(Hypervisor):
         Reflect the exception into the guest; if the exit interrupted the delivery of
         another event (IDT-vectoring information), combine the two as the SDM's
         Table 6-5 does (contributory on contributory, or on #PF, becomes #DF)."""
-        if type(exit) is ShadowPageFault:
+        if isinstance(exit, ShadowPageFault):
             return self.shadow_page_fault(exit)
         v = self.vmcs
         intr = InterruptionInfo.decode(v.read(Field.VM_EXIT_INTR_INFO))

@@ -191,6 +191,7 @@ class EptMmu:
                 return Fill(m.gpa & PAGE_MASK, PROT_READ | PROT_WRITE)
         self.vm.stop_guest(f"EPT violations at {vaddr:#010x} do not converge: the EPT pointer "
                            f"{eptp:#x} does not name the tables the VMM maps guest memory into")
+        raise AssertionError("VM.stop_guest returns only by raising")  # (the VM is untyped here)
 
     def translate(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> int:
         """The VMM's software walk (delivery, decoding): guest tables and EPT, uncounted;

@@ -26,7 +26,7 @@ class EventCounters:
     def add(self, category: str, name: str, n: int = 1, seconds: float = 0.0) -> None:
         self.counts[category][name] += n
         if seconds:
-            self.seconds[category][name] += seconds
+            self.seconds[category][name] += seconds  # type: ignore[assignment]  # typeshed: Counter holds ints; these are float seconds
         for observe in self._published:
             observe(category, name, n)
 

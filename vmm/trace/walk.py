@@ -51,6 +51,7 @@ def explain(vm, linear: int, access: str = "read", user: bool = False) -> list[s
         lines.append(f"EPTP {eptp:#x}: EPT PML4 at host-physical {eptp & ~0xFFF:#x}")
         ept = EptWalker(lambda hpa: _log_ept(log, eng, hpa), lambda hpa, value: None,
                         refs=lambda tag, level, hpa: log.append(("ept-step", tag, level, hpa)))
+        result: tuple[int, int, bool, bool] | str
         try:
             if cr0 & CR0_PG:
                 t = NestedWalker(guest, ept).walk(cr0, cr3, cr4, linear, eptp=eptp, write=write, user=user,
@@ -73,8 +74,8 @@ def explain(vm, linear: int, access: str = "read", user: bool = False) -> list[s
             result = (linear, linear, True, True)
         else:
             try:
-                t = guest.walk(cr0, cr3, cr4, linear, write=write, user=user, fetch=fetch, set_ad=False)
-                result = (t.physical, t.physical, t.writable, t.user)
+                g = guest.walk(cr0, cr3, cr4, linear, write=write, user=user, fetch=fetch, set_ad=False)
+                result = (g.physical, g.physical, g.writable, g.user)
             except PageFault as pf:
                 result = f"guest #PF, error code {pf.error_code:#x} ({_pf_text(pf.error_code)})"
             for _kind, pa, size, value, *_ in log:

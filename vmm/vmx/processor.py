@@ -195,6 +195,7 @@ class VmxProcessor:
         ``defer_entry``: the exit happened inside a TLB fill (a shadow page fault); the
         VM entry's side effects wait until emulation stops."""
         vectoring = self._vectoring
+        assert exit.reason is not None, "a VM exit has an SDM reason"
         self.vmcs.record_exit(exit.reason, exit.qualification, exit.length, exit.linear or 0,
                               intr_info.encode() if intr_info else 0, intr_error or 0,
                               vectoring[0].encode() if vectoring else 0, vectoring[1] if vectoring else 0)
@@ -490,7 +491,8 @@ class VmxProcessor:
             self.vmexit(DescriptorTableExit(reason=reason, qualification=displacement, length=insn.size,
                                             mnemonic=insn.mnemonic))
 
-    def _site_always(reason):
+    @staticmethod
+    def _site_always(reason: ExitReason):
         def handler(self, insn):
             self.vmexit(InstructionExit(reason=reason, length=insn.size))
         return handler
