@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..x86.ept import EptViolationQualification
+
 GPR_NAMES = ("EAX", "ECX", "EDX", "EBX", "ESP", "EBP", "ESI", "EDI",
              "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")
 """General-purpose register numbering of qualification bits 11:8 (SDM Table 28-3)."""
@@ -118,44 +120,9 @@ class IoInstruction:
 
 
 # --- EPT violation (SDM Table 28-7) ------------------------------------------------
-@dataclass(frozen=True)
-class EptViolation:
-    """bits 0 read, 1 write, 2 instruction fetch; 3, 4, 5 the EPT entry's R, W, X
-    (AND of the paging-structure entries); 7 guest-linear address valid;
-    8 (if bit 7) 1 = access to the translated address, 0 = to a guest paging-structure
-    entry; 12 NMI unblocking due to IRET."""
-
-    read: bool = False
-    write: bool = False
-    fetch: bool = False
-    readable: bool = False
-    writable: bool = False
-    executable: bool = False
-    linear_valid: bool = False
-    translated: bool = False
-    nmi_unblocking: bool = False
-
-    _BITS = (("read", 0), ("write", 1), ("fetch", 2), ("readable", 3), ("writable", 4),
-             ("executable", 5), ("linear_valid", 7), ("translated", 8), ("nmi_unblocking", 12))
-
-    def encode(self) -> int:
-        return sum(int(bool(getattr(self, name))) << bit for name, bit in self._BITS)
-
-    @classmethod
-    def decode(cls, q: int) -> EptViolation:
-        return cls(**{name: bool(q >> bit & 1) for name, bit in cls._BITS})
-
-    def describe(self) -> str:
-        access = "/".join(n for n, on in (("read", self.read), ("write", self.write),
-                                          ("fetch", self.fetch)) if on) or "no access"
-        perms = ("r" if self.readable else "-") + ("w" if self.writable else "-") + ("x" if self.executable else "-")
-        text = f"EPT violation: {access}, entry {perms}"
-        if self.linear_valid:
-            text += ", linear address valid, " + ("final translation" if self.translated
-                                                  else "paging-structure access")
-        if self.nmi_unblocking:
-            text += ", NMI unblocking"
-        return text
+# One layout for the whole project: the vocabulary's (bits 0-2 the access, 3-5 the
+# entry's R/W/X, 7 linear address valid, 8 translated, 12 NMI unblocking).
+EptViolation = EptViolationQualification
 
 
 # --- debug exceptions (SDM Table 28-1) ---------------------------------------------
