@@ -91,6 +91,21 @@ def user_access(engine, vaddr: int) -> bool:
     return True
 
 
+def fill_publishing_walks(vm, walker, fill: Callable[[int, str], Fill | Fault], vaddr: int,
+                          access: str) -> Fill | Fault:
+    """Answer a TLB miss with ``fill`` and, when anyone listens on the bus's ``walk``
+    topic, tell them how many paging-structure references the walk made (the walker
+    counts them; with nobody listening this costs one truth test)."""
+    walks = vm.bus.walk
+    if not walks:
+        return fill(vaddr, access)
+    before = walker.references
+    answer = fill(vaddr, access)
+    for observe in walks:
+        observe(vaddr, walker.references - before)
+    return answer
+
+
 class GuestPaging:
     """The guest's own page tables, in its own RAM: a one-dimensional walk per TLB miss.
 
@@ -143,14 +158,7 @@ class GuestPaging:
         return physical
 
     def tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:
-        walks = self.vm.bus.walk
-        if not walks:
-            return self._fill(vaddr, access)
-        before = self.walker.references
-        answer = self._fill(vaddr, access)
-        for observe in walks:
-            observe(vaddr, self.walker.references - before)
-        return answer
+        return fill_publishing_walks(self.vm, self.walker, self._fill, vaddr, access)
 
     def _fill(self, vaddr: int, access: str) -> Fill | Fault:
         self.tlb_fills += 1

@@ -48,7 +48,7 @@ from ..x86 import (
 )
 from ..x86.segments import ACCESS_DPL_SHIFT, ACCESS_TYPE_MASK, SELECTOR_RPL_MASK, USER_RING
 from .hypervisor import Hypervisor
-from .memory import CodePages
+from .memory import CodePages, fill_publishing_walks
 
 MACHINE_BASE = 0x10000000          # machine frame = pseudo-physical frame + 0x10000
 HOST_MEMORY_BASE = 0xE0000000      # where the VMM's own host memory starts (vmm.vm.HOST_MEMORY_BASE)
@@ -129,14 +129,7 @@ class DirectPaging:
         return None
 
     def tlb_fill(self, vaddr: int, access: str):
-        walks = self.vm.bus.walk
-        if not walks:
-            return self._fill(vaddr, access)
-        before = self.walker.references
-        answer = self._fill(vaddr, access)
-        for observe in walks:
-            observe(vaddr, self.walker.references - before)
-        return answer
+        return fill_publishing_walks(self.vm, self.walker, self._fill, vaddr, access)
 
     def _fill(self, vaddr: int, access: str):
         assert self.mem is not None, "map_guest_ram() made the domain's memory"
