@@ -60,6 +60,24 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vmm.cli", *args], capture_output=True, timeout=timeout)
 
 
+def one_line_error(proc, fragment: str) -> None:
+    """Bad input as vmm reports it: status 2, one ``vmm: error:`` line naming ``fragment``."""
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("vmm: error: "), err
+    assert fragment in err, err
+
+
+def usage_error(proc, fragment: str) -> None:
+    """click's own argument errors: a usage line, a hint and one ``Error:`` line."""
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and fragment in errors[0], err
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -9,28 +9,12 @@ import struct
 
 import pytest
 
+from conftest import one_line_error as _one_line_error
+from conftest import run_cli
+from conftest import usage_error as _usage_error
 from vmm.build.elf import Segment, multiboot_header, write_elf32
 
-from conftest import run_cli
-
 MB = 0x100000
-
-
-def _one_line_error(proc, fragment: str) -> None:
-    err = proc.stderr.decode()
-    assert proc.returncode == 2, (proc.returncode, err)
-    assert "Traceback" not in err
-    assert err.count("\n") == 1 and err.startswith("vmm: error: "), err
-    assert fragment in err, err
-
-
-def _usage_error(proc, fragment: str) -> None:
-    """click's own argument errors: a usage line, a hint and one ``Error:`` line."""
-    err = proc.stderr.decode()
-    assert proc.returncode == 2, (proc.returncode, err)
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and fragment in errors[0], err
 
 
 def _kernel(segments, entry=MB + 12) -> bytes:

@@ -12,26 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import assemble, run_cli
+from conftest import one_line_error as _one_line_error
+from conftest import usage_error as _usage_error
 from vmm.build.guests import build_guest
 
 HELLO_BANNER = b"Hello from the vmm 'hello' guest!"
-
-
-def _one_line_error(proc, fragment: str) -> None:
-    err = proc.stderr.decode()
-    assert proc.returncode == 2, (proc.returncode, err)
-    assert "Traceback" not in err
-    assert err.count("\n") == 1 and err.startswith("vmm: error: "), err
-    assert fragment in err, err
-
-
-def _usage_error(proc, fragment: str) -> None:
-    """click's own argument errors: a usage line, a hint and one ``Error:`` line."""
-    err = proc.stderr.decode()
-    assert proc.returncode == 2, (proc.returncode, err)
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and fragment in errors[0], err
 
 
 @pytest.fixture
