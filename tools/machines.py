@@ -189,6 +189,15 @@ def parse_modes(text: str) -> list[str]:
     return modes
 
 
+def modes_or_usage_error(tool: str, text: str) -> list[str] | None:
+    """:func:`parse_modes`, or None after printing the one-line error a tool exits 2 with."""
+    try:
+        return parse_modes(text)
+    except ValueError as err:
+        print(f"{tool}: {err}", file=sys.stderr)
+        return None
+
+
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     """A plain, aligned text table (first column left-aligned, like the rest)."""
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]

@@ -46,7 +46,7 @@ from tools.machines import (  # the shared QEMU/vmm command lines
     build_guest_image,
     choose_arch,
     format_table,
-    parse_modes,
+    modes_or_usage_error,
     run_qemu,
     run_vmm,
 )
@@ -177,10 +177,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        modes = parse_modes(args.modes)
-    except ValueError as err:
-        print(f"qemu_diff: {err}", file=sys.stderr)
+    modes = modes_or_usage_error("qemu_diff", args.modes)
+    if modes is None:
         return 2
     targets = list(args.targets) + (builtin_guests() if args.all_guests else [])
     if not targets:

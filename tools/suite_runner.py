@@ -43,7 +43,7 @@ from tools.machines import (  # the shared QEMU/vmm command lines
     Run,
     format_table,
     markdown_table,
-    parse_modes,
+    modes_or_usage_error,
     qemu_binary,
     run_qemu,
     run_vmm,
@@ -189,10 +189,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        modes = parse_modes(args.modes)
-    except ValueError as err:
-        print(f"suite_runner: {err}", file=sys.stderr)
+    modes = modes_or_usage_error("suite_runner", args.modes)
+    if modes is None:
         return 2
     if not args.directory.is_dir():
         print(f"suite_runner: {args.directory} is not a directory", file=sys.stderr)

@@ -15,6 +15,15 @@ RAM_MIN_MIB, RAM_MAX_MIB = 2, 3072
 _RAM_SUFFIXES = {"": 1, "M": 1, "G": 1024}
 
 
+def console_writer(stream):
+    """The guest's serial console on ``stream`` (a binary stream), flushed on every write
+    so a person sees each byte as the guest sends it."""
+    def write(data: bytes) -> None:
+        stream.write(data)
+        stream.flush()
+    return write
+
+
 def fail(message: str) -> NoReturn:
     """Print ``vmm: error: MESSAGE`` on standard error and exit with status 2."""
     click.echo(f"vmm: error: {message}", err=True)

@@ -10,6 +10,7 @@ from .common import (
     apply_tuning,
     budget_options,
     check_writable_file,
+    console_writer,
     exit_status,
     exit_status_option,
     fail,
@@ -80,14 +81,8 @@ def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mi
 
     loaded = load_target(image, ram_mib=ram_mib, kind=kind, cmdline=cmdline, modules=modules,
                          load_address=load_address)
-    out = sys.stdout.buffer
-
-    def write(data: bytes) -> None:
-        out.write(data)
-        out.flush()
-
     try:
-        vm = VM(loaded, mode=mode, ram_size=ram_mib << 20, serial_output=write,
+        vm = VM(loaded, mode=mode, ram_size=ram_mib << 20, serial_output=console_writer(sys.stdout.buffer),
                 serial_input=serial_input.read() if serial_input else None,
                 max_instructions=max_instructions, timeout=timeout or None,
                 mode_options={"page_walk_cache": True} if page_walk_cache else None)

@@ -11,6 +11,7 @@ from .common import (
     at_least,
     budget_options,
     check_writable_file,
+    console_writer,
     fail,
     image_options,
     load_target,
@@ -71,14 +72,8 @@ def trace(image, mode, fmt, output, start, count, address_range, ring, exits_onl
     check_writable_file(output, "-o")
     loaded = load_target(image, ram_mib=ram_mib, kind=kind, cmdline=cmdline, modules=modules,
                          load_address=load_address)
-    err = sys.stderr.buffer
-
-    def serial(data: bytes) -> None:
-        err.write(data)
-        err.flush()
-
     try:
-        vm = VM(loaded, mode=mode, ram_size=ram_mib << 20, serial_output=serial,
+        vm = VM(loaded, mode=mode, ram_size=ram_mib << 20, serial_output=console_writer(sys.stderr.buffer),
                 max_instructions=max_instructions, timeout=timeout or None)
     except (NotImplementedError, ValueError) as exc:
         fail(str(exc))
