@@ -13,7 +13,6 @@ much per event, the same way on every run.
 from __future__ import annotations
 
 import enum
-import struct
 import sys
 import time
 from collections import Counter
@@ -25,17 +24,16 @@ from .cpu.delivery import PF, Event, TripleFault
 from .cpu.engine import Engine, EngineError, Fault, Fill, GuestMemoryError, Stop
 from .cpu.faultaddr import precise_fault_address
 from .devices.board import Board
+from .loader.entry import load_protected_mode_state
 from .loader.image import LoadedImage
 from .mmu.paging import PageFault
 from .vmx.exits import DECLINE, RESUME, Decline, Exit, Outcome, Reflect, Retry, StopVm, UnexpectedExit, Value
-from .x86 import CODE_RING0, CR0, DATA_RING0, EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE, flat_descriptor
+from .x86 import CR0, EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE
 
 _clock = time.perf_counter
 INTERRUPT_WINDOW_SLICE = 64   # instructions between checks while an IRQ waits for IF=1
 SLICE_QUANTUM = 4096          # longest counted slice: bounds how far virtual time can run ahead per early stop
 HOST_MEMORY_BASE = 0xE0000000  # VMM-private host memory (VMX bitmaps, EPT tables), not guest RAM
-BOOT_GDT_ADDRESS = 0xC8000   # option-ROM area, where QEMU keeps its boot GDT too; no image loads there
-BOOT_CS, BOOT_DS = 0x08, 0x10     # the boot GDT's flat code and data selectors (Multiboot's CS/DS)
 BOOT_SECTOR_STACK = 0x7C00        # SS:SP a BIOS leaves a boot sector: just below it
 REAL_MODE_IVT_LIMIT = 0x3FF       # 256 four-byte vectors at 0
 
@@ -148,17 +146,9 @@ class VM:
             eng.set_reg("esp", BOOT_SECTOR_STACK)
             eng.set_table("idtr", 0, REAL_MODE_IVT_LIMIT)
         else:
-            # Multiboot entry state: PE=1, PG=0, flat 4 GiB CS/DS, IF=0. The GDT is ours
-            # and the guest must load its own before touching a segment register.
-            gdt = struct.pack("<QQQ", 0, flat_descriptor(CODE_RING0), flat_descriptor(DATA_RING0))
-            self.mode.write_guest(BOOT_GDT_ADDRESS, gdt)
-            eng.set_table("gdtr", BOOT_GDT_ADDRESS, len(gdt) - 1)
-            eng.set_reg("cr0", CR0.PE | CR0.ET)
-            eng.set_reg("cr4", 0)  # as QEMU's Multiboot entry (Unicorn's default sets SSE bits)
-            eng.set_reg("cs", BOOT_CS)
-            for seg in ("ds", "es", "ss", "fs", "gs"):
-                eng.set_reg(seg, BOOT_DS)
-            eng.set_table("idtr", 0, 0)
+            # Protected mode, flat, IF=0, as QEMU's Multiboot option ROM leaves it (its GDT
+            # at its address); the guest loads its own before reloading a selector.
+            load_protected_mode_state(eng, self.mode.write_guest)
         eng.set_reg("eflags", EFLAGS.FIXED)
         for name, value in image.registers.items():
             eng.set_reg(name, value)

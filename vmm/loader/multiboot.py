@@ -104,7 +104,8 @@ section 3.2), what a kernel may rely on:
   IDT (``IDTR`` still holds the real-mode IVT, base 0, limit 0x3ff), the other GPRs (QEMU:
   ``ECX`` = entry), A20 is enabled, the PIC/PIT are as SeaBIOS left them.
 
-``LoadedImage.registers`` carries ``eax`` and ``ebx``; the rest above is the engine's job
+``LoadedImage.registers`` carries the general registers and EFLAGS of that state; the
+rest (GDT, selectors, CR0/CR4, IDTR) is :mod:`vmm.loader.entry`'s, applied by the engine
 (``real_mode`` = False).
 """
 from __future__ import annotations
@@ -112,6 +113,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from .entry import multiboot_registers
 from .plan import (
     FOUR_GIB,
     LOW_HOLE_END,
@@ -163,12 +165,6 @@ MBI_ADDR = MULTIBOOT_STRUCT_ADDR + 0x500   # ADDR_MBI
 INFO_AREA_START, INFO_AREA_END = MULTIBOOT_STRUCT_ADDR, MBI_ADDR + MBI_SIZE
 BOOT_DEVICE = 0x8000FFFF
 BOOTLOADER_NAME = "vmm"
-
-# Machine state at entry (multiboot.S), for the engine.
-BOOT_CODE_SELECTOR = 0x08
-BOOT_DATA_SELECTOR = 0x10
-BOOT_CR0 = 0x11        # PE | ET
-BOOT_EFLAGS = 0x2      # IF = 0, VM = 0
 
 # e820 (SeaBIOS on QEMU pc).
 E820_RAM, E820_RESERVED = 1, 2
@@ -502,7 +498,7 @@ def load(data: bytes, *, src: str, path: str | None, ram_size: int, cmdline: str
         notes.append(f"module {k} at {hex_range(start, start + len(body)) if body else hex(start)}: "
                      f"{modules[k]!r} ({len(body)} bytes)")
     return LoadedImage(kind="multiboot", path=path, chunks=chunks, entry=kernel.entry,
-                       registers={"eax": MULTIBOOT_BOOTLOADER_MAGIC, "ebx": MBI_ADDR},
+                       registers=multiboot_registers(kernel.entry, MBI_ADDR, MULTIBOOT_BOOTLOADER_MAGIC),
                        real_mode=False, symbols=kernel.symbols,
                        notes=[f"Multiboot {kernel.fmt} kernel {src!r}"] + notes)
 
