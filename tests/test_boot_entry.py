@@ -193,5 +193,6 @@ def test_boot_gdt_in_guest_memory_is_qemus(tmp_path):
     _, base, limit = vm.engine.table("gdtr")
     ours = vm.engine.read_phys(base, limit + 1)
     transcript = _qemu(tmp_path, elf, symbols, f"x/{(limit + 1) // 4}wx {base:#x}")
-    words = re.findall(r"0x([0-9a-f]{8})\b", transcript.split("Breakpoint 1, ", 1)[1].split("CPU#0", 1)[0].split("\n", 1)[1])
+    at_entry = transcript.split("Breakpoint 1, ", 1)[1].split("CPU#0", 1)[0].split("\n", 1)[1]
+    words = re.findall(r"0x([0-9a-f]{8})\b", at_entry)
     assert struct.pack(f"<{len(words)}I", *(int(w, 16) for w in words)) == ours
