@@ -101,6 +101,37 @@ def _qemu(tmp_path, elf: bytes, symbols: dict[str, int], at_entry: str = "info r
     return gdb.stdout
 
 
+def qemu_memory_at_entry(tmp_path, elf: bytes, entry: int, ranges: list[tuple[int, int]],
+                         append: str | None = None) -> list[bytes]:
+    """Guest memory ``[(address, length), ...]`` (lengths multiples of 4) at the entry of
+    ``elf`` booted by ``qemu-system-i386 -kernel`` (``-append``), read with gdb."""
+    kernel = tmp_path / "kernel.elf"
+    kernel.write_bytes(elf)
+    port = _free_port()
+    extra = ["-append", append] if append is not None else []
+    qemu = subprocess.Popen([QEMU, "-kernel", str(kernel), *extra, "-display", "none", "-nodefaults",
+                             "-no-reboot", "-m", str(RAM >> 20), "-gdb", f"tcp:127.0.0.1:{port}", "-S"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dumps = [a for addr, n in ranges for a in ("-ex", "echo @@\\n", "-ex", f"x/{n // 4}wx {addr:#x}")]
+    try:
+        gdb = subprocess.run([GDB, "-nx", "-batch", "-ex", "set architecture i386",
+                              "-ex", f"target remote 127.0.0.1:{port}", "-ex", f"break *{entry:#x}",
+                              "-ex", "continue", *dumps, "-ex", "kill"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    finally:
+        qemu.kill()
+        qemu.wait()
+    parts = gdb.stdout.split("@@\n")[1:]
+    assert len(parts) == len(ranges), gdb.stdout
+    out = []
+    for part, (_addr, n) in zip(parts, ranges, strict=True):
+        words = [int(w, 16) for line in part.splitlines() if ":" in line
+                 for w in re.findall(r"0x([0-9a-f]{8})\b", line.split(":", 1)[1])]
+        out.append(struct.pack(f"<{n // 4}I", *words[:n // 4]))
+    return out
+
+
 def _qemu_state(transcript: str) -> dict[str, object]:
     state: dict[str, object] = {}
     for name in ("EAX", "EBX", "ECX", "ESP", "EFL", "CR0", "CR4"):

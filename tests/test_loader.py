@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 import vmm.loader.plan as plan_mod
 from vmm.build.elf import PF_R, PF_W, PF_X, Segment, multiboot_header, write_elf32
 from vmm.loader import ImageError, LoadedImage, e820_map, load_image, mem_upper_kb
-from vmm.loader.image import LOW_HOLE_END, LOW_HOLE_START, ram_below_4g
+from vmm.loader.image import LOW_HOLE_START, ram_below_4g
+from vmm.loader.plan import BIOS_AREA_START
+from vmm.loader.multiboot import BOOTLOADER_NAME
 
 MiB = 1 << 20
 MB_MAGIC = 0x1BADB002
@@ -453,11 +455,10 @@ def test_placement_errors():
     elf_error(k([Segment(0x4000000, b"\x90" * 64)], 0x400000C), "segment 0 at 0x4000000-", "outside guest RAM (0x0-0x1ffffff)")
     elf_error(k([Segment(ram - 0x100, b"\x90" * 0x40, memsz=0x1000)], ram - 0xF4),
               "zero-filled (bss) part of segment 0", "outside guest RAM")
-    elf_error(k([Segment(0xA0000, b"\x90" * 64)], 0xA000C), "overlaps the legacy VGA/BIOS hole 0xa0000-0xfffff")
-    elf_error(k([Segment(0xF8000, b"\x90" * 0x10000)], 0xF800C), "legacy VGA/BIOS hole")
+    elf_error(k([Segment(0xA0000, b"\x90" * 64)], 0xA000C), "overlaps the legacy VGA/option-ROM hole 0xa0000-0xeffff")
+    elf_error(k([Segment(0xE8000, b"\x90" * 0x10000)], 0xE800C), "legacy VGA/option-ROM hole")
     elf_error(k([Segment(0x10000, b"\x90" * 64), Segment(0x100000, b"\x90" * 64)], 0x1000C),
-              "across the legacy VGA/BIOS hole")
-    elf_error(k([Segment(0x8000, b"\x90" * 0x1800)], 0x800C), "overlaps the Multiboot info area 0x9000-0x9557")
+              "across the legacy VGA/option-ROM hole")
     elf_error(k([Segment(0x100000, b"\x90" * 0x2000), Segment(0x101000, b"\x90" * 0x100)], 0x10000C),
               "ELF segments 0 (0x100000-0x10200b) and 1 (0x101000-0x1010ff) overlap")
     elf_error(k([Segment(0x100000, b"\x90" * 64), Segment(0x100000 + ram, b"\x90" * 64)], 0x10000C),
@@ -506,7 +507,7 @@ def test_option_errors():
     elf_error(b"\x90" * 10, "not a non-negative integer", kind="flat", load_address=-4)
     elf_error(b"\x90" * (9 * MiB), "larger than guest RAM", ram=8 * MiB, kind="flat", load_address=0)
     elf_error(b"\x90" * 0x100, "outside guest RAM", ram=8 * MiB, kind="flat", load_address=8 * MiB - 0x80)
-    elf_error(b"\x90" * 0x100, "legacy VGA/BIOS hole", ram=8 * MiB, kind="flat", load_address=0x9FF80)
+    elf_error(b"\x90" * 0x100, "legacy VGA/option-ROM hole", ram=8 * MiB, kind="flat", load_address=0x9FF80)
     elf_error(bytes(600), "exactly 512 bytes (this file has 600)", kind="bootsector")
     elf_error(bytes(512), "lacks the 0x55 0xAA signature", kind="bootsector")
     with pytest.raises(ValueError):
@@ -525,7 +526,7 @@ def check_plan(img: LoadedImage, ram: int) -> None:
     for a, b in img.chunks:
         assert 0 <= a and a + len(b) <= end
         if img.kind != "bootsector":
-            assert a + len(b) <= LOW_HOLE_START or a >= LOW_HOLE_END
+            assert a + len(b) <= LOW_HOLE_START or a >= BIOS_AREA_START
     assert mem.written(img.entry)
 
 
@@ -768,3 +769,67 @@ def test_bad_section_headers_only_lose_symbols():
     img = load_image(with_u32(elf, 32, len(elf) + 0x100), ram_size=32 * MiB)
     assert img.symbols == {} and any("symbols ignored" in n for n in img.notes)
     assert img.entry == 0x10000C
+
+
+# -- what QEMU's -kernel takes: images over the info area, headers in the BIOS area ------------
+
+def _qemu_memory(tmp_path, elf, entry, ranges, append=None):
+    boot_entry = pytest.importorskip("test_boot_entry")
+    if boot_entry.QEMU is None or boot_entry.GDB is None:
+        pytest.skip("needs qemu-system-i386 and gdb")
+    return boot_entry.qemu_memory_at_entry(tmp_path, elf, entry, ranges, append)
+
+
+def _hlt_kernel(base: int, size: int, **elf_args) -> tuple[bytes, int]:
+    """A Multiboot ELF at ``base``: header, ``hlt; jmp`` at the entry, 0xcc up to ``size``."""
+    entry = base + 12
+    body = multiboot_header(3) + b"\xf4\xeb\xfd"
+    return write_elf32([Segment(base, body + b"\xcc" * (size - len(body)))], entry, **elf_args), entry
+
+
+@pytest.mark.parametrize("size", [0x2000, 0x100], ids=["covers-info", "info-tail-over-it"])
+def test_image_over_the_info_area_loads_as_under_qemu(tmp_path, size):
+    """An image at 0x8000 over 0x9000-0x9557: the block written after the info structure
+    wins there (its bytes, its command line, its zero padding), EBX stays 0x9500."""
+    elf, entry = _hlt_kernel(0x8000, size)
+    img = load_image(elf, ram_size=128 * MiB, cmdline="hi", image_name=str(tmp_path / "kernel.elf"))
+    assert img.registers["ebx"] == 0x9500
+    ranges = [(0x8FF0, 0x10), (0x9000, 0x600), (0xA000, 0x40)]
+    # The boot loader name is ours ("vmm", BOOTLOADER_NAME), QEMU's is "qemu": the one
+    # string that differs by design, in the same place.
+    name = BOOTLOADER_NAME.encode() + b"\0"
+    ours = [Mem(img.chunks).read(a, n).replace(name + bytes(5 - len(name)), b"qemu\0") for a, n in ranges]
+    assert ours == _qemu_memory(tmp_path, elf, entry, ranges, append="hi")
+
+
+def test_image_over_the_info_area_runs(tmp_path):
+    """kvm-unit-tests' realmode shape: a kernel from 0x4000 across 0x9000 boots and runs."""
+    code = multiboot_header(3) + b"\xb0\x07\xe6\xf4"       # mov al, 7; out 0xf4, al
+    elf = write_elf32([Segment(0x4000, code + b"\x90" * (0x8000 - len(code)))], 0x400C)
+    from vmm.vm import VM, StopKind
+    for mode in ("native", "vtx"):
+        vm = VM(load_image(elf, ram_size=32 * MiB), mode=mode, ram_size=32 * MiB,
+                serial_output=lambda _b: None, timeout=20)
+        result = vm.run()
+        assert (result.kind, result.exit_status) == (StopKind.EXIT, 7 << 1 | 1), (mode, result.message)
+
+
+def test_elf_headers_in_a_first_segment_below_1mib_load(tmp_path):
+    """``ld -Ttext 0x100000`` without a script: a first PT_LOAD at 0xff000 holds the ELF
+    headers. QEMU writes it into the BIOS area and boots; so do we, with the same bytes."""
+    elf, entry = _hlt_kernel(0x100000, 0x40, load_headers=True)
+    phdr = struct.unpack_from("<8I", elf, 52)
+    assert phdr[:4] == (1, 0, 0xFF000, 0xFF000)   # PT_LOAD from file offset 0 at 0xff000
+    img = load_image(elf, ram_size=128 * MiB, image_name=str(tmp_path / "kernel.elf"))
+    ranges = [(0xFF000, 0x80), (0x100000, 0x40), (0x101000, 0x20)]
+    ours = [Mem(img.chunks).read(a, n) for a, n in ranges]
+    assert ours[0][:4] == b"\x7fELF"
+    assert ours == _qemu_memory(tmp_path, elf, entry, ranges)
+
+
+def test_bios_area_loads_and_the_option_rom_area_does_not():
+    flat = b"\x90" * 0x100
+    img = load_image(flat, ram_size=8 * MiB, kind="flat", load_address=0xF0000)
+    assert img.chunks == [(0xF0000, flat)]
+    elf_error(flat, "legacy VGA/option-ROM hole 0xa0000-0xeffff", ram=8 * MiB, kind="flat",
+              load_address=0xEFF80)

@@ -56,18 +56,20 @@ class _StrTab:
 
 
 def write_elf32(segments: list[Segment], entry: int, symbols: dict[str, int] | None = None,
-                notes: Sequence[tuple[int, int]] = ()) -> bytes:
+                notes: Sequence[tuple[int, int]] = (), load_headers: bool = False) -> bytes:
     """Return the bytes of an i386 ET_EXEC ELF holding ``segments``, entering at ``entry``.
 
     ``symbols`` (name -> address) go into ``.symtab`` as global symbols of the section that
     contains them, so debuggers can resolve labels. ``notes`` lists ``(address, size)``
     ranges of ELF notes inside the segments' file bytes (a PV kernel's Xen notes), each
-    described by a PT_NOTE program header after the PT_LOAD ones.
+    described by a PT_NOTE program header after the PT_LOAD ones. ``load_headers`` adds a
+    first, read-only PT_LOAD from file offset 0 holding the ELF and program headers, one
+    page below the first segment: what ``ld -Ttext ADDR`` without a linker script makes.
     """
     if not segments:
         raise ValueError("an ELF image needs at least one segment")
     symbols = symbols or {}
-    nseg = len(segments)
+    nseg = len(segments) + bool(load_headers)
     nphdr = nseg + len(notes)
     phoff = 52
     offset = _align(phoff + 32 * nphdr, PAGE)
@@ -118,7 +120,13 @@ def write_elf32(segments: list[Segment], entry: int, symbols: dict[str, int] | N
     ident = b"\x7fELF" + bytes([ELFCLASS32, ELFDATA2LSB, EV_CURRENT]) + bytes(9)
     struct.pack_into("<16sHHIIIIIHHHHHH", out, 0, ident, ET_EXEC, EM_386, EV_CURRENT, entry,
                      phoff, shoff, 0, 52, 32, nphdr, 40, len(sections), len(sections) - 1)
-    for i, (seg, off) in enumerate(placed):
+    first = 0
+    if load_headers:
+        base = ((segments[0].paddr if segments[0].vaddr is None else segments[0].vaddr) & ~(PAGE - 1)) - PAGE
+        size = phoff + 32 * nphdr
+        struct.pack_into("<IIIIIIII", out, phoff, PT_LOAD, 0, base, base, size, size, PF_R, PAGE)
+        first = 1
+    for i, (seg, off) in enumerate(placed, start=first):
         vaddr = seg.paddr if seg.vaddr is None else seg.vaddr
         struct.pack_into("<IIIIIIII", out, phoff + 32 * i, PT_LOAD, off, vaddr, seg.paddr,
                          len(seg.data), seg.size_in_memory, seg.flags, PAGE)

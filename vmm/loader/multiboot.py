@@ -38,16 +38,27 @@ Loading (flag 16 set, "a.out kludge", ELF or not): the header's ``header_addr``,
 
 QEMU treats the kernel as one block from its lowest to its highest loaded address
 (``load_multiboot`` copies ``[elf_low, elf_high)`` and the option ROM writes all of it,
-gaps included). So the whole block, not only each segment, must stay clear of the legacy
-hole 0xa0000-0xfffff and of the info area 0x9000-0x9557 below; QEMU does not check, it
-silently clobbers the BIOS, its own option ROM or the info structure (seen with probe
-kernels). We refuse those images instead. Empty ``PT_LOAD`` segments count for the block's
+gaps included). So the whole block, not only each segment, must stay clear of the VGA
+window and option ROMs 0xa0000-0xeffff; QEMU does not check, it silently loses the bytes
+or clobbers its own option ROM (seen with probe kernels). We refuse those images instead.
+The BIOS area 0xf0000-0xfffff is shadow RAM while the option ROM runs and takes the
+image's bytes (measured: ``ld -Ttext 0x100000`` without a script puts the ELF headers in a
+first ``PT_LOAD`` at 0xff000; QEMU writes them there and boots the kernel); so do we.
+Empty ``PT_LOAD`` segments count for the block's
 bounds, as in QEMU's ``load_elf``: one below the others moves the block's start (and so
 the page alignment of what follows it); one above every loaded byte makes QEMU fail
 ("Error while fetching elf kernel from rom", seen with a probe kernel), and us too.
 
-So the block, then the info strings and modules that follow it, must fit in one of the
-RAM ranges ``[0, 0x9000)``, ``[0x9558, 0xa0000)`` or ``[1 MiB, RAM below 4 GiB)``.
+The info area 0x9000-0x9557 does not bound the block. The option ROM writes the memory
+map and the info structure first, then the whole ``mb_buf`` (the block, its page-aligned
+zero padding, the info tail and the modules) over them: an image that covers the area
+(kvm-unit-tests' ``realmode`` lives at 0x4000-...) finds its own bytes there and EBX still
+0x9500 (measured: a kernel at 0x8000-0x9fff reads its own bytes at 0x9000 and 0x9500; one
+at 0x8000-0x80ff finds its command line at 0x9000 and zeroes at 0x9500). We write the
+same: the info chunks keep only their parts outside the block.
+
+So the block, then the info strings and modules that follow it, must fit in
+``[0, 0xa0000)`` or ``[0xf0000, RAM below 4 GiB)``.
 Our own limits, beyond QEMU's: at least 2 MiB of RAM; at most 1024 ``PT_LOAD``
 segments (QEMU's bss rule compares every pair); the entry must lie in a loaded segment
 (QEMU jumps anywhere). A malformed symbol table only loses the symbols, as in QEMU.
@@ -116,6 +127,7 @@ from dataclasses import dataclass
 from .entry import multiboot_registers
 from .plan import (
     FOUR_GIB,
+    BIOS_AREA_START,
     LOW_HOLE_END,
     LOW_HOLE_START,
     PAGE,
@@ -482,10 +494,17 @@ def load(data: bytes, *, src: str, path: str | None, ram_size: int, cmdline: str
     tail = _info_tail(kernel, src, _region_end(kernel.low, ram_size), image_name, cmdline, modules)
     mmap = e820_map(ram_size)
     mmap_b = b"".join(e.pack() for e in mmap)
-    chunks, segment_notes = _kernel_chunks(kernel)
+    kernel_chunks, segment_notes = _kernel_chunks(kernel)
     notes += segment_notes
-    chunks.append((MMAP_ADDR, mmap_b))
-    chunks.append((MBI_ADDR, _info_structure(ram_size, tail, len(mmap_b))))
+    blob = (kernel.low, _blob_end(kernel, tail))
+    # The option ROM writes the memory map and the info structure, then the whole block
+    # over them: where the block covers them, the kernel's bytes (or its zero padding) win.
+    chunks = _outside(MMAP_ADDR, mmap_b, *blob) + _outside(MBI_ADDR, _info_structure(ram_size, tail, len(mmap_b)), *blob)
+    if blob[0] < INFO_AREA_END and blob[1] > INFO_AREA_START:
+        notes.append(f"the image's block {hex_range(*blob)} covers the Multiboot info area "
+                     f"{hex_range(INFO_AREA_START, INFO_AREA_END)}: its bytes win there, EBX still "
+                     f"{MBI_ADDR:#x} (as under QEMU)")
+    chunks += kernel_chunks
     chunks.append((tail.addr, bytes(tail.data)))
     chunks.extend(tail.modules)
 
@@ -566,14 +585,10 @@ def _check_block(kernel: _Kernel, src: str, ram_size: int) -> None:
         raise ImageError(f"{src}: empty ELF segment {empty.index} at {high:#x} lies past the last "
                          f"loaded byte (QEMU refuses it: \"Error while fetching elf kernel from rom\")")
     _check_segments(kernel, src, ram_size)
-    if low < LOW_HOLE_END and high > LOW_HOLE_START:
-        raise ImageError(f"{src}: image spans {hex_range(low, high)}, across the legacy VGA/BIOS "
-                         f"hole {hex_range(LOW_HOLE_START, LOW_HOLE_END)} (QEMU copies a Multiboot "
+    if low < BIOS_AREA_START and high > LOW_HOLE_START:
+        raise ImageError(f"{src}: image spans {hex_range(low, high)}, across the legacy VGA/option-ROM "
+                         f"hole {hex_range(LOW_HOLE_START, BIOS_AREA_START)} (QEMU copies a Multiboot "
                          f"kernel as one block from its lowest to its highest address)")
-    if low < INFO_AREA_END and high > INFO_AREA_START:
-        raise ImageError(f"{src}: image at {hex_range(low, high)} overlaps the Multiboot info "
-                         f"area {hex_range(INFO_AREA_START, INFO_AREA_END)} (QEMU's "
-                         f"MULTIBOOT_STRUCT_ADDR)")
     if not any(s.paddr <= kernel.entry < s.end for s in loaded):
         raise ImageError(f"{src}: entry point {kernel.entry:#x} is outside every loaded segment")
 
@@ -597,11 +612,9 @@ def _check_segments(kernel: _Kernel, src: str, ram_size: int) -> None:
 
 def _region_end(low: int, ram_size: int) -> int:
     """The end of the RAM range the whole block (kernel, info, modules) must stay inside."""
-    if low >= LOW_HOLE_END:
+    if low >= BIOS_AREA_START:
         return ram_below_4g(ram_size)
-    if low >= INFO_AREA_END:
-        return LOW_HOLE_START
-    return INFO_AREA_START
+    return LOW_HOLE_START
 
 
 def _read_modules(modules: list[str], src: str) -> list[_Module]:
@@ -674,6 +687,25 @@ def _info_structure(ram_size: int, tail: _InfoTail, mmap_length: int) -> bytes:
                           (MBI_MMAP_ADDR, MMAP_ADDR), (MBI_BOOT_LOADER_NAME, tail.loader_addr)):
         struct.pack_into("<I", mbi, offset, value)
     return bytes(mbi)
+
+
+def _blob_end(kernel: _Kernel, tail: _InfoTail) -> int:
+    """The end of QEMU's ``mb_buf``: kernel, info tail and modules, each end page aligned
+    relative to the kernel's lowest address."""
+    ends = [kernel.high, tail.addr + len(tail.data)] + [start + len(body) for start, body in tail.modules]
+    return kernel.low + _align_up(max(ends) - kernel.low)
+
+
+def _outside(start: int, data: bytes, lo: int, hi: int) -> list[tuple[int, bytes]]:
+    """The parts of the chunk ``data`` at ``start`` that lie outside [lo, hi)."""
+    end = start + len(data)
+    parts = []
+    if start < lo:
+        parts.append((start, data[:min(end, lo) - start]))
+    if end > hi:
+        first = max(start, hi)
+        parts.append((first, data[first - start:]))
+    return [p for p in parts if p[1]]
 
 
 def _kernel_chunks(kernel: _Kernel) -> tuple[list[tuple[int, bytes]], list[str]]:

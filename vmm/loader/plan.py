@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 #: The legacy PC hole: VGA window 0xa0000-0xbffff, option ROMs 0xc0000-0xeffff, BIOS.
 LOW_HOLE_START, LOW_HOLE_END = 0xA0000, 0x100000
+#: The BIOS area 0xf0000-0xfffff is shadow RAM while QEMU's option ROMs run: ``-kernel``
+#: writes an image's bytes there (an ELF whose first segment holds its headers just below
+#: 1 MiB), and so may we. The VGA window and the option ROMs below it take no image.
+BIOS_AREA_START = 0xF0000
 #: i440FX: RAM of this size or more is split, 3 GiB below 4 GiB and the rest above.
 PCI_HOLE_SPLIT_THRESHOLD = 0xE0000000
 PCI_HOLE_LOWMEM = 0xC0000000
@@ -62,14 +66,15 @@ def hex_range(start: int, end: int) -> str:
 
 
 def check_placement(src: str, what: str, start: int, end: int, ram_size: int) -> None:
-    """Refuse [start, end) unless it lies in RAM below 4 GiB and outside the legacy hole."""
+    """Refuse [start, end) unless it lies in RAM below 4 GiB and outside the VGA window and
+    option-ROM area (the BIOS area above them takes images, as under QEMU)."""
     ram_end = ram_below_4g(ram_size)
     if start < 0 or end > ram_end:
         raise ImageError(f"{src}: {what} at {hex_range(start, end)} lies outside guest RAM "
                          f"({hex_range(0, ram_end)})")
-    if start < LOW_HOLE_END and end > LOW_HOLE_START and end > start:
+    if start < BIOS_AREA_START and end > LOW_HOLE_START and end > start:
         raise ImageError(f"{src}: {what} at {hex_range(start, end)} overlaps the legacy "
-                         f"VGA/BIOS hole {hex_range(LOW_HOLE_START, LOW_HOLE_END)}, which is not RAM")
+                         f"VGA/option-ROM hole {hex_range(LOW_HOLE_START, BIOS_AREA_START)}, which is not RAM")
 
 
 def read_file(path: str, what: str) -> bytes:
