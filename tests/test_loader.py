@@ -18,8 +18,8 @@ import vmm.loader.plan as plan_mod
 from vmm.build.elf import PF_R, PF_W, PF_X, Segment, multiboot_header, write_elf32
 from vmm.loader import ImageError, LoadedImage, e820_map, load_image, mem_upper_kb
 from vmm.loader.image import LOW_HOLE_START, ram_below_4g
-from vmm.loader.plan import BIOS_AREA_START
 from vmm.loader.multiboot import BOOTLOADER_NAME
+from vmm.loader.plan import BIOS_AREA_START
 
 MiB = 1 << 20
 MB_MAGIC = 0x1BADB002

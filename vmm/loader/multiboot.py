@@ -126,8 +126,8 @@ from dataclasses import dataclass
 
 from .entry import multiboot_registers
 from .plan import (
-    FOUR_GIB,
     BIOS_AREA_START,
+    FOUR_GIB,
     LOW_HOLE_END,
     LOW_HOLE_START,
     PAGE,
@@ -499,7 +499,8 @@ def load(data: bytes, *, src: str, path: str | None, ram_size: int, cmdline: str
     blob = (kernel.low, _blob_end(kernel, tail))
     # The option ROM writes the memory map and the info structure, then the whole block
     # over them: where the block covers them, the kernel's bytes (or its zero padding) win.
-    chunks = _outside(MMAP_ADDR, mmap_b, *blob) + _outside(MBI_ADDR, _info_structure(ram_size, tail, len(mmap_b)), *blob)
+    mbi = _info_structure(ram_size, tail, len(mmap_b))
+    chunks = _outside(MMAP_ADDR, mmap_b, *blob) + _outside(MBI_ADDR, mbi, *blob)
     if blob[0] < INFO_AREA_END and blob[1] > INFO_AREA_START:
         notes.append(f"the image's block {hex_range(*blob)} covers the Multiboot info area "
                      f"{hex_range(INFO_AREA_START, INFO_AREA_END)}: its bytes win there, EBX still "
