@@ -23,15 +23,81 @@ from ..cpu.engine import ACCESS_FETCH, ACCESS_WRITE, PROT_EXEC, PROT_READ, PROT_
 from ..mmu.hostmem import HostPages
 from ..mmu.paging import PageFault, Translation, Walker32, phys_reader, phys_writer
 from ..mmu.shadow import ShadowPaging
-from ..x86 import CR0, CR4, PAGE_MASK
+from ..x86 import CR0, CR4, PAGE_MASK, PAGE_SIZE, GiB
 from ..x86.segments import SELECTOR_RPL_MASK, USER_RING
 
 ALL = PROT_READ | PROT_WRITE | PROT_EXEC
 ADDRESS_MASK = 0xFFFFFFFF
-UNBACKED_PAGE = 0xDFFFF000  # below the VMM's host memory (0xE0000000), above any guest RAM: never mapped
+# The unassigned device's window: one host-physical alias of the whole 32-bit guest-physical
+# space, above 4 GiB where neither guest RAM nor the VMM's own memory is, so that a fill
+# for an unassigned guest page is answered with the window's page at the same offset and
+# the device sees the guest-physical address itself.
+UNASSIGNED_BASE = 4 * GiB
+UNASSIGNED_SIZE = 4 * GiB
+ZERO_CODE_PAGE = UNASSIGNED_BASE + UNASSIGNED_SIZE  # what a fetch from unassigned memory reads
+UNASSIGNED_READS = "unassigned-memory reads (0 returned)"
+UNASSIGNED_WRITES = "unassigned-memory writes (dropped)"
 PAGING_CR0_BITS = CR0.PG | CR0.WP | CR0.PE       # the shadow is rebuilt when they change
 PAGING_CR4_BITS = CR4.PSE | CR4.PAE | CR4.PGE
 DESCRIPTOR_TABLES = ("gdtr", "ldtr", "idtr", "tr")
+
+
+class UnassignedMemory:
+    """Guest-physical addresses with neither RAM nor a device behind them, as on QEMU's PC
+    (its ``unassigned_mem_ops``): a read returns 0, a write is dropped, the guest goes on.
+
+    VMM-private memory (shadow and EPT tables, VMX bitmaps, the VMCS) is not
+    guest-physical either: a guest page pointing at it reaches this device, never the
+    VMM's data. Data accesses go through an MMIO window (:data:`UNASSIGNED_BASE` plus the
+    guest-physical address), so only accesses to unassigned memory call into the VMM;
+    instruction fetches read a shared page of zeros (Unicorn fetches from RAM only).
+    ``emulate(gpa, size, value)``, when set, takes each access instead (``vtx-ept``: an
+    EPT violation the hypervisor emulates); it returns the value a read sees.
+    """
+
+    def __init__(self, engine):
+        self.reads = 0
+        self.writes = 0
+        self.emulate: Callable[[int, int, int | None], int | None] | None = None
+        engine.map_mmio(UNASSIGNED_BASE, UNASSIGNED_SIZE, self._load, self._store)
+        engine.map_ram(ZERO_CODE_PAGE, PAGE_SIZE)
+
+    def _load(self, gpa: int, size: int) -> int:
+        emulate = self.emulate
+        if emulate is not None:
+            return emulate(gpa, size, None) or 0
+        return self.read(gpa, size)
+
+    def _store(self, gpa: int, size: int, value: int) -> None:
+        emulate = self.emulate
+        if emulate is not None:
+            emulate(gpa, size, value)
+        else:
+            self.write(gpa, size, value)
+
+    def read(self, gpa: int, size: int) -> int:
+        """A load from unassigned memory: 0."""
+        self.reads += 1
+        return 0
+
+    def write(self, gpa: int, size: int, value: int) -> None:
+        """A store to unassigned memory: dropped."""
+        self.writes += 1
+
+    def read_bytes(self, gpa: int, size: int) -> bytes:
+        """The VMM's own read on the guest's behalf (a page-table walk): zeros."""
+        self.reads += 1
+        return bytes(size)
+
+    @staticmethod
+    def fill(guest_page: int, perms: int, access: str) -> Fill:
+        """The TLB entry of an unassigned guest page."""
+        if access == ACCESS_FETCH:
+            return Fill(ZERO_CODE_PAGE, PROT_READ | PROT_EXEC)
+        return Fill(UNASSIGNED_BASE + (guest_page & (UNASSIGNED_SIZE - 1)), perms & (PROT_READ | PROT_WRITE))
+
+    def counters(self) -> dict[str, int]:
+        return {UNASSIGNED_READS: self.reads, UNASSIGNED_WRITES: self.writes}
 
 
 class CodePages:
@@ -41,8 +107,9 @@ class CodePages:
     each code page when it is first fetched; a code page is then mapped without write
     permission, so a write to it comes back as a fill, is reported, and maps the page
     writable but not executable until the next fetch (self-modifying code, and code and
-    data sharing a page, keep working). VMM memory is never the guest's: a fill that
-    lands on it is answered with a page that has nothing behind it.
+    data sharing a page, keep working). A page that is neither RAM nor a device (VMM
+    memory included: it is not guest-physical) is the unassigned device's
+    (:class:`UnassignedMemory`).
     """
 
     def __init__(self, vm, is_guest_physical: Callable[[int], bool]):
@@ -51,14 +118,11 @@ class CodePages:
         self.is_guest_physical = is_guest_physical
         self.watchers: list = []
         self.frames: set[int] = set()
+        self.unassigned = UnassignedMemory(vm.engine)
 
     def fill(self, linear_page: int, guest_page: int, perms: int, access: str) -> Fill:
-        if guest_page >= self.ram_size and not self.is_guest_physical(guest_page) \
-                and self.vm.engine.read_raw(guest_page, 1):
-            # VMM memory (VMX bitmaps, shadow tables, the trampoline): map a page with
-            # nothing behind it, so that the access (if the guest really makes it) stops
-            # the VM as one outside its RAM and devices does.
-            guest_page = UNBACKED_PAGE
+        if guest_page >= self.ram_size and not self.is_guest_physical(guest_page):
+            return self.unassigned.fill(guest_page, perms, access)
         watchers = self.watchers
         if not watchers:
             return Fill(guest_page, perms)
@@ -120,18 +184,29 @@ class GuestPaging:
         eng = vm.engine
         self.guest_cr0 = guest_cr0 or (lambda: eng.reg("cr0"))
         # The guest's page tables are read (and A/D bits written) only inside its RAM: a
-        # CR3 or PDE pointing elsewhere stops the VM instead of reaching VMM memory.
+        # CR3 or PDE pointing at unassigned memory (VMM memory included) reads 0 there,
+        # as the hardware's walk would, and its A/D writes are dropped.
         self.walker = Walker32(phys_reader(self.read_guest_phys), phys_writer(self.write_guest_phys))
         self.tlb_fills = 0
 
+    def _unassigned(self, address: int, size: int, access: str) -> bool:
+        """Whether [address, address + size) lies past RAM in unassigned memory; a table
+        in a device page stops the VM."""
+        if address + size <= self.ram_size:
+            return False
+        if address >= self.ram_size and not self.pages.is_guest_physical(address & PAGE_MASK):
+            return True
+        raise GuestMemoryError(address, size, access)
+
     def read_guest_phys(self, address: int, size: int) -> bytes:
-        if address + size > self.ram_size:
-            raise GuestMemoryError(address, size, "read")
+        if self._unassigned(address, size, "read"):
+            return self.pages.unassigned.read_bytes(address, size)
         return self.vm.engine.read_phys(address, size)
 
     def write_guest_phys(self, address: int, data: bytes) -> None:
-        if address + len(data) > self.ram_size:
-            raise GuestMemoryError(address, len(data), "write")
+        if self._unassigned(address, len(data), "write"):
+            self.pages.unassigned.write(address, len(data), int.from_bytes(data, "little"))
+            return
         self.vm.engine.write_phys(address, data)
 
     def map_guest_ram(self) -> None:
@@ -186,7 +261,7 @@ class GuestPaging:
         self.vm.engine.flush_tlb()
 
     def memory_counters(self) -> dict[str, int]:
-        return {"TLB fills (guest walks)": self.tlb_fills}
+        return {"TLB fills (guest walks)": self.tlb_fills, **self.pages.unassigned.counters()}
 
 
 class ShadowMmu:
@@ -291,4 +366,5 @@ class ShadowMmu:
             "shadow pages dropped": c.pages_dropped,
             "shadow entries zapped": c.entries_zapped,
             "shadow-table references": sum(c.references.values()),
+            **self.pages.unassigned.counters(),
         }

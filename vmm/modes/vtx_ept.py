@@ -18,17 +18,17 @@ from __future__ import annotations
 from collections import Counter
 
 from ..cpu.delivery import PF
-from ..cpu.engine import PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
+from ..cpu.engine import ACCESS_FETCH, PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
 from ..mmu.ept import EptBuilder, EptMisconfiguration, EptViolation, EptWalker
 from ..mmu.hostmem import HostPages
 from ..mmu.nested import FAST_WALK_REFERENCES, NestedWalker, fast_walk_32
 from ..mmu.paging import GuestWalker, PageFault
 from ..vmx.controls import PrimaryProcBased, SecondaryProcBased
 from ..vmx.exit_reasons import ExitReason
-from ..vmx.exits import RESUME, EptViolationExit, Outcome, Retry, StopVm
+from ..vmx.exits import RESUME, EptViolationExit, Outcome, Retry, Value
 from ..vmx.qualification import EptViolation as EptQualification
 from ..vmx.vmcs import Field
-from ..x86 import CR0, CR4, PAGE_MASK, PAGE_SIZE, KiB
+from ..x86 import CR0, CR4, PAGE_MASK, PAGE_SIZE, KiB, PFError
 from ..x86.paging import ENTRY_SIZE_64
 from .memory import ADDRESS_MASK, CodePages, user_access
 
@@ -80,6 +80,7 @@ class EptMmu:
         self.walk_refs: Counter = Counter()
         self.walks_2d = 0
         self.tlb_fills = 0
+        pages.unassigned.emulate = self.emulate_unassigned
 
     def configure(self, v) -> None:
         """The VMCS of a hypervisor with EPT: the EPT pointer, EPT and unrestricted guest on,
@@ -177,6 +178,8 @@ class EptMmu:
                 return Fault(PF, pf.error_code, pf.address, access)  # the guest's own #PF
             except EptViolation as v:
                 self.walk_refs.update(self.nested.last_references)
+                if self.is_unassigned(v.gpa):
+                    return self.unassigned_fill(v, vaddr, access, write, user)
                 stop = self.cpu.vmexit(EptViolationExit(qualification=v.exit_qualification, linear=v.linear, gpa=v.gpa),
                                    defer_entry=True)
                 if stop is not None:
@@ -214,6 +217,31 @@ class EptMmu:
                 return m.gpa
         raise RuntimeError(f"EPT did not converge for {linear:#x}")
 
+    # -- unassigned guest-physical memory: an EPT violation on every access ---------------------
+    def is_unassigned(self, gpa: int) -> bool:
+        return not self.is_ram(gpa) and not self.vm.board.mmio_bus.find(gpa)
+
+    def unassigned_fill(self, v: EptViolation, vaddr: int, access: str, write: bool, user: bool) -> Fill | Fault:
+        """A walk that met unassigned memory. Its EPT entry stays absent, so each data
+        access to the page is its own EPT violation (made by the unassigned device,
+        :meth:`emulate_unassigned`); a fetch, or a guest paging-structure entry read
+        there, is one violation now: the fetch reads zeros, the entry reads 0 (not
+        present), which is the guest's own #PF."""
+        page = v.gpa & PAGE_MASK
+        if v.tag == "data" and access != ACCESS_FETCH:
+            return self.pages.unassigned.fill(page, PROT_READ | PROT_WRITE, access)
+        self.cpu.vmexit(EptViolationExit(qualification=v.exit_qualification, linear=v.linear, gpa=v.gpa),
+                        defer_entry=True)
+        if v.tag == "data":
+            return self.pages.unassigned.fill(page, PROT_READ | PROT_EXEC, access)
+        error = (PFError.WR if write else 0) | (PFError.US if user else 0)
+        return Fault(PF, int(error), vaddr, access)
+
+    def emulate_unassigned(self, gpa: int, size: int, value: int | None) -> int | None:
+        """A data access reaching the unassigned device: the EPT violation it is."""
+        q = EptQualification(read=value is None, write=value is not None)
+        return self.cpu.vmexit(EptViolationExit(qualification=q.encode(), gpa=gpa), defer_entry=True)
+
     def map_ram_page(self, gpa: int) -> None:
         page = self.back(gpa)
         self.ept_builder.map(page, page, PAGE_SIZE, True, True, True)
@@ -234,8 +262,12 @@ class EptMmu:
         if self.vm.board.mmio_bus.find(gpa):
             self.ept_builder.map_mmio_marker(gpa)
             return RESUME
-        q = EptQualification.decode(exit.qualification)
-        return StopVm(f"EPT violation at guest-physical {gpa:#010x} outside RAM and devices ({q.describe()})")
+        # Unassigned memory (QEMU's unassigned_mem_ops): a write is dropped, a read is 0.
+        unassigned = self.pages.unassigned
+        if EptQualification.decode(exit.qualification).write:
+            unassigned.write(gpa, 0, 0)
+            return RESUME
+        return Value(unassigned.read(gpa, 0))
 
     def invept(self, single_context: bool = False) -> None:
         """INVEPT: drop cached EPT-derived translations. This model has one EPTP, so the
@@ -284,4 +316,5 @@ class EptMmu:
             "page-walk cache hits": self.nested.pwc_hits,
             "INVEPT": self.invepts,
             "INVVPID": self.invvpids,
+            **self.pages.unassigned.counters(),
         }
