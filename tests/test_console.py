@@ -212,11 +212,18 @@ def _console(guest_path: str, mode: str):
     return proc, master, slave, before
 
 
+def _wait_for_raw_mode(slave: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while termios.tcgetattr(slave)[3] & termios.ICANON:
+        assert proc.poll() is None and time.monotonic() < deadline, "the terminal never went raw"
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("mode", ["native", "vtx-ept"])
 def test_console_is_raw_echoes_and_quits_with_ctrl_a_x(guest, mode):
     proc, master, slave, before = _console(guest("echo", ECHO), mode)
     try:
-        time.sleep(1.0)                       # (keys typed before raw mode would be line-edited)
+        _wait_for_raw_mode(slave, proc)       # (keys typed before would be line-edited)
         os.write(master, b"abc")              # no newline: only a raw terminal passes it on now
         got = _read_until(master, b"abc", seconds=20)
         assert got == b"abc"                  # once: the terminal does not echo, the guest does
@@ -276,7 +283,7 @@ def test_console_keys_as_qemu_reads_them():
 
     shown, quits = [], []
     console = Console(-1, shown.append, quits.append)
-    assert console._keys(b"ab\x01\x01c") == b"ab\x01c"
+    assert console._keys(b"ab\x01\x01c") == b"ab\x01c"   # (Ctrl-A x starts a thread that calls quit: not here)
     assert console._keys(b"\x01") == b"" and console._keys(b"h") == b"" and shown == [ESCAPE_HELP]
     assert console._keys(b"\x01zq") == b"q"
 
@@ -285,3 +292,15 @@ def test_run_help_names_the_console_and_status_130():
     proc = subprocess.run([sys.executable, "-m", "vmm.cli", "run", "--help"], capture_output=True, timeout=60)
     text = " ".join(proc.stdout.decode().split())
     assert "Ctrl-A x" in text and "130" in text
+
+
+def test_the_readme_echo_guest_is_this_one():
+    """The README's console example builds its guest with printf: the same bytes as ECHO."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Typing to a guest", 1)[1].split("\n## ", 1)[0]
+    escaped = re.search(r"printf '([^']*)' > echo.bin", section).group(1)
+    assert bytes(int(h, 16) for h in re.findall(r"\\x([0-9a-f]{2})", escaped)) == assemble(ECHO)
+    assert "Ctrl-A x" in section and "130" in readme.split("## Exit statuses", 1)[1]

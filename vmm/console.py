@@ -205,6 +205,7 @@ class Console:
             elif byte in b"hH?":
                 self.output(ESCAPE_HELP)
             elif byte in b"xX":
+                self.output(b"\n")   # what follows (the stop's line) starts a line of its own
                 threading.Thread(target=self._quit, name="vmm-console-quit", daemon=True).start()
             # any other key after the escape is dropped, as in QEMU
         return bytes(out)
