@@ -20,6 +20,7 @@ import contextlib
 import os
 import select
 import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -46,9 +47,10 @@ def exit_status() -> int:
 
 
 def _interrupt_vms(reason: str) -> bool:
-    from .vm import interrupt_all
-
-    return interrupt_all(reason)
+    # Never an import here: a signal can land while vmm.vm is half imported (or the
+    # watcher thread would wait on the main thread's import lock); no VM exists before.
+    interrupt_all = getattr(sys.modules.get("vmm.vm"), "interrupt_all", None)
+    return interrupt_all(reason) if interrupt_all is not None else False
 
 
 def _on_sigint(signum, frame) -> None:
