@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import sys
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -52,6 +53,7 @@ class StopKind(enum.Enum):
     ERROR = "stopped by the VMM"        # the guest did something the VM cannot continue from
     ENTRY_FAILED = "VM-entry failure"   # VT-x: invalid VMCS controls or guest state
     BREAKPOINT = "breakpoint"           # stopped before an instruction the user asked for
+    INTERRUPTED = "interrupted"         # VM.interrupt (SIGINT, the console's quit key); run() raises VmInterrupted
 
 
 @dataclass
@@ -74,6 +76,30 @@ class VmResult:
     def status(self) -> int:
         """Process exit status: the guest's own through isa-debug-exit, else 1."""
         return self.exit_status if self.exit_status is not None else 1
+
+
+class VmInterrupted(KeyboardInterrupt):
+    """Raised by :meth:`VM.run` for an INTERRUPTED stop, once the stop is published (the
+    bus's "stop" subscribers, a trace's final record, have seen ``result``): an interrupt
+    ends the caller's work too, as Python's own KeyboardInterrupt does."""
+
+    def __init__(self, result: VmResult):
+        super().__init__(result.message)
+        self.result = result
+
+
+#: Every VM of the process, for :func:`interrupt_all`.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def interrupt_all(reason: str) -> bool:
+    """:meth:`VM.interrupt` every VM of the process (from any thread). True if one of them
+    was inside the engine, whose run then ends by itself with INTERRUPTED."""
+    inside = False
+    for vm in list(_LIVE):
+        vm.interrupt(reason)
+        inside = inside or vm.engine.running
+    return inside
 
 
 class _Stopped(Exception):
@@ -113,6 +139,8 @@ class VM:
         self.exits: Counter = Counter()          # exits (events, in native) by reason
         self.exit_seconds: Counter = Counter()   # handler wall time by reason (float seconds)
         self.now = 0  # virtual time in guest instructions
+        self._interrupt: str | None = None   # why VM.interrupt was called
+        _LIVE.add(self)
         self.mode = get_mode(mode)(self, **(mode_options or {}))
         # What each engine event becomes is the processor's to decide: the mode itself,
         # or, for a guest in VMX non-root operation, the VMX processor it holds.
@@ -278,6 +306,16 @@ class VM:
     def request_stop(self, reason: str) -> None:
         self.engine.request_stop(reason)
 
+    def interrupt(self, reason: str = "SIGINT") -> None:
+        """Stop the run from any thread: a free run without exits is inside ``emu_start``,
+        where no Python runs, so the engine is told to stop and the run loop ends with
+        INTERRUPTED when it returns. A VM not running stops as soon as it runs. Safe to repeat
+        (a caller racing the loop into ``emu_start`` calls again until the run has ended)."""
+        if self._interrupt is None:
+            self._interrupt = reason
+        if self.engine.running:
+            self.engine.end_run()
+
     def break_at(self, address: int) -> None:
         """Stop the run before the instruction at ``address`` (linear) executes."""
         if address in self._breakpoints:
@@ -359,7 +397,15 @@ class VM:
         except _Stopped as stop:
             if stop.kind is StopKind.ERROR and self.board.exit_status is not None:
                 return self._result(StopKind.EXIT, "guest exit", started)  # ran past its exit write
-            return self._result(stop.kind, stop.message, started)
+            result = self._result(stop.kind, stop.message, started)
+            if stop.kind is StopKind.INTERRUPTED:
+                raise VmInterrupted(result) from None
+            return result
+        except KeyboardInterrupt as interrupt:   # Python's own SIGINT handler, between slices or in a hook
+            if isinstance(interrupt, VmInterrupted):
+                raise
+            raise VmInterrupted(self._result(StopKind.INTERRUPTED, f"{self._interrupt or 'SIGINT'} at EIP "
+                                             f"{self.engine.reg('eip'):#010x}", started)) from None
         except TripleFault as tf:
             self.processor.on_triple_fault(tf)
             return self._result(StopKind.TRIPLE_FAULT, str(tf), started)
@@ -389,6 +435,8 @@ class VM:
     def _loop(self, started: float, single_step: bool = False) -> None:
         eng, board = self.engine, self.board
         while True:
+            if self._interrupt is not None:
+                raise _Stopped(StopKind.INTERRUPTED, f"{self._interrupt} at EIP {eng.reg('eip'):#010x}")
             if board.exit_status is not None:
                 if single_step:
                     raise _Stopped(StopKind.EXIT, "guest exit")
@@ -406,6 +454,8 @@ class VM:
             if count:
                 self.now += count
                 board.advance(self.now)
+            if self._interrupt is not None:
+                continue   # the engine stopped for VM.interrupt: the check above ends the run
             self._after(stop)
             if single_step and board.exit_status is None:
                 return

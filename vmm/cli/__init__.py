@@ -6,12 +6,40 @@ of the engine, and ``vmm fuzz`` alone pays for hypothesis.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from . import bench, fuzz, guests, run, trace, walk
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The ``vmm`` group: every command runs with SIGINT handled once, here. Ctrl-C stops a
+    running guest within a fraction of a second (vmm.console), whatever it is doing; the
+    command finishes what it writes (a trace's final record) and exits with 130 and one line,
+    never a traceback nor click's "Aborted!"."""
+
+    def invoke(self, ctx):
+        from ..console import exit_status, interruptible
+
+        with interruptible():
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt as interrupt:
+                result = getattr(interrupt, "result", None)   # vmm.vm.VmInterrupted: where the guest was
+                click.echo(f"vmm: {result.kind.value}: {result.message}" if result is not None
+                           else "vmm: interrupted", err=True)
+                if sys.stdout is sys.__stdout__:
+                    # Leave at once: the interpreter's teardown of every engine a command made
+                    # (fuzz makes thousands) can take longer than the half second allowed.
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(exit_status())
+                sys.exit(exit_status())
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vmm")
 def main():
     """vmm: an x86 virtualization lab.

@@ -258,13 +258,15 @@ def apply_tuning(vm, mode: str, controls: tuple[str, ...], vmcs_writes: tuple[st
 #: (124 is what timeout(1) returns when its budget ran out).
 EXIT_BUDGET = 124
 EXIT_VMM_STOP = 125
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, as a shell reports it (vmm.console.EXIT_INTERRUPTED)
 EXIT_STATUS_HELP = (
     "How the exit status reads. qemu (default): QEMU's isa-debug-exit convention, (value << 1) | 1 for "
     "a guest that wrote VALUE to port 0xf4, so a guest's success is 1, and 1 also for a VMM stop. "
     f"guest: the VALUE itself (0 = the guest's success, so 'vmm run hello --exit-status guest && echo ok' "
     f"works); {EXIT_BUDGET} when the instruction or wall-clock budget ran out; {EXIT_VMM_STOP} for "
     "any other VMM stop (triple fault, HLT with nothing to wake it, VM-entry failure, an error). "
-    f"Bad input is {EXIT_USAGE} either way."
+    f"Bad input is {EXIT_USAGE} either way, and {EXIT_INTERRUPTED} a run ended by Ctrl-C (SIGINT) or by the "
+    "console's Ctrl-A x."
 )
 
 

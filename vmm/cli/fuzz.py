@@ -4,6 +4,7 @@ Its imports (hypothesis) happen when it runs, so that they cost nothing to the o
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -50,6 +51,17 @@ def outcome_lines(reports) -> list[str]:
 
 def _red(n: int) -> str:
     return f"[bold red]{n}[/]" if n else "0"
+
+
+@contextlib.contextmanager
+def _removed_when_interrupted(inflight: str | None):
+    """Ctrl-C is no crash: the in-flight reproducer is removed, as after a finished run."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if inflight is not None and os.path.exists(inflight):
+            os.unlink(inflight)
+        raise
 
 
 @click.command()
@@ -106,7 +118,7 @@ def fuzz(harnesses, cases, seed, modes, save_dir):
     console = Console(stderr=True)
     reports = []
     with Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+                  console=console, transient=False) as progress, _removed_when_interrupted(inflight):
         for harness in chosen:
             task = progress.add_task(harness.name, total=cases)
             report = harness.run(cases, seed=seed, modes=tuple(modes) or None,

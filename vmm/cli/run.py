@@ -1,6 +1,9 @@
 """``vmm run``: boot an image or a built-in guest and print its serial output."""
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 import sys
 
 import click
@@ -32,7 +35,9 @@ QEMU_GDB_ADDRESS = ":1234"
 @budget_options(timeout=10.0)
 @image_options(qemu_aliases=True)
 @click.option("--serial-input", type=click.File("rb"), default=None, metavar="FILE",
-              help="Bytes the guest reads from the UART ('-' for stdin).")
+              help="Bytes the guest reads from the UART ('-' for stdin). A pipe or terminal is read as bytes "
+              "arrive, under --timeout; without this option a terminal on standard input is the guest's "
+              "console (raw mode; Ctrl-A x quits, Ctrl-A h lists the keys).")
 @click.option("--gdb", "gdb_address", default=None, metavar="[HOST]:PORT",
               help="Serve the GDB remote protocol (loopback by default), as QEMU's -gdb: the guest runs and gdb "
               "attaches whenever it connects (gdb -ex 'target remote :1234' guest.elf), stopping it where it is; "
@@ -81,14 +86,45 @@ def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mi
 
     loaded = load_target(image, ram_mib=ram_mib, kind=kind, cmdline=cmdline, modules=modules,
                          load_address=load_address)
-    try:
-        vm = VM(loaded, mode=mode, ram_size=ram_mib << 20, serial_output=console_writer(sys.stdout.buffer),
-                serial_input=serial_input.read() if serial_input else None,
-                max_instructions=max_instructions, timeout=timeout or None,
-                mode_options={"page_walk_cache": True} if page_walk_cache else None)
-    except (NotImplementedError, ValueError) as err:
-        fail(str(err))
-    apply_tuning(vm, mode, controls, vmcs_writes)
+    with contextlib.ExitStack() as inputs:
+        write = console_writer(sys.stdout.buffer)
+        try:
+            vm = VM(loaded, mode=mode, ram_size=ram_mib << 20, serial_output=write,
+                    serial_input=serial_source(serial_input, inputs, write),
+                    max_instructions=max_instructions, timeout=timeout or None,
+                    mode_options={"page_walk_cache": True} if page_walk_cache else None)
+        except (NotImplementedError, ValueError) as err:
+            fail(str(err))
+        apply_tuning(vm, mode, controls, vmcs_writes)
+        result = _run(vm, loaded, gdb_address, wait)
+    if result.kind.name != "EXIT":
+        click.echo(f"vmm: {result.kind.value}: {result.message}", err=True)
+    if stat or stat_json:
+        report_stats(result, mode=mode, guest=image, show=stat, json_path=stat_json)
+    sys.exit(exit_status(result, exit_convention))
+
+
+def serial_source(serial_input, inputs: contextlib.ExitStack, write):
+    """What the guest's UART reads: a regular file's bytes (all there before boot, so a run
+    reads them the same way every time), a pipe's or terminal's as they arrive, or, with no
+    --serial-input and a terminal on standard input, the terminal itself as the console."""
+    from ..console import Console, InputStream
+    from ..vm import interrupt_all
+
+    if serial_input is None:
+        if not sys.stdin.isatty():
+            return None
+        console = inputs.enter_context(Console(sys.stdin.fileno(), write, interrupt_all))
+        return console.input
+    fd = serial_input.fileno()
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return serial_input.read()
+    stream = InputStream(fd)
+    inputs.callback(stream.close)
+    return stream
+
+
+def _run(vm, loaded, gdb_address, wait):
     if gdb_address:
         from ..trace.gdbstub import serve_gdb
         host, _, port_text = gdb_address.rpartition(":")
@@ -105,10 +141,5 @@ def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mi
                                on_listen=lambda p: click.echo(f"vmm: {listening} {where}:{p}", err=True))
         except OSError as err:
             fail(f"--gdb {gdb_address}: {err.strerror or err}")
-    else:
-        result = vm.run()
-    if result.kind.name != "EXIT":
-        click.echo(f"vmm: {result.kind.value}: {result.message}", err=True)
-    if stat or stat_json:
-        report_stats(result, mode=mode, guest=image, show=stat, json_path=stat_json)
-    sys.exit(exit_status(result, exit_convention))
+        return result
+    return vm.run()

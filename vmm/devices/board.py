@@ -31,7 +31,7 @@ from .fwcfg import FW_CFG_PORT_DATA, FW_CFG_PORT_SEL, FwCfg, FwCfgState
 from .lapic import APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LocalApic, LocalApicState
 from .pic import MASTER_COMMAND, MASTER_DATA, SLAVE_COMMAND, SLAVE_DATA, PicPair, PicPairState
 from .pit import PIT_BASE, PIT_COMMAND, SYSTEM_CONTROL_B, Pit8254, PitState
-from .uart import COM1_BASE, Uart16550, UartState
+from .uart import COM1_BASE, ByteSource, Uart16550, UartState
 
 PAGE_SIZE = 4096
 DEFAULT_RAM_SIZE = 128 * 1024 * 1024
@@ -86,7 +86,7 @@ class BoardState:
 class Board:
     def __init__(self, ram_size: int = DEFAULT_RAM_SIZE,
                  serial_output: Callable[[bytes], None] | None = None,
-                 serial_input: bytes | BinaryIO | None = None) -> None:
+                 serial_input: bytes | BinaryIO | ByteSource | None = None) -> None:
         """``serial_output`` defaults to the host's stdout (written through)."""
         check_ram_size(ram_size)
         self.ram_size = ram_size

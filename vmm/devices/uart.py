@@ -15,10 +15,11 @@ stored but no IRQ4 is ever raised and IIR always reads "no interrupt
 pending".  FIFO depth, overrun and line errors are not modelled.  Loopback
 (MCR bit 4) is, because probing drivers (Linux's 8250) test with it.
 
-Input is a host-side stream (a byte string, or a binary file such as stdin)
-from which one byte at a time is "received" into RBR when the guest looks at
-LSR or RBR, so reading a file never blocks: a file with a file descriptor is
-polled with ``select`` first.
+Input is a host-side stream (a byte string, a binary file, or a
+:class:`ByteSource` such as vmm.console's stream of a pipe or terminal) from
+which one byte at a time is "received" into RBR when the guest looks at LSR or
+RBR, so reading never blocks: a file with a file descriptor is polled with
+``select`` first, a ByteSource answers at once from what has arrived.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import select
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, runtime_checkable
 
 COM1_BASE = 0x3F8
 
@@ -76,6 +77,14 @@ MSR_RESET = MSR_DCD | MSR_DSR | MSR_CTS
 DIVISOR_RESET = 12
 
 
+@runtime_checkable
+class ByteSource(Protocol):
+    """Input that arrives while the guest runs: one byte, b"" once it has ended, None
+    when nothing has arrived yet. Never blocks."""
+
+    def poll_byte(self) -> bytes | None: ...
+
+
 @dataclass(frozen=True)
 class UartState:
     """Everything a guest can observe of the UART, and the transcript so far.
@@ -104,12 +113,12 @@ class Uart16550:
     io_max_size = 1  # byte-wide registers: the bus splits wider accesses
 
     def __init__(self, output: Callable[[bytes], None],
-                 input: bytes | BinaryIO | None = None,
+                 input: bytes | BinaryIO | ByteSource | None = None,
                  base: int = COM1_BASE) -> None:
         self.base = base
         self.output = output
         self.transcript = bytearray()
-        self._source: BinaryIO | None
+        self._source: BinaryIO | ByteSource | None
         if isinstance(input, (bytes, bytearray, memoryview)):
             self._source = io.BytesIO(bytes(input))
         else:
@@ -244,8 +253,10 @@ class Uart16550:
         return value
 
 
-def _read_one_byte_nonblocking(source: BinaryIO) -> bytes | None:
+def _read_one_byte_nonblocking(source: BinaryIO | ByteSource) -> bytes | None:
     """One byte, b"" at end of stream, or None if nothing has arrived yet."""
+    if isinstance(source, ByteSource):
+        return source.poll_byte()
     try:
         fd = source.fileno()
     except (AttributeError, OSError, ValueError):
