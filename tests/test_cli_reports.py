@@ -40,3 +40,27 @@ def test_trace_through_ud2_is_quick_and_decodes_it(mode):
     ud2 = [e for e in insns if e["asm"] == "ud2"]
     assert ud2 and ud2[0]["bytes"] == "0f 0b"
     assert insns[-1]["asm"] == "out 0xf4, al"
+
+
+def _bench_rows(tmp_path, n):
+    from conftest import run_cli
+    out = tmp_path / f"n{n}"
+    proc = run_cli("bench", "-w", "cpuid,in", "-m", ",".join(ALL_MODES), "-n", str(n), "-o", str(out),
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    data = json.loads((out / "bench.json").read_text())
+    return {(r["workload"], r["mode"]): r for r in data["rows"]}
+
+
+def test_bench_figures_do_not_depend_on_the_digits_of_n(tmp_path):
+    """-n 40 runs 40 and 80 iterations, -n 50 runs 50 and 100: one more digit in one run of
+    the second pair. Both pairs must give the same counts per iteration (every workload
+    loop here does the same events each pass), so the same cycles and overheads."""
+    forty, fifty = _bench_rows(tmp_path, 40), _bench_rows(tmp_path, 50)
+    assert forty.keys() == fifty.keys() and len(forty) == 2 * len(ALL_MODES)
+    for key, row in forty.items():
+        other = fifty[key]
+        assert row["error"] is None and other["error"] is None, key
+        assert row["measurement"]["per_iteration"] == other["measurement"]["per_iteration"], key
+        assert row["cycles_per_iteration"] == other["cycles_per_iteration"], key
+        assert row["overhead"] == other["overhead"], key
