@@ -267,6 +267,7 @@ name_tlbmiss:       .asciz "tlbmiss"
     .balign 4, 0
 iterations:         .long 0
 selected:           .long 0
+quiet:              .long 0
 kernel_saved_esp:   .long 0
 checksum:           .long 0               // compute's result
 

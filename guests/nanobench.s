@@ -409,6 +409,7 @@ name_toggle_cr4_pge: .asciz "toggle_cr4_pge"
     .balign 4, 0
 iterations:         .long 0
 selected:           .long 0
+quiet:              .long 0
 kernel_saved_esp:   .long 0
 
 %include "kernel_bss.inc"

@@ -32,7 +32,10 @@ class Watches:
     Unicorn calls a memory hook with the *host-physical* address of the access (the page
     our TLB-fill hook answered), so a watchpoint is placed on the host-physical bytes the
     linear address translates to when gdb inserts it (an alias mapping of the same page
-    triggers it too; a later remapping of the linear address does not move it). Only
+    triggers it too; a later remapping of the linear address does not move it). A linear
+    address that does not translate yet is accepted, as debug registers accept any linear
+    address: the watch waits for the TLB fill that first maps it (the bus's ``fill``),
+    and is placed then, before the access that missed goes on. Only
     accesses by guest instructions are seen, not the VMM's own (event delivery, emulated
     instructions, page walks).
 
@@ -50,25 +53,48 @@ class Watches:
         self.armed = True
         self.hit: tuple[Watch, int] | None = None     # the watch, EIP of the access
         self.undo: list[tuple[int, bytes]] = []       # (host-physical, old bytes) per watched store
+        self.pending: dict[tuple[str, int, int], Watch] = {}   # not mapped yet: placed at a fill
+        self._listening = False
 
     def insert(self, kind: str, linear: int, length: int) -> bool:
         key = (kind, linear, length)
-        if key in self.active:
+        if key in self.active or key in self.pending:
             return True
         if length <= 0 or length > PAGE_SIZE:
             return False
         pieces = self._pieces(linear, length)
         if pieces is None:
-            return False
-        w = Watch(kind, linear, length, pieces)
-        for phys, chunk in pieces:
+            self.pending[key] = Watch(kind, linear, length, [])
+            if not self._listening:
+                self.vm.bus.subscribe("fill", self._filled)
+                self._listening = True
+            return True
+        self._place(Watch(kind, linear, length, pieces))
+        return True
+
+    def _filled(self, vaddr: int, access: str, answer) -> None:
+        """A TLB fill: place the pending watches on the page it mapped."""
+        if getattr(answer, "host_page", None) is None:
+            return
+        page = vaddr & ~PAGE_OFFSET_MASK & LINEAR_MASK
+        for key, w in list(self.pending.items()):
+            first, last = w.linear & ~PAGE_OFFSET_MASK, (w.linear + w.length - 1) & ~PAGE_OFFSET_MASK
+            if not first <= page <= last:
+                continue
+            pieces = self._pieces(w.linear, w.length)
+            if pieces is not None:
+                del self.pending[key]
+                w.pieces = pieces
+                self._place(w)
+
+    def _place(self, w: Watch) -> None:
+        for phys, chunk in w.pieces:
             # An access is reported by its first byte: begin early enough for a wide
             # access that starts before the watched bytes and overlaps them.
             w.hooks += self.vm.engine.add_memory_watch(
-                max(0, phys - (MAX_ACCESS - 1)), phys + chunk - 1, reads=kind in ("read", "access"),
-                writes=kind in ("write", "access"), callback=partial(self._on_access, w, phys, chunk))
-        self.active[key] = w
-        return True
+                max(0, phys - (MAX_ACCESS - 1)), phys + chunk - 1, reads=w.kind in ("read", "access"),
+                writes=w.kind in ("write", "access"), callback=partial(self._on_access, w, phys, chunk))
+        self.active[(w.kind, w.linear, w.length)] = w
 
     def _pieces(self, linear: int, length: int) -> list[tuple[int, int]] | None:
         """The host-physical bytes ``length`` bytes at ``linear`` translate to now, one piece
@@ -87,6 +113,8 @@ class Watches:
         return pieces
 
     def remove(self, kind: str, linear: int, length: int) -> bool:
+        if self.pending.pop((kind, linear, length), None) is not None:
+            return True
         w = self.active.pop((kind, linear, length), None)
         if w is None:
             return False
@@ -98,6 +126,7 @@ class Watches:
         return True
 
     def clear(self) -> None:
+        self.pending.clear()
         for key in list(self.active):
             self.remove(*key)
 

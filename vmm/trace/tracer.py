@@ -39,6 +39,10 @@ TRACED_REGS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eflags")
 """Registers the trace shows changes of; the batch read adds CS and CR0 after them (for the
 ring and the operand size), which the zips over names, values and last values leave out."""
 _PERMS = "rwx"
+MAX_INSN_LENGTH = 15
+"""The architectural limit on an instruction's length (SDM Vol. 2, 2.3.11): any size the
+engine reports above it (Unicorn gives 0xf1f1f1f1 for an instruction that raises #UD as it
+is translated) means "unknown"."""
 
 
 @lru_cache(maxsize=2)
@@ -236,6 +240,8 @@ class Tracer:
 
     def _decode(self, address: int, size: int, bits: int) -> tuple[str, str]:
         eng = self.vm.engine
+        if not 0 < size <= MAX_INSN_LENGTH:
+            size = MAX_INSN_LENGTH   # unknown: decode what the 15 bytes hold, below
         host = self._pages.get(address & ~0xFFF)
         code = eng.read_raw(host | (address & 0xFFF), size) if host is not None else b""
         if len(code) != size:  # crosses a page, or a page fetched before tracing began
@@ -248,9 +254,9 @@ class Tracer:
             # Unicorn reports no usable size for an instruction that faults as it is
             # translated (a privileged one at CPL > 0, trap mode's #GP): decode up to 15.
             longer = code
-            for n in (15, 0x1000 - (address & 0xFFF)):  # the next page may be unmapped
+            for n in (MAX_INSN_LENGTH, 0x1000 - (address & 0xFFF)):  # the next page may be unmapped
                 try:
-                    longer = self.vm.read_linear(address, min(n, 15))
+                    longer = self.vm.read_linear(address, min(n, MAX_INSN_LENGTH))
                     break
                 except Exception:
                     continue

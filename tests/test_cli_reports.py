@@ -1,0 +1,132 @@
+"""What the CLI reports, and that it reports it in time: the tracer at an instruction the
+engine cannot size, bench figures independent of the iteration count, labels that fit the
+mode, gdb watchpoints on unmapped addresses, and README examples that match the code."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+
+from vmm.trace.tracer import Tracer
+
+from conftest import FLAT_BASE, IDT_DATA, LOAD_IDT, assemble, make_vm, set_gate
+
+ALL_MODES = ("native", "trap", "bt", "vtx", "vtx-ept")
+
+UD2_GUEST = "mov esp, 0x200000\n" + LOAD_IDT + set_gate(6, "ud") + """
+    ud2
+    mov al, 0
+    out 0xf4, al
+ud:
+    add dword ptr [esp], 2      # step over the ud2
+    iretd
+""" + IDT_DATA
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_trace_through_ud2_is_quick_and_decodes_it(mode):
+    """Unicorn reports an instruction size of 0xf1f1f1f1 at a ud2; the tracer bounds it by
+    the 15-byte limit instead of reading that much guest memory."""
+    vm, _ = make_vm(UD2_GUEST, mode=mode, timeout=20)
+    out = io.StringIO()
+    Tracer(vm, out, "jsonl")
+    started = time.monotonic()
+    result = vm.run()
+    assert time.monotonic() - started < 10
+    assert result.kind.name == "EXIT", result.message
+    insns = [e for e in map(json.loads, out.getvalue().splitlines()) if e["type"] == "insn"]
+    ud2 = [e for e in insns if e["asm"] == "ud2"]
+    assert ud2 and ud2[0]["bytes"] == "0f 0b"
+    assert insns[-1]["asm"] == "out 0xf4, al"
+
+
+def _bench_rows(tmp_path, n):
+    from conftest import run_cli
+    out = tmp_path / f"n{n}"
+    proc = run_cli("bench", "-w", "cpuid,in", "-m", ",".join(ALL_MODES), "-n", str(n), "-o", str(out),
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    data = json.loads((out / "bench.json").read_text())
+    return {(r["workload"], r["mode"]): r for r in data["rows"]}
+
+
+def test_bench_figures_do_not_depend_on_the_digits_of_n(tmp_path):
+    """-n 40 runs 40 and 80 iterations, -n 50 runs 50 and 100: one more digit in one run of
+    the second pair. Both pairs must give the same counts per iteration (every workload
+    loop here does the same events each pass), so the same cycles and overheads."""
+    forty, fifty = _bench_rows(tmp_path, 40), _bench_rows(tmp_path, 50)
+    assert forty.keys() == fifty.keys() and len(forty) == 2 * len(ALL_MODES)
+    for key, row in forty.items():
+        other = fifty[key]
+        assert row["error"] is None and other["error"] is None, key
+        assert row["measurement"]["per_iteration"] == other["measurement"]["per_iteration"], key
+        assert row["cycles_per_iteration"] == other["cycles_per_iteration"], key
+        assert row["overhead"] == other["overhead"], key
+
+
+# -- gdb: a watchpoint on a linear address the guest has not mapped yet ----------------------
+PD, PT_LOW, PT_HIGH, FRAME, LATE = 0x200000, 0x201000, 0x202000, 0x300000, 0x40000000
+LATE_MAPPING = f"""
+    mov edi, {PT_LOW}               # identity-map the low 4 MiB
+    xor eax, eax
+fill:
+    mov edx, eax
+    or edx, 3
+    mov dword ptr [edi], edx
+    add edi, 4
+    add eax, 0x1000
+    cmp eax, 0x400000
+    jb fill
+    mov dword ptr [{PD}], {PT_LOW} + 3
+    mov eax, {PD}
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    mov dword ptr [{PD} + {LATE >> 22} * 4], {PT_HIGH} + 3   # now map {LATE:#x}
+    mov dword ptr [{PT_HIGH}], {FRAME} + 3
+    mov dword ptr [{LATE}], 0x1234
+    nop
+    mov al, 2
+    out 0xf4, al
+"""
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not on PATH")
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_gdb_watchpoint_on_an_unmapped_address_fires_once_mapped(mode, tmp_path):
+    """`watch *(int *)0x40000000` before the guest maps that address: accepted (debug
+    registers take any linear address), and it fires after the store once the page is
+    mapped, through `vmm run --gdb`."""
+    image = tmp_path / "late.bin"
+    image.write_bytes(assemble(LATE_MAPPING))
+    vmm = subprocess.Popen([sys.executable, "-m", "vmm.cli", "run", str(image), "--kind", "flat",
+                            "--load-address", hex(FLAT_BASE), "--mode", mode, "--gdb", "127.0.0.1:0",
+                            "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert vmm.stderr is not None
+        listening = vmm.stderr.readline().decode()     # vmm: waiting for gdb on 127.0.0.1:PORT
+        port = int(listening.rsplit(":", 1)[1])
+        gdb = subprocess.run(["gdb", "-batch", "-nx", "-ex", "set architecture i386",
+                              "-ex", f"target remote 127.0.0.1:{port}", "-ex", f"watch *(int *){LATE:#x}",
+                              "-ex", "continue", "-ex", "info registers eip", "-ex", "delete", "-ex", "continue"],
+                             capture_output=True, text=True, timeout=120)
+        out = gdb.stdout + gdb.stderr
+        vmm.wait(timeout=60)
+    finally:
+        vmm.kill()
+    code = list(Cs(CS_ARCH_X86, CS_MODE_32).disasm(assemble(LATE_MAPPING), FLAT_BASE))
+    after_store = next(i for i in code if i.mnemonic == "nop").address
+    assert "Could not insert" not in out, out
+    assert f"Hardware watchpoint 1: *(int *){LATE:#x}" in out, out
+    assert "New value = 4660" in out, out
+    assert re.search(rf"eip\s+{after_store:#x}", out), out
+    assert vmm.returncode == 5, listening     # isa-debug-exit: (2 << 1) | 1
+
