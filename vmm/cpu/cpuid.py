@@ -1,40 +1,60 @@
-"""The engine's own CPUID answers, read once from a scratch CPU.
+"""The guest's CPUID: QEMU's default ``qemu32`` CPU, the one model every mode answers from.
 
-A hypervisor passes most CPUID leaves through from the real processor and edits a
-few (the hypervisor bit, the 0x4000_0000 range). Our "real processor" is Unicorn's
-emulated one, so its answers are read by executing CPUID in a scratch engine.
+The engine runs as Unicorn's ``qemu32`` (:data:`CPU_MODEL`), so the reserved CR4 bits and
+the EFER bits it accepts are that CPU's. CPUID itself is answered from :data:`QEMU32`,
+the leaves qemu-system-i386 7.2 (TCG, default machine) returns, as a guest printing them
+over the serial port reads them: family 6 model 6 stepping 3 "GenuineIntel", SSE3 and the
+Pentium Pro features (PAE, PGE, PAT, SEP, APIC, FXSR, SSE, SSE2), no long mode, no NX,
+no SYSCALL, no x2APIC, no MTRR bit. Unicorn's own ``qemu32`` is an older QEMU's and
+differs in the cache descriptors of leaf 2, which is why the leaves are a table here.
+
+Like an Intel processor, a basic leaf above the highest one returns the highest basic
+leaf's values, and so does an extended leaf above the highest extended leaf. Leaf 4
+(deterministic cache parameters) answers its subleaf 0 for every subleaf, as QEMU's
+table here does. The hypervisor range (0x4000_0000) carries the VMM's signature.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+import struct
 
-from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 from unicorn import x86_const as X
 
-from ..x86.cpuid import BASIC_RANGE_LIMIT, Leaf
+from ..x86.cpuid import Features1ECX, Leaf
 
-_CPUID = b"\x0f\xa2"
-_SCRATCH = 0x1000          # where the scratch engine keeps its one instruction
-_SCRATCH_MAP = 0x2000
+CPU_MODEL = X.UC_CPU_X86_QEMU32
+"""The engine's CPU: QEMU's ``qemu32``, so that CR4's and EFER's reserved bits are that CPU's."""
+
+HYPERVISOR_SIGNATURE = b"VMMLabPython"   # CPUID 0x4000_0000 EBX, ECX, EDX
+HYPERVISOR_MAX_LEAF = Leaf.HYPERVISOR_FEATURES
+
+QEMU32: dict[int, tuple[int, int, int, int]] = {
+    0x0: (0x00000004, 0x756E6547, 0x6C65746E, 0x49656E69),   # highest leaf 4, "GenuineIntel"
+    0x1: (0x00000663, 0x00000800, 0x80000001, 0x0781ABFD),   # 6/6/3; CLFLUSH line 8; SSE3, hypervisor
+    0x2: (0x00000001, 0x00000000, 0x0000004D, 0x002C307D),   # cache and TLB descriptors
+    0x3: (0x00000000, 0x00000000, 0x00000000, 0x00000000),
+    0x4: (0x00000121, 0x01C0003F, 0x0000003F, 0x00000001),   # L1 data cache, subleaf 0
+    0x80000000: (0x80000004, 0x756E6547, 0x6C65746E, 0x49656E69),
+    0x80000001: (0x00000663, 0x00000000, 0x00000000, 0x00000000),  # no LM, NX, SYSCALL
+    0x80000002: (0x554D4551, 0x72695620, 0x6C617574, 0x55504320),  # "QEMU Virtual CPU "
+    0x80000003: (0x72657620, 0x6E6F6973, 0x352E3220, 0x0000002B),  # "version 2.5+"
+    0x80000004: (0x00000000, 0x00000000, 0x00000000, 0x00000000),
+}
+"""Leaf -> (EAX, EBX, ECX, EDX), measured on qemu-system-i386 7.2 (see the module docstring)."""
 
 
-def _query(uc: Uc, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-    uc.reg_write(X.UC_X86_REG_EAX, leaf)
-    uc.reg_write(X.UC_X86_REG_ECX, subleaf)
-    uc.emu_start(_SCRATCH, _SCRATCH + len(_CPUID))
-    return tuple(uc.reg_read(r) for r in (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX,
-                                          X.UC_X86_REG_ECX, X.UC_X86_REG_EDX))
+def cpuid(leaf: int, subleaf: int = 0, *, hypervisor_bit: bool = True) -> tuple[int, int, int, int]:
+    """CPUID's four outputs for ``leaf`` (``subleaf`` changes nothing in this model).
 
-
-@lru_cache(maxsize=1)
-def host_cpuid() -> dict[int, tuple[int, int, int, int]]:
-    """Leaf -> (EAX, EBX, ECX, EDX) for the basic and extended ranges (subleaf 0)."""
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map(0, _SCRATCH_MAP)
-    uc.mem_write(_SCRATCH, _CPUID)
-    leaves = {}
-    for base in (Leaf.VENDOR, Leaf.EXTENDED):
-        top = _query(uc, base)[0]
-        for leaf in range(base, min(top, base + BASIC_RANGE_LIMIT) + 1):
-            leaves[leaf] = _query(uc, leaf)
-    return leaves
+    ``hypervisor_bit``: CPUID.1:ECX[31], set by QEMU; a mode may clear it."""
+    del subleaf
+    if leaf in (Leaf.HYPERVISOR, Leaf.HYPERVISOR_FEATURES):
+        if leaf == Leaf.HYPERVISOR_FEATURES:
+            return 0, 0, 0, 0
+        return (HYPERVISOR_MAX_LEAF, *struct.unpack("<III", HYPERVISOR_SIGNATURE))
+    basic_max, extended_max = QEMU32[Leaf.VENDOR][0], QEMU32[Leaf.EXTENDED][0]
+    if leaf not in QEMU32:
+        leaf = basic_max if leaf < Leaf.EXTENDED or leaf > extended_max else leaf
+    eax, ebx, ecx, edx = QEMU32.get(leaf, QEMU32[basic_max])
+    if leaf == Leaf.FEATURES and not hypervisor_bit:
+        ecx &= ~Features1ECX.HYPERVISOR
+    return eax, ebx, ecx, edx

@@ -48,6 +48,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from . import quirks
+from .cpuid import CPU_MODEL
 from .regs import UC_REG, UC_TABLE
 
 MEMBUF_SIZE = 64
@@ -137,6 +138,7 @@ class Engine:
     def __init__(self, ops: VcpuOps):
         self.ops = ops
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self.uc.ctl_set_cpu_model(CPU_MODEL)  # QEMU's qemu32: its CPUID, CR4 and EFER bits
         quirks.probe_offsets()  # fail at start-up, not at the first exception
         self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         # Exits mode with an empty list: without it Unicorn translates the `until`

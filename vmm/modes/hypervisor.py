@@ -20,6 +20,7 @@ only where it differs. No mode derives from another.
 """
 from __future__ import annotations
 
+from ..cpu import cpuid as cpu_model
 from ..cpu.delivery import UD, Event, EventDelivery
 from ..cpu.engine import Fault, Fill
 from ..stats.events import EventCounters
@@ -38,6 +39,8 @@ from ..vmx.exits import (
 )
 from ..x86 import EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK
 from .memory import CodePages
+
+CPUID_OUTPUTS = ("eax", "ebx", "ecx", "edx")
 
 # Local-APIC registers whose write changes when the next timer interrupt comes: SVR
 # (software enable), LVT timer, initial count, divide configuration.
@@ -178,7 +181,10 @@ class Hypervisor:
         self.vm.dispatch(IoExit(port=port, size=size, direction=OUT, value=value))
 
     def on_cpuid(self) -> bool:
-        return False  # the engine's own CPUID answers
+        """The CPU model's leaf (:mod:`vmm.cpu.cpuid`), as every mode answers it."""
+        eng = self.vm.engine
+        eng.set_regs4(CPUID_OUTPUTS, cpu_model.cpuid(eng.reg("eax"), eng.reg("ecx")))
+        return True
 
     def on_rdtsc(self) -> bool:
         return False

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 
-from ..cpu.cpuid import host_cpuid
+from ..cpu import cpuid as cpu_model
 from ..cpu.delivery import GP, PF, UD, Descriptor, TripleFault, combine_events
 from ..cpu.engine import Fault, Fill
 from ..cpu.regs import debug_register
@@ -59,11 +59,6 @@ from .hypervisor import Hypervisor
 from .memory import PAGING_CR0_BITS, PAGING_CR4_BITS, GuestPaging, ShadowMmu
 
 CPUID_OUTPUTS = ("eax", "ebx", "ecx", "edx")
-HYPERVISOR_LEAF = 0x40000000             # CPUID: the hypervisor's signature and its highest leaf
-HYPERVISOR_SIGNATURE = b"VMMLabPython"   # CPUID 0x4000_0000 EBX, ECX, EDX
-HYPERVISOR_MAX_LEAF = HYPERVISOR_FEATURES_LEAF = 0x40000001
-EXTENDED_LEAVES = 0x80000000
-CPUID_1_ECX_VMX, CPUID_1_ECX_HYPERVISOR = 1 << 5, 1 << 31
 SUBLEAF_LEAVES = frozenset({4, 7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18})  # ECX selects a subleaf
 VMCS_LINK_POINTER_NONE = 0xFFFFFFFFFFFFFFFF
 VPID = 1                                 # this model's one vCPU's tag
@@ -99,7 +94,6 @@ class VtxMode(Hypervisor):
         self.queued_irq: int | None = None   # an interrupt held back for the interrupt window
         self.msrs: dict[int, int] = {MSR.PAT: PAT_POWER_ON, MSR.MISC_ENABLE: MISC_ENABLE_FAST_STRINGS}
         self.delivery.intercept = self.cpu.intercept_nested_fault
-        host_cpuid()  # read once now, not inside the first CPUID exit
         self._set_up_vmcs()
         self.ept = ept
         self.exit_table = {
@@ -287,23 +281,9 @@ class VtxMode(Hypervisor):
         return RESUME
 
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-        if leaf == HYPERVISOR_LEAF:
-            ebx, ecx, edx = struct.unpack("<III", HYPERVISOR_SIGNATURE)
-            return HYPERVISOR_MAX_LEAF, ebx, ecx, edx
-        if leaf == HYPERVISOR_FEATURES_LEAF:
-            return 0, 0, 0, 0
-        host = host_cpuid()
-        basic_max = host[0][0]
-        if leaf in host:
-            eax, ebx, ecx, edx = host[leaf]
-        elif basic_max < leaf < EXTENDED_LEAVES:
-            eax, ebx, ecx, edx = host[basic_max]  # as Intel: the highest basic leaf
-        else:
-            eax = ebx = ecx = edx = 0
-        if leaf == 1:
-            ecx |= CPUID_1_ECX_HYPERVISOR   # hypervisor present
-            ecx &= ~CPUID_1_ECX_VMX        # no VMX for the guest: this model does not nest
-        return eax, ebx, ecx, edx
+        """The CPU model's leaf (:mod:`vmm.cpu.cpuid`): no VMX for the guest (this model
+        does not nest), the hypervisor bit and leaf present."""
+        return cpu_model.cpuid(leaf, subleaf)
 
     def handle_hlt(self, exit: Exit) -> Outcome:
         self.skip(exit)
