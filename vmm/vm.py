@@ -229,9 +229,6 @@ class VM:
     def on_code_site(self, address: int) -> None:
         self.processor.on_code_site(address)
 
-    def read_code_byte(self, linear: int) -> int:
-        return self.engine.read_phys(self.mode.translate(linear, write=False, user=False, set_ad=False), 1)[0]
-
     # -- the exit table: the one place exits are counted and outcomes interpreted ----------
     def dispatch(self, exit: Exit):
         """Run the mode's handler for ``exit``, count the exit once, time the handler, and

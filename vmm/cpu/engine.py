@@ -55,7 +55,6 @@ MEMBUF_SIZE = 64
 """Bytes of the reusable read buffer: larger reads allocate their own."""
 
 PAGE = 0x1000
-HLT_OPCODE = 0xF4
 SCRATCH_PAGE = 0xFFFFF000  # host page outside guest RAM, see the TLB-fill hook
 STAND_IN_PAGE = 0xFFFFD000  # a descriptor page the VMM's own segment loads never fault on (fill hook)
 TRAMPOLINE_HOST = 0xFFFFE000    # the VMM's IRET trampoline (Engine.iret_to), host side
@@ -126,7 +125,6 @@ class VcpuOps(Protocol):
     def on_cpuid(self) -> bool: ...
     def on_rdtsc(self) -> bool: ...
     def on_code_site(self, address: int) -> None: ...
-    def read_code_byte(self, linear: int) -> int: ...
 
 
 _REG_MASK = {name: 0xFFFF for name in ("cs", "ss", "ds", "es", "fs", "gs")}
@@ -152,10 +150,12 @@ class Engine:
         self.pending_fault: Fault | None = None  # the fault that ended the last run
         self.uc.mem_map(SCRATCH_PAGE, PAGE, UC_PROT_READ)
         self.uc.mem_map(STAND_IN_PAGE, PAGE, UC_PROT_READ)
+        self._halted = quirks.halted_flag(self.uc)  # QEMU's CPUState.halted (the CPU exists by now)
         self.stop_reason: str | None = None
         self._init_fast_regs()
         self._thunks: list = []
         self._counting = False
+        self._hlt_emulated = False   # a handler emulated HLT in this run (end_run_halted)
         self.trampoline: int | None = None
         self._pending_iret: dict | None = None
         self._segment_load: tuple[str, int] | None = None   # (register, selector) the VMM is loading
@@ -485,6 +485,12 @@ class Engine:
         reason to report (the run loop looks again: replans timers, delivers events)."""
         self.uc.emu_stop()
 
+    def end_run_halted(self) -> None:
+        """Called from a handler that emulated HLT (EIP already past it): end the run as
+        the engine's own HLT ends it, so the run loop halts the VM."""
+        self._hlt_emulated = True
+        self.uc.emu_stop()
+
     def request_stop(self, reason: str) -> None:
         """Called from a handler: stop after the current instruction."""
         self.stop_reason = reason
@@ -500,6 +506,7 @@ class Engine:
         self._error = None
         self._fault = self.pending_fault = None
         self.stop_reason = None
+        self._hlt_emulated = False
         begin = self.reg("eip")  # UC_MODE_32 sets EIP = begin, also in real mode
         if bool(count) != self._counting:
             # Unicorn adds its instruction-count hook to blocks as it translates them and
@@ -513,6 +520,7 @@ class Engine:
         self._running = True
         try:
             self.uc.emu_start(begin, 0, timeout=timeout_us, count=count)
+            halted = bool(self._halted.value)
         except UcError as err:
             if self._error is not None:
                 raise self._error from err
@@ -540,28 +548,9 @@ class Engine:
             return Stop.REQUESTED
         if timeout_s and time.perf_counter() - started >= timeout_s:
             return Stop.TIMEOUT
-        if self._after_hlt():
+        if halted or self._hlt_emulated:  # the engine's halted state, not a byte 0xF4 before EIP
             return Stop.HALT
         return Stop.SLICE_DONE
-
-    def _linear_pc(self) -> int:
-        """emu_start takes the linear address CS.base + EIP (real mode: CS << 4)."""
-        eip = self.reg("eip")
-        if not self.reg("cr0") & 1:
-            return ((self.reg("cs") << 4) + (eip & 0xFFFF)) & 0xFFFFF
-        return eip  # protected-mode guests here use flat code segments
-
-    def _after_hlt(self) -> bool:
-        """Unicorn ends emu_start after HLT with EIP past it; no flag says so.
-
-        We read the byte before EIP through the MMU. A slice that ends right after a
-        multi-byte instruction whose last byte is 0xF4 would be misread as HLT; the cost
-        is an early timer tick, never a wrong EIP (HLT resumes at that EIP anyway).
-        """
-        try:
-            return self.ops.read_code_byte(self._linear_pc() - 1) == HLT_OPCODE
-        except Exception:
-            return False
 
     def enter_ring(self, cpl: int, cs: int, ss: int) -> None:
         """Load CS and SS of a more privileged ring, as interrupt delivery does.

@@ -14,17 +14,27 @@ need, live in QEMU's ``CPUX86State`` inside the saved context:
 
 The offsets are not hard-coded: :func:`probe_offsets` runs three tiny programs in scratch
 engines at start-up and finds each field by diffing the saved context bytes.
+
+Whether the last run ended in HLT is not in the context at all: Unicorn ends ``emu_start``
+after HLT with EIP past it and no status, and only QEMU's ``CPUState.halted`` (outside
+``CPUX86State``) says so. :func:`probe_cpu_state` finds the engine's ``CPUState`` (the
+engine handle points to it, and its ``env_ptr`` to the registers a context saves) and the
+``halted`` field in it, by running a HLT and a NOP in a scratch engine and diffing the bytes.
 """
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc
+from unicorn.x86_const import UC_X86_REG_EAX as X86_REG_EAX
+from unicorn.x86_const import UC_X86_REG_EBX as X86_REG_EBX
+from unicorn.x86_const import UC_X86_REG_ECX as X86_REG_ECX
 
-from ..x86 import Vector
+from ..x86 import PAGE_SIZE, Vector
 
 # Machine code of the probes (assembled once by hand so the probe needs no assembler):
 #   mov ds, word [0x2000]             -> #GP(SEL & 0xfffc): GDT limit is 0 (SEL stored at 0x2000,
@@ -109,3 +119,95 @@ def clear_pending_exception(uc: Uc) -> None:
     assert base, "Unicorn returned a context without storage"
     ctypes.memmove(base + fields.old_exception, struct.pack("<i", _NO_EXCEPTION), 4)
     uc.context_restore(ctx)
+
+
+# -- CPUState.halted ---------------------------------------------------------------------------
+_CONTEXT_HEADER = 40       # bytes of Unicorn's uc_context before the saved CPUX86State
+_KEY_BYTES = 64            # saved general registers that identify the engine's CPUX86State
+_HANDLE_SCAN = 0x4000      # bytes of the engine handle searched for the CPUState pointer
+_ENV_PTR_SCAN = 0x800      # bytes of CPUState searched for env_ptr (it precedes tb_jmp_cache)
+_ENV_DISTANCE = 0x20000    # env follows CPUState inside X86CPU, well within this
+_HLT_PROBE = bytes.fromhex("90f4")   # nop ; hlt
+_POINTER = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class CpuStateFields:
+    """Where QEMU's ``CPUState`` of an engine is, and its ``halted`` field."""
+
+    cpu_pointer: int   # offset of ``uc_struct.cpu`` in the engine handle
+    env_offset: int    # ``CPUX86State`` (what a context saves) relative to CPUState
+    halted: int        # offset of ``CPUState.halted``
+
+
+def _handle_address(uc: Uc) -> int:
+    address = ctypes.cast(uc._uch, ctypes.c_void_p).value
+    assert address, "Unicorn engine without a handle"
+    return address
+
+
+def _read_process(fd: int, address: int, size: int) -> bytes | None:
+    """Our own memory through /proc/self/mem: an unmapped address reads as None, not SIGSEGV."""
+    try:
+        return os.pread(fd, size, address)
+    except (OSError, OverflowError):
+        return None
+
+
+def _find_cpu_state(uc: Uc) -> tuple[int, int]:
+    """(offset of the CPUState pointer in the handle, env - CPUState): the pointer whose
+    ``env_ptr`` points to memory holding the registers a saved context holds."""
+    handle = _handle_address(uc)
+    key = bytes(uc.context_save())[_CONTEXT_HEADER:_CONTEXT_HEADER + _KEY_BYTES]
+    found = []
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        blob = _read_process(fd, handle, _HANDLE_SCAN) or b""
+        for at in range(0, len(blob) - 7, 8):
+            cpu = _POINTER.unpack_from(blob, at)[0]
+            state = _read_process(fd, cpu, _ENV_PTR_SCAN) if cpu > PAGE_SIZE else None
+            for k in range(0, len(state or b"") - 7, 8):
+                env = _POINTER.unpack_from(state, k)[0]  # type: ignore[arg-type]
+                if 0 < env - cpu < _ENV_DISTANCE and _read_process(fd, env, _KEY_BYTES) == key:
+                    found.append((at, env - cpu))
+    finally:
+        os.close(fd)
+    if len(set(found)) != 1:
+        raise RuntimeError(f"cannot locate QEMU's CPUState behind the Unicorn handle (candidates {found}); "
+                           "this Unicorn build differs from the one vmm was written for")
+    return found[0]
+
+
+def _state_words(uc: Uc, cpu_pointer: int, size: int) -> tuple[int, ...]:
+    cpu = ctypes.c_uint64.from_address(_handle_address(uc) + cpu_pointer).value
+    return struct.unpack(f"<{size // 4}I", ctypes.string_at(cpu, size))
+
+
+@lru_cache(maxsize=1)
+def probe_cpu_state() -> CpuStateFields:
+    """Find ``CPUState.halted``: 1 after a run that ended in HLT, 0 after one that did not."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(_BASE, _HLT_PROBE)
+    for reg, value in ((X86_REG_EAX, 0x13579BDF), (X86_REG_EBX, 0x2468ACE0), (X86_REG_ECX, 0x0F1E2D3C)):
+        uc.reg_write(reg, value)   # registers no other engine holds: the key for env_ptr
+    cpu_pointer, env_offset = _find_cpu_state(uc)
+    size = env_offset & ~3
+    runs = []
+    for begin, count in ((_BASE, 1), (_BASE + 1, 0), (_BASE, 1)):  # nop; hlt; nop
+        uc.emu_start(begin, _BASE + len(_HLT_PROBE), count=count)
+        runs.append(_state_words(uc, cpu_pointer, size))
+    nop1, hlt, nop2 = runs
+    halted = _single("CPUState.halted", [i for i in range(len(hlt)) if hlt[i] == 1 and nop1[i] == nop2[i] == 0])
+    return CpuStateFields(cpu_pointer, env_offset, halted)
+
+
+def halted_flag(uc: Uc) -> ctypes.c_uint32:
+    """The engine's ``CPUState.halted``, live: nonzero from a HLT until the next ``emu_start``.
+
+    Unicorn creates the CPU lazily: call this after the engine's first memory mapping."""
+    fields = probe_cpu_state()
+    cpu = ctypes.c_uint64.from_address(_handle_address(uc) + fields.cpu_pointer).value
+    if not cpu:
+        raise RuntimeError("the Unicorn engine has no CPU yet: map memory before asking for its state")
+    return ctypes.c_uint32.from_address(cpu + fields.halted)

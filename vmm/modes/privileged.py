@@ -143,7 +143,7 @@ class Emulator:
         """Stop the run past the HLT: the run loop then halts the VM as for a native HLT
         (sleep to the next interrupt, which is delivered before the guest goes on)."""
         self.eng.set_reg("eip", (self.eng.reg("eip") + insn.size) & 0xFFFFFFFF)
-        self.eng.end_run()
+        self.eng.end_run_halted()
         return False
 
     # -- descriptor tables -------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""Events and guest time: HLT is detected exactly, instruction budgets are exact, the TSC
+and the timers advance with guest instructions, and interrupts a guest makes pending are
+delivered at the next instruction boundary. Tiny guests of our own, in every mode."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import IDT_DATA, LOAD_IDT, PV_DATA, make_vm, pv_vm, set_gate
+from vmm.devices.debugexit import DEBUG_EXIT_PORT
+from vmm.modes import MODES
+from vmm.vm import StopKind
+
+FLAT_MODES = tuple(m for m in MODES if m != "pv")
+
+# gcc's favourite load: mov eax, [ebp-0xc] ends in the byte of HLT (8b 45 f4)
+ENDS_IN_F4 = "mov eax, dword ptr [ebp - 0xc]"
+SAME_LENGTH = "mov eax, dword ptr [ebp - 0x10]"   # 8b 45 f0: the same instruction, another byte
+UNROLL = 64
+RESULT = 0x160000   # where the guests leave what they counted
+
+PIC_AND_PIT = """
+    mov al, 0x11; out 0x20, al; mov al, 0x20; out 0x21, al; mov al, 4; out 0x21, al; mov al, 1; out 0x21, al
+    mov al, 0xfe; out 0x21, al
+    mov al, 0x34; out 0x43, al; mov al, {divisor_lo}; out 0x40, al; mov al, {divisor_hi}; out 0x40, al
+"""
+
+TICK_HANDLER = """
+tick:
+    push eax
+    inc dword ptr [{result}]
+    mov al, 0x20
+    out 0x20, al
+    pop eax
+    iretd
+"""
+
+
+def ticking_loop(insn: str, *, sti: bool, iterations: int = 200, divisor: int = 0x300) -> str:
+    """A guest that runs ``iterations`` x UNROLL copies of ``insn`` with the PIT armed and
+    counts the timer ticks it takes at RESULT; then it exits through isa-debug-exit."""
+    body = "\n".join([insn] * UNROLL)
+    return (f"mov esp, 0x180000\nmov ebp, 0x170000\nmov dword ptr [{RESULT:#x}], 0\n"
+            + set_gate(0x20, "tick") + LOAD_IDT
+            + PIC_AND_PIT.format(divisor_lo=divisor & 0xFF, divisor_hi=divisor >> 8)
+            + ("sti\n" if sti else "")
+            + f"mov ecx, {iterations}\nbody:\n{body}\ndec ecx\njnz body\ncli\n"
+            + f"mov al, 0\nout {DEBUG_EXIT_PORT:#x}, al\n"
+            + TICK_HANDLER.format(result=f"{RESULT:#x}") + IDT_DATA)
+
+
+def read_u32(vm, address: int) -> int:
+    return int.from_bytes(vm.read_linear(address, 4), "little")
+
+
+# -- HLT is the engine's halted state, not the byte before EIP --------------------------------------
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_an_instruction_ending_in_f4_is_no_hlt_with_interrupts_disabled(mode):
+    vm, _ = make_vm(ticking_loop(ENDS_IN_F4, sti=False), mode=mode)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+    assert read_u32(vm, RESULT) == 0  # IF=0 all along: not one tick
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_an_instruction_ending_in_f4_takes_no_early_tick(mode):
+    ticks, clock = {}, {}
+    for insn in (ENDS_IN_F4, SAME_LENGTH):
+        # a period longer than the longest counted slice: slices also end between ticks
+        vm, _ = make_vm(ticking_loop(insn, sti=True, iterations=1500, divisor=0x9000), mode=mode)
+        result = vm.run()
+        assert result.kind is StopKind.EXIT, result.message
+        ticks[insn], clock[insn] = read_u32(vm, RESULT), result.virtual_time
+    assert ticks[ENDS_IN_F4] == ticks[SAME_LENGTH] > 0, ticks
+    assert clock[ENDS_IN_F4] == clock[SAME_LENGTH], clock  # no sleep to the next tick on the way
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_a_real_hlt_with_interrupts_disabled_still_stops(mode):
+    vm, _ = make_vm(ticking_loop("nop", sti=False, iterations=1).replace("cli\n", "cli\nhlt\n", 1), mode=mode)
+    result = vm.run()
+    assert result.kind is StopKind.HALTED and "interrupts disabled" in result.message
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_a_real_hlt_waits_for_the_next_tick(mode):
+    src = ticking_loop("nop", sti=True, iterations=1).replace(
+        "cli\n", f"wait:\nhlt\ncmp dword ptr [{RESULT:#x}], 3\njb wait\ncli\n", 1)
+    vm, _ = make_vm(src, mode=mode)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+    assert read_u32(vm, RESULT) == 3
+
+
+PV_F4_LOOP = f"""
+    mov ebp, {PV_DATA + 0x100:#x}
+    mov ecx, 100
+body:
+""" + "\n".join([ENDS_IN_F4] * UNROLL) + """
+    dec ecx
+    jnz body
+spin: jmp spin
+"""
+
+
+def test_an_instruction_ending_in_f4_is_no_hlt_in_pv():
+    # An instruction budget runs the guest in counted slices; a slice that ends just after
+    # 8b 45 f4 used to be taken for HLT.
+    vm = pv_vm(PV_F4_LOOP, max_instructions=20_000)
+    result = vm.run()
+    assert result.kind is StopKind.BUDGET, result.message
