@@ -68,6 +68,7 @@ from typing import Any
 
 from .bus import TOPICS
 from .cpu.state import capture_cpu, flush_caches, restore_cpu
+from .modes.memory import UNASSIGNED_BASE, UNASSIGNED_SIZE
 
 MAGIC = b"VMMSNAP\x00"
 FORMAT_VERSION = 2
@@ -400,7 +401,10 @@ class _Decoder:
 
 # -- the VM ------------------------------------------------------------------------------
 def _devices(vm) -> list[tuple[int, int]]:
-    return [(base, length) for base, length, _ in vm.board.mmio_bus.regions()]
+    """The MMIO regions, which hold no memory to save: the board's devices and the
+    unassigned device's window."""
+    return [(base, length) for base, length, _ in vm.board.mmio_bus.regions()] \
+        + [(UNASSIGNED_BASE, UNASSIGNED_SIZE)]
 
 
 def _roots(vm) -> dict[str, Any]:
