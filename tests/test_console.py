@@ -304,3 +304,22 @@ def test_the_readme_echo_guest_is_this_one():
     escaped = re.search(r"printf '([^']*)' > echo.bin", section).group(1)
     assert bytes(int(h, 16) for h in re.findall(r"\\x([0-9a-f]{2})", escaped)) == assemble(ECHO)
     assert "Ctrl-A x" in section and "130" in readme.split("## Exit statuses", 1)[1]
+
+
+def test_no_console_when_the_output_is_captured(guest):
+    """A terminal on standard input only (a script or a test capturing the output) stays cooked."""
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    proc = _vmm("run", guest("spin", SPIN), *FLAT, "--timeout", "60", stdin=slave)
+    try:
+        assert proc.stdout.read(1) == b"R"
+        time.sleep(0.2)
+        assert termios.tcgetattr(slave) == before
+        _took, err = _interrupt(proc)
+        assert proc.returncode == 130
+        _one_interrupted_line(err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
