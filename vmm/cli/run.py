@@ -36,7 +36,7 @@ QEMU_GDB_ADDRESS = ":1234"
 @image_options(qemu_aliases=True)
 @click.option("--serial-input", type=click.File("rb"), default=None, metavar="FILE",
               help="Bytes the guest reads from the UART ('-' for stdin). A pipe or terminal is read as bytes "
-              "arrive, under --timeout; without this option a terminal on standard input is the guest's "
+              "arrive, under --timeout; without this option a terminal (standard input and output) is the guest's "
               "console (raw mode; Ctrl-A x quits, Ctrl-A h lists the keys).")
 @click.option("--gdb", "gdb_address", default=None, metavar="[HOST]:PORT",
               help="Serve the GDB remote protocol (loopback by default), as QEMU's -gdb: the guest runs and gdb "
