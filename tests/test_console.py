@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -323,3 +324,64 @@ def test_no_console_when_the_output_is_captured(guest):
             proc.kill()
         os.close(master)
         os.close(slave)
+
+
+ECHO_MULTIBOOT = """
+%include "kernel.inc"
+kmain:
+    PRINT "echo\\n"
+echo_wait:
+    mov dx, 0x3fd
+    in al, dx
+    test al, 1
+    jz echo_wait
+    mov dx, 0x3f8
+    in al, dx
+    out dx, al
+    jmp echo_wait
+%include "kernel_bss.inc"
+"""
+QEMU = "qemu-system-i386"
+
+
+def _console_session(cmd: list[str], cwd) -> tuple[bytes, int, bool]:
+    """Type the same keys to ``cmd`` on a pty: what the guest echoed, the status, and
+    whether the terminal came back as it was."""
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=cwd)
+    try:
+        assert b"echo\r\n" in _read_until(master, b"echo\r\n", seconds=60)
+        _wait_for_raw_mode(slave, proc)
+        echoed = b""
+        for keys, guest_gets in ((b"abc", b"abc"), (b"\x01\x01", b"\x01"), (b"x\x03", b"x\x03")):
+            os.write(master, keys)
+            echoed += _read_until(master, guest_gets, seconds=20)
+        os.write(master, b"\x01x")
+        proc.wait(timeout=30)
+        return echoed, proc.returncode, termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.skipif(shutil.which(QEMU) is None, reason="qemu-system-i386 is not on PATH")
+def test_console_keys_match_qemu_nographic(tmp_path):
+    """The same Multiboot echo guest, the same keys, under QEMU -nographic and vmm run: the
+    guest gets the same bytes (raw, Ctrl-C included, Ctrl-A Ctrl-A as one Ctrl-A), Ctrl-A x
+    ends both, both give the terminal back. (QEMU's status for Ctrl-A x is 0; vmm's is 130.)"""
+    from vmm.build.guests import build_guest
+
+    source = tmp_path / "echo.s"
+    source.write_text(ECHO_MULTIBOOT)
+    elf = build_guest(str(source), use_cache=False).write_elf(tmp_path / "echo.elf")
+    qemu = _console_session([QEMU, "-kernel", str(elf), "-nographic", "-no-reboot", "-nodefaults", "-display",
+                             "none", "-serial", "mon:stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4"],
+                            tmp_path)
+    for mode in ("native", "vtx"):
+        ours = _console_session([sys.executable, "-m", "vmm.cli", "run", str(elf), "--mode", mode, "--timeout",
+                                 "0"], tmp_path)
+        assert ours[0] == qemu[0] == b"abc\x01x\x03"
+        assert qemu[1:] == (0, True) and ours[1:] == (130, True)
