@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -304,3 +305,83 @@ def test_the_readme_echo_guest_is_this_one():
     escaped = re.search(r"printf '([^']*)' > echo.bin", section).group(1)
     assert bytes(int(h, 16) for h in re.findall(r"\\x([0-9a-f]{2})", escaped)) == assemble(ECHO)
     assert "Ctrl-A x" in section and "130" in readme.split("## Exit statuses", 1)[1]
+
+
+def test_no_console_when_the_output_is_captured(guest):
+    """A terminal on standard input only (a script or a test capturing the output) stays cooked."""
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    proc = _vmm("run", guest("spin", SPIN), *FLAT, "--timeout", "60", stdin=slave)
+    try:
+        assert proc.stdout.read(1) == b"R"
+        time.sleep(0.2)
+        assert termios.tcgetattr(slave) == before
+        _took, err = _interrupt(proc)
+        assert proc.returncode == 130
+        _one_interrupted_line(err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
+
+
+ECHO_MULTIBOOT = """
+%include "kernel.inc"
+kmain:
+    PRINT "echo\\n"
+echo_wait:
+    mov dx, 0x3fd
+    in al, dx
+    test al, 1
+    jz echo_wait
+    mov dx, 0x3f8
+    in al, dx
+    out dx, al
+    jmp echo_wait
+%include "kernel_bss.inc"
+"""
+QEMU = "qemu-system-i386"
+
+
+def _console_session(cmd: list[str], cwd) -> tuple[bytes, int, bool]:
+    """Type the same keys to ``cmd`` on a pty: what the guest echoed, the status, and
+    whether the terminal came back as it was."""
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=cwd)
+    try:
+        assert b"echo\r\n" in _read_until(master, b"echo\r\n", seconds=60)
+        _wait_for_raw_mode(slave, proc)
+        echoed = b""
+        for keys, guest_gets in ((b"abc", b"abc"), (b"\x01\x01", b"\x01"), (b"x\x03", b"x\x03")):
+            os.write(master, keys)
+            echoed += _read_until(master, guest_gets, seconds=20)
+        os.write(master, b"\x01x")
+        proc.wait(timeout=30)
+        return echoed, proc.returncode, termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.skipif(shutil.which(QEMU) is None, reason="qemu-system-i386 is not on PATH")
+def test_console_keys_match_qemu_nographic(tmp_path):
+    """The same Multiboot echo guest, the same keys, under QEMU -nographic and vmm run: the
+    guest gets the same bytes (raw, Ctrl-C included, Ctrl-A Ctrl-A as one Ctrl-A), Ctrl-A x
+    ends both, both give the terminal back. (QEMU's status for Ctrl-A x is 0; vmm's is 130.)"""
+    from vmm.build.guests import build_guest
+
+    source = tmp_path / "echo.s"
+    source.write_text(ECHO_MULTIBOOT)
+    elf = build_guest(str(source), use_cache=False).write_elf(tmp_path / "echo.elf")
+    qemu = _console_session([QEMU, "-kernel", str(elf), "-nographic", "-no-reboot", "-nodefaults", "-display",
+                             "none", "-serial", "mon:stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4"],
+                            tmp_path)
+    for mode in ("native", "vtx"):
+        ours = _console_session([sys.executable, "-m", "vmm.cli", "run", str(elf), "--mode", mode, "--timeout",
+                                 "0"], tmp_path)
+        assert ours[0] == qemu[0] == b"abc\x01x\x03"
+        assert qemu[1:] == (0, True) and ours[1:] == (130, True)

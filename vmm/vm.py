@@ -95,8 +95,14 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 def interrupt_all(reason: str) -> bool:
     """:meth:`VM.interrupt` every VM of the process (from any thread). True if one of them
     was inside the engine, whose run then ends by itself with INTERRUPTED."""
+    while True:
+        try:
+            vms = list(_LIVE)
+            break
+        except RuntimeError:   # another thread made or dropped a VM during the copy
+            continue
     inside = False
-    for vm in list(_LIVE):
+    for vm in vms:
         vm.interrupt(reason)
         inside = inside or vm.engine.running
     return inside

@@ -36,7 +36,7 @@ QEMU_GDB_ADDRESS = ":1234"
 @image_options(qemu_aliases=True)
 @click.option("--serial-input", type=click.File("rb"), default=None, metavar="FILE",
               help="Bytes the guest reads from the UART ('-' for stdin). A pipe or terminal is read as bytes "
-              "arrive, under --timeout; without this option a terminal on standard input is the guest's "
+              "arrive, under --timeout; without this option a terminal (standard input and output) is the guest's "
               "console (raw mode; Ctrl-A x quits, Ctrl-A h lists the keys).")
 @click.option("--gdb", "gdb_address", default=None, metavar="[HOST]:PORT",
               help="Serve the GDB remote protocol (loopback by default), as QEMU's -gdb: the guest runs and gdb "
@@ -107,12 +107,13 @@ def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mi
 def serial_source(serial_input, inputs: contextlib.ExitStack, write):
     """What the guest's UART reads: a regular file's bytes (all there before boot, so a run
     reads them the same way every time), a pipe's or terminal's as they arrive, or, with no
-    --serial-input and a terminal on standard input, the terminal itself as the console."""
+    --serial-input and a terminal on standard input and output (a person, not a script or a
+    test capturing the output), the terminal itself as the console."""
     from ..console import Console, InputStream
     from ..vm import interrupt_all
 
     if serial_input is None:
-        if not sys.stdin.isatty():
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
             return None
         console = inputs.enter_context(Console(sys.stdin.fileno(), write, interrupt_all))
         return console.input

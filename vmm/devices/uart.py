@@ -30,7 +30,7 @@ import select
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, cast
 
 COM1_BASE = 0x3F8
 
@@ -77,7 +77,6 @@ MSR_RESET = MSR_DCD | MSR_DSR | MSR_CTS
 DIVISOR_RESET = 12
 
 
-@runtime_checkable
 class ByteSource(Protocol):
     """Input that arrives while the guest runs: one byte, b"" once it has ended, None
     when nothing has arrived yet. Never blocks."""
@@ -255,14 +254,16 @@ class Uart16550:
 
 def _read_one_byte_nonblocking(source: BinaryIO | ByteSource) -> bytes | None:
     """One byte, b"" at end of stream, or None if nothing has arrived yet."""
-    if isinstance(source, ByteSource):
-        return source.poll_byte()
+    poll = getattr(source, "poll_byte", None)   # a ByteSource (cheaper than a Protocol isinstance)
+    if poll is not None:
+        return poll()
+    stream = cast(BinaryIO, source)
     try:
-        fd = source.fileno()
+        fd = stream.fileno()
     except (AttributeError, OSError, ValueError):
         fd = None
     if fd is None:
-        return source.read(1)
+        return stream.read(1)
     ready, _, _ = select.select([fd], [], [], 0)
     if not ready:
         return None
