@@ -24,6 +24,23 @@ from ..x86.cpuid import Features1ECX, Leaf
 CPU_MODEL = X.UC_CPU_X86_QEMU32
 """The engine's CPU: QEMU's ``qemu32``, so that CR4's and EFER's reserved bits are that CPU's."""
 
+CR4_IMPLEMENTED = 0x7FF
+"""The CR4 bits qemu32 has: VME through OSXMMEXCPT (bits 10:0). Every other bit (UMIP,
+LA57, VMXE, SMXE, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP, PKE...) is reserved on this CPU:
+MOV to CR4 setting one raises #GP(0) (SDM vol. 3 §2.5)."""
+
+CR4_RESERVED = ~CR4_IMPLEMENTED & 0xFFFFFFFF
+"""The CR4 bits a VT-x hypervisor owns (guest/host mask) so that setting one exits and is #GP."""
+
+CR0_ET = 1 << 4
+"""CR0.ET: fixed at 1 on every processor since the i486 (SDM vol. 3 §2.5)."""
+
+
+def cr4_reserved(value: int) -> bool:
+    """Whether ``value`` sets a CR4 bit this CPU does not have (MOV to CR4 then #GPs)."""
+    return bool(value & ~CR4_IMPLEMENTED)
+
+
 HYPERVISOR_SIGNATURE = b"VMMLabPython"   # CPUID 0x4000_0000 EBX, ECX, EDX
 HYPERVISOR_MAX_LEAF = Leaf.HYPERVISOR_FEATURES
 

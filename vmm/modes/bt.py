@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from capstone.x86 import X86_OP_MEM, X86_OP_REG
 
+from ..cpu.cpuid import CR0_ET, cr4_reserved
+from ..cpu.delivery import GP
 from ..cpu.engine import ACCESS_FETCH
 from ..mmu.paging import PageFault
-from ..vmx.exits import RESUME, Callout, Outcome
+from ..vmx.exits import RESUME, Callout, Outcome, Reflect
 from .hypervisor import Hypervisor
 from .memory import PAGING_CR0_BITS, PAGING_CR4_BITS, GuestPaging, ShadowMmu
 from .privileged import Emulator, decoder
@@ -102,20 +104,27 @@ class BtMode(Hypervisor):
             return RESUME
         emulate = _EMULATED.get(exit.name)
         if emulate is not None:
-            emulate(self, insn)
+            fault = emulate(self, insn)
+            if fault is not None:
+                return fault
             eng.set_reg("eip", (exit.address + insn.size) & 0xFFFFFFFF)
         return RESUME
 
-    def _write_cr(self, insn) -> None:
+    def _write_cr(self, insn) -> Reflect | None:
         eng = self.vm.engine
         cr, gpr = (insn.reg_name(op.reg) for op in insn.operands)
         value = eng.reg(gpr)
+        if cr == "cr4" and cr4_reserved(value):
+            return Reflect(GP, 0, label="mov cr4, r (reserved bit)")
+        if cr == "cr0":
+            value |= CR0_ET  # fixed 1
         old = eng.reg(cr)
         eng.set_reg(cr, value)
         if cr == "cr3":
             self.mmu.guest_cr3_loaded(value)
         elif (cr == "cr0" and (old ^ value) & PAGING_CR0_BITS) or (cr == "cr4" and (old ^ value) & PAGING_CR4_BITS):
             self.mmu.paging_mode_changed()
+        return None
 
     def _patched_tpr(self, insn) -> bool:
         """A task-priority access, patched as VMware and VirtualBox patched 32-bit kernels'
@@ -136,6 +145,7 @@ class BtMode(Hypervisor):
 
     def _invlpg(self, insn) -> None:
         self.mmu.guest_invlpg(self.operands.address(insn, insn.operands[0]))
+        return None
 
 
 _EMULATED = {

@@ -138,7 +138,9 @@ class CodePages:
                     w.written(guest_page)
                 return Fill(guest_page, perms & ~PROT_EXEC)
             return Fill(guest_page, perms & ~PROT_WRITE)
-        return Fill(guest_page, perms)
+        # Not yet code: mapped without execute, so that its first fetch still comes here
+        # and the watchers scan it (a page read or written before it runs is no exception).
+        return Fill(guest_page, perms & ~PROT_EXEC)
 
 
 def user_access(engine, vaddr: int) -> bool:

@@ -16,6 +16,7 @@ from functools import lru_cache
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG
 
+from ..cpu.cpuid import cr4_reserved
 from ..cpu.delivery import GP, PF, Descriptor
 from ..cpu.faultaddr import effective_address
 from ..cpu.regs import CR0_TS, IF, debug_register
@@ -224,6 +225,8 @@ class Emulator:
             self.eng.set_reg("cr3", value)
             m.guest_cr3_loaded(value)
         elif n == ControlRegister.CR4:
+            if cr4_reserved(value):
+                raise GuestFault(GP, 0)
             old = self.eng.reg("cr4")
             self.eng.set_reg("cr4", value)
             if (old ^ value) & PAGING_CR4_BITS:

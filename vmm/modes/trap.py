@@ -185,6 +185,7 @@ class TrapMode(Hypervisor):
         return self.vcr0
 
     def set_cr0(self, value: int) -> None:
+        value |= CR0.ET  # fixed 1
         old, self.vcr0 = self.vcr0, value
         self.vm.engine.set_reg("cr0", value | CR0_NE)
         if (old ^ value) & PAGING_CR0_BITS:

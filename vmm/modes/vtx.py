@@ -71,7 +71,8 @@ U32_MASK = 0xFFFFFFFF
 DEFAULT_EXCEPTION_BITMAP = (1 << Vector.PF) | (1 << Vector.UD) | (1 << Vector.AC) | (1 << Vector.MC)
 # CR0/CR4 bits the hypervisor owns (KVM without EPT: paging-related bits and caching).
 DEFAULT_CR0_MASK = CR0.PG | CR0.WP | CR0.CD | CR0.NW | CR0.NE
-DEFAULT_CR4_MASK = CR4.PSE | CR4.PAE | CR4.PGE | CR4.VMXE
+DEFAULT_CR4_MASK = CR4.PSE | CR4.PAE | CR4.PGE | CR4.VMXE | cpu_model.CR4_RESERVED
+# (the reserved bits are host-owned: a MOV to CR4 that sets one exits, and is #GP(0))
 
 # MSRs the hypervisor models (KVM's emulated set, trimmed to a 32-bit guest).
 PASSTHROUGH_MSRS = (*SYSENTER_MSRS, MSR.EFER)
@@ -318,12 +319,16 @@ class VtxMode(Hypervisor):
         if q.access is CrAccessType.MOV_TO_CR:
             value = eng.reg(gpr)
             if q.cr == ControlRegister.CR0:
+                value |= CR0.ET  # fixed 1
                 old = eng.reg("cr0")
                 eng.set_reg("cr0", value)
                 v.write(Field.CR0_READ_SHADOW, value)
                 if (old ^ value) & PAGING_CR0_BITS:
                     self.mmu.paging_mode_changed()
             elif q.cr == ControlRegister.CR4:
+                if cpu_model.cr4_reserved(value):
+                    self.inject_exception(GP, 0)
+                    return RESUME
                 old = eng.reg("cr4")
                 eng.set_reg("cr4", value)
                 v.write(Field.CR4_READ_SHADOW, value)

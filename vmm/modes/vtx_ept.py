@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..cpu.cpuid import CR4_RESERVED
 from ..cpu.delivery import PF
 from ..cpu.engine import ACCESS_FETCH, PROT_EXEC, PROT_READ, PROT_WRITE, Fault, Fill
 from ..mmu.ept import EptBuilder, EptMisconfiguration, EptViolation, EptWalker
@@ -93,7 +94,7 @@ class EptMmu:
         v.write(Field.CPU_BASED_VM_EXEC_CONTROL, primary)
         v.write(Field.EXCEPTION_BITMAP, v.read(Field.EXCEPTION_BITMAP) & ~(1 << PF))
         v.write(Field.CR0_GUEST_HOST_MASK, CR0.CD | CR0.NW)   # paging is the guest's own
-        v.write(Field.CR4_GUEST_HOST_MASK, CR4_VMXE)
+        v.write(Field.CR4_GUEST_HOST_MASK, CR4_VMXE | CR4_RESERVED)  # a reserved bit set: #GP
 
     # -- guest RAM: backed lazily -------------------------------------------------------------
     def map_guest_ram(self) -> None:

@@ -21,7 +21,7 @@ from capstone.x86 import X86_OP_MEM, X86_OP_REG
 from ..cpu.delivery import BP, HAS_ERROR_CODE, OF, PF, UD, Event, TripleFault
 from ..cpu.faultaddr import effective_address
 from ..cpu.regs import IF
-from ..x86 import CR0, ControlRegister
+from ..x86 import CR0, EFLAGS, ControlRegister
 from .bitmaps import BITMAP_SIZE, VmxBitmaps
 from .controls import ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased
 from .exit_reasons import ExitReason
@@ -122,6 +122,11 @@ class LiveVmcs(Vmcs):
             self.live = False
             self._store(field, False, value)
             self.live = True
+
+
+CPL0_ONLY = frozenset({"mov", "clts", "rdmsr", "wrmsr", "invlpg", "invd", "wbinvd",
+                       "lgdt", "lidt", "lldt", "ltr"})
+"""The site instructions that #GP at CPL > 0 (MOV here is MOV to or from CRn/DRn)."""
 
 
 class VmxProcessor:
@@ -394,8 +399,16 @@ class VmxProcessor:
         if insn is None:
             return
         handler = self._site_handlers.get(insn.mnemonic)
-        if handler is not None:
+        if handler is not None and not (insn.mnemonic in CPL0_ONLY and self._cpl()):
             handler(self, insn)
+
+    def _cpl(self) -> int:
+        """The guest's CPL. A privileged instruction at CPL > 0 raises #GP(0) before any
+        VM exit (SDM vol. 3 §26.1.1): the engine, left to run it, raises that #GP itself."""
+        eng = self.vm.engine
+        if not eng.reg("cr0") & CR0.PE:
+            return 0
+        return 3 if eng.reg("eflags") & EFLAGS.VM else eng.reg("cs") & 3
 
     def _gpr(self, insn, operand) -> str:
         return insn.reg_name(operand.reg)
@@ -419,7 +432,8 @@ class VmxProcessor:
                 if (value ^ shadow) & mask:
                     self.vmexit(CrAccessExit(qualification=q, length=insn.size, cr=cr, gpr=gpr))
                     return
-                eng.set_reg(cr_name, (value & ~mask) | (eng.reg(cr_name) & mask))
+                value = (value & ~mask) | (eng.reg(cr_name) & mask)
+                eng.set_reg(cr_name, value | CR0.ET if cr == 0 else value)  # CR0.ET is fixed 1
             else:
                 eng.set_reg(gpr, (eng.reg(cr_name) & ~mask) | (shadow & mask))
             self.skip_instruction(insn.size)
