@@ -57,6 +57,7 @@ def test_ip_wraps_at_0xffff(mode):
     assert (result.kind, result.exit_status) == (StopKind.EXIT, 0x11 << 1 | 1), result.message
 
 
+@pytest.mark.qemu
 @pytest.mark.skipif(QEMU is None, reason="qemu-system-i386 is not on PATH")
 def test_ip_wrap_matches_qemu(tmp_path):
     disk = tmp_path / "boot.bin"
