@@ -24,7 +24,12 @@ from vmm.vm import VM, StopKind
 
 QEMU = qemu_binary("i386")
 GDB = shutil.which("gdb")
-needs_qemu = pytest.mark.skipif(QEMU is None or GDB is None, reason="needs qemu-system-i386 and gdb")
+_skip = pytest.mark.skipif(QEMU is None or GDB is None, reason="needs qemu-system-i386 and gdb")
+
+
+def needs_qemu(test):
+    """A differential test against QEMU under gdb (``-m qemu``), skipped without them."""
+    return pytest.mark.qemu(_skip(test))
 
 BASE = 0x100000
 RAM = 128 << 20

@@ -787,6 +787,7 @@ def _hlt_kernel(base: int, size: int, **elf_args) -> tuple[bytes, int]:
     return write_elf32([Segment(base, body + b"\xcc" * (size - len(body)))], entry, **elf_args), entry
 
 
+@pytest.mark.qemu
 @pytest.mark.parametrize("size", [0x2000, 0x100], ids=["covers-info", "info-tail-over-it"])
 def test_image_over_the_info_area_loads_as_under_qemu(tmp_path, size):
     """An image at 0x8000 over 0x9000-0x9557: the block written after the info structure
@@ -814,6 +815,7 @@ def test_image_over_the_info_area_runs(tmp_path):
         assert (result.kind, result.exit_status) == (StopKind.EXIT, 7 << 1 | 1), (mode, result.message)
 
 
+@pytest.mark.qemu
 def test_elf_headers_in_a_first_segment_below_1mib_load(tmp_path):
     """``ld -Ttext 0x100000`` without a script: a first PT_LOAD at 0xff000 holds the ELF
     headers. QEMU writes it into the BIOS area and boots; so do we, with the same bytes."""

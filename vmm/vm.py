@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from .bus import EventBus
+from .cpu import realmode
 from .cpu.delivery import PF, Event, TripleFault
 from .cpu.engine import Engine, EngineError, Fault, Fill, GuestMemoryError, Stop
 from .cpu.faultaddr import precise_fault_address
+from .cpu.realmode import NoFirmware
 from .devices.board import Board
 from .loader.entry import load_protected_mode_state
 from .loader.image import LoadedImage
@@ -54,6 +56,7 @@ class StopKind(enum.Enum):
     ENTRY_FAILED = "VM-entry failure"   # VT-x: invalid VMCS controls or guest state
     BREAKPOINT = "breakpoint"           # stopped before an instruction the user asked for
     INTERRUPTED = "interrupted"         # VM.interrupt (SIGINT, the console's quit key); run() raises VmInterrupted
+    RESET = "reset"                     # a jump to the reset vector, and no firmware to run
 
 
 @dataclass
@@ -188,6 +191,7 @@ class VM:
             eng.set_reg(name, value)
         eng.set_reg("eip", image.entry)
         self.mode.boot(image)
+        realmode.install(eng, image.real_mode, image.chunks)   # IP wrap, reset with no firmware
 
     # -- VcpuOps: what the engine calls; the processor decides what each event becomes ----
     def on_interrupt(self, vector: int, error_code: int, software: bool) -> None:
@@ -409,6 +413,8 @@ class VM:
                 raise
             raise VmInterrupted(self._result(StopKind.INTERRUPTED, f"{self._interrupt or 'SIGINT'} at EIP "
                                              f"{self.engine.reg('eip'):#010x}", started)) from None
+        except NoFirmware as nf:
+            return self._result(StopKind.RESET if nf.reset else StopKind.ERROR, str(nf), started)
         except TripleFault as tf:
             self.processor.on_triple_fault(tf)
             return self._result(StopKind.TRIPLE_FAULT, str(tf), started)

@@ -6,8 +6,8 @@ flat protected mode, in the same state as a Multiboot kernel (see
 :mod:`vmm.loader.multiboot`: ``CS`` = 0x08 flat code, ``DS`` = ``ES`` = ``FS`` = ``GS`` =
 ``SS`` = 0x10 flat data, ``CR0`` = PE | ET, paging off, ``IF`` = 0) but with no boot
 information: no register is defined (``registers`` is empty) and the image must set up its
-own stack. The bytes must lie in guest RAM below 4 GiB and outside the legacy hole
-0xa0000-0xfffff.
+own stack. The bytes must lie in guest RAM below 4 GiB and outside the VGA window and
+option ROMs 0xa0000-0xeffff (the BIOS area above them is loadable).
 """
 from __future__ import annotations
 

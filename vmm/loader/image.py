@@ -27,8 +27,9 @@ anything else is refused with a hint to pass ``--kind flat --load-address ADDR``
 Guest-physical RAM follows QEMU's ``pc`` (i440FX) machine: with ``ram_size`` below
 3.5 GiB all of it sits at 0; from 3.5 GiB up, 3 GiB sit below 4 GiB and the rest at
 4 GiB (``hw/i386/pc_piix.c``, ``gigabyte_align``). Images load into RAM below 4 GiB,
-never into the legacy hole 0xa0000-0xfffff (VGA window, option ROMs, BIOS): that range
-is not RAM on a PC, and QEMU silently loses or misplaces bytes written there.
+never into the VGA window and option ROMs 0xa0000-0xeffff: that range is not RAM on a PC,
+and QEMU silently loses or misplaces bytes written there. The BIOS area 0xf0000-0xfffff
+is shadow RAM while QEMU loads ``-kernel`` images and takes their bytes; so it does here.
 
 Every failure is an :class:`ImageError` whose message is one line naming the file and
 the problem, fit to show a user as is. Any byte string gives either a

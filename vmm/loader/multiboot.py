@@ -110,10 +110,14 @@ section 3.2), what a kernel may rely on:
   ``GS`` = ``SS`` = 0x10: flat 32-bit read/write data, base 0, limit 4 GiB (QEMU's GDT has
   five entries: null, code32, data32, code16 0x18, data16 0x20, and lives in the option
   ROM at 0xc0000-0xeffff; the kernel must load its own GDT before reloading a selector);
-* ``EFLAGS``: IF = 0, VM = 0 (other bits undefined; QEMU leaves 0x6 or 0x46);
-* undefined, the kernel must set them up: ``ESP`` (QEMU leaves SeaBIOS's 0x6f08), the
-  IDT (``IDTR`` still holds the real-mode IVT, base 0, limit 0x3ff), the other GPRs (QEMU:
-  ``ECX`` = entry), A20 is enabled, the PIC/PIT are as SeaBIOS left them.
+* ``EFLAGS``: IF = 0, VM = 0 (other bits undefined);
+* undefined by the specification, the kernel must set them up: ``ESP``, the IDT, the
+  other GPRs, the PIC/PIT (as SeaBIOS left them); A20 is enabled.
+
+Kernels rely on more than the specification promises (a stack, for one), so vmm leaves
+exactly what QEMU 7.2 leaves, measured at the entry breakpoint (:mod:`vmm.loader.entry`):
+``ECX`` = entry, ``ESP`` = 0x6f08, ``EFLAGS`` = 0x6, the GDT at 0xc02b8 (limit 0x27),
+``IDTR`` = 0 / 0x3ff.
 
 ``LoadedImage.registers`` carries the general registers and EFLAGS of that state; the
 rest (GDT, selectors, CR0/CR4, IDTR) is :mod:`vmm.loader.entry`'s, applied by the engine

@@ -1,0 +1,114 @@
+"""Real mode on a board without firmware: IP wraps, a reset is a reset, a BIOS call is named.
+
+Boot sectors run in every mode that runs real-mode code (``native``; ``vtx-ept``, whose
+unrestricted guest allows it). The IP wrap is compared with QEMU booting the same sector
+from a disk (SeaBIOS loads it at 0x7c00); a reset and an INT through an empty vector have
+no QEMU counterpart (QEMU has a BIOS), so the stop itself is the check.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from conftest import assemble
+from tools.machines import DEBUG_EXIT_DEVICE, qemu_binary
+from vmm.loader.image import load_image
+from vmm.vm import VM, StopKind
+
+QEMU = qemu_binary("i386")
+RAM = 16 << 20
+REAL_MODE_MODES = ("native", "vtx-ept")
+
+#: Three NOPs end at 1000:FFFF; the next instruction is at 1000:0000 (exit 0x11), not at
+#: linear 0x20000 = 2000:0000 (exit 0x22).
+WRAP = """
+    xor ax, ax
+    mov ds, ax
+    mov ax, 0x1000
+    mov es, ax
+    mov byte ptr es:[0xFFFD], 0x90
+    mov byte ptr es:[0xFFFE], 0x90
+    mov byte ptr es:[0xFFFF], 0x90
+    mov word ptr es:[0x0000], 0x11b0
+    mov word ptr es:[0x0002], 0xf4e6
+    mov ax, 0x2000
+    mov es, ax
+    mov word ptr es:[0x0000], 0x22b0
+    mov word ptr es:[0x0002], 0xf4e6
+    ljmp 0x1000:0xfffd
+"""
+
+
+def sector(src: str) -> bytes:
+    code = assemble(src, 0x7C00, bits=16)
+    return code + bytes(510 - len(code)) + b"\x55\xaa"
+
+
+def boot(src: str, mode: str):
+    vm = VM(load_image(sector(src), ram_size=RAM), mode=mode, ram_size=RAM,
+            serial_output=lambda _b: None, timeout=10)
+    return vm.run()
+
+
+@pytest.mark.parametrize("mode", REAL_MODE_MODES)
+def test_ip_wraps_at_0xffff(mode):
+    result = boot(WRAP, mode)
+    assert (result.kind, result.exit_status) == (StopKind.EXIT, 0x11 << 1 | 1), result.message
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-i386 is not on PATH")
+def test_ip_wrap_matches_qemu(tmp_path):
+    disk = tmp_path / "boot.bin"
+    disk.write_bytes(sector(WRAP))
+    proc = subprocess.run([QEMU, "-drive", f"file={disk},format=raw,if=ide", "-device", DEBUG_EXIT_DEVICE,
+                           "-display", "none", "-nodefaults", "-no-reboot"],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert proc.returncode == boot(WRAP, "native").exit_status
+
+
+@pytest.mark.parametrize("mode", REAL_MODE_MODES)
+def test_far_jump_to_the_reset_vector_is_a_reset(mode):
+    result = boot("ljmp 0xf000:0xfff0", mode)
+    assert result.kind is StopKind.RESET, result.message
+    assert "reset vector F000:FFF0" in result.message and "no firmware" in result.message
+
+
+@pytest.mark.parametrize("mode", REAL_MODE_MODES)
+def test_int_through_an_empty_vector_names_the_bios_call(mode):
+    src = "xor ax, ax\nmov ds, ax\nmov ss, ax\nmov sp, 0x7000\n" + "nop\n" * 9 + "int 0x10\nhlt"
+    assert assemble(src, 0x7C00, bits=16).index(b"\xcd\x10") == 0x12
+    result = boot(src, mode)
+    assert result.kind is StopKind.ERROR
+    assert result.message == "no BIOS: INT 10h from 0000:7C12"
+
+
+@pytest.mark.parametrize("mode", REAL_MODE_MODES)
+def test_installed_vector_still_runs(mode):
+    """A vector the guest installed is delivered as before; only empty ones stop."""
+    src = """
+        xor ax, ax
+        mov ds, ax
+        mov ss, ax
+        mov sp, 0x7000
+        mov word ptr [0x10*4], handler
+        mov word ptr [0x10*4+2], 0
+        int 0x10
+        mov al, 0x21
+        out 0xf4, al
+        hlt
+    handler:
+        iret
+    """
+    result = boot(src, mode)
+    assert (result.kind, result.exit_status) == (StopKind.EXIT, 0x21 << 1 | 1), result.message
+
+
+def test_protected_mode_code_at_linear_0xffff0_is_no_reset():
+    """Only real mode reboots through F000:FFF0: flat protected-mode code runs through it."""
+    code = b"\x90" * 0xF0 + bytes(assemble("mov al, 0x33; out 0xf4, al", 0xFFFF0))
+    vm = VM(load_image(code, ram_size=RAM, kind="flat", load_address=0xFFF00), ram_size=RAM,
+            serial_output=lambda _b: None, timeout=10)
+    result = vm.run()
+    assert (result.kind, result.exit_status) == (StopKind.EXIT, 0x33 << 1 | 1), result.message
