@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
@@ -207,3 +208,52 @@ def test_a_trace_window_that_ends_early_says_so():
     assert text[-2].startswith("  -> trace window ends after instruction 4"), text[-3:]
     whole = _jsonl(run_cli("trace", "hello", "--format", "jsonl"))
     assert not [e for e in whole if e["type"] == "window"]
+
+
+# -- README and docs examples: what they show is what the code prints ------------------------
+DOC_EXAMPLES = Path(__file__).resolve().parent.parent / "tools" / "doc_examples.py"
+
+
+def _doc_examples(*args):
+    return subprocess.run([sys.executable, str(DOC_EXAMPLES), *args], capture_output=True, text=True, timeout=1800)
+
+
+def test_doc_examples_check_and_write(tmp_path):
+    """A drifted figure is found by --check and put right by --write; elisions ("...")
+    and what is only text (a qemu command, an example marked skip) are left alone."""
+    doc = tmp_path / "doc.md"
+    doc.write_text("""Some text.
+
+```
+$ vmm run hello --mode native --stat
+Hello from the vmm 'hello' guest!
+...
+│ port I/O │   999 │ 100.0 │      1.00 ms │ 4.4 us │
+...
+$ qemu-system-i386 -kernel hello.elf
+anything at all
+```
+
+<!-- doc-examples: skip -->
+```
+$ vmm run no-such-image.elf
+what the text says
+```
+""")
+    proc = _doc_examples("--check", str(doc))
+    assert proc.returncode == 1 and "the output differs" in proc.stdout and "999" in proc.stdout, proc.stdout
+    assert _doc_examples("--write", str(doc)).returncode == 0
+    text = doc.read_text()
+    io = json.loads(subprocess.run([sys.executable, "-m", "vmm.cli", "run", "hello", "--stat-json", "/dev/stdout"],
+                                   capture_output=True, text=True).stdout.split("bye\n", 1)[1])["exits"][0]["count"]
+    assert re.search(rf"│ port I/O │\s+{io} │", text), text
+    assert "...\n" in text and "anything at all" in text and "what the text says" in text
+    assert text.count("Hello from the vmm") == 1
+    check = _doc_examples("--check", str(doc))
+    assert check.returncode == 0, check.stdout
+
+
+@pytest.mark.slow
+def test_readme_and_docs_examples_match_the_code():
+    proc = _doc_examples("--check")
+    assert proc.returncode == 0, proc.stdout[-6000:]

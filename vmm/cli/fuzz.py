@@ -106,7 +106,8 @@ def fuzz(harnesses, cases, seed, modes, save_dir):
     console = Console(stderr=True)
     reports = []
     with Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+                  console=console, transient=False,
+                  disable=not console.is_terminal) as progress:   # a bar for people, not for logs
         for harness in chosen:
             task = progress.add_task(harness.name, total=cases)
             report = harness.run(cases, seed=seed, modes=tuple(modes) or None,
