@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
@@ -130,3 +131,129 @@ def test_gdb_watchpoint_on_an_unmapped_address_fires_once_mapped(mode, tmp_path)
     assert re.search(rf"eip\s+{after_store:#x}", out), out
     assert vmm.returncode == 5, listening     # isa-debug-exit: (2 << 1) | 1
 
+
+
+# -- labels that fit the mode ------------------------------------------------------------------
+def _jsonl(proc):
+    assert proc.returncode == 1, proc.stderr.decode()[-2000:]
+    return [json.loads(line) for line in proc.stdout.decode().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_stat_goes_to_stderr_named_for_the_mode(mode, tmp_path):
+    """The tables leave the guest's console (stdout) alone; only the VT-x modes speak of VM
+    exits; tables with nothing in them are left out."""
+    from conftest import run_cli
+    plain = run_cli("run", "hello", "--mode", mode)
+    stat_json = tmp_path / "stat.json"
+    proc = run_cli("run", "hello", "--mode", mode, "--stat", "--stat-json", str(stat_json))
+    assert proc.returncode == plain.returncode == 1
+    assert proc.stdout == plain.stdout          # the console only
+    err = proc.stderr.decode()
+    stats = json.loads(stat_json.read_text())
+    io = next(e["count"] for e in stats["exits"] if e["name"] == "IO_INSTRUCTION")
+    if mode in ("vtx", "vtx-ept"):
+        assert "exit reason" in err and re.search(rf"│\s*30 │ IO_INSTRUCTION\s*│\s*{io} │", err), err
+    else:
+        assert "exit reason" not in err and "IO_INSTRUCTION" not in err, err
+        assert re.search(rf"│ port I/O\s*│\s*{io} │", err), err
+    memory = stats["memory"]
+    assert ("memory virtualization" in err) == any(memory.values()), err
+    for name, value in memory.items():
+        assert (f"│ {name} " in err) == bool(value), (name, err)
+
+
+def test_port_io_reads_the_same_in_every_mode_and_is_counted_once():
+    """One wording of a port access in every mode (the SDM's I/O qualification), one trace
+    record per access, as many as --stat counts."""
+    from conftest import run_cli
+    decoded = {}
+    for mode in ALL_MODES:
+        proc = run_cli("trace", "hello", "--mode", mode, "--format", "jsonl", "--exits-only")
+        evs = _jsonl(proc)
+        io = [e for e in evs if e["type"] == "exit" and e["name"] == "IO_INSTRUCTION"]
+        decoded[mode] = [e["decoded"] for e in io]
+        others = [e for e in evs if e["type"] == "event" and e["name"] in ("in", "out")]
+        assert not others, others[:3]
+        text = run_cli("trace", "hello", "--mode", mode, "--exits-only").stdout.decode()
+        if mode in ("vtx", "vtx-ept"):
+            assert text.count("VM exit 30 IO_INSTRUCTION: ") == len(io)
+        else:
+            assert "VM exit" not in text and text.count("-> port I/O: ") == len(io), text[:2000]
+    assert len({tuple(d) for d in decoded.values()}) == 1, {m: d[:3] for m, d in decoded.items()}
+    assert decoded["native"][0].startswith(("OUT dx, 1 byte, port 0x3f", "IN dx, 1 byte, port 0x3f"))
+
+
+@pytest.mark.parametrize("mode", ["native", "vtx"])
+def test_ring_filter_applies_to_events(mode):
+    from conftest import run_cli
+    evs = _jsonl(run_cli("trace", "user", "--mode", mode, "--format", "jsonl", "--ring", "user"))
+    insns = {e["n"]: e for e in evs if e["type"] == "insn"}
+    assert insns and all(e["ring"] == 3 for e in insns.values())
+    events = [e for e in evs if e["type"] not in ("insn", "stop")]
+    assert events, "the user guest's ring-3 code makes system calls"
+    assert all(e["n"] in insns for e in events), [e for e in events if e["n"] not in insns][:3]
+    everything = _jsonl(run_cli("trace", "user", "--mode", mode, "--format", "jsonl"))
+    assert len([e for e in everything if e["type"] not in ("insn", "stop")]) > len(events)
+
+
+def test_a_trace_window_that_ends_early_says_so():
+    from conftest import run_cli
+    evs = _jsonl(run_cli("trace", "hello", "--format", "jsonl", "--from", "3", "--count", "5"))
+    assert [e["n"] for e in evs if e["type"] == "insn"] == [3, 4, 5, 6, 7]
+    window, stop = evs[-2:]
+    assert window["type"] == "window" and (window["first"], window["last"]) == (3, 7)
+    assert window["instructions"] > 8 and stop["type"] == "stop"
+    text = run_cli("trace", "hello", "--count", "5").stdout.decode().splitlines()
+    assert text[-2].startswith("  -> trace window ends after instruction 4"), text[-3:]
+    whole = _jsonl(run_cli("trace", "hello", "--format", "jsonl"))
+    assert not [e for e in whole if e["type"] == "window"]
+
+
+# -- README and docs examples: what they show is what the code prints ------------------------
+DOC_EXAMPLES = Path(__file__).resolve().parent.parent / "tools" / "doc_examples.py"
+
+
+def _doc_examples(*args):
+    return subprocess.run([sys.executable, str(DOC_EXAMPLES), *args], capture_output=True, text=True, timeout=1800)
+
+
+def test_doc_examples_check_and_write(tmp_path):
+    """A drifted figure is found by --check and put right by --write; elisions ("...")
+    and what is only text (a qemu command, an example marked skip) are left alone."""
+    doc = tmp_path / "doc.md"
+    doc.write_text("""Some text.
+
+```
+$ vmm run hello --mode native --stat
+Hello from the vmm 'hello' guest!
+...
+│ port I/O │   999 │ 100.0 │      1.00 ms │ 4.4 us │
+...
+$ qemu-system-i386 -kernel hello.elf
+anything at all
+```
+
+<!-- doc-examples: skip -->
+```
+$ vmm run no-such-image.elf
+what the text says
+```
+""")
+    proc = _doc_examples("--check", str(doc))
+    assert proc.returncode == 1 and "the output differs" in proc.stdout and "999" in proc.stdout, proc.stdout
+    assert _doc_examples("--write", str(doc)).returncode == 0
+    text = doc.read_text()
+    io = json.loads(subprocess.run([sys.executable, "-m", "vmm.cli", "run", "hello", "--stat-json", "/dev/stdout"],
+                                   capture_output=True, text=True).stdout.split("bye\n", 1)[1])["exits"][0]["count"]
+    assert re.search(rf"│ port I/O │\s+{io} │", text), text
+    assert "...\n" in text and "anything at all" in text and "what the text says" in text
+    assert text.count("Hello from the vmm") == 1
+    check = _doc_examples("--check", str(doc))
+    assert check.returncode == 0, check.stdout
+
+
+@pytest.mark.slow
+def test_readme_and_docs_examples_match_the_code():
+    proc = _doc_examples("--check")
+    assert proc.returncode == 0, proc.stdout[-6000:]

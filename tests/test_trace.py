@@ -124,7 +124,7 @@ def test_cli_trace_text_and_stat(tmp_path):
     out = tmp_path / "t.jsonl"
     proc = run_cli("trace", "timer", "--mode", "vtx", "--exits-only", "--format", "jsonl", "-o", str(out), "--stat")
     assert proc.returncode == 1 and b"tick 10" in proc.stderr  # the guest's console goes to stderr
-    assert b"EXTERNAL_INTERRUPT" in proc.stdout
+    assert b"EXTERNAL_INTERRUPT" in proc.stderr and not proc.stdout  # --stat: standard error too
     evs = [json.loads(line) for line in out.read_text().splitlines()]
     assert sum(e["type"] == "exit" and e["name"] == "EXTERNAL_INTERRUPT" for e in evs) == 10
     assert evs[-1]["type"] == "stop"

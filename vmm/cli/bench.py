@@ -126,7 +126,7 @@ def _run(console, names, run_modes, prof, iterations):
     measured = run_modes if "native" in run_modes else ["native"] + run_modes
     stderr = type(console)(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=stderr, transient=True) as progress:
+    with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
         task = progress.add_task("booting workloads", total=len(names) * len(measured))
 
         def step(workload, mode):

@@ -114,20 +114,15 @@ def budget_options(timeout: float):
 def report_stats(result, *, mode: str, guest: str, show: bool, json_path: str | None) -> None:
     from rich.console import Console
 
-    from ..stats.events import render_events
-    from ..stats.exits import exit_stats, render, render_memory, stats_json
+    from ..stats.exits import exit_stats, stat_tables, stats_json
 
     rows = exit_stats(result.exits, result.exit_seconds)
     if show:
-        label = "exits" if mode != "native" else "events"
-        console = Console()
-        console.print(render(rows, f"{guest} in {mode}: {sum(r.count for r in rows)} {label}, "
-                                   f"{result.wall_seconds:.3f} s wall"))
-        for category, counts in result.events.items():
-            console.print(render_events(category, counts, result.event_seconds.get(category, {}),
-                                        f"{category} ({mode}): {sum(counts.values())}"))
-        if result.memory:
-            console.print(render_memory(result.memory, f"memory virtualization ({mode})"))
+        # Standard error: standard output is the guest's console.
+        console = Console(stderr=True)
+        for table in stat_tables(rows, mode=mode, guest=guest, wall_seconds=result.wall_seconds,
+                                 events=result.events, event_seconds=result.event_seconds, memory=result.memory):
+            console.print(table)
     if json_path:
         text = stats_json(rows, mode=mode, guest=guest, instructions=result.instructions,
                           virtual_time=result.virtual_time, wall_seconds=result.wall_seconds,

@@ -118,7 +118,9 @@ def fuzz(harnesses, cases, seed, modes, save_dir):
     console = Console(stderr=True)
     reports = []
     with Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress, _removed_when_interrupted(inflight):
+                  console=console, transient=False,
+                  disable=not console.is_terminal,   # a bar for people, not for logs
+                  ) as progress, _removed_when_interrupted(inflight):
         for harness in chosen:
             task = progress.add_task(harness.name, total=cases)
             report = harness.run(cases, seed=seed, modes=tuple(modes) or None,

@@ -49,7 +49,8 @@ QEMU_GDB_ADDRESS = ":1234"
 @click.option("--page-walk-cache", is_flag=True,
               help="vtx-ept: cache the EPT translation of guest page-table pages (fewer 2-D walk references).")
 @click.option("--stat", is_flag=True, help="After the run, print exits by reason (count, share, "
-              "handler time), as kvm_stat does. In native mode these are the events a bare machine sees.")
+              "handler time) on standard error, as kvm_stat does. Only vtx and vtx-ept have VM exits; the "
+              "other modes show the events they dispatched (port I/O, exceptions...).")
 @click.option("--stat-json", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write the same statistics as JSON.")
 @exit_status_option

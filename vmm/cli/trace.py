@@ -52,7 +52,7 @@ def _parse_range(ctx, param, value):
 @click.option("--walks", is_flag=True, help="Also show every TLB miss and what the MMU answered.")
 @budget_options(timeout=60.0)
 @image_options()
-@click.option("--stat", is_flag=True, help="End with the exit-statistics table.")
+@click.option("--stat", is_flag=True, help="End with the exit-statistics tables (on standard error).")
 def trace(image, mode, fmt, output, start, count, address_range, ring, exits_only, walks, max_instructions,
           timeout, cmdline, modules, ram_mib, kind, load_address, controls, vmcs_writes, stat):
     """Trace IMAGE_OR_GUEST instruction by instruction: address, bytes, disassembly, the

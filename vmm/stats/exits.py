@@ -1,5 +1,11 @@
 """Exit statistics, in the manner of ``kvm_stat`` and ``perf kvm stat report``: per exit
-reason the count, its share, and the wall time the VMM's handler took."""
+reason the count, its share, and the wall time the VMM's handler took.
+
+Only the VT-x modes have VM exits with SDM reason numbers. ``native`` has none: what it
+dispatches is what a bare machine sees (port I/O, exceptions, interrupts); the software
+VMMs (``trap``, ``bt``, ``pv``) enter the VMM for the same events. Those modes' tables and
+traces name the event ("port I/O"), not an exit reason.
+"""
 from __future__ import annotations
 
 import json
@@ -7,6 +13,28 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..vmx.exit_reasons import ExitReason
+
+VMX_MODES = ("vtx", "vtx-ept")
+"""The modes whose dispatches are VM exits (a VMCS, SDM basic exit reasons)."""
+
+_EVENT_NAMES = {
+    ExitReason.IO_INSTRUCTION: "port I/O",
+    ExitReason.EXCEPTION_NMI: "exception or NMI",
+    ExitReason.EXTERNAL_INTERRUPT: "external interrupt",
+    ExitReason.TRIPLE_FAULT: "triple fault",
+    ExitReason.EPT_MISCONFIG: "MMIO",
+    ExitReason.EPT_VIOLATION: "unassigned memory",
+}
+
+
+def has_vm_exits(mode: str) -> bool:
+    return mode in VMX_MODES
+
+
+def event_name(reason: ExitReason) -> str:
+    """What a dispatch is called in a mode without VM exits: the event itself ("port I/O",
+    "HLT", "CPUID"), not the SDM exit reason it would be under VT-x."""
+    return _EVENT_NAMES.get(reason) or reason.name.replace("_", " ").replace("INSTRUCTION", "").strip()
 
 
 @dataclass
@@ -54,19 +82,45 @@ def render_memory(counters: dict, title: str):
     return table
 
 
-def render(rows: list[ExitStat], title: str):
-    """A rich Table: reason number and SDM name, count, share, handler time."""
+def render(rows: list[ExitStat], title: str, *, vm_exits: bool = True):
+    """A rich Table: reason number and SDM name (``vm_exits``; else the event's name),
+    count, share, handler time."""
     from rich.table import Table
 
     total = sum(s.count for s in rows)
     total_time = sum(s.handler_seconds for s in rows)
     table = Table(title=title, title_justify="left")
-    for name, justify in (("#", "right"), ("exit reason", "left"), ("count", "right"), ("%", "right"),
-                          ("handler time", "right"), ("mean", "right")):
+    head = (("#", "right"), ("exit reason", "left")) if vm_exits else (("event", "left"),)
+    for name, justify in head + (("count", "right"), ("%", "right"), ("handler time", "right"),
+                                 ("mean", "right")):
         table.add_column(name, justify="left" if justify == "left" else "right")
     for s in rows:
-        table.add_row(str(int(s.reason)), s.reason.name, str(s.count), f"{100 * s.count / total:.1f}",
+        label = (str(int(s.reason)), s.reason.name) if vm_exits else (event_name(s.reason),)
+        table.add_row(*label, str(s.count), f"{100 * s.count / total:.1f}",
                       f"{s.handler_seconds * 1e3:.2f} ms", f"{s.mean_us:.1f} us")
     table.add_section()
-    table.add_row("", "total", str(total), "100.0" if total else "0.0", f"{total_time * 1e3:.2f} ms", "")
+    table.add_row(*("",) * (len(head) - 1), "total", str(total), "100.0" if total else "0.0",
+                  f"{total_time * 1e3:.2f} ms", "")
     return table
+
+
+def stat_tables(rows: list[ExitStat], *, mode: str, guest: str, wall_seconds: float,
+                events: dict | None = None, event_seconds: dict | None = None, memory: dict | None = None):
+    """The tables of ``--stat`` (and gdb's ``monitor stat``), empty ones left out: the
+    dispatches by reason, each category of the mode's own events, the memory counters."""
+    from .events import render_events
+
+    tables = []
+    if rows:
+        vm_exits = has_vm_exits(mode)
+        total = sum(r.count for r in rows)
+        label = ("VM exit" if vm_exits else "event") + ("" if total == 1 else "s")
+        tables.append(render(rows, f"{guest} in {mode}: {total} {label}, {wall_seconds:.3f} s wall",
+                             vm_exits=vm_exits))
+    for category, counts in (events or {}).items():
+        if sum(counts.values()):
+            tables.append(render_events(category, counts, (event_seconds or {}).get(category, {}),
+                                        f"{category} ({mode}): {sum(counts.values())}"))
+    if memory and any(memory.values()):
+        tables.append(render_memory({k: v for k, v in memory.items() if v}, f"memory virtualization ({mode})"))
+    return tables

@@ -88,19 +88,16 @@ class Monitor:
         """The exit statistics so far, the tables of ``vmm run --stat`` as plain text."""
         from rich.console import Console
 
-        from ..stats.exits import exit_stats, render, render_memory
+        from ..stats.exits import exit_stats, stat_tables
 
         vm = self.vm
         rows = exit_stats(vm.exits, vm.exit_seconds)
         mode = vm.mode.name
         guest = os.path.basename(vm.image.path) if getattr(vm.image, "path", None) else "guest"
-        label = "exits" if mode != "native" else "events"
         out = io.StringIO()
         console = Console(file=out, width=CONSOLE_WIDTH, color_system=None, force_terminal=False, no_color=True,
                           highlight=False, emoji=False)
-        console.print(render(rows, f"{guest} in {mode}: {sum(r.count for r in rows)} {label}, "
-                                   f"{self.wall():.3f} s wall"))
-        memory = vm.mode.memory_counters()
-        if memory:
-            console.print(render_memory(memory, f"memory virtualization ({mode})"))
+        for table in stat_tables(rows, mode=mode, guest=guest, wall_seconds=self.wall(),
+                                 memory=vm.mode.memory_counters()):
+            console.print(table)
         return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"

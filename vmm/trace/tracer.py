@@ -21,8 +21,17 @@ Event objects (JSON lines, one per line; field names are stable):
 ``{"type": "walk", "n": 3, "linear": ..., "access": "read", "host_page": ..., "perms": "rwx"}``
     a TLB miss and what the MMU answered (``"fault": vector`` instead when it faulted); only
     with ``walks=True``.
+``{"type": "window", "first": 0, "last": 39, "instructions": 1234}``
+    the ``--from``/``--count`` window ended before the guest did (``instructions``: how
+    many the guest ran in all).
 ``{"type": "stop", "n": ..., "kind": "guest exit", "message": "..."}``
     the end of the run.
+
+Only the VT-x modes have VM exits; in the others an ``exit`` record is the event the mode
+dispatched (port I/O, an exception...), shown by that name in text ("port I/O: OUT dx, 1
+byte, port 0x3f8"), and the mode's own count of the same event (trap mode's ``traps: out``)
+is folded into it as ``"mode_event"`` instead of a second record. With ``ring`` or
+``address_range`` the events of the instructions left out are left out too.
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ from functools import lru_cache
 
 from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, Cs
 
+from ..stats.exits import event_name, has_vm_exits
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.qualification import CrAccess, EptViolation, InterruptionInfo, IoInstruction, MovDr
 
@@ -50,15 +60,32 @@ def _decoder(bits: int) -> Cs:
     return Cs(CS_ARCH_X86, CS_MODE_32 if bits == 32 else CS_MODE_16)
 
 
-def describe_exit(exit, vmcs) -> str:
-    """The exit's qualification decoded the SDM way, for people."""
+_PREFIXES = frozenset((0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3))
+
+
+def io_from_code(exit, code: bytes) -> IoInstruction:
+    """A port access where no VMCS holds its qualification: the same fields (string, REP,
+    immediate port) read from the instruction's bytes, so that every mode words port I/O
+    the way the SDM's exit qualification does."""
+    i = 0
+    while i < min(len(code), MAX_INSN_LENGTH) and code[i] in _PREFIXES:
+        i += 1
+    op = code[i] if i < len(code) else None
+    return IoInstruction(port=exit.port, size=exit.size, direction_in=exit.direction.upper() == "IN",
+                         string=op is not None and 0x6C <= op <= 0x6F, rep=0xF3 in code[:i],
+                         immediate=op is not None and 0xE4 <= op <= 0xE7)
+
+
+def describe_exit(exit, vmcs, code: bytes = b"") -> str:
+    """The exit's qualification decoded the SDM way, for people (``code``: the bytes of
+    the instruction that caused it, for a mode without a VMCS)."""
     r, q = exit.reason, exit.qualification
     try:
         if r is ExitReason.CR_ACCESS:
             return CrAccess.decode(q).describe()
         if r is ExitReason.IO_INSTRUCTION:
             if vmcs is None:
-                return f"{exit.direction.upper()} port {exit.port:#x}, {exit.size} byte(s)"
+                return io_from_code(exit, code).describe()
             return IoInstruction.decode(q).describe()
         if r is ExitReason.DR_ACCESS:
             return MovDr.decode(q).describe()
@@ -99,7 +126,7 @@ class Tracer:
     Filters: ``start``/``count`` select instructions by number, ``address_range`` by EIP,
     ``ring`` ("user" or "kernel") by CPL; ``exits_only`` leaves instructions out (and then
     installs no per-instruction hook at all). Events that happen during a selected
-    instruction are printed after it.
+    instruction are printed after it; those of an instruction left out are left out.
     """
 
     def __init__(self, vm, out, fmt: str = "text", *, start: int = 0, count: int | None = None,
@@ -112,6 +139,11 @@ class Tracer:
         self.address_range, self.ring = address_range, ring
         self.exits_only, self.walks, self.color = exits_only, walks, color
         self.n = -1                  # number of the instruction being executed
+        self.vm_exits = has_vm_exits(vm.mode.name)
+        # the instruction being executed passed the filters (before the first: no filter)
+        self._selected = not (start or address_range or ring)
+        self._last_event: dict | None = None         # the last event recorded, and where
+        self._last_event_at: tuple[int, int] | None = None
         self.instructions = 0
         self.events = 0
         # (n, eip, (asm, hex bytes), ring) of the instruction in flight
@@ -166,10 +198,31 @@ class Tracer:
         return None if self.exits_only else max(self.n, 0)
 
     def _selected_n(self) -> bool:
-        if self.exits_only:
+        """Whether events now belong to the trace: those of a selected instruction (with
+        no per-instruction hook, those at the CPL ``ring`` asks for)."""
+        if not self.exits_only:
+            return self._selected
+        if self.ring is None:
             return True
-        n = max(self.n, 0)
-        return n >= self.start and (self.end is None or n < self.end)
+        eng = self.vm.engine
+        cpl = eng.reg("cs") & 3 if eng.reg("cr0") & 1 else 0
+        return (cpl == 3) == (self.ring == "user")
+
+    def _where(self) -> tuple[int, int]:
+        return self.n, self.vm.engine.reg("eip")
+
+    def _code_here(self) -> bytes:
+        """The bytes of the instruction being executed (EIP has not moved past it while
+        its event is handled)."""
+        if self._prev is not None:
+            return bytes.fromhex(self._prev[2][1])
+        eip = self.vm.engine.reg("eip")
+        for n in (MAX_INSN_LENGTH, 0x1000 - (eip & 0xFFF)):
+            try:
+                return self.vm.read_linear(eip, min(n, MAX_INSN_LENGTH))
+            except Exception:
+                continue
+        return b""
 
     def _instruction(self, address: int, size: int) -> None:
         """Before each instruction: finish the previous one (its changed registers), then
@@ -181,6 +234,7 @@ class Tracer:
         self.n = n = self.n + 1
         self.instructions += 1
         self._last = regs
+        self._selected = False
         if n < self.start or (self.end is not None and n >= self.end) or (
                 self.address_range and not self.address_range[0] <= address < self.address_range[1]):
             self._prev = None
@@ -189,6 +243,7 @@ class Tracer:
         if self.ring and (self.ring == "user") != (cpl == 3):
             self._prev = None
             return
+        self._selected = True
         decoded = self._decoded.get(address)
         if decoded is None:
             decoded = self._decode(address, size, 32 if regs[-1] & 1 else 16)
@@ -296,10 +351,18 @@ class Tracer:
     # -- events from the VM -----------------------------------------------------------------------
     def _event(self, event: dict) -> None:
         self.events += 1
+        where = self._where()
         if self._prev is not None:
+            self._pending.append(event)
+        elif self.exits_only:
+            # no instruction to print them after: held while they are at one place, so that
+            # the two accounts of one port access can still be folded into one record
+            if self._pending and self._last_event_at != where:
+                self._flush_pending()
             self._pending.append(event)
         else:
             self._write_event(event)
+        self._last_event, self._last_event_at = event, where
 
     def _write_event(self, event: dict) -> None:
         if self.fmt == "jsonl":
@@ -307,10 +370,13 @@ class Tracer:
             return
         kind = event["type"]
         if kind == "exit":
-            text = (f"  -> VM exit {event['reason']} {event['name']}"
+            name = (f"VM exit {event['reason']} {event['name']}" if self.vm_exits
+                    else event_name(ExitReason(event["reason"])))
+            text = (f"  -> {name}"
                     + (f": {event['decoded']}" if event["decoded"] else "")
                     + (f" (length {event['length']})" if event["length"] else "")
-                    + (f" = {event['result']:#x}" if isinstance(event.get("result"), int) else ""))
+                    + (f" = {event['result']:#x}" if isinstance(event.get("result"), int) else "")
+                    + (f" ({event['mode_event']})" if event.get("mode_event") else ""))
         elif kind == "inject":
             text = (f"  -> deliver vector {event['vector']:#x} ({event['kind']})"
                     + (f" error code {event['error_code']:#x}" if event.get("error_code") is not None else "")
@@ -321,6 +387,9 @@ class Tracer:
             else:
                 text = (f"  -> TLB miss {event['linear']:#010x} {event['access']}: host page "
                         f"{event['host_page']:#010x} {event['perms']}")
+        elif kind == "window":
+            text = (f"  -> trace window ends after instruction {event['last']} (from {event['first']}); "
+                    f"the guest ran {event['instructions']} instructions")
         elif kind == "event":
             text = f"  -> {event['category']}: {event['name']}" + (f" x{event['count']}" if event["count"] != 1 else "")
         else:
@@ -332,15 +401,31 @@ class Tracer:
     def exit(self, exit, result, vmcs) -> None:
         if not self._selected_n():
             return
-        self._event({"type": "exit", "n": self._number(), "reason": int(exit.reason), "name": exit.reason.name,
-                     "qualification": exit.qualification, "decoded": describe_exit(exit, vmcs),
-                     "length": exit.length, "info": exit.payload(),
-                     "result": result if isinstance(result, int) and not isinstance(result, bool) else None})
+        io = exit.reason is ExitReason.IO_INSTRUCTION and not self.vm_exits
+        event = {"type": "exit", "n": self._number(), "reason": int(exit.reason), "name": exit.reason.name,
+                 "qualification": exit.qualification,
+                 "decoded": describe_exit(exit, vmcs, self._code_here() if io else b""),
+                 "length": exit.length, "info": exit.payload(),
+                 "result": result if isinstance(result, int) and not isinstance(result, bool) else None}
+        last = self._pending[-1] if self._pending else None
+        if io and last is not None and last["type"] == "event" and self._last_event_at == self._where():
+            # the binary translator's callout for this port access, counted before it: the same event
+            self._pending.pop()
+            self.events -= 1
+            event["mode_event"] = f"{last['category']}: {last['name']}" + (
+                f" x{last['count']}" if last["count"] != 1 else "")
+        self._event(event)
 
     def mode_event(self, category: str, name: str, n: int) -> None:
         """One of the mode's own events (a trap emulated, a callout, a hypercall, a block
         translated): shown where it happened, like an exit."""
         if not self._selected_n():
+            return
+        last = self._last_event
+        if (last is not None and last["type"] == "exit" and not self.vm_exits and "mode_event" not in last
+                and last["reason"] == ExitReason.IO_INSTRUCTION and self._last_event_at == self._where()):
+            # a software VMM's trap or callout for the port access just shown: the same event
+            last["mode_event"] = f"{category}: {name}" + (f" x{n}" if n != 1 else "")
             return
         self._event({"type": "event", "n": self._number(), "category": category, "name": name, "count": n})
 
@@ -358,6 +443,9 @@ class Tracer:
             self._emit_instruction(self._vals[:])
         self._prev = None
         self._flush_pending()
+        if self.end is not None and self.instructions > self.end:
+            self._write_event({"type": "window", "first": self.start, "last": self.end - 1,
+                               "instructions": self.instructions})
         self._write_event({"type": "stop", "n": self._number(), "kind": result.kind.value,
                            "message": result.message.splitlines()[0] if result.message else ""})
         self.out.flush()
