@@ -109,3 +109,108 @@ def test_an_instruction_ending_in_f4_is_no_hlt_in_pv():
     vm = pv_vm(PV_F4_LOOP, max_instructions=20_000)
     result = vm.run()
     assert result.kind is StopKind.BUDGET, result.message
+
+
+# -- --max-instructions N stops after exactly N -------------------------------------------------------
+
+COUNTING_SETUP = 2   # instructions before the loop
+COUNTING_BODY = 6    # instructions per iteration; the count is stored by the 2nd
+COUNTING_LOOP = f"""
+    mov ebx, 0x200000
+    xor eax, eax
+again:
+    inc eax
+    mov dword ptr [{RESULT:#x}], eax
+    mov dword ptr [ebx], eax          # a new page every iteration: EPT violations in vtx-ept
+    add ebx, 0x1000
+    out 0x80, al                      # an I/O exit every iteration
+    jmp again
+"""
+
+
+def iterations_after(budget: int) -> int:
+    """What the counting loop has stored after exactly ``budget`` instructions."""
+    full, rest = divmod(budget - COUNTING_SETUP, COUNTING_BODY)
+    return full + (1 if rest >= 2 else 0)
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+@pytest.mark.parametrize("budget", [1, 7, 2_501, 9_000, 9_003])
+def test_max_instructions_is_exact(mode, budget):
+    vm, _ = make_vm(COUNTING_LOOP, mode=mode, max_instructions=budget)
+    result = vm.run()
+    assert result.kind is StopKind.BUDGET, result.message
+    assert result.instructions == budget
+    assert read_u32(vm, RESULT) == iterations_after(budget)
+
+
+PV_COUNTING_LOOP = f"""
+    xor ebx, ebx
+    xor eax, eax
+again:
+    inc eax
+    mov dword ptr [{PV_DATA:#x}], eax
+    mov dword ptr [{PV_DATA + 4:#x}], ebx
+    add ebx, 0x1000
+    nop
+    jmp again
+"""
+
+
+@pytest.mark.parametrize("budget", [7, 2_501, 9_003])
+def test_max_instructions_is_exact_in_pv(budget):
+    vm = pv_vm(PV_COUNTING_LOOP, max_instructions=budget)
+    result = vm.run()
+    assert result.kind is StopKind.BUDGET, result.message
+    assert result.instructions == budget
+    assert read_u32(vm, PV_DATA) == iterations_after(budget)
+
+
+# -- the TSC is virtual time: it moves with guest instructions, in every mode and every run ------------
+
+LOOP_ITERATIONS = 500
+LOOP_INSTRUCTIONS = 2 * LOOP_ITERATIONS   # dec ecx; jnz: two per iteration
+TSC_AROUND_A_LOOP = f"""
+    rdtsc
+    mov dword ptr [{RESULT:#x}], eax
+    mov dword ptr [{RESULT + 4:#x}], edx
+    mov ecx, {LOOP_ITERATIONS}
+spin:
+    dec ecx
+    jnz spin
+    rdtsc
+    mov dword ptr [{RESULT + 8:#x}], eax
+    mov dword ptr [{RESULT + 12:#x}], edx
+    mov al, 0
+    out {DEBUG_EXIT_PORT:#x}, al
+"""
+
+
+def read_u64(vm, address: int) -> int:
+    return int.from_bytes(vm.read_linear(address, 8), "little")
+
+
+def tsc_pair(mode: str, configure=None, **vm_args) -> tuple[int, int]:
+    vm, _ = make_vm(TSC_AROUND_A_LOOP, mode=mode, configure=configure, **vm_args)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+    return read_u64(vm, RESULT), read_u64(vm, RESULT + 8)
+
+
+def rdtsc_exiting(value: str):
+    from vmm.vmx.tuning import apply_controls
+    return lambda vm: apply_controls(vm.mode.vmcs, [f"RDTSC_EXITING={value}"])
+
+
+TSC_RUNS = [(mode, None) for mode in FLAT_MODES] + [
+    (mode, value) for mode in ("vtx", "vtx-ept") for value in ("on", "off")]
+
+
+@pytest.mark.parametrize(("mode", "exiting"), TSC_RUNS)
+@pytest.mark.parametrize("budget", [None, 50_000])
+def test_the_tsc_advances_with_guest_instructions(mode, exiting, budget):
+    configure = None if exiting is None else rdtsc_exiting(exiting)
+    first, second = tsc_pair(mode, configure, max_instructions=budget)
+    assert second - first >= LOOP_INSTRUCTIONS, (first, second)
+    assert tsc_pair(mode, configure, max_instructions=budget) == (first, second)  # the same, run to run
+

@@ -478,6 +478,7 @@ def save_vm(vm) -> bytes:
         "ram_size": vm.ram_size,
         "image": plain.encode(vm.image, "image"),
         "vm": {"now": vm.now, "tsc_reads": vm.tsc_reads, "launched": vm._launched,
+               "tsc": [vm.tsc_offset, vm.tsc_last, vm.clock_read],
                "host_next": vm._host_next, "exits": plain.encode(vm.exits, "vm.exits")},
         "board": plain.encode(vm.board.save_state(), "board"),
         "cpu": plain.encode(capture_cpu(vm.engine, _devices(vm)), "cpu"),
@@ -514,6 +515,7 @@ def restore_vm(data: bytes, *, serial_output=None, serial_input=None, max_instru
         restore_cpu(vm.engine, plain.decode(tree["cpu"], _MISSING, "cpu"), _devices(vm))
         saved = tree["vm"]
         vm.now, vm.tsc_reads, vm._launched = saved["now"], saved["tsc_reads"], saved["launched"]
+        vm.tsc_offset, vm.tsc_last, vm.clock_read = saved["tsc"]
         vm._host_next = saved["host_next"]
         vm.exits = plain.decode(saved["exits"], _MISSING, "vm.exits")
         modes = _Decoder(_roots(vm), vm.engine)

@@ -6,9 +6,8 @@ once, publishes it on the event bus (:mod:`vmm.bus`) and carries out the handler
 outcome (docs/ARCHITECTURE.md follows one of each kind through). Virtual time is counted in guest instructions so a run
 is deterministic: the engine runs free (no counter, full speed) unless a timer is armed
 or an instruction budget is set, and then in slices that end at the next timer deadline.
-A slice cut short by an event is charged in full (Unicorn does not say how far it got):
-slices are at most SLICE_QUANTUM instructions, so the clock may run ahead by at most that
-much per event, the same way on every run.
+A slice cut short by an event is charged the instructions it executed (the engine reads
+Unicorn's own counter), so ``--max-instructions N`` stops after exactly N.
 """
 from __future__ import annotations
 
@@ -35,7 +34,9 @@ from .x86 import CR0, EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE
 
 _clock = time.perf_counter
 INTERRUPT_WINDOW_SLICE = 64   # instructions between checks while an IRQ waits for IF=1
-SLICE_QUANTUM = 4096          # longest counted slice: bounds how far virtual time can run ahead per early stop
+SLICE_QUANTUM = 4096          # longest counted slice: how long the VMM may go without looking at the clock
+TSC_PER_INSTRUCTION = 1000    # TSC ticks per guest instruction: with one PIT clock per instruction, the
+                              # TSC runs 1000x the PIT's 1.193182 MHz, as a ~1.19 GHz processor's would
 HOST_MEMORY_BASE = 0xE0000000  # VMM-private host memory (VMX bitmaps, EPT tables), not guest RAM
 BOOT_SECTOR_STACK = 0x7C00        # SS:SP a BIOS leaves a boot sector: just below it
 REAL_MODE_IVT_LIMIT = 0x3FF       # 256 four-byte vectors at 0
@@ -145,6 +146,9 @@ class VM:
         self._launched = False
         self._counted_slice = False
         self.tsc_reads = 0
+        self.tsc_offset = 0      # WRMSR to IA32_TIME_STAMP_COUNTER moves it (set_tsc)
+        self.tsc_last = -1       # the last value read: the TSC never goes backwards
+        self.clock_read = False  # the guest reads the TSC: every run is counted from then on
         self.exits: Counter = Counter()          # exits (events, in native) by reason
         self.exit_seconds: Counter = Counter()   # handler wall time by reason (float seconds)
         self.now = 0  # virtual time in guest instructions
@@ -166,9 +170,25 @@ class VM:
         return address
 
     def guest_tsc(self) -> int:
-        """A deterministic time-stamp counter: virtual time, strictly increasing per read."""
+        """The time-stamp counter: virtual time (guest instructions, those of the current
+        run included) in TSC ticks, plus the guest's offset; deterministic, strictly
+        increasing per read. A read in a free run ends it, and every later run is
+        counted, so that the next read sees the instructions run in between."""
         self.tsc_reads += 1
-        return self.now + self.tsc_reads
+        eng = self.engine
+        if not self.clock_read:
+            self.clock_read = True
+            if eng.running and not self._counted_slice:
+                eng.end_run()
+        tsc = (self.now + eng.executed_so_far()) * TSC_PER_INSTRUCTION + self.tsc_offset
+        self.tsc_last = max(tsc, self.tsc_last + 1) & ((1 << 64) - 1)
+        return self.tsc_last
+
+    def set_tsc(self, value: int) -> None:
+        """WRMSR to IA32_TIME_STAMP_COUNTER: the TSC reads ``value`` now and runs on from it."""
+        eng = self.engine
+        self.tsc_offset = value - (self.now + eng.executed_so_far()) * TSC_PER_INSTRUCTION
+        self.tsc_last = (value & ((1 << 64) - 1)) - 1
 
     # -- boot ----------------------------------------------------------------------------
     def _load(self, image: LoadedImage) -> None:
@@ -461,7 +481,7 @@ class VM:
             self._counted_slice = bool(count)
             stop = eng.run(count, remaining)
             if count:
-                self.now += count
+                self.now += eng.executed
                 board.advance(self.now)
             if self._interrupt is not None:
                 continue   # the engine stopped for VM.interrupt: the check above ends the run
@@ -482,6 +502,8 @@ class VM:
                 limits.append(nxt - self.now)
         if irq_waiting:
             limits.append(INTERRUPT_WINDOW_SLICE)
+        if self.clock_read:
+            limits.append(SLICE_QUANTUM)
         return max(1, min(min(limits), SLICE_QUANTUM)) if limits else 0
 
     def _after(self, stop: Stop) -> None:

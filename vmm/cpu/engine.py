@@ -151,6 +151,9 @@ class Engine:
         self.uc.mem_map(SCRATCH_PAGE, PAGE, UC_PROT_READ)
         self.uc.mem_map(STAND_IN_PAGE, PAGE, UC_PROT_READ)
         self._halted = quirks.halted_flag(self.uc)  # QEMU's CPUState.halted (the CPU exists by now)
+        self._counter = quirks.instruction_counter(self.uc)
+        self._counter_at_event = -1   # emu_counter when the interrupt hook last ran
+        self.executed = 0             # guest instructions the last counted run executed
         self.stop_reason: str | None = None
         self._init_fast_regs()
         self._thunks: list = []
@@ -300,6 +303,10 @@ class Engine:
                 quirks.clear_pending_exception(uc)
                 self.uc.emu_stop()
                 return
+
+            # The instruction that raised it is counted as executed (it was, or the VMM
+            # emulates it, or the event it raised is delivered), also if the run ends here.
+            self._counter_at_event = self._counter.value
 
             def handle():
                 error_code, software = quirks.read_exception_info(uc)
@@ -507,6 +514,8 @@ class Engine:
         self._fault = self.pending_fault = None
         self.stop_reason = None
         self._hlt_emulated = False
+        self._counter_at_event = -1
+        self.executed = 0
         begin = self.reg("eip")  # UC_MODE_32 sets EIP = begin, also in real mode
         if bool(count) != self._counting:
             # Unicorn adds its instruction-count hook to blocks as it translates them and
@@ -520,7 +529,6 @@ class Engine:
         self._running = True
         try:
             self.uc.emu_start(begin, 0, timeout=timeout_us, count=count)
-            halted = bool(self._halted.value)
         except UcError as err:
             if self._error is not None:
                 raise self._error from err
@@ -534,6 +542,8 @@ class Engine:
         finally:
             self._running = False
             fault, self._fault = self._fault, None
+            halted = bool(self._halted.value)
+            self.executed = self._executed(count, halted)
         if self._error is not None:
             raise self._error
         if fault is not None:
@@ -551,6 +561,26 @@ class Engine:
         if halted or self._hlt_emulated:  # the engine's halted state, not a byte 0xF4 before EIP
             return Stop.HALT
         return Stop.SLICE_DONE
+
+    def executed_so_far(self) -> int:
+        """Guest instructions the current counted run has executed before the one whose
+        hook is running (0 between runs and in a free run, which has no counter)."""
+        if not (self._running and self._counting):
+            return 0
+        return max(self._counter.value - 1, 0)
+
+    def _executed(self, count: int, halted: bool) -> int:
+        """Guest instructions a counted run executed, from Unicorn's counter of those it
+        began: its count hook runs before each instruction, so a run that ends between
+        instructions (budget spent, a hook's stop, a refused TLB fill, a breakpoint) has
+        begun one more than it executed. A run that ends in HLT, or in the interrupt
+        hook of the last instruction begun, executed that one too."""
+        if not count:
+            return 0
+        begun = self._counter.value
+        if halted or self._hlt_emulated or begun == self._counter_at_event:
+            return min(begun, count)
+        return min(max(begun - 1, 0), count)
 
     def enter_ring(self, cpl: int, cs: int, ss: int) -> None:
         """Load CS and SS of a more privileged ring, as interrupt delivery does.

@@ -202,6 +202,33 @@ def probe_cpu_state() -> CpuStateFields:
     return CpuStateFields(cpu_pointer, env_offset, halted)
 
 
+_COUNTS = (5, 7)   # two instruction budgets whose counters tell the field apart
+
+
+@lru_cache(maxsize=1)
+def probe_counter_offset() -> int:
+    """Offset of Unicorn's ``emu_counter`` in the engine handle: the instructions a
+    counted ``emu_start`` has begun (its count hook runs before each one), next to
+    ``emu_count``, the budget. After a run of the full budget it reads budget + 1."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(_BASE, b"\x90" * 16)
+    seen = []
+    for count in _COUNTS:
+        uc.emu_start(_BASE, 0, count=count)
+        n = _HANDLE_SCAN // 8
+        seen.append(struct.unpack(f"<{n}Q", ctypes.string_at(_handle_address(uc), _HANDLE_SCAN)))
+    runs = list(zip(seen, _COUNTS, strict=True))
+    index = _single("emu_counter", [i for i in range(len(seen[0]) - 1)
+                                    if all(words[i] == c + 1 and words[i + 1] == c for words, c in runs)])
+    return index * 2   # _single gives bytes of 4-byte words; these words are 8 bytes
+
+
+def instruction_counter(uc: Uc) -> ctypes.c_size_t:
+    """The engine's ``emu_counter``, live (reset by every ``emu_start``)."""
+    return ctypes.c_size_t.from_address(_handle_address(uc) + probe_counter_offset())
+
+
 def halted_flag(uc: Uc) -> ctypes.c_uint32:
     """The engine's ``CPUState.halted``, live: nonzero from a HLT until the next ``emu_start``.
 

@@ -187,7 +187,11 @@ class Hypervisor:
         return True
 
     def on_rdtsc(self) -> bool:
-        return False
+        """RDTSC reads virtual time (the engine's own TSC follows the host's clock)."""
+        tsc, eng = self.vm.guest_tsc(), self.vm.engine
+        eng.set_reg("eax", tsc & 0xFFFFFFFF)
+        eng.set_reg("edx", tsc >> 32)
+        return True
 
     def on_code_site(self, address: int) -> None:
         pass
