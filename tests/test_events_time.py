@@ -142,6 +142,18 @@ def test_max_instructions_is_exact(mode, budget):
     assert result.kind is StopKind.BUDGET, result.message
     assert result.instructions == budget
     assert read_u32(vm, RESULT) == iterations_after(budget)
+    assert result.eip == loop_eip_after(budget)
+
+
+def loop_eip_after(budget: int) -> int:
+    """EIP of the counting loop's next instruction after exactly ``budget`` instructions."""
+    from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+
+    from conftest import FLAT_BASE, assemble
+    code = list(Cs(CS_ARCH_X86, CS_MODE_32).disasm(assemble(COUNTING_LOOP), FLAT_BASE))
+    if budget < COUNTING_SETUP:
+        return code[budget].address
+    return code[COUNTING_SETUP + (budget - COUNTING_SETUP) % COUNTING_BODY].address
 
 
 PV_COUNTING_LOOP = f"""
