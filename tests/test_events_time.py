@@ -142,6 +142,18 @@ def test_max_instructions_is_exact(mode, budget):
     assert result.kind is StopKind.BUDGET, result.message
     assert result.instructions == budget
     assert read_u32(vm, RESULT) == iterations_after(budget)
+    assert result.eip == loop_eip_after(budget)
+
+
+def loop_eip_after(budget: int) -> int:
+    """EIP of the counting loop's next instruction after exactly ``budget`` instructions."""
+    from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+
+    from conftest import FLAT_BASE, assemble
+    code = list(Cs(CS_ARCH_X86, CS_MODE_32).disasm(assemble(COUNTING_LOOP), FLAT_BASE))
+    if budget < COUNTING_SETUP:
+        return code[budget].address
+    return code[COUNTING_SETUP + (budget - COUNTING_SETUP) % COUNTING_BODY].address
 
 
 PV_COUNTING_LOOP = f"""
@@ -214,3 +226,68 @@ def test_the_tsc_advances_with_guest_instructions(mode, exiting, budget):
     assert second - first >= LOOP_INSTRUCTIONS, (first, second)
     assert tsc_pair(mode, configure, max_instructions=budget) == (first, second)  # the same, run to run
 
+
+
+# -- an interrupt the guest makes pending is taken at the next instruction boundary -------------------
+
+APIC = 0xFEE00000
+SELF_IPI_VECTOR = 0x40
+ICR_SELF_FIXED = 1 << 18 | SELF_IPI_VECTOR   # destination shorthand "self", fixed delivery
+
+
+def self_ipi_guest(after_icr: str) -> str:
+    """Sends itself an IPI through the ICR with IF=1; its handler records the EIP it
+    interrupted at RESULT. ``after_icr`` follows the ICR write, then the guest exits."""
+    return (f"mov esp, 0x180000\nmov dword ptr [{RESULT:#x}], 0\n"
+            + set_gate(SELF_IPI_VECTOR, "ipi") + LOAD_IDT
+            + f"mov dword ptr [{APIC + 0xF0:#x}], 0x1ff\n"       # SVR: software enable
+            + "sti\n"
+            + f"mov dword ptr [{APIC + 0x300:#x}], {ICR_SELF_FIXED:#x}\n"
+            + "after_icr:\n" + after_icr
+            + f"\nmov al, 0\nout {DEBUG_EXIT_PORT:#x}, al\n"
+            + f"ipi:\nmov eax, [esp]\nmov dword ptr [{RESULT:#x}], eax\n"
+            + f"mov dword ptr [{APIC + 0xB0:#x}], 0\niretd\n"   # EOI
+            + IDT_DATA)
+
+
+def label_address(src: str, label: str) -> int:
+    """Where ``label`` lands in ``src`` as assembled: the guest's last word, appended."""
+    from conftest import assemble
+    return int.from_bytes(assemble(f"{src}\n.long {label}")[-4:], "little")
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+@pytest.mark.parametrize("budget", [None, 100_000])
+def test_a_self_ipi_is_taken_at_the_next_instruction_boundary(mode, budget):
+    src = self_ipi_guest("nop\nnop\nnop\nnop\ncli")
+    vm, _ = make_vm(src, mode=mode, max_instructions=budget)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+    assert read_u32(vm, RESULT) == label_address(src, "after_icr")  # interrupted right after the ICR write
+
+
+def pic_unmask_guest() -> str:
+    """IRQ0 raised while masked at the PIC, then unmasked with IF=1: the handler records
+    the EIP it interrupted (the first time) at RESULT."""
+    return (f"mov esp, 0x180000\nmov dword ptr [{RESULT:#x}], 0\n"
+            + set_gate(0x20, "tick") + LOAD_IDT
+            + PIC_AND_PIT.format(divisor_lo=0x00, divisor_hi=0x01).replace("mov al, 0xfe; out 0x21, al",
+                                                                           "mov al, 0xff; out 0x21, al")
+            + "sti\nmov ecx, 2000\nwait_tick:\ndec ecx\njnz wait_tick\n"   # IRQ0 latched, masked
+            + "mov al, 0xfe\nout 0x21, al\n"
+            + "after_unmask:\nnop\nnop\nnop\ncli\n"
+            + f"mov al, 0\nout {DEBUG_EXIT_PORT:#x}, al\n"
+            + f"tick:\ncmp dword ptr [{RESULT:#x}], 0\njne eoi\npush eax\nmov eax, [esp + 4]\n"
+            + f"mov dword ptr [{RESULT:#x}], eax\npop eax\n"
+            + "eoi:\npush eax\nmov al, 0x20\nout 0x20, al\npop eax\niretd\n"
+            + IDT_DATA)
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_an_irq_unmasked_at_the_pic_is_taken_at_the_next_instruction_boundary(mode):
+    # Virtual time moves in counted runs: a budget keeps the PIT running while IRQ0 is masked.
+    src = pic_unmask_guest()
+    vm, _ = make_vm(src, mode=mode, max_instructions=1_000_000)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+    assert read_u32(vm, RESULT) == label_address(src, "after_unmask")

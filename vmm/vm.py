@@ -391,11 +391,11 @@ class VM:
             done += chunk
 
     def replan(self) -> bool:
-        """The guest reprogrammed a timer or interrupt controller: end a free run so the
-        run loop recomputes when the next interrupt can arrive. A counted slice is left to
-        finish (it is at most SLICE_QUANTUM long), because stopping it early would charge
-        the whole slice to virtual time. True if the run was asked to stop."""
-        if not self._counted_slice and self.engine.running:
+        """The guest reprogrammed a timer or interrupt controller: end the run (after this
+        instruction) so the run loop delivers an interrupt that became deliverable and
+        recomputes when the next can arrive. A counted slice is charged only what it ran,
+        so ending it early costs no virtual time. True if the run was asked to stop."""
+        if self.engine.running:
             self.engine.end_run()
             return True
         return False
@@ -470,8 +470,12 @@ class VM:
                 if single_step:
                     raise _Stopped(StopKind.EXIT, "guest exit")
                 return
-            waiting = self.processor.poll_interrupts()
-            count = 1 if single_step else self._slice(waiting)
+            # A run that stopped inside a device store left the store to be replayed (its
+            # instruction restarts): finish that instruction first, so that an interrupt the
+            # store made deliverable is taken after it, not before it (and the store not again).
+            replay = self.mode.devices.replay_pending
+            waiting = False if replay else self.processor.poll_interrupts()
+            count = 1 if single_step or replay else self._slice(waiting)
             remaining = None
             if self.timeout is not None:
                 remaining = self.timeout - (time.perf_counter() - started)

@@ -137,7 +137,7 @@ class BtMode(Hypervisor):
             return False
         dst, src = insn.operands
         if dst.type == X86_OP_MEM:
-            self.devices.mmio_write(APIC_TPR, dst.size, self.operands.read(insn, src, dst.size))
+            self.devices.mmio_write(APIC_TPR, dst.size, self.operands.read(insn, src, dst.size), store=False)
         else:
             self.events.add("mmio", f"read {APIC_TPR:#010x}")
             self.operands.set_reg(insn.reg_name(dst.reg), self.vm.board.mmio_bus.read(APIC_TPR, src.size))

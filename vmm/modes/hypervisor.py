@@ -42,9 +42,13 @@ from .memory import CodePages
 
 CPUID_OUTPUTS = ("eax", "ebx", "ecx", "edx")
 
-# Local-APIC registers whose write changes when the next timer interrupt comes: SVR
-# (software enable), LVT timer, initial count, divide configuration.
-APIC_TIMER_REGISTERS = frozenset({0x0F0, 0x320, 0x380, 0x3E0})
+# Local-APIC registers whose write changes which interrupt comes next, or when: TPR, EOI
+# (uncovers the next in-service vector), SVR (software enable), ICR low (an IPI, to
+# itself too), the LVT entries (timer, thermal, performance, LINT0/1, error: masking and
+# unmasking), initial count, divide configuration. A write ends the run, so the interrupt
+# it makes deliverable is taken at the next instruction boundary.
+APIC_EVENT_REGISTERS = frozenset({0x080, 0x0B0, 0x0F0, 0x300, 0x320, 0x330, 0x340, 0x350, 0x360, 0x370,
+                                  0x380, 0x3E0})
 HLT_EXIT = InstructionExit(reason=ExitReason.HLT, length=1)
 
 
@@ -74,22 +78,29 @@ class DeviceAccess:
         self.mmio_write(address, size, value)
         return None
 
+    @property
+    def replay_pending(self) -> bool:
+        """The last run stopped inside a device store, which Unicorn will execute again."""
+        return self._replayed_store is not None
+
     def replayed_store(self, address: int, size: int, value: int | None) -> bool:
         """True (once) for Unicorn's replay of the store that ended the last run."""
         replay = self._replayed_store is not None and self._replayed_store == (address, size, value)
         self._replayed_store = None
         return replay
 
-    def mmio_write(self, address: int, size: int, value: int) -> None:
-        """A device store. One that reprograms the APIC timer ends a free run so the run
-        loop replans (VM.replan). Stopping inside an MMIO callback makes Unicorn execute
-        the store again when the run resumes (measured: it restarts the instruction), so
-        that replay is recognised and absorbed, never written twice."""
-        if self.replayed_store(address, size, value):
+    def mmio_write(self, address: int, size: int, value: int, *, store: bool = True) -> None:
+        """A device store. One that changes which interrupt comes next (APIC_EVENT_REGISTERS)
+        ends the run so the run loop delivers it or replans (VM.replan). Stopping inside an
+        MMIO callback makes Unicorn execute the store again when the run resumes (measured:
+        it restarts the instruction), so that replay is recognised and absorbed, never
+        written twice; ``store=False``: the VMM performs the access itself (a patched TPR
+        instruction), no store of the engine's will be replayed."""
+        if store and self.replayed_store(address, size, value):
             return
         self.events.add("mmio", f"write {address:#010x}")
         self.vm.board.mmio_bus.write(address, size, value)
-        if address & PAGE_OFFSET_MASK in APIC_TIMER_REGISTERS and self.vm.replan():
+        if address & PAGE_OFFSET_MASK in APIC_EVENT_REGISTERS and self.vm.replan() and store:
             self._replayed_store = (address, size, value)
 
 
