@@ -112,6 +112,7 @@ class VM:
         self._launched = False
         self._counted_slice = False
         self.tsc_reads = 0
+        self.tsc_offset = 0      # what WRMSR to IA32_TSC added (set_tsc)
         self.exits: Counter = Counter()          # exits (events, in native) by reason
         self.exit_seconds: Counter = Counter()   # handler wall time by reason (float seconds)
         self.now = 0  # virtual time in guest instructions
@@ -133,7 +134,11 @@ class VM:
     def guest_tsc(self) -> int:
         """A deterministic time-stamp counter: virtual time, strictly increasing per read."""
         self.tsc_reads += 1
-        return self.now + self.tsc_reads
+        return (self.now + self.tsc_reads + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+
+    def set_tsc(self, value: int) -> None:
+        """WRMSR to IA32_TSC: the next read returns ``value`` and the counter goes on from it."""
+        self.tsc_offset = value - (self.now + self.tsc_reads + 1)
 
     # -- boot ----------------------------------------------------------------------------
     def _load(self, image: LoadedImage) -> None:
