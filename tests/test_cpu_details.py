@@ -244,3 +244,65 @@ def test_reserved_cr4_bits_raise_gp(mode, tmp_path):
     lines = run_mode(build(p, tmp_path), mode)
     assert lines[:-1] == [f"cr4 bit {bit}: fault 13" for bit in reserved]
     assert lines[-1] == "cr4 after: 0x00000000:0x00000000"
+
+
+# -- MSRs (VT-x modes: vmm.vmx.msrs) --------------------------------------------------------
+VTX_MODES = ("vtx", "vtx-ept")
+QEMU_MSRS = (0x17, 0x1B, 0x3A, 0x3B, 0x8B, 0xFE, 0x174, 0x175, 0x176, 0x179, 0x17A, 0x1A0,
+             0x200, 0x201, 0x20E, 0x20F, 0x250, 0x258, 0x259, 0x268, 0x26F, 0x277, 0x2FF, 0x6E0,
+             0xC0000080, 0xC0000081)
+QEMU_WRITES = ((0x3B, 0x1000), (0x1B, 0xFEE00900), (0x1B, 0xFEE00800), (0x174, 0x12345678),
+               (0x175, 0xDEADBEEF), (0x176, 0xCAFEF00D), (0x277, 0x0808080808080808), (0x2FF, 0xC06),
+               (0x200, 0x6), (0x201, 0x800), (0x250, 0x0606060606060606), (0x26F, 0x0505050505050505),
+               (0x1A0, 0x0), (0x1A0, 0x1), (0xC0000080, 0x1), (0xC0000080, 0x100), (0xC0000080, 0x800),
+               (0xC0000081, 0x1234), (0x6E0, 0x1234), (0x8B, 0x0), (0x3A, 0x5), (0x17A, 0x0),
+               (0x179, 0x0), (0xFE, 0x0), (0x17, 0x1))
+
+
+@needs_qemu
+def test_msr_table_reads_and_writes_as_qemu(tmp_path):
+    p = Probes()
+    for msr in QEMU_MSRS:
+        p.rdmsr(msr)
+    for msr, value in QEMU_WRITES:
+        p.wrmsr(msr, value)
+    same_as_qemu(p, tmp_path, VTX_MODES)
+
+
+NO_SUCH_MSRS = (0xC0000082, 0xC0000083, 0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103,
+                0x480, 0x48B, 0x400, 0x401, 0x12345678)
+
+
+@pytest.mark.parametrize("mode", VTX_MODES)
+def test_msrs_the_cpu_does_not_have_raise_gp(mode, tmp_path):
+    """Long-mode MSRs (FS/GS base among them: no base, canonical or not, can be loaded),
+    VMX capabilities, machine-check banks: #GP(0) on RDMSR and WRMSR, as on a processor
+    without those features (QEMU's TCG reads 0 there instead: docs/cpu.md)."""
+    p = Probes()
+    for msr in NO_SUCH_MSRS:
+        p.rdmsr(msr)
+    p.probe("wrmsr fs base", "mov ecx, 0xc0000100\n    mov eax, 0x1000\n    xor edx, edx\n    wrmsr")
+    p.probe("wrmsr fs base non-canonical", "mov ecx, 0xc0000100\n    xor eax, eax\n    mov edx, 0x800000\n    wrmsr")
+    p.probe("wrmsr gs base", "mov ecx, 0xc0000101\n    mov eax, 0x1000\n    xor edx, edx\n    wrmsr")
+    p.probe("fs base after", "mov eax, fs\n    mov fs, eax\n    mov eax, dword ptr fs:[0]\n"
+                             "    mov edx, dword ptr [0]\n    sub eax, edx")
+    lines = run_mode(build(p, tmp_path), mode)
+    assert lines == [f"rdmsr {m:#x}: fault 13" for m in NO_SUCH_MSRS] + [
+        "wrmsr fs base: fault 13", "wrmsr fs base non-canonical: fault 13", "wrmsr gs base: fault 13",
+        "fs base after: 0x00000000:0x00000000"]
+
+
+@pytest.mark.parametrize("mode", VTX_MODES)
+def test_wrmsr_tsc_sets_the_guests_tsc(mode, tmp_path):
+    """WRMSR to IA32_TSC: RDTSC and RDMSR go on from the value written (SDM vol. 3 §17.17)."""
+    p = Probes()
+    p.probe("tsc high after wrmsr", "mov ecx, 0x10\n    mov eax, 0xffff0000\n    mov edx, 0x12\n    wrmsr\n"
+                                    "    rdtsc\n    mov eax, edx\n    xor edx, edx")
+    p.probe("rdmsr tsc high", "mov ecx, 0x10\n    rdmsr\n    mov eax, edx\n    xor edx, edx")
+    p.probe("tsc goes on from 0x100", "mov ecx, 0x10\n    mov eax, 0x100\n    xor edx, edx\n    wrmsr\n"
+                                      "    rdtsc\n    sub eax, 0x100\n    xor edx, edx\n    cmp eax, 0x100000\n"
+                                      "    setb dl\n    xor eax, eax")
+    lines = run_mode(build(p, tmp_path), mode)
+    assert lines[0] == "tsc high after wrmsr: 0x00000000:0x00000012"
+    assert lines[1] in ("rdmsr tsc high: 0x00000000:0x00000012", "rdmsr tsc high: 0x00000000:0x00000013")
+    assert lines[2] == "tsc goes on from 0x100: 0x00000001:0x00000000"   # 0x100 <= TSC < 0x100100

@@ -33,7 +33,6 @@ from ..vmx.controls import (
     PinBased,
     PrimaryProcBased,
     SecondaryProcBased,
-    capability_msrs,
 )
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import (
@@ -50,11 +49,12 @@ from ..vmx.exits import (
     ShadowPageFault,
     Value,
 )
+from ..vmx.msrs import MsrFile
 from ..vmx.processor import KVM_ENOSYS, LIVE_REGISTERS, LIVE_SELECTORS, LIVE_TABLES, VmxProcessor, exits_for_exception
 from ..vmx.qualification import CrAccess, CrAccessType, InterruptionInfo, InterruptionType
 from ..vmx.sites import CodeSites
 from ..vmx.vmcs import Field
-from ..x86 import CR0, CR4, EFLAGS, MSR, PAT_POWER_ON, SYSENTER_MSRS, ControlRegister, FeatureControl, Vector
+from ..x86 import CR0, CR4, EFLAGS, ControlRegister, Vector
 from .hypervisor import Hypervisor
 from .memory import PAGING_CR0_BITS, PAGING_CR4_BITS, GuestPaging, ShadowMmu
 
@@ -62,7 +62,6 @@ CPUID_OUTPUTS = ("eax", "ebx", "ecx", "edx")
 SUBLEAF_LEAVES = frozenset({4, 7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18})  # ECX selects a subleaf
 VMCS_LINK_POINTER_NONE = 0xFFFFFFFFFFFFFFFF
 VPID = 1                                 # this model's one vCPU's tag
-MISC_ENABLE_FAST_STRINGS = 1
 U64_MASK = (1 << 64) - 1
 U32_MASK = 0xFFFFFFFF
 
@@ -74,8 +73,6 @@ DEFAULT_CR0_MASK = CR0.PG | CR0.WP | CR0.CD | CR0.NW | CR0.NE
 DEFAULT_CR4_MASK = CR4.PSE | CR4.PAE | CR4.PGE | CR4.VMXE | cpu_model.CR4_RESERVED
 # (the reserved bits are host-owned: a MOV to CR4 that sets one exits, and is #GP(0))
 
-# MSRs the hypervisor models (KVM's emulated set, trimmed to a 32-bit guest).
-PASSTHROUGH_MSRS = (*SYSENTER_MSRS, MSR.EFER)
 
 
 class VtxMode(Hypervisor):
@@ -93,7 +90,7 @@ class VtxMode(Hypervisor):
         self.cpu = self.processor = VmxProcessor(vm, self, self.sites)
         self.vmcs = self.cpu.vmcs
         self.queued_irq: int | None = None   # an interrupt held back for the interrupt window
-        self.msrs: dict[int, int] = {MSR.PAT: PAT_POWER_ON, MSR.MISC_ENABLE: MISC_ENABLE_FAST_STRINGS}
+        self.msrs = MsrFile(vm)
         self.delivery.intercept = self.cpu.intercept_nested_fault
         self._set_up_vmcs()
         self.ept = ept
@@ -372,30 +369,12 @@ class VtxMode(Hypervisor):
         return self.skip(exit)
 
     def read_msr(self, msr: int) -> int | None:
-        if msr in PASSTHROUGH_MSRS:
-            return self.vm.engine.msr(msr)
-        if msr == MSR.APIC_BASE:
-            return self.vm.board.lapic.read_apic_base()
-        if msr == MSR.TSC:
-            return self.vm.guest_tsc()
-        if msr == MSR.FEATURE_CONTROL:
-            return FeatureControl.LOCK  # locked, VMX off: the guest cannot enable VMX
-        if msr == MSR.MTRRCAP:
-            return 0
-        if msr in capability_msrs():
-            return None  # no nested VMX
-        return self.msrs.get(msr)
+        """RDMSR as the guest's CPU answers it (:mod:`vmm.vmx.msrs`); None is #GP(0)."""
+        return self.msrs.read(msr)
 
     def write_msr(self, msr: int, value: int) -> bool:
-        if msr in PASSTHROUGH_MSRS:
-            self.vm.engine.set_msr(msr, value)
-        elif msr == MSR.APIC_BASE:
-            self.vm.board.lapic.write_apic_base(value)
-        elif msr in self.msrs:
-            self.msrs[msr] = value
-        else:
-            return False
-        return True
+        """WRMSR as the guest's CPU takes it (:mod:`vmm.vmx.msrs`); False is #GP(0)."""
+        return self.msrs.write(msr, value)
 
     def handle_descriptor_table(self, exit: DescriptorTableExit) -> Outcome:
         """Accounted, then executed by the engine itself: leaving EIP at the instruction
