@@ -95,10 +95,18 @@ def test_device_page_accesses_are_ept_misconfiguration_exits():
     assert len(log.of(R.EPT_MISCONFIG)) == 2 and len(log.of(R.EPT_VIOLATION)) >= 1
 
 
-def test_access_outside_ram_and_devices_stops_the_vm():
-    vm, _ = make_vm(f"mov eax, dword ptr [0x90000000]; {EXIT}", mode="vtx-ept")
+def test_access_outside_ram_and_devices_is_an_emulated_ept_violation():
+    """Unassigned memory: each access an EPT violation at its guest-physical address,
+    emulated (a read is 0), and the guest goes on."""
+    log = []
+    vm, _ = make_vm(f"mov eax, 0xffffffff; mov eax, dword ptr [0x90000000]; {EXIT}", mode="vtx-ept",
+                    configure=lambda vm: vm.bus.subscribe("exit", log.append))
     result = vm.run()
-    assert result.kind is StopKind.ERROR and "EPT violation at guest-physical 0x90000000" in result.message
+    assert result.kind is StopKind.EXIT, result.message
+    unassigned = [e for e in log if e.reason is R.EPT_VIOLATION and e.gpa == 0x90000000]
+    assert len(unassigned) == 1 and EptQ.decode(unassigned[0].qualification).read
+    assert result.memory["unassigned-memory reads (0 returned)"] == 1
+    assert vm.engine.reg("eax") == 0
 
 
 def test_page_fault_mask_and_match_on_the_guests_own_faults():

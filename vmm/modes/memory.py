@@ -42,6 +42,11 @@ PAGING_CR4_BITS = CR4.PSE | CR4.PAE | CR4.PGE
 DESCRIPTOR_TABLES = ("gdtr", "ldtr", "idtr", "tr")
 
 
+def is_unassigned_page(host_page: int) -> bool:
+    """Whether a fill's host page is the unassigned device's (its window or the zero page)."""
+    return UNASSIGNED_BASE <= host_page <= ZERO_CODE_PAGE
+
+
 class UnassignedMemory:
     """Guest-physical addresses with neither RAM nor a device behind them, as on QEMU's PC
     (its ``unassigned_mem_ops``): a read returns 0, a write is dropped, the guest goes on.

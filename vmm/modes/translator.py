@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from capstone import CS_GRP_BRANCH_RELATIVE, CS_GRP_CALL, CS_GRP_INT, CS_GRP_IRET, CS_GRP_JUMP, CS_GRP_RET
 from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG
 
+from ..x86.msr import APIC_DEFAULT_BASE
 from ..x86.opcodes import (
     GROUP5_OPCODE,
     MAX_INSTRUCTION_LENGTH,
@@ -40,10 +41,11 @@ from ..x86.opcodes import (
     PREFIX_GROUPS,
     TWO_BYTE_ESCAPE,
 )
-from ..x86.paging import PAGE_MASK, PAGE_SIZE
+from ..x86.paging import ADDRESS_MASK_32, PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE
 from .privileged import decoder
 
-APIC_TPR = 0xFEE00080
+APIC_TPR_OFFSET = 0x80   # the task-priority register in the local APIC's page (vol. 3 Table 11-1)
+APIC_TPR = APIC_DEFAULT_BASE + APIC_TPR_OFFSET
 _TPR_BYTES = APIC_TPR.to_bytes(4, "little")
 PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf2\xf3")
 # First opcode bytes of the instructions a callout stands for (the 0x0F and 0xFF rows
@@ -79,7 +81,7 @@ def tpr_operand(insn):
     if insn.mnemonic != "mov":
         return None
     for op in insn.operands:
-        if op.type == X86_OP_MEM and not op.mem.base and not op.mem.index and op.mem.disp & 0xFFFFFFFF == APIC_TPR:
+        if op.type == X86_OP_MEM and not op.mem.base and not op.mem.index and op.mem.disp & ADDRESS_MASK_32 == APIC_TPR:
             return op
     return None
 
@@ -206,7 +208,7 @@ class Translator:
     def translate(self, linear_page: int, physical_page: int, entry: int | None) -> None:
         code = self._page_bytes(linear_page)
         t = self.pages[physical_page] = self.by_linear[linear_page] = PageTranslation(linear_page, code)
-        self._place_callouts(t, 0, 0x1000)
+        self._place_callouts(t, 0, PAGE_SIZE)
         self.events.add("translation", "pages translated")
         for e in sorted(self.pending.pop(linear_page, ())) + ([entry] if entry is not None else []):
             self._decode_blocks(t, e)
@@ -214,7 +216,7 @@ class Translator:
     def _page_bytes(self, linear_page: int) -> bytes:
         """The page's 4 KiB as the guest maps it now; a part its tables no longer map reads
         as zeros (the guest may have changed them since the fetch that brought us here)."""
-        return self.read_code(linear_page, 0x1000).ljust(0x1000, b"\0")
+        return self.read_code(linear_page, PAGE_SIZE).ljust(PAGE_SIZE, b"\0")
 
     def _place_callouts(self, t: PageTranslation, lo: int, hi: int) -> None:
         """Hook every callout site starting at page offsets [lo, hi)."""
@@ -224,7 +226,7 @@ class Translator:
         for offset in candidates(code):
             if not lo <= offset < hi:
                 continue
-            insn = next(dis.disasm(code[offset:offset + 15], t.linear + offset, 1), None)
+            insn = next(dis.disasm(code[offset:offset + MAX_INSTRUCTION_LENGTH], t.linear + offset, 1), None)
             if insn is None or callout_kind(insn) is None:
                 continue
             t.hooks[insn.address] = self.hook(insn.address)
@@ -241,10 +243,10 @@ class Translator:
         if code == t.code:
             self.events.add("translation", "writes to translated pages (bytes unchanged)")
             return
-        lo = next(i for i in range(0x1000) if code[i] != t.code[i])
-        hi = next(i for i in range(0xFFF, -1, -1) if code[i] != t.code[i]) + 1
+        lo = next(i for i in range(PAGE_SIZE) if code[i] != t.code[i])
+        hi = next(i for i in range(PAGE_OFFSET_MASK, -1, -1) if code[i] != t.code[i]) + 1
         t.code = code
-        window = (max(0, lo - 14), hi)
+        window = (max(0, lo - (MAX_INSTRUCTION_LENGTH - 1)), hi)  # an instruction ending in the change
         for address in [a for a in t.hooks if window[0] <= a - t.linear < window[1]]:
             self.unhook(t.hooks.pop(address))
             self.decoded.pop(address, None)
@@ -291,7 +293,7 @@ class Translator:
                 groups = set(insn.groups)
                 if groups & {CS_GRP_JUMP, CS_GRP_CALL, CS_GRP_RET, CS_GRP_IRET, CS_GRP_INT} or insn.mnemonic == "hlt":
                     if CS_GRP_BRANCH_RELATIVE in groups and insn.operands and insn.operands[0].type == X86_OP_IMM:
-                        work.append(insn.operands[0].imm & 0xFFFFFFFF)
+                        work.append(insn.operands[0].imm & ADDRESS_MASK_32)
                     if insn.mnemonic != "jmp" and not groups & {CS_GRP_RET, CS_GRP_IRET}:
                         work.append(address + insn.size)
                     break

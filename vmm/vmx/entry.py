@@ -25,20 +25,25 @@ Checked here:
 """
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable
 
 from ..mmu.ept import Eptp
+from ..x86 import CR0, CR4, EFLAGS, HAS_ERROR_CODE, bits
+from ..x86.segments import SELECTOR_RPL_MASK
 from ..x86.vectors import FIRST_USER_VECTOR, Vector
 from .controls import PrimaryProcBased, SecondaryProcBased, check_all
 from .exit_reasons import ExitReason, exit_reason_word
-from .qualification import InterruptionInfo, InterruptionType
+from .qualification import INTR_INFO_VALID, InterruptionInfo, InterruptionType
 from .vmcs import CR3_TARGET_SLOTS, ActivityState, Field
 
-CR0_PE, CR0_NW, CR0_CD, CR0_PG = 1, 1 << 29, 1 << 30, 1 << 31
-RFLAGS_RESERVED_ZERO = (1 << 3) | (1 << 5) | (1 << 15) | (0x3FF << 22)
-RFLAGS_IF = 1 << 9
-CR4_DEFINED = (1 << 24) - 1  # bits above those this model knows must be 0
-HAS_ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
+CR0_PE, CR0_NW, CR0_CD, CR0_PG = CR0.PE, CR0.NW, CR0.CD, CR0.PG
+# RFLAGS bits 3, 5, 15 and 22-31: every bit EFLAGS does not name (§27.3.1.4)
+RFLAGS_RESERVED_ZERO = bits(31, 0) & ~functools.reduce(operator.or_, map(int, EFLAGS.__members__.values()))
+RFLAGS_IF = EFLAGS.IF
+CR4_DEFINED = (CR4.CET << 1) - 1  # bits above those this model knows must be 0
+INTR_INFO_RESERVED = bits(30, 12)  # VM-entry interruption information, §24.8.3
 
 ENTRY_FAILURE_REASON = exit_reason_word(ExitReason.INVALID_GUEST_STATE, entry_failure=True)
 
@@ -75,13 +80,13 @@ def check_guest_state(vmcs, code_descriptor: Callable[[int], tuple[bool, bool] |
     if cr4 & ~CR4_DEFINED:
         problems.append(f"guest CR4 {cr4:#010x}: reserved bits set")
     rflags = vmcs.read(Field.GUEST_RFLAGS)
-    if not rflags & 2:
+    if not rflags & EFLAGS.FIXED:
         problems.append(f"guest RFLAGS {rflags:#010x}: reserved bit 1 must be 1")
     if rflags & RFLAGS_RESERVED_ZERO:
         problems.append(f"guest RFLAGS {rflags:#010x}: reserved bits 3, 5, 15 and 22-31 must be 0")
     if cr0 & CR0_PE:
         cs, ss = vmcs.read(Field.GUEST_CS_SELECTOR), vmcs.read(Field.GUEST_SS_SELECTOR)
-        if cs & 3 != ss & 3:
+        if cs & SELECTOR_RPL_MASK != ss & SELECTOR_RPL_MASK:
             problems.append(f"guest CS {cs:#06x} and SS {ss:#06x}: RPLs differ (CPL undefined)")
         desc = code_descriptor(cs)
         if desc is None:
@@ -99,10 +104,10 @@ def check_guest_state(vmcs, code_descriptor: Callable[[int], tuple[bool, bool] |
 
 def check_injection(vmcs, cr0: int, rflags: int) -> list[str]:
     raw = vmcs.read(Field.VM_ENTRY_INTR_INFO_FIELD)
-    if not raw >> 31:
+    if not raw & INTR_INFO_VALID:
         return []
     problems = []
-    if raw & 0x7FFFF000:
+    if raw & INTR_INFO_RESERVED:
         problems.append(f"VM-entry interruption information {raw:#010x}: reserved bits 30:12 set")
     info = InterruptionInfo.decode(raw)
     if info.type in (InterruptionType.RESERVED, InterruptionType.OTHER_EVENT):
