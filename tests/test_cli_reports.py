@@ -261,8 +261,9 @@ what the text says
     assert proc.returncode == 1 and "the output differs" in proc.stdout and "999" in proc.stdout, proc.stdout
     assert _doc_examples("--write", str(doc)).returncode == 0
     text = doc.read_text()
-    io = json.loads(subprocess.run([sys.executable, "-m", "vmm.cli", "run", "hello", "--stat-json", "/dev/stdout"],
-                                   capture_output=True, text=True).stdout.split("bye\n", 1)[1])["exits"][0]["count"]
+    stat_json = tmp_path / "stat.json"
+    subprocess.run([sys.executable, "-m", "vmm.cli", "run", "hello", "--stat-json", str(stat_json)], capture_output=True)
+    io = json.loads(stat_json.read_text())["exits"][0]["count"]
     assert re.search(rf"│ port I/O │\s+{io} │", text), text
     assert "...\n" in text and "anything at all" in text and "what the text says" in text
     assert text.count("Hello from the vmm") == 1
