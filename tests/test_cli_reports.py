@@ -16,6 +16,7 @@ import pytest
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 
 from vmm.trace.tracer import Tracer
+from vmm.vm import StopKind
 
 from conftest import FLAT_BASE, IDT_DATA, LOAD_IDT, assemble, make_vm, set_gate
 
@@ -46,6 +47,22 @@ def test_trace_through_ud2_is_quick_and_decodes_it(mode):
     ud2 = [e for e in insns if e["asm"] == "ud2"]
     assert ud2 and ud2[0]["bytes"] == "0f 0b"
     assert insns[-1]["asm"] == "out 0xf4, al"
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+@pytest.mark.parametrize("code", ["mov eax, 1; ud2", "again: nop; jmp again"])
+def test_vmm_trace_keeps_to_the_timeout(mode, code, tmp_path):
+    """`vmm trace` at an unhandled ud2 (a triple fault) or a guest that never stops: done
+    within the --timeout plus start-up, with its final record."""
+    from conftest import run_cli
+    image = tmp_path / "guest.bin"
+    image.write_bytes(assemble(code))
+    started = time.monotonic()
+    proc = run_cli("trace", str(image), "--kind", "flat", "--load-address", hex(FLAT_BASE), "--mode", mode,
+                   "--timeout", "3", "--format", "jsonl", "--count", "50", timeout=120)
+    assert time.monotonic() - started < 30
+    last = json.loads(proc.stdout.decode().splitlines()[-1])
+    assert last["type"] == "stop" and last["kind"] in (StopKind.TRIPLE_FAULT.value, StopKind.TIMEOUT.value), last
 
 
 def _bench_rows(tmp_path, n):
@@ -244,8 +261,9 @@ what the text says
     assert proc.returncode == 1 and "the output differs" in proc.stdout and "999" in proc.stdout, proc.stdout
     assert _doc_examples("--write", str(doc)).returncode == 0
     text = doc.read_text()
-    io = json.loads(subprocess.run([sys.executable, "-m", "vmm.cli", "run", "hello", "--stat-json", "/dev/stdout"],
-                                   capture_output=True, text=True).stdout.split("bye\n", 1)[1])["exits"][0]["count"]
+    stat_json = tmp_path / "stat.json"
+    subprocess.run([sys.executable, "-m", "vmm.cli", "run", "hello", "--stat-json", str(stat_json)], capture_output=True)
+    io = json.loads(stat_json.read_text())["exits"][0]["count"]
     assert re.search(rf"│ port I/O │\s+{io} │", text), text
     assert "...\n" in text and "anything at all" in text and "what the text says" in text
     assert text.count("Hello from the vmm") == 1

@@ -123,15 +123,21 @@ def segments(shown: list[str]) -> list[list[str]]:
     return out
 
 
-def match(shown: list[str], output: list[str]) -> list[list[str]] | None:
+def _shape(line: str) -> str:
+    return re.sub(r"\d[\d,.]*", "0", normalize(line))
+
+
+def match(shown: list[str], output: list[str], shape: bool = False) -> list[list[str]] | None:
     """The output lines each segment of ``shown`` stands for (None: no match). The first
-    segment is anchored at the start, the last at the end, the middle ones in order."""
+    segment is anchored at the start, the last at the end, the middle ones in order.
+    ``shape``: compare with every figure masked (where to put new figures)."""
     segs = segments(shown)
-    norm_out = [normalize(line) for line in output]
+    norm = _shape if shape else normalize
+    norm_out = [norm(line) for line in output]
     placed: list[list[str]] = []
     pos = 0
     for k, seg in enumerate(segs):
-        want = [normalize(line) for line in seg]
+        want = [norm(line) for line in seg]
         n = len(want)
         if len(segs) == 1:
             return [output] if want == norm_out else None
@@ -156,11 +162,8 @@ def rewrite(shown: list[str], output: list[str]) -> list[str]:
     """What the document should show: the output, with the document's elisions kept where
     the lines around them can still be placed (else the whole output)."""
     placed = match(shown, output)
-    segs = segments(shown)
-    if placed is None and len(segs) > 1:
-        head, tail = len(segs[0]), len(segs[-1])
-        if head + tail <= len(output) and len(segs) == 2:
-            placed = [output[:head], output[len(output) - tail:]]
+    if placed is None:
+        placed = match(shown, output, shape=True)   # the same lines with other figures
     if placed is None:
         return output
     lines: list[str] = []
