@@ -106,7 +106,7 @@ def test_no_callout_instruction_escapes_the_candidate_scan(page):
 
 def test_stat_prints_callouts_and_translation_counters():
     r = run_cli("run", "smc", "--mode", "bt", "--stat")
-    out = r.stdout.decode()
+    out = r.stderr.decode()   # --stat goes to stderr, apart from the guest's console
     assert r.returncode == 1
     assert "callouts (bt)" in out and "ret" in out
     assert "translation (bt)" in out and "self-modifying code" in out

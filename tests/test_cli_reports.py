@@ -61,6 +61,7 @@ def test_vmm_trace_keeps_to_the_timeout(mode, code, tmp_path):
     proc = run_cli("trace", str(image), "--kind", "flat", "--load-address", hex(FLAT_BASE), "--mode", mode,
                    "--timeout", "3", "--format", "jsonl", "--count", "50", timeout=120)
     assert time.monotonic() - started < 30
+    assert proc.stdout, proc.stderr.decode()
     last = json.loads(proc.stdout.decode().splitlines()[-1])
     assert last["type"] == "stop" and last["kind"] in (StopKind.TRIPLE_FAULT.value, StopKind.TIMEOUT.value), last
 

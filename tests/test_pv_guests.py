@@ -113,13 +113,13 @@ def test_pv_differs_from_native_only_where_it_must(name):
 
 def test_cli_stat_prints_the_hypercall_table(cli):
     proc = cli("run", "hello", "--mode", "pv", "--stat")
-    out = proc.stdout.decode()
+    out, stat = proc.stdout.decode(), proc.stderr.decode()   # the console; --stat on stderr
     assert proc.returncode == 1, proc.stderr
     assert "running at CPL 1 with CS=0x0009 DS=0x0011" in out
-    table = out[out.index("hypercalls (pv)"):]
+    table = stat[stat.index("hypercalls (pv)"):]
     for name in ("set_trap_table", "set_gdt", "stack_switch", "set_callbacks", "event_channel_op"):
         assert re.search(rf"{name}\s*│\s*1\s*│", table), name
-    assert "emulated I/O" in out
+    assert "emulated I/O" in stat
 
 
 def test_cli_refuses_a_native_image_in_pv_mode(cli, tmp_path):

@@ -212,6 +212,6 @@ def test_popek_in_trap_names_the_offending_instructions():
 
 def test_stat_prints_the_traps_by_instruction():
     r = run_cli("run", "pmode", "--mode", "trap", "--stat")
-    out = r.stdout.decode()
+    out = r.stderr.decode()   # --stat goes to stderr, apart from the guest's console
     assert r.returncode == 1
     assert "traps (trap):" in out and "iretd" in out and "lgdt" in out

@@ -403,8 +403,8 @@ def test_cli_stat_table_and_json(tmp_path):
     out = tmp_path / "stat.json"
     proc = run_cli("run", "exits", "--mode", "vtx", "--stat", "--stat-json", str(out))
     assert proc.returncode == 1
-    text = proc.stdout.decode()
-    assert "exits: done" in text and "IO_INSTRUCTION" in text and "CR_ACCESS" in text
+    text, stat = proc.stdout.decode(), proc.stderr.decode()   # the console; --stat on stderr
+    assert "exits: done" in text and "IO_INSTRUCTION" in stat and "CR_ACCESS" in stat
     data = json.loads(out.read_text())
     by_name = {row["name"]: row for row in data["exits"]}
     assert data["mode"] == "vtx" and by_name["CPUID"]["reason"] == 10 and by_name["CPUID"]["count"] == 3

@@ -169,13 +169,17 @@ def _find_cpu_state(uc: Uc) -> tuple[int, int]:
             for k in range(0, len(state or b"") - 7, 8):
                 env = _POINTER.unpack_from(state, k)[0]  # type: ignore[arg-type]
                 if 0 < env - cpu < _ENV_DISTANCE and _read_process(fd, env, _KEY_BYTES) == key:
-                    found.append((at, env - cpu))
+                    found.append((at, cpu, env - cpu))
     finally:
         os.close(fd)
-    if len(set(found)) != 1:
+    # The handle may hold the CPU pointer more than once (uc_struct.cpu, and a copy further
+    # on, e.g. in the TCG context, present in some processes and not in others): all must be
+    # the one CPU; the first field, uc_struct.cpu, is the one every engine has.
+    if not found or len({(cpu, env) for _, cpu, env in found}) != 1:
         raise RuntimeError(f"cannot locate QEMU's CPUState behind the Unicorn handle (candidates {found}); "
                            "this Unicorn build differs from the one vmm was written for")
-    return found[0]
+    at, _, env_offset = min(found)
+    return at, env_offset
 
 
 def _state_words(uc: Uc, cpu_pointer: int, size: int) -> tuple[int, ...]:
