@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 
+from conftest import FLAT_BASE, IDT_DATA, LOAD_IDT, assemble, make_vm, set_gate
 from vmm.trace.tracer import Tracer
 from vmm.vm import StopKind
-
-from conftest import FLAT_BASE, IDT_DATA, LOAD_IDT, assemble, make_vm, set_gate
 
 ALL_MODES = ("native", "trap", "bt", "vtx", "vtx-ept")
 
