@@ -42,7 +42,9 @@ pointers, and they are caches of what the state above determines, so a restored 
 starts with both empty. But how many TLB fills a run counts depends on what its TLB
 held, so :func:`save_vm` flushes the saved VM's TLB and translated code too (a snapshot
 point is a TLB-flush point, like a CR3 load), and a restore installs the code hooks
-without letting the fills that causes reach the mode (:class:`_quiet_fills`). The saved
+without letting the fills that causes reach the mode (:class:`_quiet_fills`); the saved
+VM's code hooks are installed again the same way, since a hook remembers the translated
+blocks it was compiled into past their flush (:func:`_renew_hooks`). The saved
 VM and every VM restored from it then go on alike, fill for fill; a VM never saved may
 count some TLB fills (and the walks behind them) more or fewer after that point, never
 different exits, virtual time or output. Also not saved: breakpoints and tracers (debugger state, re-attached by
@@ -161,6 +163,7 @@ class _Encoder:
         self.roots = {id(obj): name for name, obj in roots.items()}
         self.memo: dict[int, int] = {}
         self.keep: list = []    # objects memoised by id stay alive until the encoding ends
+        self.hook_tables: list[dict] = []   # the HOOK_TABLES met, as the graph holds them
 
     def encode(self, value: Any, path: str) -> Any:
         if value is None or isinstance(value, (bool, int, float, str, bytes)) and not isinstance(value, enum.Enum):
@@ -224,6 +227,7 @@ class _Encoder:
             if (cls, name) in NOT_STATE:
                 attrs.append([name, ("not_state",)])
             elif (cls, name) in HOOK_TABLES:
+                self.hook_tables.append(attr)
                 attrs.append([name, ("hooks", list(attr))])
             else:
                 attrs.append([name, self.encode(attr, where)])
@@ -461,6 +465,22 @@ class _quiet_fills:
         return False
 
 
+def _renew_hooks(vm, tables: list[dict]) -> None:
+    """Install the saved VM's code hooks again, as a restore installs them.
+
+    A code hook Unicorn has compiled into a block remembers that block's region after the
+    block is flushed, and removing the hook later retranslates the region: a TLB fill
+    outside the guest's own fetches, which reaches the mode (in ``bt``, a translator that
+    drops a remapped page and so removes its callouts sees a fetch of the page's other
+    linear alias and translates it). A restored VM's hooks are new and remember nothing,
+    so the saved VM's are made new too: the flush at a snapshot point reaches the hooks."""
+    with _quiet_fills(vm):
+        for table in tables:
+            for address, handle in table.items():
+                vm.engine.remove_hook(handle)
+                table[address] = vm.engine.hook_code_site(address)
+
+
 def save_vm(vm) -> bytes:
     """The VM's whole state as bytes. Call it between runs (``vm.run()`` has returned:
     an instruction budget, a breakpoint or a step stopped it); it flushes the VM's TLB
@@ -470,6 +490,7 @@ def save_vm(vm) -> bytes:
     flush_caches(vm.engine)
     modes = _Encoder(_roots(vm))
     mode_tree = modes.encode(vm.mode, "mode")
+    _renew_hooks(vm, modes.hook_tables)
     subscriptions = _mode_subscriptions(vm.bus, lambda owner: modes.memo.get(id(owner)))
     plain = _Encoder({})
     tree = {
