@@ -242,3 +242,89 @@ def halted_flag(uc: Uc) -> ctypes.c_uint32:
     if not cpu:
         raise RuntimeError("the Unicorn engine has no CPU yet: map memory before asking for its state")
     return ctypes.c_uint32.from_address(cpu + fields.halted)
+
+
+# -- the softmmu TLB's size ---------------------------------------------------------------
+# QEMU sizes each MMU index's TLB by use: a flush that finds it more than 70% used in the
+# current window doubles it, and only a wall-clock window (100 ms) lets it shrink. The size
+# is not state a snapshot holds, and a flush does not reset it, so a VM that has run a while
+# misses less often than a new engine whose TLB holds the same (no) entries. The fast
+# descriptors (``CPUTLBDescFast``: mask, table) sit just before ``CPUX86State``; the
+# descriptors (``CPUTLBDesc``: large_page_addr, large_page_mask, window_begin_ns,
+# window_max_entries, n_used_entries, ...) before those.
+_TLB_SCAN = 0x2000          # bytes before env searched for the TLB descriptors
+_TLB_WINDOW_MAX = 3         # word of CPUTLBDesc: window_max_entries
+_CLOCK_SLACK_NS = 60 * 10 ** 9
+
+
+@dataclass(frozen=True)
+class TlbFields:
+    """Where a new engine's TLB descriptors are, relative to ``CPUX86State``, and its size."""
+
+    fast: tuple[int, ...]    # offsets of CPUTLBDescFast.mask, one per MMU index
+    desc: tuple[int, ...]    # offsets of CPUTLBDesc, one per MMU index
+    mask: int                # CPUTLBDescFast.mask of a new engine
+
+
+def _env_address(uc: Uc) -> int:
+    fields = probe_cpu_state()
+    cpu = ctypes.c_uint64.from_address(_handle_address(uc) + fields.cpu_pointer).value
+    if not cpu:
+        raise RuntimeError("the Unicorn engine has no CPU yet: map memory before asking for its state")
+    return cpu + fields.env_offset
+
+
+@lru_cache(maxsize=1)
+def probe_tlb() -> TlbFields:
+    """Find the TLB descriptors of a new engine: the fast ones are (mask, table) pairs with
+    one mask, the last words before env but padding; the slow ones start with two all-ones
+    words (no large page) and the window's start, a wall-clock time of now."""
+    import time
+
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    now = time.clock_gettime_ns(time.CLOCK_REALTIME)
+    env = _env_address(uc)
+    n = _TLB_SCAN // 8
+    words = struct.unpack(f"<{n}Q", ctypes.string_at(env - _TLB_SCAN, _TLB_SCAN))
+    ones = (1 << 64) - 1
+    desc = [i for i in range(n - 2) if words[i] == words[i + 1] == ones and abs(words[i + 2] - now) < _CLOCK_SLACK_NS]
+    if not desc:
+        raise RuntimeError("cannot locate QEMU's TLB descriptors; this Unicorn build differs from the one vmm "
+                           "was written for")
+    modes = len(desc)
+    last = desc[-1]
+    def pairs(i: int) -> bool:   # `modes` (mask, table) pairs from word i, one nonzero mask
+        mask = words[i]
+        return bool(mask) and not mask & 0x3F and all(
+            words[i + 2 * k] == mask and words[i + 2 * k + 1] > PAGE_SIZE for k in range(modes))
+
+    fast = [i for i in range(last, n - 2 * modes + 1) if pairs(i)]
+    if len(fast) != 1:
+        raise RuntimeError(f"cannot locate QEMU's fast TLB descriptors (candidates {fast}); this Unicorn build "
+                           "differs from the one vmm was written for")
+    start = fast[0]
+    return TlbFields(tuple((start + 2 * k - n) * 8 for k in range(modes)), tuple((i - n) * 8 for i in desc),
+                     words[start])
+
+
+def reset_tlb_size(uc: Uc, flush) -> None:
+    """Give an engine's TLB the size a new engine's has, and forget its use; ``flush()``
+    flushes the TLB. A TLB smaller than that (QEMU shrinks one little used for a while) is
+    grown by QEMU itself: a flush that finds the window's use high doubles it. A larger one
+    only has its mask shrunk, after the flush: the larger table whose start it then indexes
+    stays allocated until QEMU next resizes it (and frees it as its own)."""
+    fields = probe_tlb()
+    env = _env_address(uc)
+    for _ in range(64):
+        small = [desc for fast, desc in zip(fields.fast, fields.desc, strict=True)
+                 if ctypes.c_uint64.from_address(env + fast).value < fields.mask]
+        for desc in small:
+            ctypes.c_uint64.from_address(env + desc + 8 * _TLB_WINDOW_MAX).value = 1 << 32
+        flush()
+        if not small:
+            break
+    for fast, desc in zip(fields.fast, fields.desc, strict=True):
+        mask = ctypes.c_uint64.from_address(env + fast)
+        mask.value = min(mask.value, fields.mask)
+        ctypes.c_uint64.from_address(env + desc + 8 * _TLB_WINDOW_MAX).value = 0

@@ -31,6 +31,7 @@ from unicorn import Uc, UcError
 from unicorn import x86_const as X
 
 from ..x86 import MSR, PAGE_SIZE, SYSENTER_MSRS
+from . import quirks
 from .regs import CONTROL, GPRS, SEGMENTS, UC_TABLE
 
 PAGE = PAGE_SIZE
@@ -179,8 +180,12 @@ def restore_cpu(engine, state: CpuState, devices: list[tuple[int, int]]) -> None
 
 
 def flush_caches(engine) -> None:
-    """Drop the softmmu TLB and the translated code: both are refilled from the state."""
-    engine.flush_tlb()
+    """Drop the softmmu TLB and the translated code: both are refilled from the state.
+
+    The TLB is also given the size a new engine's has (:func:`quirks.reset_tlb_size`):
+    QEMU grows it with use and a flush keeps the size, so without this a VM that has run
+    would go on missing less often than one restored into a new engine."""
+    quirks.reset_tlb_size(engine.uc, engine.flush_tlb)
     engine.uc.ctl_flush_tb()
 
 
