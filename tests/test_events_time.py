@@ -266,6 +266,34 @@ def test_a_self_ipi_is_taken_at_the_next_instruction_boundary(mode, budget):
     assert read_u32(vm, RESULT) == label_address(src, "after_icr")  # interrupted right after the ICR write
 
 
+def ipi_after_an_emulated_instruction_guest() -> str:
+    """kvm-unit-tests ``eventinj``'s shape: a privileged instruction the VMM emulates (a
+    #GP in ``trap``), then ICR2 and ICR stores with a register update between them; the
+    handler counts IPIs at RESULT and the guest leaves ECX at RESULT + 4."""
+    return (f"mov esp, 0x180000\nmov dword ptr [{RESULT:#x}], 0\nxor ecx, ecx\n"
+            + set_gate(SELF_IPI_VECTOR, "ipi") + LOAD_IDT
+            + f"mov dword ptr [{APIC + 0xF0:#x}], 0x1ff\nsti\n"
+            + "mov eax, cr0\n"
+            + f"mov dword ptr [{APIC + 0x310:#x}], 0\n"
+            + "inc ecx\n"
+            + f"mov dword ptr [{APIC + 0x300:#x}], {ICR_SELF_FIXED:#x}\n"
+            + "nop\nnop\ncli\n"
+            + f"mov dword ptr [{RESULT + 4:#x}], ecx\n"
+            + f"mov al, 0\nout {DEBUG_EXIT_PORT:#x}, al\n"
+            + f"ipi:\ninc dword ptr [{RESULT:#x}]\nmov dword ptr [{APIC + 0xB0:#x}], 0\niretd\n"
+            + IDT_DATA)
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_a_store_that_ends_the_run_after_an_emulated_instruction_is_not_replayed(mode):
+    # Writing EIP from the exception hook once left Unicorn skipping the PC sync on every
+    # later stop of the run: the run resumed at the ICR2 store and did it all twice.
+    vm, _ = make_vm(ipi_after_an_emulated_instruction_guest(), mode=mode)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+    assert (read_u32(vm, RESULT), read_u32(vm, RESULT + 4)) == (1, 1)   # one IPI, one INC
+
+
 def pic_unmask_guest() -> str:
     """IRQ0 raised while masked at the PIC, then unmasked with IF=1: the handler records
     the EIP it interrupted (the first time) at RESULT."""

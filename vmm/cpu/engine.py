@@ -162,6 +162,7 @@ class Engine:
         self.trampoline: int | None = None
         self._pending_iret: dict | None = None
         self._segment_load: tuple[str, int] | None = None   # (register, selector) the VMM is loading
+        self._in_exception_hook = False   # inside the UC_HOOK_INTR handler (set_reg: EIP)
         self._install_hooks()
 
     # -- memory --------------------------------------------------------------------------
@@ -248,12 +249,29 @@ class Engine:
         if segment:
             self._segment_load = (name, value & 0xFFFF)  # its fills must not be refused (fill hook)
         try:
-            err = self._write(self._handle, UC_REG[name], ctypes.byref(buf))
+            if name == "eip" and self._in_exception_hook:
+                err = self._write_eip_outside_a_block(buf)
+            else:
+                err = self._write(self._handle, UC_REG[name], ctypes.byref(buf))
         finally:
             if segment:
                 self._segment_load = None
         if err:
             raise UcError(err)
+
+    def _write_eip_outside_a_block(self, buf) -> int:
+        """EIP written from the exception hook, which runs between translation blocks.
+
+        ``uc_reg_write`` of the PC also sets Unicorn's ``skip_sync_pc_on_exit``, meant for
+        a write from inside a block, and only the exit check inside a block clears it; the
+        exception path never does. Left set, every later ``emu_stop`` of the same run
+        (an APIC store that replans, say) leaves EIP where it was last synced, so the run
+        resumes at an earlier store and replays the instructions in between (measured: a
+        self-IPI delivered twice in ``trap``). ``uc_reg_write_batch`` ends the block
+        the same way without that flag."""
+        ids = (ctypes.c_int * 1)(UC_REG["eip"])
+        ptrs = (ctypes.c_void_p * 1)(ctypes.addressof(buf))
+        return self._write_batch(self._handle, ids, ptrs, 1)
 
     def table(self, name: str) -> tuple[int, int, int]:
         """(selector, base, limit) of GDTR, IDTR, LDTR or TR."""
@@ -310,7 +328,11 @@ class Engine:
 
             def handle():
                 error_code, software = quirks.read_exception_info(uc)
-                self.ops.on_interrupt(vector, error_code, software)
+                self._in_exception_hook = True
+                try:
+                    self.ops.on_interrupt(vector, error_code, software)
+                finally:
+                    self._in_exception_hook = False
                 quirks.clear_pending_exception(uc)
             self._guard(handle)
 
