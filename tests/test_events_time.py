@@ -294,6 +294,86 @@ def test_a_store_that_ends_the_run_after_an_emulated_instruction_is_not_replayed
     assert (read_u32(vm, RESULT), read_u32(vm, RESULT + 4)) == (1, 1)   # one IPI, one INC
 
 
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_an_apic_disabled_and_enabled_again_through_its_base_msr_takes_interrupts(mode):
+    # kvm-unit-tests' start-up (reset_apic): clear IA32_APIC_BASE.EN, set it again, then SVR.
+    reenable = ("mov ecx, 0x1b\nrdmsr\nand eax, 0xfffff7ff\nwrmsr\nor eax, 0x800\nwrmsr\n")
+    src = self_ipi_guest("nop\nnop\ncli").replace("sti\n", reenable + f"mov dword ptr [{APIC + 0xF0:#x}], 0x1ff\nsti\n", 1)
+    vm, _ = make_vm(src, mode=mode)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+    assert read_u32(vm, RESULT) == label_address(src, "after_icr")
+
+
+def window_guest(between: str) -> str:
+    """Two self-IPIs (vectors 0x40 and 0x41) made pending with IF=0, then ``between``
+    (which opens the window somehow) and CLI. Each handler appends (its vector, the EIP it
+    interrupted) to a log at RESULT + 8; the count of entries is at RESULT. A software
+    INT 0x42 logs the same way."""
+    log = (f"push eax\npush ebx\nmov ebx, [{RESULT:#x}]\nmov eax, [esp + 8]\n"
+           f"mov dword ptr [{RESULT + 8:#x} + ebx*8], {{vector}}\nmov dword ptr [{RESULT + 12:#x} + ebx*8], eax\n"
+           f"inc dword ptr [{RESULT:#x}]\npop ebx\npop eax\n")
+    eoi = f"mov dword ptr [{APIC + 0xB0:#x}], 0\n"
+    return (f"mov esp, 0x180000\nmov dword ptr [{RESULT:#x}], 0\n"
+            + set_gate(0x40, "irq40") + set_gate(0x41, "irq41") + set_gate(0x42, "soft42") + LOAD_IDT
+            + f"mov dword ptr [{APIC + 0xF0:#x}], 0x1ff\n"
+            + f"mov dword ptr [{APIC + 0x300:#x}], {1 << 18 | 0x40:#x}\n"
+            + f"mov dword ptr [{APIC + 0x300:#x}], {1 << 18 | 0x41:#x}\n"
+            + "mov ecx, 50\nsettle: dec ecx\njnz settle\n"     # IF=0: both stay pending
+            + between + "\ncli\n"
+            + f"mov al, 0\nout {DEBUG_EXIT_PORT:#x}, al\n"
+            + "irq40:\n" + log.format(vector=0x40) + eoi + "iretd\n"
+            + "irq41:\n" + log.format(vector=0x41) + eoi + "iretd\n"
+            + "soft42:\n" + log.format(vector=0x42) + "iretd\n"
+            + IDT_DATA)
+
+
+def window_log(vm) -> list[tuple[int, int]]:
+    return [(read_u32(vm, RESULT + 8 + 8 * i), read_u32(vm, RESULT + 12 + 8 * i)) for i in range(read_u32(vm, RESULT))]
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_sti_nop_cli_opens_the_window_for_exactly_one_boundary(mode):
+    # kvm-unit-tests eventinj "vec 32/33": STI's shadow covers the NOP; both interrupts are
+    # taken at the boundary after it (the second right after the first handler's IRET).
+    src = window_guest("sti\nnop\nwindow:")
+    vm, _ = make_vm(src, mode=mode)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+    window = label_address(src, "window")
+    # (Both at that boundary; in vtx the VMM acknowledged 0x40 on its exit, before 0x41 was sent.)
+    assert sorted(window_log(vm)) == [(0x40, window), (0x41, window)]
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_a_software_interrupt_in_the_sti_shadow_goes_before_the_pending_one(mode):
+    # eventinj "vec 32/int $33": the INT in the shadow is delivered first; the pending
+    # interrupts are taken when its handler's IRET sets IF again.
+    src = window_guest("sti\nint 0x42\nafter_int:")
+    vm, _ = make_vm(src, mode=mode)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+    after = label_address(src, "after_int")
+    log = window_log(vm)
+    if mode == "trap":
+        # Where trap-and-emulate breaks: the handler's IRET runs in ring 1 without a trap,
+        # so the VMM never sees it set the virtual IF; the two stay pending (Popek-Goldberg).
+        assert log == [(0x42, after)] and vm.board.interrupt_pending()
+    else:
+        assert log[0] == (0x42, after) and sorted(log[1:]) == [(0x40, after), (0x41, after)]
+
+
+@pytest.mark.parametrize("mode", FLAT_MODES)
+def test_sti_hlt_wakes_at_the_pending_interrupt_after_the_hlt(mode):
+    # The idle loop of every kernel: the shadow keeps the interrupt off until HLT, which it wakes.
+    src = window_guest("sti\nhlt\nwoken:")
+    vm, _ = make_vm(src, mode=mode)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+    woken = label_address(src, "woken")
+    assert sorted(window_log(vm)) == [(0x40, woken), (0x41, woken)]
+
+
 def pic_unmask_guest() -> str:
     """IRQ0 raised while masked at the PIC, then unmasked with IF=1: the handler records
     the EIP it interrupted (the first time) at RESULT."""

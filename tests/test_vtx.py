@@ -317,14 +317,34 @@ def test_external_interrupts_exit_and_are_injected():
 
 
 def test_interrupt_window_exiting():
-    # IF = 0: the window control asks for an exit once the guest sets IF. The VMM looks
-    # for the window every 64 instructions (vm.INTERRUPT_WINDOW_SLICE), so the guest spins.
+    # IF = 0: the window control asks for an exit once the guest sets IF and STI's shadow
+    # (the DEC) is over: before the JNZ, with ECX one down (SDM §26.7.5).
     src = f"mov ecx, 1000; sti; spin: dec ecx; jnz spin; mov ebx, ecx; {EXIT}"
-    vm, log, result = run(src, controls("INTERRUPT_WINDOW_EXITING"))
+    at = []
+
+    def record(vm):
+        vm.bus.subscribe("exit", lambda exit: at.append((exit.reason, vm.engine.reg("eip"), vm.engine.reg("ecx"))))
+    vm, log, result = run(src, controls("INTERRUPT_WINDOW_EXITING"), record)
     assert len(log.of(R.INTERRUPT_WINDOW)) == 1 and result.exit_status == 1
+    spin = int.from_bytes(assemble(f"{src}\n.long spin")[-4:], "little")
+    window = [(eip, ecx) for reason, eip, ecx in at if reason == R.INTERRUPT_WINDOW]
+    assert window == [(spin + 1, 999)]   # DEC ECX is one byte
     assert not vm.mode.cpu.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING)  # the handler cleared it
     _, log, _ = run(src)
     assert not log.of(R.INTERRUPT_WINDOW)
+
+
+@pytest.mark.parametrize(("before", "blocking"), [("mov ax, ss; mov ss, ax", 2), ("sti", 1), ("nop", 0)])
+def test_an_exit_in_a_shadow_reports_the_blocking_in_the_interruptibility_state(before, blocking):
+    # CPUID right after MOV SS or an STI that set IF exits inside their shadow (SDM §24.4.2).
+    src = f"{before}; cpuid; cli; {EXIT}"
+    seen = []
+
+    def record(vm):
+        vm.bus.subscribe("exit", lambda exit: seen.append(
+            vm.mode.vmcs.read(Field.GUEST_INTERRUPTIBILITY_INFO)) if exit.reason == R.CPUID else None)
+    _, _, result = run(src, record)
+    assert result.exit_status == 1 and seen == [blocking]
 
 
 def test_preemption_timer_exits_in_virtual_time():

@@ -33,7 +33,11 @@ from .vmx.exits import DECLINE, RESUME, Decline, Exit, Outcome, Reflect, Retry, 
 from .x86 import CR0, EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE
 
 _clock = time.perf_counter
-INTERRUPT_WINDOW_SLICE = 64   # instructions between checks while an IRQ waits for IF=1
+# While an interrupt waits for IF=1 (or for an STI / MOV SS shadow to end), the loop steps
+# the guest one instruction at a time: hardware takes the interrupt at the first boundary
+# that allows it, and ``sti; nop; cli`` opens the window for exactly one boundary. Only the
+# waiting costs this (VT-x's interrupt-window exiting, modelled as stepping).
+INTERRUPT_WINDOW_SLICE = 1
 SLICE_QUANTUM = 4096          # longest counted slice: how long the VMM may go without looking at the clock
 TSC_PER_INSTRUCTION = 1000    # TSC ticks per guest instruction: with one PIT clock per instruction, the
                               # TSC runs 1000x the PIT's 1.193182 MHz, as a ~1.19 GHz processor's would

@@ -178,6 +178,7 @@ class EventDelivery:
                     self._protected(current)
                 else:
                     self._real(current)
+                self.engine.set_interrupt_shadow(False)   # the handler's first instruction is not in it
                 self.delivered += 1
                 return
             except DeliveryFault as fault:

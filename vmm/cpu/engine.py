@@ -152,6 +152,7 @@ class Engine:
         self.uc.mem_map(STAND_IN_PAGE, PAGE, UC_PROT_READ)
         self._halted = quirks.halted_flag(self.uc)  # QEMU's CPUState.halted (the CPU exists by now)
         self._counter = quirks.instruction_counter(self.uc)
+        self._hflags = quirks.hflags_word(self.uc)
         self._counter_at_event = -1   # emu_counter when the interrupt hook last ran
         self.executed = 0             # guest instructions the last counted run executed
         self.stop_reason: str | None = None
@@ -272,6 +273,20 @@ class Engine:
         ids = (ctypes.c_int * 1)(UC_REG["eip"])
         ptrs = (ctypes.c_void_p * 1)(ctypes.addressof(buf))
         return self._write_batch(self._handle, ids, ptrs, 1)
+
+    # -- the interrupt shadow (SDM vol. 3 §6.8.3) --------------------------------------------
+    def interrupt_shadow(self) -> bool:
+        """True between an STI that set IF (or a MOV SS / POP SS) and the end of the next
+        instruction: no interrupt may be delivered at this boundary."""
+        return bool(self._hflags.value & quirks.HF_INHIBIT_IRQ)
+
+    def set_interrupt_shadow(self, blocked: bool) -> None:
+        """Open or close the shadow: an STI the VMM emulated, a VM entry that loads
+        blocking by STI / MOV SS, or an event delivered (delivery ends the shadow)."""
+        if blocked:
+            self._hflags.value |= quirks.HF_INHIBIT_IRQ
+        else:
+            self._hflags.value &= ~quirks.HF_INHIBIT_IRQ
 
     def table(self, name: str) -> tuple[int, int, int]:
         """(selector, base, limit) of GDTR, IDTR, LDTR or TR."""

@@ -209,6 +209,39 @@ def probe_cpu_state() -> CpuStateFields:
 _COUNTS = (5, 7)   # two instruction budgets whose counters tell the field apart
 
 
+# -- the interrupt shadow ------------------------------------------------------------------------
+# STI (with IF clear) and MOV SS / POP SS block interrupts until the next instruction ends
+# (SDM vol. 3 §6.8.3). QEMU records that in ``CPUX86State.hflags`` (HF_INHIBIT_IRQ) and
+# clears it at the end of the next instruction; Unicorn keeps it across runs but reports it
+# nowhere. The run loop delivers interrupts itself, so it needs the flag.
+HF_INHIBIT_IRQ = 1 << 3
+_STI_PROBE = bytes.fromhex("fb909090")   # sti ; nop ; nop ; nop  (IF starts clear)
+_HFLAGS_SCAN = 0x400   # bytes of CPUX86State searched (hflags follows the general registers)
+
+
+@lru_cache(maxsize=1)
+def probe_hflags() -> int:
+    """Offset of ``hflags`` in CPUX86State: the word that has HF_INHIBIT_IRQ after STI
+    and loses exactly that bit after the next instruction."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(_BASE, _STI_PROBE)
+    env = _env_address(uc)
+    n = _HFLAGS_SCAN // 4
+    runs = []
+    for begin in (_BASE, _BASE + 1, _BASE + 2):   # sti ; nop ; nop, one per run
+        uc.emu_start(begin, _BASE + len(_STI_PROBE), count=1)
+        runs.append(struct.unpack(f"<{n}I", ctypes.string_at(env, _HFLAGS_SCAN)))
+    sti, nop1, nop2 = runs
+    return _single("hflags", [i for i in range(n) if sti[i] & HF_INHIBIT_IRQ
+                              and nop1[i] == nop2[i] == sti[i] & ~HF_INHIBIT_IRQ])
+
+
+def hflags_word(uc: Uc) -> ctypes.c_uint32:
+    """The engine's ``CPUX86State.hflags``, live."""
+    return ctypes.c_uint32.from_address(_env_address(uc) + probe_hflags())
+
+
 @lru_cache(maxsize=1)
 def probe_counter_offset() -> int:
     """Offset of Unicorn's ``emu_counter`` in the engine handle: the instructions a

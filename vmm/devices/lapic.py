@@ -235,11 +235,14 @@ class LocalApic:
         return self.apic_base
 
     def write_apic_base(self, value: int) -> None:
-        """BSP is read-only; EN can be cleared but not set again (as QEMU)."""
-        keep = self.apic_base & (APIC_BASE_BSP | APIC_BASE_ENABLE)
-        self.apic_base = (value & APIC_BASE_ADDRESS_MASK) | keep
+        """BSP is read-only. Clearing EN turns the APIC off (SVR's software enable with it);
+        setting EN again turns it back on, as on every processor since the Pentium 4 and
+        as KVM does (the SDM's way from x2APIC back to xAPIC is exactly that: disable,
+        then enable; kvm-unit-tests' ``reset_apic`` does it at start-up). QEMU's TCG APIC
+        keeps EN clear but still delivers with SVR set, which no processor does."""
+        self.apic_base = (value & APIC_BASE_ADDRESS_MASK) | (self.apic_base & APIC_BASE_BSP) \
+            | (value & APIC_BASE_ENABLE)
         if not value & APIC_BASE_ENABLE:
-            self.apic_base &= ~APIC_BASE_ENABLE
             self.svr &= ~SVR_APIC_ENABLED
 
     # -- interrupt acceptance and delivery to the CPU ------------------------------------

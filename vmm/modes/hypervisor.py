@@ -221,8 +221,10 @@ class Hypervisor:
         return None
 
     def interrupts_enabled(self) -> bool:
-        """The guest's EFLAGS.IF (a deprivileged guest's is virtual)."""
-        return bool(self.vm.engine.reg("eflags") & EFLAGS.IF)
+        """The guest's EFLAGS.IF (a deprivileged guest's is virtual), outside the shadow of
+        an STI or MOV SS: an interrupt is taken only at a boundary that allows it."""
+        eng = self.vm.engine
+        return bool(eng.reg("eflags") & EFLAGS.IF) and not eng.interrupt_shadow()
 
     def poll_interrupts(self) -> bool:
         """Deliver a pending interrupt if the guest accepts one; True if one still waits."""

@@ -121,6 +121,10 @@ class Emulator:
         """Apply ``insn`` (at EIP) to the virtual state and move EIP past it."""
         eip = self.eng.reg("eip")
         name = insn.mnemonic
+        if self.eng.interrupt_shadow():
+            # This instruction is the one an STI shadows: the shadow ends with it (the
+            # engine clears it only after an instruction it completes itself).
+            self.eng.set_interrupt_shadow(False)
         try:
             advance = getattr(self, "op_" + name.replace(" ", "_"))(insn, error_code)
         except NotEmulated:
@@ -138,6 +142,10 @@ class Emulator:
         self.mode.vif = False
 
     def op_sti(self, insn, _):
+        """STI that sets IF opens the shadow: no interrupt until the next instruction ends
+        (the engine's own flag, which it clears after that instruction as for a native STI)."""
+        if not self.mode.vif:
+            self.eng.set_interrupt_shadow(True)
         self.mode.vif = True
 
     def op_hlt(self, insn, _):

@@ -179,7 +179,9 @@ class TrapMode(Hypervisor):
         """The virtual IF in the kernel; user code cannot change IF, and the VMM assumes
         its kernel returned to user mode with interrupts on (an IRET to ring 3 does not
         trap, so the VMM cannot see the IF it restores)."""
-        return self.vif if self.real_cpl() != USER_RING else True
+        if self.real_cpl() == USER_RING:
+            return True
+        return self.vif and not self.vm.engine.interrupt_shadow()
 
     def guest_cr0(self) -> int:
         return self.vcr0

@@ -50,7 +50,16 @@ from ..vmx.exits import (
     Value,
 )
 from ..vmx.msrs import MsrFile
-from ..vmx.processor import KVM_ENOSYS, LIVE_REGISTERS, LIVE_SELECTORS, LIVE_TABLES, VmxProcessor, exits_for_exception
+from ..vmx.processor import (
+    BLOCKING_BY_MOV_SS,
+    BLOCKING_BY_STI,
+    KVM_ENOSYS,
+    LIVE_REGISTERS,
+    LIVE_SELECTORS,
+    LIVE_TABLES,
+    VmxProcessor,
+    exits_for_exception,
+)
 from ..vmx.qualification import CrAccess, CrAccessType, InterruptionInfo, InterruptionType
 from ..vmx.sites import CodeSites
 from ..vmx.vmcs import Field
@@ -284,7 +293,11 @@ class VtxMode(Hypervisor):
         return cpu_model.cpuid(leaf, subleaf)
 
     def handle_hlt(self, exit: Exit) -> Outcome:
+        """Past the HLT; an interrupt this VMM holds for the window wakes it at once (the
+        HLT's own shadow is over), as KVM's halt returns when an interrupt is injectable."""
         self.skip(exit)
+        if self.queued_irq is not None and self.vm.engine.reg("eflags") & EFLAGS.IF:
+            return self.handle_interrupt_window(exit)
         self.vm.halt()
         return RESUME
 
@@ -422,7 +435,8 @@ class VtxMode(Hypervisor):
         v = self.vmcs
         intr = v.read(Field.VM_EXIT_INTR_INFO)
         vector = InterruptionInfo.decode(intr).vector if intr >> 31 else self.vm.board.acknowledge_interrupt()
-        if self.vm.engine.reg("eflags") & EFLAGS.IF and self.queued_irq is None:
+        blocked = v.read(Field.GUEST_INTERRUPTIBILITY_INFO) & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS)
+        if self.vm.engine.reg("eflags") & EFLAGS.IF and not blocked and self.queued_irq is None:
             v.write(Field.VM_ENTRY_INTR_INFO_FIELD,
                     InterruptionInfo(vector, InterruptionType.EXTERNAL_INTERRUPT).encode())
         else:

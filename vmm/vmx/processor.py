@@ -74,6 +74,9 @@ def exits_for_exception(vmcs, vector: int, error_code: int) -> bool:
     match = error_code & vmcs.read(Field.PAGE_FAULT_ERROR_CODE_MASK) == vmcs.read(Field.PAGE_FAULT_ERROR_CODE_MATCH)
     return bit if match else not bit
 
+BLOCKING_BY_STI = 1 << 0      # guest interruptibility state (SDM §24.4.2, table 24-3)
+BLOCKING_BY_MOV_SS = 1 << 1
+
 # Guest-state fields backed by the engine while the guest runs.
 LIVE_REGISTERS = {
     Field.GUEST_CR0: "cr0", Field.GUEST_CR3: "cr3", Field.GUEST_CR4: "cr4",
@@ -104,6 +107,8 @@ class LiveVmcs(Vmcs):
             name = LIVE_REGISTERS.get(encoding) or LIVE_SELECTORS.get(encoding)
             if name:
                 return self.engine.reg(name)
+            if encoding == Field.GUEST_INTERRUPTIBILITY_INFO:
+                return self._interruptibility()
             table = LIVE_TABLES.get(encoding)
             if table:
                 return self.engine.table(table[0])[table[1]]
@@ -113,7 +118,18 @@ class LiveVmcs(Vmcs):
         if self.live and encoding in LIVE_REGISTERS:
             self.engine.set_reg(LIVE_REGISTERS[encoding], value)
             return
+        if self.live and encoding == Field.GUEST_INTERRUPTIBILITY_INFO:
+            self.engine.set_interrupt_shadow(bool(value & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS)))
         super().write(encoding, value)
+
+    def _interruptibility(self) -> int:
+        """Blocking by STI / MOV SS (SDM §24.4.2), from the engine's one shadow flag: an
+        STI shadow has IF set (STI set it); a shadow with IF clear is a MOV SS one. Bits
+        2 and up (SMI, NMI blocking) are the stored ones."""
+        stored = super().read(Field.GUEST_INTERRUPTIBILITY_INFO) & ~(BLOCKING_BY_STI | BLOCKING_BY_MOV_SS)
+        if not self.engine.interrupt_shadow():
+            return stored
+        return stored | (BLOCKING_BY_STI if self.engine.reg("eflags") & IF else BLOCKING_BY_MOV_SS)
 
     def capture(self) -> None:
         """Copy the live guest state into the store (on stop, for dumps)."""
@@ -329,6 +345,8 @@ class VmxProcessor:
             eng = self.vm.engine
             eng.set_reg("eip", eng.reg("eip") - 1)  # HLT exits before it executes
             self.vmexit(InstructionExit(reason=ExitReason.HLT, length=1))
+        elif self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) and self.vm.engine.reg("eflags") & IF:
+            pass   # the window exit wakes the processor from HLT (SDM §26.7.5): the next poll takes it
         else:
             self.vm.halt()
 
@@ -376,8 +394,10 @@ class VmxProcessor:
             self.vmexit(InstructionExit(reason=ExitReason.PREEMPTION_TIMER))
 
     def poll_interrupts(self) -> bool:
-        """External interrupts and the interrupt window (SDM §26.2, §26.7.5)."""
+        """External interrupts and the interrupt window (SDM §26.2, §26.7.5): both need
+        IF=1 and no blocking by STI or MOV SS at this boundary."""
         board, eng = self.vm.board, self.vm.engine
+        open_window = bool(eng.reg("eflags") & IF) and not eng.interrupt_shadow()
         if self.pin(PinBased.EXTERNAL_INTERRUPT_EXITING):
             if board.interrupt_pending() and self.hv.queued_irq is None:
                 info = None
@@ -385,13 +405,14 @@ class VmxProcessor:
                     vector = board.acknowledge_interrupt()
                     info = InterruptionInfo(vector, InterruptionType.EXTERNAL_INTERRUPT)
                 self.vmexit(ExternalInterruptExit(vector=None if info is None else info.vector), intr_info=info)
-        elif board.interrupt_pending() and eng.reg("eflags") & IF:
+        elif board.interrupt_pending() and open_window:
             self.deliver_as_hardware(Event(board.acknowledge_interrupt(), "external"),
                                      InterruptionInfo(0, InterruptionType.EXTERNAL_INTERRUPT))
-        if self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) and eng.reg("eflags") & IF:
+        open_window = bool(eng.reg("eflags") & IF) and not eng.interrupt_shadow()
+        if self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) and open_window:
             self.vmexit(InstructionExit(reason=ExitReason.INTERRUPT_WINDOW))
         waiting = self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) or board.interrupt_pending()
-        return bool(waiting and not eng.reg("eflags") & IF)
+        return bool(waiting and not open_window)
 
     # -- code sites: the instructions Unicorn executes without telling us -----------------------
     def on_code_site(self, address: int) -> None:
