@@ -92,6 +92,7 @@ class Board:
         self.ram_size = ram_size
         self.exit_status: int | None = None
         self.stop_requested = False
+        self._acknowledged_by_apic = False   # the last INTA was the local APIC's
         self.now = 0
 
         self.pic = PicPair()
@@ -202,8 +203,19 @@ class Board:
         vector.  With nothing pending, the spurious vector of the controller
         the CPU would be listening to.
         """
+        self._acknowledged_by_apic = False
         if self._pic_wins():
             return self.pic.acknowledge()
         if self.lapic.has_pending() or not self.lapic.accepts_pic_interrupts():
+            self._acknowledged_by_apic = True
             return self.lapic.acknowledge()
         return self.pic.acknowledge()
+
+    def unacknowledge_interrupt(self, vector: int) -> bool:
+        """Give the last acknowledged interrupt back to its controller, if the local APIC
+        answered that INTA (see :meth:`LocalApic.unacknowledge`); False otherwise (the
+        8259A's acknowledge is not undone: the caller holds that vector itself)."""
+        if not self._acknowledged_by_apic:
+            return False
+        self._acknowledged_by_apic = False
+        return self.lapic.unacknowledge(vector)

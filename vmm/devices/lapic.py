@@ -288,6 +288,16 @@ class LocalApic:
         self.isr |= 1 << vector
         return vector
 
+    def unacknowledge(self, vector: int) -> bool:
+        """Undo the INTA of ``vector`` if it is the one in service (ISR back to IRR):
+        the VMM's virtual APIC keeps an interrupt it cannot inject yet pending, as
+        KVM's does, so a higher one that arrives meanwhile still goes first."""
+        if _highest_vector(self.isr) != vector:
+            return False
+        self.isr &= ~(1 << vector)
+        self.irr |= 1 << vector
+        return True
+
     def end_of_interrupt(self) -> None:
         isrv = _highest_vector(self.isr)
         if isrv >= 0:

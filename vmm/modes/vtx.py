@@ -98,7 +98,8 @@ class VtxMode(Hypervisor):
         self.code_watchers.append(self.sites)
         self.cpu = self.processor = VmxProcessor(vm, self, self.sites)
         self.vmcs = self.cpu.vmcs
-        self.queued_irq: int | None = None   # an interrupt held back for the interrupt window
+        self.queued_irq: int | None = None   # an 8259A interrupt held back for the interrupt window
+        self.awaiting_window = False          # the guest's APIC holds an interrupt for the window
         self.msrs = MsrFile(vm)
         self.delivery.intercept = self.cpu.intercept_nested_fault
         self._set_up_vmcs()
@@ -296,7 +297,7 @@ class VtxMode(Hypervisor):
         """Past the HLT; an interrupt this VMM holds for the window wakes it at once (the
         HLT's own shadow is over), as KVM's halt returns when an interrupt is injectable."""
         self.skip(exit)
-        if self.queued_irq is not None and self.vm.engine.reg("eflags") & EFLAGS.IF:
+        if (self.queued_irq is not None or self.awaiting_window) and self.vm.engine.reg("eflags") & EFLAGS.IF:
             return self.handle_interrupt_window(exit)
         self.vm.halt()
         return RESUME
@@ -431,23 +432,36 @@ class VtxMode(Hypervisor):
 
     def handle_external_interrupt(self, exit: ExternalInterruptExit) -> Outcome:
         """The interrupt is the guest's (its board raised it): inject it now if the guest
-        can take it, else ask for an interrupt-window exit."""
-        v = self.vmcs
+        can take it, else ask for an interrupt-window exit. Until then an APIC interrupt
+        goes back to the guest's APIC (KVM keeps it in its virtual APIC's IRR), so that the
+        window takes the highest one pending then; an 8259A vector is held here."""
+        v, board = self.vmcs, self.vm.board
         intr = v.read(Field.VM_EXIT_INTR_INFO)
-        vector = InterruptionInfo.decode(intr).vector if intr >> 31 else self.vm.board.acknowledge_interrupt()
-        blocked = v.read(Field.GUEST_INTERRUPTIBILITY_INFO) & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS)
-        if self.vm.engine.reg("eflags") & EFLAGS.IF and not blocked and self.queued_irq is None:
+        vector = InterruptionInfo.decode(intr).vector if intr >> 31 else board.acknowledge_interrupt()
+        if self.can_take_interrupt() and self.queued_irq is None:
             v.write(Field.VM_ENTRY_INTR_INFO_FIELD,
                     InterruptionInfo(vector, InterruptionType.EXTERNAL_INTERRUPT).encode())
+            return RESUME
+        if board.unacknowledge_interrupt(vector):
+            self.awaiting_window = True
         else:
             self.queued_irq = vector
-            self.cpu.set_primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING, True)
+        self.cpu.set_primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING, True)
         return RESUME
+
+    def can_take_interrupt(self) -> bool:
+        """Guest RFLAGS.IF set and no blocking by STI or MOV SS (interruptibility state)."""
+        blocked = self.vmcs.read(Field.GUEST_INTERRUPTIBILITY_INFO) & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS)
+        return bool(self.vm.engine.reg("eflags") & EFLAGS.IF) and not blocked
 
     def handle_interrupt_window(self, exit: Exit) -> Outcome:
         self.cpu.set_primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING, False)
-        if self.queued_irq is not None:
+        vector = self.queued_irq
+        self.queued_irq = None
+        if vector is None and self.awaiting_window and self.vm.board.interrupt_pending():
+            vector = self.vm.board.acknowledge_interrupt()
+        self.awaiting_window = False
+        if vector is not None:
             self.vmcs.write(Field.VM_ENTRY_INTR_INFO_FIELD,
-                            InterruptionInfo(self.queued_irq, InterruptionType.EXTERNAL_INTERRUPT).encode())
-            self.queued_irq = None
+                            InterruptionInfo(vector, InterruptionType.EXTERNAL_INTERRUPT).encode())
         return RESUME

@@ -399,7 +399,7 @@ class VmxProcessor:
         board, eng = self.vm.board, self.vm.engine
         open_window = bool(eng.reg("eflags") & IF) and not eng.interrupt_shadow()
         if self.pin(PinBased.EXTERNAL_INTERRUPT_EXITING):
-            if board.interrupt_pending() and self.hv.queued_irq is None:
+            if board.interrupt_pending() and self.hv.queued_irq is None and not self.hv.awaiting_window:
                 info = None
                 if self.vmcs.read(Field.VM_EXIT_CONTROLS) & ExitControls.ACK_INTERRUPT_ON_EXIT:
                     vector = board.acknowledge_interrupt()
