@@ -110,6 +110,11 @@ def record_exits(vm) -> ExitLog:
     return log
 
 
+def label_address(src: str, label: str) -> int:
+    """Where ``label`` lands in ``src`` as assembled: the guest's last word, appended."""
+    return int.from_bytes(assemble(f"{src}\n.long {label}")[-4:], "little")
+
+
 def make_vm(src_or_image, mode="vtx", configure=None, **vm_args):
     """A VM for assembly source (flat, at FLAT_BASE) or a built image; ``configure(vm)``
     runs before launch (e.g. to edit the VMCS)."""

@@ -66,6 +66,10 @@ def combine_events(first: int, second: int) -> int | None:
     return second
 
 
+_INT_N, _INT3, _INTO = 0xCD, 0xCC, 0xCE
+_SIZE_PREFIXES = frozenset({0x66, 0x67})
+
+
 class DeliveryFault(Exception):
     """A fault raised while delivering another event."""
 
@@ -85,7 +89,7 @@ class TripleFault(Exception):
 
 @dataclass
 class Event:
-    """An event to deliver. ``kind``: "exception", "external" (an IRQ), or "software"."""
+    """An event to deliver. ``kind``: "exception", "external" (an IRQ), "nmi", or "software"."""
 
     vector: int
     kind: str = "exception"
@@ -179,12 +183,16 @@ class EventDelivery:
                 else:
                     self._real(current)
                 self.engine.set_interrupt_shadow(False)   # the handler's first instruction is not in it
+                if current.kind == "nmi":
+                    self.engine.set_nmi_blocked(True)     # until the handler's IRET
                 self.delivered += 1
                 return
             except DeliveryFault as fault:
                 history.append(vector_name(fault.vector))
                 if self.intercept is not None and self.intercept(fault.vector, fault.error_code, fault.cr2):
                     return
+                if current.kind == "software":
+                    self._back_to_instruction(current.vector)
                 nxt = combine_events(current.vector, fault.vector)
                 if nxt is None:
                     raise TripleFault(self.engine.reg("eip"), history) from None
@@ -193,6 +201,28 @@ class EventDelivery:
                     history.append("#DF")
                 else:
                     current = Event(nxt, "exception", fault.error_code, fault.cr2)
+
+    def _back_to_instruction(self, vector: int) -> None:
+        """A fault while delivering INT n / INT3 / INTO is the instruction's fault: its frame
+        points at the instruction, which runs again after the handler (kvm-unit-tests
+        ``eventinj`` "NP exception" counts on it). The engine reports EIP past it; the
+        bytes before EIP tell how far: CD n (n = the vector), or CC / CE for INT3 / INTO,
+        each after an optional operand- or address-size prefix."""
+        eng = self.engine
+        eip = eng.reg("eip")
+        try:
+            before = self._read(eip - 3, 3)
+        except DeliveryFault:
+            return
+        if before[1] == _INT_N and before[2] == vector:
+            length = 2
+        elif (before[2], vector) in ((_INT3, Vector.BP), (_INTO, Vector.OF)):
+            length = 1
+        else:
+            return
+        if before[2 - length] in _SIZE_PREFIXES:
+            length += 1
+        eng.set_reg("eip", (eip - length) & 0xFFFFFFFF)
 
     # -- protected mode, one step per check of SDM §6.12.1 ----------------------------------
     def _protected(self, ev: Event) -> None:

@@ -153,6 +153,7 @@ class Engine:
         self._halted = quirks.halted_flag(self.uc)  # QEMU's CPUState.halted (the CPU exists by now)
         self._counter = quirks.instruction_counter(self.uc)
         self._hflags = quirks.hflags_word(self.uc)
+        self._hflags2 = quirks.hflags2_word(self.uc)
         self._counter_at_event = -1   # emu_counter when the interrupt hook last ran
         self.executed = 0             # guest instructions the last counted run executed
         self.stop_reason: str | None = None
@@ -287,6 +288,17 @@ class Engine:
             self._hflags.value |= quirks.HF_INHIBIT_IRQ
         else:
             self._hflags.value &= ~quirks.HF_INHIBIT_IRQ
+
+    def nmi_blocked(self) -> bool:
+        """True from the delivery of an NMI until the next IRET (SDM vol. 3 §6.7.1): the
+        engine's own IRET ends it, also one the guest executes natively."""
+        return bool(self._hflags2.value & quirks.HF2_NMI)
+
+    def set_nmi_blocked(self, blocked: bool) -> None:
+        if blocked:
+            self._hflags2.value |= quirks.HF2_NMI
+        else:
+            self._hflags2.value &= ~quirks.HF2_NMI
 
     def table(self, name: str) -> tuple[int, int, int]:
         """(selector, base, limit) of GDTR, IDTR, LDTR or TR."""

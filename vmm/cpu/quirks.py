@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc
+from unicorn.x86_const import UC_X86_REG_CR0 as X86_REG_CR0
 from unicorn.x86_const import UC_X86_REG_EAX as X86_REG_EAX
 from unicorn.x86_const import UC_X86_REG_EBX as X86_REG_EBX
 from unicorn.x86_const import UC_X86_REG_ECX as X86_REG_ECX
+from unicorn.x86_const import UC_X86_REG_ESP as X86_REG_ESP
 
 from ..x86 import PAGE_SIZE, Vector
 
@@ -235,6 +237,37 @@ def probe_hflags() -> int:
     sti, nop1, nop2 = runs
     return _single("hflags", [i for i in range(n) if sti[i] & HF_INHIBIT_IRQ
                               and nop1[i] == nop2[i] == sti[i] & ~HF_INHIBIT_IRQ])
+
+
+HF2_NMI = 1 << 2          # hflags2: an NMI handler is running (NMIs blocked until IRET)
+_IRET_PROBE = bytes.fromhex("cf90")   # iret ; nop
+
+
+@lru_cache(maxsize=1)
+def probe_hflags2() -> int:
+    """Offset of ``hflags2``, the word after ``hflags``: checked by setting its NMI bit
+    in a scratch engine and watching an IRET clear exactly that bit (QEMU's IRET helpers
+    end NMI blocking, which is all the VMM needs from them)."""
+    offset = probe_hflags() + 4
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(_BASE, _IRET_PROBE)
+    uc.reg_write(X86_REG_CR0, 0)   # real mode: IRET needs no descriptor (32-bit operands: CS.D is set)
+    uc.mem_write(0x8000, struct.pack("<III", _BASE + 1, 0, 0x2))   # the frame: EIP, CS, EFLAGS
+    uc.reg_write(X86_REG_ESP, 0x8000)
+    word = ctypes.c_uint32.from_address(_env_address(uc) + offset)
+    before = word.value
+    word.value = before | HF2_NMI
+    uc.emu_start(_BASE, _BASE + len(_IRET_PROBE), count=1)
+    if word.value != before & ~HF2_NMI:
+        raise RuntimeError("cannot locate QEMU's hflags2 (NMI blocking) after hflags; this Unicorn build "
+                           "differs from the one vmm was written for")
+    return offset
+
+
+def hflags2_word(uc: Uc) -> ctypes.c_uint32:
+    """The engine's ``CPUX86State.hflags2``, live."""
+    return ctypes.c_uint32.from_address(_env_address(uc) + probe_hflags2())
 
 
 def hflags_word(uc: Uc) -> ctypes.c_uint32:

@@ -211,6 +211,13 @@ class Board:
             return self.lapic.acknowledge()
         return self.pic.acknowledge()
 
+    def nmi_pending(self) -> bool:
+        """Is an NMI latched for the CPU (the local APIC's; LINT1 is not wired)?"""
+        return self.lapic.nmi_pending
+
+    def acknowledge_nmi(self) -> None:
+        self.lapic.nmi_pending = False
+
     def unacknowledge_interrupt(self, vector: int) -> bool:
         """Give the last acknowledged interrupt back to its controller, if the local APIC
         answered that INTA (see :meth:`LocalApic.unacknowledge`); False otherwise (the

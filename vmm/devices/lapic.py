@@ -161,6 +161,7 @@ class LocalApicState:
     deadline: int | None
     timer_expirations: int
     ipis: tuple[tuple[tuple[str, str], int], ...]
+    nmi_pending: bool = False
 
 
 class LocalApic:
@@ -196,6 +197,7 @@ class LocalApic:
         self._deadline: int | None = None
         self.timer_expirations = 0
         self.ipis: Counter = Counter()
+        self.nmi_pending = False          # an NMI (ICR delivery mode NMI) not yet taken
 
     # -- saved state ----------------------------------------------------------------------
     def save_state(self) -> LocalApicState:
@@ -203,7 +205,7 @@ class LocalApic:
             self.apic_base, self.id, self.tpr, self.ldr, self.dfr_model, self.svr, self.irr, self.isr,
             self.tmr, self.esr, self._esr_pending, self.icr_low, self.icr_high, tuple(self.lvt.items()),
             self.initial_count, self.divide_config, self.now, self._deadline, self.timer_expirations,
-            tuple(self.ipis.items()))
+            tuple(self.ipis.items()), self.nmi_pending)
 
     def load_state(self, state: LocalApicState) -> None:
         self.apic_base, self.id, self.tpr, self.ldr = state.apic_base, state.id, state.tpr, state.ldr
@@ -216,6 +218,7 @@ class LocalApic:
         self.now, self._deadline = state.now, state.deadline
         self.timer_expirations = state.timer_expirations
         self.ipis = Counter(dict(state.ipis))
+        self.nmi_pending = state.nmi_pending
 
     # -- IA32_APIC_BASE ---------------------------------------------------------------
 
@@ -379,6 +382,9 @@ class LocalApic:
             outcome = "illegal-vector"
         elif mode in (DM_FIXED, DM_LOWEST_PRIORITY) and to_self:
             self.accept_interrupt(vector)
+            outcome = "delivered"
+        elif mode == DM_NMI and to_self:
+            self.nmi_pending = True   # one latch: a second NMI before this one is taken is lost
             outcome = "delivered"
         else:
             outcome = "not-modelled" if to_self else "no-target"

@@ -37,7 +37,7 @@ from ..vmx.exits import (
     Outcome,
     Value,
 )
-from ..x86 import EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK
+from ..x86 import EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, Vector
 from .memory import CodePages
 
 CPUID_OUTPUTS = ("eax", "ebx", "ecx", "edx")
@@ -227,8 +227,15 @@ class Hypervisor:
         return bool(eng.reg("eflags") & EFLAGS.IF) and not eng.interrupt_shadow()
 
     def poll_interrupts(self) -> bool:
-        """Deliver a pending interrupt if the guest accepts one; True if one still waits."""
+        """Deliver a pending NMI or interrupt if the guest accepts one; True if one still
+        waits (an NMI waits for the IRET of the NMI handler, an interrupt for IF)."""
         board = self.vm.board
+        if board.nmi_pending():
+            eng = self.vm.engine
+            if eng.nmi_blocked() or eng.interrupt_shadow():
+                return True
+            board.acknowledge_nmi()
+            self.vm.inject(Event(Vector.NMI, "nmi"))
         if not board.interrupt_pending():
             return False
         if self.interrupts_enabled():

@@ -327,6 +327,7 @@ class Emulator:
         self.eng.set_reg("cs", self._code_target(cs & 0xFFFF))
         self.eng.set_reg("esp", (self.eng.reg("esp") + 12) & 0xFFFFFFFF)
         self.mode.vif = bool(eflags & IF)
+        self.eng.set_nmi_blocked(False)   # an IRET ends NMI blocking (SDM vol. 3 §6.7.1)
         self.eng.set_reg("eflags", (eflags & ~IOPL) | IF | 2)
         self.eng.set_reg("eip", eip)
         return False

@@ -173,15 +173,17 @@ class TrapMode(Hypervisor):
 
     def virtual_eflags(self) -> int:
         real = self.vm.engine.reg("eflags") & ~IOPL
-        return (real & ~IF) | (IF if self.interrupts_enabled() else 0)
+        return (real & ~IF) | (IF if self.virtual_if() else 0)
 
-    def interrupts_enabled(self) -> bool:
+    def virtual_if(self) -> bool:
         """The virtual IF in the kernel; user code cannot change IF, and the VMM assumes
         its kernel returned to user mode with interrupts on (an IRET to ring 3 does not
         trap, so the VMM cannot see the IF it restores)."""
-        if self.real_cpl() == USER_RING:
-            return True
-        return self.vif and not self.vm.engine.interrupt_shadow()
+        return self.vif if self.real_cpl() != USER_RING else True
+
+    def interrupts_enabled(self) -> bool:
+        """The virtual IF, outside an STI or MOV SS shadow."""
+        return self.virtual_if() and not self.vm.engine.interrupt_shadow()
 
     def guest_cr0(self) -> int:
         return self.vcr0

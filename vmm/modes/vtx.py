@@ -397,6 +397,8 @@ class VtxMode(Hypervisor):
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         info = InterruptionInfo.exception(vector, error_code is not None)
+        if vector == Vector.NMI:
+            info = InterruptionInfo(vector, InterruptionType.NMI)   # an NMI exit is reflected as an NMI
         self.vmcs.write(Field.VM_ENTRY_INTR_INFO_FIELD, info.encode())
         self.vmcs.write(Field.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code or 0)
 

@@ -21,7 +21,7 @@ from capstone.x86 import X86_OP_MEM, X86_OP_REG
 from ..cpu.delivery import BP, HAS_ERROR_CODE, OF, PF, UD, Event, TripleFault
 from ..cpu.faultaddr import effective_address
 from ..cpu.regs import IF
-from ..x86 import CR0, EFLAGS, ControlRegister
+from ..x86 import CR0, EFLAGS, ControlRegister, Vector
 from .bitmaps import BITMAP_SIZE, VmxBitmaps
 from .controls import ExitControls, PinBased, PrimaryProcBased, SecondaryProcBased
 from .exit_reasons import ExitReason
@@ -239,7 +239,7 @@ class VmxProcessor:
         info = self.vmcs.peek(Field.VM_ENTRY_INTR_INFO_FIELD)
         self.vmcs.write(Field.VM_ENTRY_INTR_INFO_FIELD, 0)  # the processor clears valid
         intr = InterruptionInfo.decode(info)
-        kind = {InterruptionType.EXTERNAL_INTERRUPT: "external",
+        kind = {InterruptionType.EXTERNAL_INTERRUPT: "external", InterruptionType.NMI: "nmi",
                 InterruptionType.SOFTWARE_INTERRUPT: "software",
                 InterruptionType.SOFTWARE_EXCEPTION: "software",
                 InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION: "software"}.get(intr.type, "exception")
@@ -397,6 +397,7 @@ class VmxProcessor:
         """External interrupts and the interrupt window (SDM §26.2, §26.7.5): both need
         IF=1 and no blocking by STI or MOV SS at this boundary."""
         board, eng = self.vm.board, self.vm.engine
+        nmi_waits = self._poll_nmi()
         open_window = bool(eng.reg("eflags") & IF) and not eng.interrupt_shadow()
         if self.pin(PinBased.EXTERNAL_INTERRUPT_EXITING):
             if board.interrupt_pending() and self.hv.queued_irq is None and not self.hv.awaiting_window:
@@ -412,7 +413,24 @@ class VmxProcessor:
         if self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) and open_window:
             self.vmexit(InstructionExit(reason=ExitReason.INTERRUPT_WINDOW))
         waiting = self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) or board.interrupt_pending()
-        return bool(waiting and not open_window)
+        return nmi_waits or bool(waiting and not open_window)
+
+    def _poll_nmi(self) -> bool:
+        """A pending NMI: a VM exit with NMI exiting (SDM §25.2), else delivered through the
+        guest IDT; blocked until the IRET of an NMI handler, and in a MOV SS shadow. True if
+        it still waits."""
+        board, eng = self.vm.board, self.vm.engine
+        if not board.nmi_pending():
+            return False
+        if eng.nmi_blocked() or eng.interrupt_shadow():
+            return True
+        board.acknowledge_nmi()
+        info = InterruptionInfo(Vector.NMI, InterruptionType.NMI)
+        if self.pin(PinBased.NMI_EXITING):
+            self.vmexit(ExceptionExit(vector=Vector.NMI, error_code=None), intr_info=info)
+        else:
+            self.deliver_as_hardware(Event(Vector.NMI, "nmi"), info)
+        return False
 
     # -- code sites: the instructions Unicorn executes without telling us -----------------------
     def on_code_site(self, address: int) -> None:
