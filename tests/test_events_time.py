@@ -326,41 +326,39 @@ def window_log(vm) -> list[tuple[int, int]]:
     return [(read_u32(vm, RESULT + 8 + 8 * i), read_u32(vm, RESULT + 12 + 8 * i)) for i in range(read_u32(vm, RESULT))]
 
 
+def run_window(mode: str, between: str, label: str) -> tuple[list[tuple[int, int]], int]:
+    """Run :func:`window_guest` with ``between`` (which ends at ``label``): its log, and
+    where ``label`` is."""
+    src = window_guest(f"{between}\n{label}:")
+    vm, _ = make_vm(src, mode=mode)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+    return window_log(vm), label_address(src, label)
+
+
 @pytest.mark.parametrize("mode", FLAT_MODES)
 def test_sti_nop_cli_opens_the_window_for_exactly_one_boundary(mode):
     # kvm-unit-tests eventinj "vec 32/33": STI's shadow covers the NOP; both interrupts are
     # taken at the boundary after it (the second right after the first handler's IRET).
-    src = window_guest("sti\nnop\nwindow:")
-    vm, _ = make_vm(src, mode=mode)
-    result = vm.run()
-    assert result.kind is StopKind.EXIT, result.message
-    window = label_address(src, "window")
     # (In vtx the VMM's exit for 0x40 came before 0x41 was sent: it gives 0x40 back to the
     # guest's APIC, which then ranks the two as hardware does.)
-    assert window_log(vm) == [(0x41, window), (0x40, window)]   # the higher vector first
+    log, window = run_window(mode, "sti\nnop", "window")
+    assert log == [(0x41, window), (0x40, window)]   # the higher vector first
 
 
 @pytest.mark.parametrize("mode", FLAT_MODES)
 def test_a_software_interrupt_in_the_sti_shadow_goes_before_the_pending_one(mode):
     # eventinj "vec 32/int $33": the INT in the shadow is delivered first; the pending
     # interrupts are taken when its handler's IRET sets IF again.
-    src = window_guest("sti\nint 0x42\nafter_int:")
-    vm, _ = make_vm(src, mode=mode)
-    result = vm.run()
-    assert result.kind is StopKind.EXIT, result.message
-    after = label_address(src, "after_int")
-    assert window_log(vm) == [(0x42, after), (0x41, after), (0x40, after)]
+    log, after = run_window(mode, "sti\nint 0x42", "after_int")
+    assert log == [(0x42, after), (0x41, after), (0x40, after)]
 
 
 @pytest.mark.parametrize("mode", FLAT_MODES)
 def test_sti_hlt_wakes_at_the_pending_interrupt_after_the_hlt(mode):
     # The idle loop of every kernel: the shadow keeps the interrupt off until HLT, which it wakes.
-    src = window_guest("sti\nhlt\nwoken:")
-    vm, _ = make_vm(src, mode=mode)
-    result = vm.run()
-    assert result.kind is StopKind.EXIT, result.message
-    woken = label_address(src, "woken")
-    assert window_log(vm) == [(0x41, woken), (0x40, woken)]
+    log, woken = run_window(mode, "sti\nhlt", "woken")
+    assert log == [(0x41, woken), (0x40, woken)]
 
 
 def pic_unmask_guest() -> str:
