@@ -16,7 +16,9 @@ terminal as the guest's console.
 """
 from __future__ import annotations
 
+import _thread
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -58,14 +60,30 @@ def _on_sigint(signum, frame) -> None:
     the run is told to stop and ends by itself, its stop published; anywhere else the
     interrupt is Python's usual KeyboardInterrupt, which :meth:`VM.run` also turns into
     an INTERRUPTED stop between slices."""
-    _stop_signal(signum)
+    _stop_signal(signum, frame)
 
 
-def _stop_signal(signum: int) -> None:
+def _in_gc_callback(frame) -> bool:
+    """Whether ``frame`` runs inside a garbage-collector callback (hypothesis installs
+    one): an exception raised there is printed as "Exception ignored" and dropped."""
+    codes = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _stop_signal(signum: int, frame=None) -> None:
     global received
     received = signal.Signals(signum)
-    if not _interrupt_vms(received.name):
-        raise KeyboardInterrupt
+    if _interrupt_vms(received.name):
+        return
+    if _in_gc_callback(frame):
+        # Raise it again once the collection is over: the same handler, outside the callback.
+        threading.Timer(0.01, _thread.interrupt_main, (signum,)).start()
+        return
+    raise KeyboardInterrupt
 
 
 def _watch(read_fd: int) -> None:
