@@ -231,7 +231,7 @@ def test_cr4_bits_of_the_model_are_writable_as_on_qemu(tmp_path):
     same_as_qemu(p, tmp_path)
 
 
-@pytest.mark.parametrize("mode", [m for m in MODES if m != "native"])  # see docs/cpu.md
+@pytest.mark.parametrize("mode", MODES)
 def test_reserved_cr4_bits_raise_gp(mode, tmp_path):
     """UMIP, LA57, VMXE, SMXE, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP, PKE...: bits this CPU
     does not have; MOV to CR4 setting one is #GP(0) (SDM vol. 3 §2.5). QEMU 7.2 TCG spins
@@ -246,8 +246,7 @@ def test_reserved_cr4_bits_raise_gp(mode, tmp_path):
     assert lines[-1] == "cr4 after: 0x00000000:0x00000000"
 
 
-# -- MSRs (VT-x modes: vmm.vmx.msrs) --------------------------------------------------------
-VTX_MODES = ("vtx", "vtx-ept")
+# -- MSRs (every mode: vmm.cpu.msrs) --------------------------------------------------------
 QEMU_MSRS = (0x17, 0x1B, 0x3A, 0x3B, 0x8B, 0xFE, 0x174, 0x175, 0x176, 0x179, 0x17A, 0x1A0,
              0x200, 0x201, 0x20E, 0x20F, 0x250, 0x258, 0x259, 0x268, 0x26F, 0x277, 0x2FF, 0x6E0,
              0xC0000080, 0xC0000081)
@@ -266,14 +265,14 @@ def test_msr_table_reads_and_writes_as_qemu(tmp_path):
         p.rdmsr(msr)
     for msr, value in QEMU_WRITES:
         p.wrmsr(msr, value)
-    same_as_qemu(p, tmp_path, VTX_MODES)
+    same_as_qemu(p, tmp_path, MODES)
 
 
 NO_SUCH_MSRS = (0xC0000082, 0xC0000083, 0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103,
                 0x480, 0x48B, 0x400, 0x401, 0x12345678)
 
 
-@pytest.mark.parametrize("mode", VTX_MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_msrs_the_cpu_does_not_have_raise_gp(mode, tmp_path):
     """Long-mode MSRs (FS/GS base among them: no base, canonical or not, can be loaded),
     VMX capabilities, machine-check banks: #GP(0) on RDMSR and WRMSR, as on a processor
@@ -292,7 +291,7 @@ def test_msrs_the_cpu_does_not_have_raise_gp(mode, tmp_path):
         "fs base after: 0x00000000:0x00000000"]
 
 
-@pytest.mark.parametrize("mode", VTX_MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_wrmsr_tsc_sets_the_guests_tsc(mode, tmp_path):
     """WRMSR to IA32_TSC: RDTSC and RDMSR go on from the value written (SDM vol. 3 §17.17)."""
     p = Probes()

@@ -263,6 +263,9 @@ class VM:
     def on_code_site(self, address: int) -> None:
         self.processor.on_code_site(address)
 
+    def on_intercept(self, exit_code: int, info: int) -> None:
+        self.mode.on_intercept(exit_code, info)   # only a mode that asked the engine for them
+
     # -- the exit table: the one place exits are counted and outcomes interpreted ----------
     def dispatch(self, exit: Exit):
         """Run the mode's handler for ``exit``, count the exit once, time the handler, and

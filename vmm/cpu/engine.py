@@ -18,6 +18,7 @@ import enum
 import struct
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +61,10 @@ STAND_IN_PAGE = 0xFFFFD000  # a descriptor page the VMM's own segment loads neve
 TRAMPOLINE_HOST = 0xFFFFE000    # the VMM's IRET trampoline (Engine.iret_to), host side
 TRAMPOLINE_LINEAR = 0xFFFFE000  # ... and where it sits in every guest's linear space
 TRAMPOLINE_STACK = 0x800        # offset of its stack frame in that page
+INTERCEPT_HOST = 1 << 40
+"""Host pages of the engine's intercepts (a VMCB-like page, then QEMU's 8 KiB MSR permission
+bitmap): far above the 36-bit physical address width, so no guest mapping can reach them."""
+MSRPM_SIZE = 0x2000
 
 ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = "read", "write", "fetch"
 _ACCESS = {UC_MEM_WRITE: ACCESS_WRITE, UC_MEM_FETCH: ACCESS_FETCH}
@@ -125,6 +130,7 @@ class VcpuOps(Protocol):
     def on_cpuid(self) -> bool: ...
     def on_rdtsc(self) -> bool: ...
     def on_code_site(self, address: int) -> None: ...
+    def on_intercept(self, exit_code: int, info: int) -> None: ...
 
 
 _REG_MASK = {name: 0xFFFF for name in ("cs", "ss", "ds", "es", "fs", "gs")}
@@ -352,6 +358,11 @@ class Engine:
             # The instruction that raised it is counted as executed (it was, or the VMM
             # emulates it, or the event it raised is delivered), also if the run ends here.
             self._counter_at_event = self._counter.value
+            if vector >= quirks.SVM_EXCEPTION_BASE:
+                # An intercept (intercept_cpu_checks): EIP is at the instruction.
+                self._guard(self.ops.on_intercept, vector - quirks.SVM_EXCEPTION_BASE,
+                            quirks.read_exception_info(uc)[0])
+                return
 
             def handle():
                 error_code, software = quirks.read_exception_info(uc)
@@ -519,10 +530,40 @@ class Engine:
 
     # -- model-specific registers ---------------------------------------------------------
     def msr(self, index: int) -> int:
-        return self.uc.msr_read(index)
+        with self._no_intercepts():
+            return self.uc.msr_read(index)
 
     def set_msr(self, index: int, value: int) -> None:
-        self.uc.msr_write(index, value)
+        with self._no_intercepts():
+            self.uc.msr_write(index, value)
+
+    @contextmanager
+    def _no_intercepts(self):
+        """Unicorn's MSR access runs QEMU's RDMSR/WRMSR helpers, intercept check included:
+        outside a run an intercept there would unwind into nowhere."""
+        intercepting = self._hflags.value & quirks.HF_GUEST
+        self._hflags.value &= ~quirks.HF_GUEST
+        try:
+            yield
+        finally:
+            self._hflags.value |= intercepting
+
+    def intercept_cpu_checks(self) -> None:
+        """Report MOV to CR4 and every RDMSR/WRMSR to ``ops.on_intercept`` before the engine
+        executes them (:func:`vmm.cpu.quirks.probe_intercepts`), so that the VMM makes the
+        checks QEMU 5 leaves out (reserved CR4 bits, MSRs qemu32 does not have) where it
+        does not otherwise stand between the guest and the CPU. Costs nothing elsewhere:
+        only these instructions call out."""
+        fields = quirks.probe_intercepts()
+        self.uc.mem_map(INTERCEPT_HOST, PAGE + MSRPM_SIZE, UC_PROT_READ)
+        self.uc.mem_write(INTERCEPT_HOST + quirks.VMCB_MSRPM_BASE, struct.pack("<Q", INTERCEPT_HOST + PAGE))
+        self.uc.mem_write(INTERCEPT_HOST + PAGE, b"\xff" * MSRPM_SIZE)   # every MSR, read and write
+        env = quirks.env_address(self.uc)
+        ctypes.c_uint64.from_address(env + fields.vm_vmcb).value = INTERCEPT_HOST
+        ctypes.c_uint64.from_address(env + fields.intercept).value = 1 << (quirks.SVM_EXIT_MSR - quirks.SVM_EXIT_INTR)
+        ctypes.c_uint16.from_address(env + fields.intercept_cr_write).value = 1 << 4
+        self._hflags.value |= quirks.HF_GUEST
+        self.uc.ctl_flush_tb()   # hflags is part of a translated block's key
 
     # -- running -------------------------------------------------------------------------
     @property

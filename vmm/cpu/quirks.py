@@ -31,9 +31,11 @@ from functools import lru_cache
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc
 from unicorn.x86_const import UC_X86_REG_CR0 as X86_REG_CR0
+from unicorn.x86_const import UC_X86_REG_CR4 as X86_REG_CR4
 from unicorn.x86_const import UC_X86_REG_EAX as X86_REG_EAX
 from unicorn.x86_const import UC_X86_REG_EBX as X86_REG_EBX
 from unicorn.x86_const import UC_X86_REG_ECX as X86_REG_ECX
+from unicorn.x86_const import UC_X86_REG_EIP as X86_REG_EIP
 from unicorn.x86_const import UC_X86_REG_ESP as X86_REG_ESP
 
 from ..x86 import PAGE_SIZE, Vector
@@ -228,7 +230,7 @@ def probe_hflags() -> int:
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
     uc.mem_map(0, 0x10000)
     uc.mem_write(_BASE, _STI_PROBE)
-    env = _env_address(uc)
+    env = env_address(uc)
     n = _HFLAGS_SCAN // 4
     runs = []
     for begin in (_BASE, _BASE + 1, _BASE + 2):   # sti ; nop ; nop, one per run
@@ -255,7 +257,7 @@ def probe_hflags2() -> int:
     uc.reg_write(X86_REG_CR0, 0)   # real mode: IRET needs no descriptor (32-bit operands: CS.D is set)
     uc.mem_write(0x8000, struct.pack("<III", _BASE + 1, 0, 0x2))   # the frame: EIP, CS, EFLAGS
     uc.reg_write(X86_REG_ESP, 0x8000)
-    word = ctypes.c_uint32.from_address(_env_address(uc) + offset)
+    word = ctypes.c_uint32.from_address(env_address(uc) + offset)
     before = word.value
     word.value = before | HF2_NMI
     uc.emu_start(_BASE, _BASE + len(_IRET_PROBE), count=1)
@@ -267,12 +269,12 @@ def probe_hflags2() -> int:
 
 def hflags2_word(uc: Uc) -> ctypes.c_uint32:
     """The engine's ``CPUX86State.hflags2``, live."""
-    return ctypes.c_uint32.from_address(_env_address(uc) + probe_hflags2())
+    return ctypes.c_uint32.from_address(env_address(uc) + probe_hflags2())
 
 
 def hflags_word(uc: Uc) -> ctypes.c_uint32:
     """The engine's ``CPUX86State.hflags``, live."""
-    return ctypes.c_uint32.from_address(_env_address(uc) + probe_hflags())
+    return ctypes.c_uint32.from_address(env_address(uc) + probe_hflags())
 
 
 @lru_cache(maxsize=1)
@@ -310,6 +312,62 @@ def halted_flag(uc: Uc) -> ctypes.c_uint32:
     return ctypes.c_uint32.from_address(cpu + fields.halted)
 
 
+# -- the CPU checks Unicorn leaves out, through QEMU's SVM intercepts ------------------------------
+# QEMU 5's MOV to CR4 stores any value (no reserved-bit #GP) and its WRMSR knows long-mode
+# MSRs a qemu32 CPU does not have. Where the VMM does not stand between the guest and the
+# CPU (native), it still needs those two instructions. QEMU's SVM model offers a hook for
+# exactly them: with ``HF_GUEST`` in ``hflags``, ``helper_write_crN`` checks
+# ``intercept_cr_write`` and ``helper_rdmsr``/``helper_wrmsr`` check ``intercept`` (and,
+# for MSR numbers in its three ranges, the MSR permission bitmap the VMCB points to).
+# ``cpu_vmexit`` then rewinds EIP to the instruction and reports vector
+# ``SVM_EXCEPTION_BASE + exit code`` (error code: EXITINFO1, 1 for WRMSR) to UC_HOOK_INTR
+# without touching guest memory: Unicorn hooks every exception, so QEMU's own world switch
+# (``do_vmexit``) never runs. These fields follow ``old_exception`` in CPUX86State:
+# ``vm_vmcb``, ``tsc_offset``, ``intercept``, ``intercept_cr_read``, ``intercept_cr_write``.
+HF_GUEST = 1 << 21
+SVM_EXCEPTION_BASE = 0x100     # QEMU's EXCP_VMEXIT
+SVM_EXIT_WRITE_CR4 = 0x14
+SVM_EXIT_MSR = 0x7C
+SVM_EXIT_SHUTDOWN = 0x7F
+SVM_EXIT_INTR = 0x60           # bit 0 of ``intercept``
+VMCB_MSRPM_BASE = 0x48         # offsetof(struct vmcb, control.msrpm_base_pa)
+_MOV_CR4_EAX = bytes.fromhex("0f22e0")
+
+
+@dataclass(frozen=True)
+class InterceptFields:
+    """Offsets in CPUX86State of QEMU's SVM intercept state."""
+
+    vm_vmcb: int
+    intercept: int
+    intercept_cr_write: int
+
+
+@lru_cache(maxsize=1)
+def probe_intercepts() -> InterceptFields:
+    """Place the fields after ``old_exception`` as QEMU declares them, and check them: a
+    MOV to CR4 with its write intercepted must report the intercept at the instruction
+    and leave CR4 as it was."""
+    old = probe_offsets().old_exception - _CONTEXT_HEADER   # the context holds CPUX86State after a header
+    vm_vmcb = (old + 4 + 7) & ~7
+    fields = InterceptFields(vm_vmcb, vm_vmcb + 16, vm_vmcb + 26)
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(_BASE, _MOV_CR4_EAX)
+    uc.reg_write(X86_REG_EAX, 1 << 5)
+    cr4 = uc.reg_read(X86_REG_CR4)
+    env = env_address(uc)
+    ctypes.c_uint16.from_address(env + fields.intercept_cr_write).value = 1 << 4
+    hflags_word(uc).value |= HF_GUEST
+    seen = []
+    uc.hook_add(UC_HOOK_INTR, lambda u, vector, data: (seen.append((vector, u.reg_read(X86_REG_EIP))), u.emu_stop()))
+    uc.emu_start(_BASE, _BASE + len(_MOV_CR4_EAX))
+    if seen != [(SVM_EXCEPTION_BASE + SVM_EXIT_WRITE_CR4, _BASE)] or uc.reg_read(X86_REG_CR4) != cr4:
+        raise RuntimeError("cannot locate QEMU's SVM intercept fields after old_exception; this Unicorn "
+                           "build differs from the one vmm was written for")
+    return fields
+
+
 # -- the softmmu TLB's size ---------------------------------------------------------------
 # QEMU sizes each MMU index's TLB by use: a flush that finds it more than 70% used in the
 # current window doubles it, and only a wall-clock window (100 ms) lets it shrink. The size
@@ -332,7 +390,7 @@ class TlbFields:
     mask: int                # CPUTLBDescFast.mask of a new engine
 
 
-def _env_address(uc: Uc) -> int:
+def env_address(uc: Uc) -> int:
     fields = probe_cpu_state()
     cpu = ctypes.c_uint64.from_address(_handle_address(uc) + fields.cpu_pointer).value
     if not cpu:
@@ -350,7 +408,7 @@ def probe_tlb() -> TlbFields:
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
     uc.mem_map(0, 0x10000)
     now = time.clock_gettime_ns(time.CLOCK_REALTIME)
-    env = _env_address(uc)
+    env = env_address(uc)
     n = _TLB_SCAN // 8
     words = struct.unpack(f"<{n}Q", ctypes.string_at(env - _TLB_SCAN, _TLB_SCAN))
     ones = (1 << 64) - 1
@@ -381,7 +439,7 @@ def reset_tlb_size(uc: Uc, flush) -> None:
     only has its mask shrunk, after the flush: the larger table whose start it then indexes
     stays allocated until QEMU next resizes it (and frees it as its own)."""
     fields = probe_tlb()
-    env = _env_address(uc)
+    env = env_address(uc)
     for _ in range(64):
         small = [desc for fast, desc in zip(fields.fast, fields.desc, strict=True)
                  if ctypes.c_uint64.from_address(env + fast).value < fields.mask]

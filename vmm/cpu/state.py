@@ -32,6 +32,7 @@ from unicorn import x86_const as X
 
 from ..x86 import MSR, PAGE_SIZE, SYSENTER_MSRS
 from . import quirks
+from .engine import INTERCEPT_HOST
 from .regs import CONTROL, GPRS, SEGMENTS, UC_TABLE
 
 PAGE = PAGE_SIZE
@@ -100,10 +101,11 @@ def _msrs(engine) -> tuple[tuple[int, int], ...]:
 
 
 def _regions(engine, devices: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
-    """(base, size, perms) of every mapped region that is not a device's."""
+    """(base, size, perms) of every mapped region that is not a device's, nor the engine's
+    intercept pages (:meth:`Engine.intercept_cpu_checks` makes them again)."""
     out = []
     for begin, end, perms in engine.uc.mem_regions():
-        if any(base <= begin < base + length for base, length in devices):
+        if begin >= INTERCEPT_HOST or any(base <= begin < base + length for base, length in devices):
             continue
         out.append((begin, end - begin + 1, perms))
     return sorted(out)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from ..cpu import cpuid as cpu_model
 from ..cpu.delivery import UD, Event, EventDelivery
 from ..cpu.engine import Fault, Fill
+from ..cpu.msrs import MsrFile
 from ..stats.events import EventCounters
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import (
@@ -122,6 +123,7 @@ class Hypervisor:
                                       lambda cr2: eng.set_reg("cr2", cr2))
         self.processor = self
         self.mmu = None  # set by the mode
+        self.msrs = MsrFile(vm)   # the CPU model's MSRs, however a mode reaches them
         self.exit_table = {
             ExitReason.EXCEPTION_NMI: self.exception,
             ExitReason.EXTERNAL_INTERRUPT: self.external_interrupt,

@@ -262,18 +262,15 @@ class Emulator:
 
     # -- MSRs --------------------------------------------------------------------------------
     def op_rdmsr(self, insn, _):
-        try:
-            value = self.eng.msr(self.eng.reg("ecx"))
-        except Exception:
-            raise GuestFault(GP, 0) from None
+        value = self.mode.msrs.read(self.eng.reg("ecx"))   # the CPU model's table (vmm.cpu.msrs)
+        if value is None:
+            raise GuestFault(GP, 0)
         self.eng.set_reg("eax", value & 0xFFFFFFFF)
         self.eng.set_reg("edx", value >> 32)
 
     def op_wrmsr(self, insn, _):
-        try:
-            self.eng.set_msr(self.eng.reg("ecx"), (self.eng.reg("edx") << 32) | self.eng.reg("eax"))
-        except Exception:
-            raise GuestFault(GP, 0) from None
+        if not self.mode.msrs.write(self.eng.reg("ecx"), (self.eng.reg("edx") << 32) | self.eng.reg("eax")):
+            raise GuestFault(GP, 0)
 
     # -- ports -------------------------------------------------------------------------------
     def op_in(self, insn, _):

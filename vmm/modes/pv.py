@@ -214,8 +214,8 @@ class PvMode(Hypervisor):
         self.kernel_stack: tuple[int, int] | None = None
         self.callbacks = None
         self.debugregs = {n: 0 for n in (0, 1, 2, 3, 6, 7)}
-        self.msrs = dict.fromkeys(SYSENTER_MSRS, 0)
-        self.msrs[IA32_PAT] = PAT_POWER_ON
+        self.domain_msrs = dict.fromkeys(SYSENTER_MSRS, 0)
+        self.domain_msrs[IA32_PAT] = PAT_POWER_ON
         self.hypercall_page_override = hypercall_page
         self._pending: tuple[int, int, int, int, int] | None = None  # a ring change to make outside emulation
         self._blocked = False
@@ -360,14 +360,14 @@ class PvMode(Hypervisor):
         if code not in (b"\x0f\x30", b"\x0f\x32"):
             return False
         msr = eng.reg("ecx")
-        if msr not in self.msrs:
+        if msr not in self.domain_msrs:
             return False
         if code == b"\x0f\x30":
-            self.msrs[msr] = eng.reg("edx") << 32 | eng.reg("eax")
+            self.domain_msrs[msr] = eng.reg("edx") << 32 | eng.reg("eax")
             self.events.add("pv", "emulated WRMSR")
         else:
-            eng.set_reg("eax", self.msrs[msr] & U32_MASK)
-            eng.set_reg("edx", self.msrs[msr] >> 32)
+            eng.set_reg("eax", self.domain_msrs[msr] & U32_MASK)
+            eng.set_reg("edx", self.domain_msrs[msr] >> 32)
             self.events.add("pv", "emulated RDMSR")
         eng.set_reg("eip", eip + 2)
         return True

@@ -49,7 +49,6 @@ from ..vmx.exits import (
     ShadowPageFault,
     Value,
 )
-from ..vmx.msrs import MsrFile
 from ..vmx.processor import (
     BLOCKING_BY_MOV_SS,
     BLOCKING_BY_STI,
@@ -100,7 +99,6 @@ class VtxMode(Hypervisor):
         self.vmcs = self.cpu.vmcs
         self.queued_irq: int | None = None   # an 8259A interrupt held back for the interrupt window
         self.awaiting_window = False          # the guest's APIC holds an interrupt for the window
-        self.msrs = MsrFile(vm)
         self.delivery.intercept = self.cpu.intercept_nested_fault
         self._set_up_vmcs()
         self.ept = ept
@@ -383,11 +381,11 @@ class VtxMode(Hypervisor):
         return self.skip(exit)
 
     def read_msr(self, msr: int) -> int | None:
-        """RDMSR as the guest's CPU answers it (:mod:`vmm.vmx.msrs`); None is #GP(0)."""
+        """RDMSR as the guest's CPU answers it (:mod:`vmm.cpu.msrs`); None is #GP(0)."""
         return self.msrs.read(msr)
 
     def write_msr(self, msr: int, value: int) -> bool:
-        """WRMSR as the guest's CPU takes it (:mod:`vmm.vmx.msrs`); False is #GP(0)."""
+        """WRMSR as the guest's CPU takes it (:mod:`vmm.cpu.msrs`); False is #GP(0)."""
         return self.msrs.write(msr, value)
 
     def handle_descriptor_table(self, exit: DescriptorTableExit) -> Outcome:

@@ -1,4 +1,8 @@
-"""The MSRs of the guest's CPU under VT-x: one row per MSR, QEMU's ``qemu32`` behaviour.
+"""The MSRs of the guest's CPU: one row per MSR, QEMU's ``qemu32`` behaviour.
+
+Every mode but pv (Xen's model: the domain's own copies) answers RDMSR and WRMSR from
+here, however it reaches them: a VT-x MSR exit, trap's #GP, bt's callout, native's
+engine intercept.
 
 Each row says where the MSR lives, what it reads after reset, and which bits a WRMSR
 stores (a write to a row with none is accepted and ignored, as QEMU does). The values
