@@ -359,8 +359,12 @@ def probe_intercepts() -> InterceptFields:
     env = env_address(uc)
     ctypes.c_uint16.from_address(env + fields.intercept_cr_write).value = 1 << 4
     hflags_word(uc).value |= HF_GUEST
-    seen = []
-    uc.hook_add(UC_HOOK_INTR, lambda u, vector, data: (seen.append((vector, u.reg_read(X86_REG_EIP))), u.emu_stop()))
+    seen: list[tuple[int, int]] = []
+
+    def report(u, vector, data):
+        seen.append((vector, u.reg_read(X86_REG_EIP)))
+        u.emu_stop()
+    uc.hook_add(UC_HOOK_INTR, report)
     uc.emu_start(_BASE, _BASE + len(_MOV_CR4_EAX))
     if seen != [(SVM_EXCEPTION_BASE + SVM_EXIT_WRITE_CR4, _BASE)] or uc.reg_read(X86_REG_CR4) != cr4:
         raise RuntimeError("cannot locate QEMU's SVM intercept fields after old_exception; this Unicorn "
