@@ -174,3 +174,55 @@ def test_vtx_ept_takes_an_ept_violation_per_unassigned_access(tmp_path):
         return result.exits[ExitReason.EPT_VIOLATION]
     # probes on pages of their own, so no RAM page of the guest is touched the more for them
     assert violations(PHYSICAL_PROBES) - violations(()) == 2 * len(PHYSICAL_PROBES)
+
+
+# The VMM's own accesses on the guest's behalf: an operand trap emulates, an IDT that
+# event delivery reads (before, both stopped the VM: "outside the guest's RAM").
+VMM_READ_GUEST = f"""%include "kernel.inc"
+kmain:
+    SGDT_M saved_gdtr
+    LGDT_M {PHYSICAL_PROBES[0]:#x}              // trap emulates it: the VMM reads the operand
+    LGDT_M saved_gdtr
+    PRINT "lgdt from unassigned memory: still running\\n"
+    EXIT EXIT_OK
+.align 4
+saved_gdtr: .space 8
+%include "kernel_bss.inc"
+"""
+IDT_IN_UNASSIGNED_GUEST = f"""%include "kernel.inc"
+kmain:
+    LIDT_M hole_idtr
+    PRINT "int3 through an IDT in unassigned memory\\n"
+    int3
+    PRINT "not reached\\n"
+    EXIT EXIT_OK
+.align 4
+hole_idtr: .word 0x7ff
+           .long {PHYSICAL_PROBES[0]:#x}
+%include "kernel_bss.inc"
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_vmms_own_reads_of_unassigned_memory_read_zero(mode, tmp_path):
+    """An emulated LGDT's operand and the gate an event delivery reads come from the
+    unassigned device too: zeros, counted; the guest goes on (or, for an IDT of zeros,
+    takes the #GP of an invalid gate and triple-faults, as on QEMU)."""
+    result, out = run_vmm(build(tmp_path, "lgdt", VMM_READ_GUEST), mode)
+    assert result.kind is StopKind.EXIT, result.message
+    assert out == b"lgdt from unassigned memory: still running\n"
+    assert result.memory[UNASSIGNED_READS] >= 1
+    result, out = run_vmm(build(tmp_path, "idt", IDT_IN_UNASSIGNED_GUEST), mode)
+    assert result.kind is StopKind.TRIPLE_FAULT, result.message
+    assert "(#BP -> #GP -> #GP -> #DF -> #GP)" in result.message
+    assert out == b"int3 through an IDT in unassigned memory\n"
+
+
+@pytest.mark.qemu
+def test_qemu_agrees_on_the_vmms_own_reads(tmp_path):
+    if qemu_binary("i386") is None:
+        pytest.skip("qemu-system-i386 is not on PATH")
+    assert run_qemu(build(tmp_path, "lgdt", VMM_READ_GUEST), tmp_path) == \
+        (b"lgdt from unassigned memory: still running\n", 1)
+    out, status = run_qemu(build(tmp_path, "idt", IDT_IN_UNASSIGNED_GUEST), tmp_path)
+    assert out == b"int3 through an IDT in unassigned memory\n" and status == 0   # -no-reboot: a reset ends QEMU

@@ -70,7 +70,7 @@ from typing import Any
 
 from .bus import TOPICS
 from .cpu.state import capture_cpu, flush_caches, restore_cpu
-from .modes.memory import UNASSIGNED_BASE, UNASSIGNED_SIZE
+from .modes.memory import UNASSIGNED_BASE, UNASSIGNED_SIZE, VMM_UNASSIGNED_BASE
 
 MAGIC = b"VMMSNAP\x00"
 FORMAT_VERSION = 2
@@ -406,9 +406,9 @@ class _Decoder:
 # -- the VM ------------------------------------------------------------------------------
 def _devices(vm) -> list[tuple[int, int]]:
     """The MMIO regions, which hold no memory to save: the board's devices and the
-    unassigned device's window."""
+    unassigned device's two windows."""
     return [(base, length) for base, length, _ in vm.board.mmio_bus.regions()] \
-        + [(UNASSIGNED_BASE, UNASSIGNED_SIZE)]
+        + [(UNASSIGNED_BASE, UNASSIGNED_SIZE), (VMM_UNASSIGNED_BASE, UNASSIGNED_SIZE)]
 
 
 def _roots(vm) -> dict[str, Any]:

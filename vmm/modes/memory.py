@@ -35,11 +35,21 @@ ADDRESS_MASK = 0xFFFFFFFF
 UNASSIGNED_BASE = 4 * GiB
 UNASSIGNED_SIZE = 4 * GiB
 ZERO_CODE_PAGE = UNASSIGNED_BASE + UNASSIGNED_SIZE  # what a fetch from unassigned memory reads
+VMM_UNASSIGNED_BASE = 4 * UNASSIGNED_SIZE   # the same device for the VMM's own accesses (no exits)
 UNASSIGNED_READS = "unassigned-memory reads (0 returned)"
 UNASSIGNED_WRITES = "unassigned-memory writes (dropped)"
 PAGING_CR0_BITS = CR0.PG | CR0.WP | CR0.PE       # the shadow is rebuilt when they change
 PAGING_CR4_BITS = CR4.PSE | CR4.PAE | CR4.PGE
 DESCRIPTOR_TABLES = ("gdtr", "ldtr", "idtr", "tr")
+
+
+def unassigned_host(gpa: int) -> int:
+    """Where the VMM's own access to an unassigned guest-physical address goes (its walk
+    for an emulated instruction's operand, an event delivery's IDT or stack): the
+    unassigned device's second window, so it reads 0 and drops writes, counted, as the
+    guest's access to the same address does, and is never taken for the guest's own
+    access (in vtx-ept that would be an EPT violation)."""
+    return VMM_UNASSIGNED_BASE + (gpa & (UNASSIGNED_SIZE - 1))
 
 
 def is_unassigned_page(host_page: int) -> bool:
@@ -57,7 +67,9 @@ class UnassignedMemory:
     guest-physical address), so only accesses to unassigned memory call into the VMM;
     instruction fetches read a shared page of zeros (Unicorn fetches from RAM only).
     ``emulate(gpa, size, value)``, when set, takes each access instead (``vtx-ept``: an
-    EPT violation the hypervisor emulates); it returns the value a read sees.
+    EPT violation the hypervisor emulates); it returns the value a read sees. The VMM's
+    own accesses use a second window (:func:`unassigned_host`) that ``emulate`` never
+    sees. Both count per access the device sees (a VMM read may be split into several).
     """
 
     def __init__(self, engine):
@@ -65,6 +77,7 @@ class UnassignedMemory:
         self.writes = 0
         self.emulate: Callable[[int, int, int | None], int | None] | None = None
         engine.map_mmio(UNASSIGNED_BASE, UNASSIGNED_SIZE, self._load, self._store)
+        engine.map_mmio(VMM_UNASSIGNED_BASE, UNASSIGNED_SIZE, self.read, self.write)
         engine.map_ram(ZERO_CODE_PAGE, PAGE_SIZE)
 
     def _load(self, gpa: int, size: int) -> int:
@@ -236,7 +249,7 @@ class GuestPaging:
         t = self.walk(linear, write, user, set_ad)
         physical = linear & ADDRESS_MASK if t is None else t.physical
         if not self.pages.is_guest_physical(physical & PAGE_MASK):
-            raise GuestMemoryError(physical, 1, "write" if write else "read")
+            return unassigned_host(physical)
         return physical
 
     def tlb_fill(self, vaddr: int, access: str) -> Fill | Fault:

@@ -31,7 +31,7 @@ from ..vmx.qualification import EptViolation as EptQualification
 from ..vmx.vmcs import Field
 from ..x86 import CR0, CR4, PAGE_MASK, PAGE_SIZE, KiB, PFError
 from ..x86.paging import ENTRY_SIZE_64
-from .memory import ADDRESS_MASK, CodePages, user_access
+from .memory import ADDRESS_MASK, CodePages, unassigned_host, user_access
 
 CR0_PG = CR0.PG
 CR4_VMXE = CR4.VMXE
@@ -211,8 +211,10 @@ class EptMmu:
                 return self._software.walk(cr0, eng.reg("cr3"), eng.reg("cr4"), linear, eptp=eptp, write=write,
                                            user=user, set_ad=set_ad).host_physical
             except EptViolation as v:
+                if self.is_unassigned(v.gpa):
+                    return unassigned_host(v.gpa)
                 if not self.is_ram(v.gpa):
-                    raise PageFault(linear, 0) from None
+                    return v.gpa   # a device page: the board's, at its guest-physical address
                 self.map_ram_page(v.gpa)
             except EptMisconfiguration as m:
                 return m.gpa
