@@ -112,3 +112,13 @@ def test_protected_mode_code_at_linear_0xffff0_is_no_reset():
             serial_output=lambda _b: None, timeout=10)
     result = vm.run()
     assert (result.kind, result.exit_status) == (StopKind.EXIT, 0x33 << 1 | 1), result.message
+
+
+@pytest.mark.parametrize("mode", REAL_MODE_MODES)
+def test_16_bit_code_is_decoded_as_16_bit(mode):
+    """SMSW AX in real mode writes AX only (SDM: SMSW r16). vtx-ept, which answers SMSW
+    from the CR0 read shadow at its code site, once decoded the site as 32-bit code,
+    read it as SMSW EAX and cleared EAX's upper half."""
+    result = boot("mov eax, 0x5a5a0000\n    smsw ax\n    shr eax, 16\n    out 0xf4, al", mode)
+    assert result.kind is StopKind.EXIT, result.message
+    assert result.status == (0x5A << 1) | 1

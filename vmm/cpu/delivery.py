@@ -70,6 +70,19 @@ _INT_N, _INT3, _INTO = 0xCD, 0xCC, 0xCE
 _SIZE_PREFIXES = frozenset({0x66, 0x67})
 
 
+def take_nmi(board, engine) -> bool | None:
+    """The NMI rule the bare machine and VMX non-root operation share (SDM vol. 3 §6.7.1):
+    None if no NMI is pending; False if one waits (blocked until the IRET of an NMI
+    handler, or at a boundary inside a MOV SS / STI shadow); True if one was acknowledged
+    now, for the caller to deliver (or turn into a VM exit)."""
+    if not board.nmi_pending():
+        return None
+    if engine.nmi_blocked() or engine.interrupt_shadow():
+        return False
+    board.acknowledge_nmi()
+    return True
+
+
 class DeliveryFault(Exception):
     """A fault raised while delivering another event."""
 

@@ -295,6 +295,11 @@ class Engine:
         else:
             self._hflags.value &= ~quirks.HF_INHIBIT_IRQ
 
+    def code_bits(self) -> int:
+        """16 or 32: the default operand and address size of the code running now (CS.D,
+        which QEMU keeps in ``hflags`` as HF_CS32; 16 in real mode)."""
+        return 32 if self._hflags.value & quirks.HF_CS32 else 16
+
     def nmi_blocked(self) -> bool:
         """True from the delivery of an NMI until the next IRET (SDM vol. 3 §6.7.1): the
         engine's own IRET ends it, also one the guest executes natively."""

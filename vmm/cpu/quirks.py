@@ -219,6 +219,7 @@ _COUNTS = (5, 7)   # two instruction budgets whose counters tell the field apart
 # clears it at the end of the next instruction; Unicorn keeps it across runs but reports it
 # nowhere. The run loop delivers interrupts itself, so it needs the flag.
 HF_INHIBIT_IRQ = 1 << 3
+HF_CS32 = 1 << 4          # CS.D: 32-bit code (QEMU's HF_CS32_MASK, next to HF_INHIBIT_IRQ)
 _STI_PROBE = bytes.fromhex("fb909090")   # sti ; nop ; nop ; nop  (IF starts clear)
 _HFLAGS_SCAN = 0x400   # bytes of CPUX86State searched (hflags follows the general registers)
 

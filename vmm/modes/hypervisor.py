@@ -21,7 +21,7 @@ only where it differs. No mode derives from another.
 from __future__ import annotations
 
 from ..cpu import cpuid as cpu_model
-from ..cpu.delivery import UD, Event, EventDelivery
+from ..cpu.delivery import UD, Event, EventDelivery, take_nmi
 from ..cpu.engine import Fault, Fill
 from ..cpu.msrs import MsrFile
 from ..stats.events import EventCounters
@@ -232,11 +232,10 @@ class Hypervisor:
         """Deliver a pending NMI or interrupt if the guest accepts one; True if one still
         waits (an NMI waits for the IRET of the NMI handler, an interrupt for IF)."""
         board = self.vm.board
-        if board.nmi_pending():
-            eng = self.vm.engine
-            if eng.nmi_blocked() or eng.interrupt_shadow():
-                return True
-            board.acknowledge_nmi()
+        nmi = take_nmi(board, self.vm.engine)
+        if nmi is False:
+            return True
+        if nmi:
             self.vm.inject(Event(Vector.NMI, "nmi"))
         if not board.interrupt_pending():
             return False

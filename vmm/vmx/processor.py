@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from capstone.x86 import X86_OP_MEM, X86_OP_REG
 
-from ..cpu.delivery import BP, HAS_ERROR_CODE, OF, PF, UD, Event, TripleFault
+from ..cpu.delivery import BP, HAS_ERROR_CODE, OF, PF, UD, Event, TripleFault, take_nmi
 from ..cpu.faultaddr import effective_address
 from ..cpu.regs import IF
 from ..x86 import CR0, EFLAGS, ControlRegister, Vector
@@ -396,9 +396,8 @@ class VmxProcessor:
     def poll_interrupts(self) -> bool:
         """External interrupts and the interrupt window (SDM §26.2, §26.7.5): both need
         IF=1 and no blocking by STI or MOV SS at this boundary."""
-        board, eng = self.vm.board, self.vm.engine
+        board = self.vm.board
         nmi_waits = self._poll_nmi()
-        open_window = bool(eng.reg("eflags") & IF) and not eng.interrupt_shadow()
         if self.pin(PinBased.EXTERNAL_INTERRUPT_EXITING):
             if board.interrupt_pending() and self.hv.queued_irq is None and not self.hv.awaiting_window:
                 info = None
@@ -406,25 +405,29 @@ class VmxProcessor:
                     vector = board.acknowledge_interrupt()
                     info = InterruptionInfo(vector, InterruptionType.EXTERNAL_INTERRUPT)
                 self.vmexit(ExternalInterruptExit(vector=None if info is None else info.vector), intr_info=info)
-        elif board.interrupt_pending() and open_window:
+        elif board.interrupt_pending() and self._window_open():
             self.deliver_as_hardware(Event(board.acknowledge_interrupt(), "external"),
                                      InterruptionInfo(0, InterruptionType.EXTERNAL_INTERRUPT))
-        open_window = bool(eng.reg("eflags") & IF) and not eng.interrupt_shadow()
+        # Asked again: a delivery (or an exit's handler) may have cleared IF.
+        open_window = self._window_open()
         if self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) and open_window:
             self.vmexit(InstructionExit(reason=ExitReason.INTERRUPT_WINDOW))
         waiting = self.primary(PrimaryProcBased.INTERRUPT_WINDOW_EXITING) or board.interrupt_pending()
         return nmi_waits or bool(waiting and not open_window)
 
+    def _window_open(self) -> bool:
+        """IF=1 and no blocking by STI or MOV SS at this boundary: an external interrupt
+        (or an interrupt-window exit) may happen now."""
+        eng = self.vm.engine
+        return bool(eng.reg("eflags") & IF) and not eng.interrupt_shadow()
+
     def _poll_nmi(self) -> bool:
         """A pending NMI: a VM exit with NMI exiting (SDM §25.2), else delivered through the
         guest IDT; blocked until the IRET of an NMI handler, and in a MOV SS shadow. True if
         it still waits."""
-        board, eng = self.vm.board, self.vm.engine
-        if not board.nmi_pending():
-            return False
-        if eng.nmi_blocked() or eng.interrupt_shadow():
-            return True
-        board.acknowledge_nmi()
+        nmi = take_nmi(self.vm.board, self.vm.engine)
+        if nmi is not True:
+            return nmi is False
         info = InterruptionInfo(Vector.NMI, InterruptionType.NMI)
         if self.pin(PinBased.NMI_EXITING):
             self.vmexit(ExceptionExit(vector=Vector.NMI, error_code=None), intr_info=info)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, Cs
 
 from ..x86.opcodes import PREFIX_GROUPS
 
@@ -30,9 +30,12 @@ SECOND_BYTES = (0x00, 0x01, 0x06, 0x08, 0x09, 0x20, 0x21, 0x22, 0x23, 0x30, 0x32
 PATTERNS = tuple(bytes([0x0F, b]) for b in SECOND_BYTES)
 
 
-@lru_cache(maxsize=1)
-def _decoder() -> Cs:
-    cs = Cs(CS_ARCH_X86, CS_MODE_32)
+CODE_32 = 32   # Engine.code_bits() of 32-bit code
+
+
+@lru_cache(maxsize=2)
+def _decoder(bits: int = CODE_32) -> Cs:
+    cs = Cs(CS_ARCH_X86, CS_MODE_32 if bits == CODE_32 else CS_MODE_16)
     cs.detail = True
     return cs
 
@@ -64,7 +67,7 @@ class CodeSites:
         self.hooks: dict[int, int] = {}                       # linear address -> hook handle
         self.scanned: dict[int, int] = {}                     # linear page -> guest-physical page
         self.code_pages: dict[int, set[int]] = {}             # guest-physical page -> linear pages
-        self._decoded: dict[int, object] = {}
+        self._decoded: dict[tuple[int, int], object] = {}   # (address, code size) -> instruction
         self.pages_scanned = 0
         self.rescans = 0
 
@@ -83,15 +86,18 @@ class CodeSites:
         """The guest is about to write a scanned frame: rescan it at its next fetch."""
         for linear_page in self.code_pages.pop(physical_page, ()):
             self.scanned.pop(linear_page, None)
-            for address in [a for a in self._decoded if a & PAGE_MASK == linear_page]:
-                del self._decoded[address]
+            for key in [k for k in self._decoded if k[0] & PAGE_MASK == linear_page]:
+                del self._decoded[key]
         self.rescans += 1
 
     def decode(self, address: int):
-        """The capstone instruction at ``address`` (cached until its page is written)."""
-        insn = self._decoded.get(address)
+        """The capstone instruction at ``address`` (cached until its page is written), as
+        the code segment's size reads it: 16-bit code (real mode, a 16-bit segment) is
+        other instructions, of other lengths, than the same bytes as 32-bit code."""
+        key = (address, self.engine.code_bits())
+        insn = self._decoded.get(key)
         if insn is None:
             code = self.read_code(address, 15)
-            insn = next(_decoder().disasm(code, address, 1), None)
-            self._decoded[address] = insn
+            insn = next(_decoder(key[1]).disasm(code, address, 1), None)
+            self._decoded[key] = insn
         return insn
