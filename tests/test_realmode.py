@@ -122,3 +122,66 @@ def test_16_bit_code_is_decoded_as_16_bit(mode):
     result = boot("mov eax, 0x5a5a0000\n    smsw ax\n    shr eax, 16\n    out 0xf4, al", mode)
     assert result.kind is StopKind.EXIT, result.message
     assert result.status == (0x5A << 1) | 1
+
+
+def _smc_sector() -> bytes:
+    """A loop that copies routine A or B (alternately) byte by byte into a buffer on its
+    own code page, runs it, and sums what each run returned in AL: 1, 2, 1, 2, 1, 2."""
+    loop = assemble("""
+    xor ax, ax
+    mov ds, ax
+    mov ss, ax
+    mov sp, 0x7000
+    xor bx, bx
+again:
+    mov si, 0x7d40
+    test bx, 1
+    jz pick
+    mov si, 0x7d60
+pick:
+    mov di, 0x7d80
+    mov cx, 16
+copy:
+    mov al, [si]
+    mov [di], al
+    inc si
+    inc di
+    loop copy
+    jmp 0x7d80
+""", 0x7C00, bits=16)
+    again = 0x7C00 + len(assemble("xor ax, ax\nmov ds, ax\nmov ss, ax\nmov sp, 0x7000\nxor bx, bx", 0x7C00, bits=16))
+    tail = assemble(f"""
+    mov [0x6000 + bx], al
+    inc bx
+    cmp bx, 6
+    jae done
+    jmp {again:#x}
+done:
+    mov al, [0x6000]
+    add al, [0x6001]
+    add al, [0x6002]
+    add al, [0x6003]
+    add al, [0x6004]
+    add al, [0x6005]
+    out 0xf4, al
+""", 0x7DA0, bits=16)
+    image = bytearray(0x200)
+    image[:len(loop)] = loop
+    image[0x140:0x148] = bytes.fromhex("eb029090b0019090")   # A: jmp +2; nop; nop; mov al, 1; (falls on)
+    image[0x160:0x168] = bytes.fromhex("e80200eb03b002c3")   # B: call +2; jmp +3; mov al, 2; ret
+    image[0x180:0x1A0] = b"\x90" * 32                        # the buffer, then the tail
+    image[0x1A0:0x1A0 + len(tail)] = tail
+    image[0x1FE:] = b"\x55\xaa"
+    return bytes(image)
+
+
+@pytest.mark.parametrize("mode", REAL_MODE_MODES)
+def test_code_rewritten_on_its_own_page_runs_as_written(mode):
+    """Each run executes the routine just copied, never the one before (the VMM's
+    code-page policy once made Unicorn stop noticing the copy's later stores:
+    vmm.cpu.quirks.keep_code_writes_detected)."""
+    vm = VM(load_image(_smc_sector(), ram_size=RAM, kind="bootsector"), mode=mode, ram_size=RAM,
+            serial_output=lambda _b: None, timeout=10)
+    result = vm.run()
+    assert result.kind is StopKind.EXIT, result.message
+    assert result.status == (9 << 1) | 1

@@ -29,6 +29,7 @@ from .devices.board import Board
 from .loader.entry import load_protected_mode_state
 from .loader.image import LoadedImage
 from .mmu.paging import PageFault
+from .modes.memory import UNASSIGNED_SIZE, is_unassigned_host
 from .vmx.exits import DECLINE, RESUME, Decline, Exit, Outcome, Reflect, Retry, StopVm, UnexpectedExit, Value
 from .x86 import CR0, EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE
 
@@ -380,22 +381,30 @@ class VM:
         """
         return self.run(single_step=True)
 
-    def read_linear(self, address: int, size: int) -> bytes:
-        """Guest memory as the guest sees it at CPL0 (raises PageFault if unmapped)."""
+    def read_linear(self, address: int, size: int, *, debug: bool = False) -> bytes:
+        """Guest memory as the guest sees it at CPL0 (raises PageFault if unmapped).
+        Unassigned guest-physical memory reads 0, counted, as the guest's own read would;
+        ``debug`` (a debugger's or the tracer's read, which is nobody's access) raises
+        GuestMemoryError there instead, as QEMU's gdbstub reports an error."""
         out = b""
         while len(out) < size:
             chunk = min(size - len(out), PAGE_SIZE - (address & PAGE_OFFSET_MASK))
-            out += self.engine.read_phys(self.mode.translate(address, write=False, user=False, set_ad=False), chunk)
+            out += self.engine.read_phys(self._debug_checked(address, False, chunk, debug), chunk)
             address += chunk
         return out
 
-    def write_linear(self, address: int, data: bytes) -> None:
+    def write_linear(self, address: int, data: bytes, *, debug: bool = False) -> None:
         done = 0
         while done < len(data):
             chunk = min(len(data) - done, PAGE_SIZE - ((address + done) & PAGE_OFFSET_MASK))
-            phys = self.mode.translate(address + done, write=True, user=False, set_ad=False)
-            self.engine.write_phys(phys, data[done:done + chunk])
+            self.engine.write_phys(self._debug_checked(address + done, True, chunk, debug), data[done:done + chunk])
             done += chunk
+
+    def _debug_checked(self, linear: int, write: bool, size: int, debug: bool) -> int:
+        host = self.mode.translate(linear, write=write, user=False, set_ad=False)
+        if debug and is_unassigned_host(host):
+            raise GuestMemoryError(host & (UNASSIGNED_SIZE - 1), size, "write" if write else "read")
+        return host
 
     def replan(self) -> bool:
         """The guest reprogrammed a timer or interrupt controller: end the run (after this

@@ -437,6 +437,7 @@ class Engine:
 
         uc.hook_add(UC_HOOK_INTR, intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, invalid)
+        quirks.keep_code_writes_detected(uc)
         uc.hook_add(UC_HOOK_TLB_FILL, fill)
         uc.hook_add(UC_HOOK_INSN, port_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, port_out, None, 1, 0, X.UC_X86_INS_OUT)

@@ -29,7 +29,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc
+from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAPPED, UC_MODE_32, Uc
 from unicorn.x86_const import UC_X86_REG_CR0 as X86_REG_CR0
 from unicorn.x86_const import UC_X86_REG_CR4 as X86_REG_CR4
 from unicorn.x86_const import UC_X86_REG_EAX as X86_REG_EAX
@@ -371,6 +371,25 @@ def probe_intercepts() -> InterceptFields:
         raise RuntimeError("cannot locate QEMU's SVM intercept fields after old_exception; this Unicorn "
                            "build differs from the one vmm was written for")
     return fields
+
+
+# -- self-modifying code on a page that keeps other code ----------------------------------------
+# QEMU notices a store into translated code through TLB_NOTDIRTY on the store's TLB entry.
+# Unicorn's notdirty_write clears that flag after the first such store whenever the entry
+# is not executable (it takes a non-executable entry to mean that no code runs from the
+# page), although other translated blocks of the page may remain: later stores into them
+# then go unnoticed, and the stale blocks run. The VMM's code-page policy
+# (:class:`vmm.modes.memory.CodePages`) maps a written code page writable and not
+# executable, so a guest that writes code into a page it also runs (kvm-unit-tests'
+# ``realmode`` copies each test into a buffer beside its harness) ran the previous
+# test's code. Unicorn skips that shortcut for any address a memory hook covers; a hook
+# on fetches from unmapped memory covers every address and never runs (every fetch is
+# answered by the TLB-fill hook), so it restores QEMU's detection at no cost.
+
+
+def keep_code_writes_detected(uc: Uc) -> None:
+    """Make every store into translated code invalidate it (see above)."""
+    uc.hook_add(UC_HOOK_MEM_FETCH_UNMAPPED, lambda *_args: False, None, 1, 0)
 
 
 # -- the softmmu TLB's size ---------------------------------------------------------------

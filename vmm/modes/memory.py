@@ -52,6 +52,13 @@ def unassigned_host(gpa: int) -> int:
     return VMM_UNASSIGNED_BASE + (gpa & (UNASSIGNED_SIZE - 1))
 
 
+def is_unassigned_host(host: int) -> bool:
+    """Whether a host-physical address is the unassigned device's (either window, or the
+    zero page fetches read): no memory is there, only the device's answers."""
+    return UNASSIGNED_BASE <= host < ZERO_CODE_PAGE + PAGE_SIZE or \
+        VMM_UNASSIGNED_BASE <= host < VMM_UNASSIGNED_BASE + UNASSIGNED_SIZE
+
+
 def is_unassigned_page(host_page: int) -> bool:
     """Whether a fill's host page is the unassigned device's (its window or the zero page)."""
     return UNASSIGNED_BASE <= host_page <= ZERO_CODE_PAGE

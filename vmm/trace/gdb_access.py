@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from ..modes.memory import is_unassigned_host
 from .gdb_packets import BadPacket
 from .gdb_target import ENGINE_REGISTERS, REGISTERS
 
@@ -80,7 +81,7 @@ class GuestAccess:
             at = (address + len(out)) & LINEAR_MASK
             chunk = min(length - len(out), PAGE_SIZE - (at & PAGE_OFFSET_MASK))
             try:
-                out += self.vm.read_linear(at, chunk)
+                out += self.vm.read_linear(at, chunk, debug=True)
             except Exception:
                 break                   # unmapped: a short read, or E14 if nothing
         if not out and length:
@@ -104,11 +105,13 @@ class GuestAccess:
 
     def _write_piece(self, at: int, piece: bytes) -> None:
         try:
-            self.vm.write_linear(at, piece)
+            self.vm.write_linear(at, piece, debug=True)
         except Exception:
             # A read-only page (code, CR0.WP): a debugger writes anyway, as QEMU's
             # gdbstub does, through the read translation.
             phys = self.vm.mode.translate(at, write=False, user=False, set_ad=False)
+            if is_unassigned_host(phys):
+                raise
             self.vm.engine.write_phys(phys, piece)
 
     def flush_translations(self) -> None:

@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from functools import partial
 
+from ..modes.memory import is_unassigned_host
+
 log = logging.getLogger("vmm.gdb")
 
 WATCH_REASON = "gdb watchpoint"
@@ -107,6 +109,8 @@ class Watches:
                 phys = self.vm.mode.translate(address & LINEAR_MASK, write=False, user=False, set_ad=False)
             except Exception:
                 return None
+            if is_unassigned_host(phys):
+                return None   # nothing there to watch: the guest's accesses reach the device
             pieces.append((phys, chunk))
             address += chunk
             left -= chunk

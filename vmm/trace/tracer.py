@@ -219,7 +219,7 @@ class Tracer:
         eip = self.vm.engine.reg("eip")
         for n in (MAX_INSN_LENGTH, 0x1000 - (eip & 0xFFF)):
             try:
-                return self.vm.read_linear(eip, min(n, MAX_INSN_LENGTH))
+                return self.vm.read_linear(eip, min(n, MAX_INSN_LENGTH), debug=True)
             except Exception:
                 continue
         return b""
@@ -301,7 +301,7 @@ class Tracer:
         code = eng.read_raw(host | (address & 0xFFF), size) if host is not None else b""
         if len(code) != size:  # crosses a page, or a page fetched before tracing began
             try:
-                code = self.vm.read_linear(address, size)
+                code = self.vm.read_linear(address, size, debug=True)
             except Exception:
                 code = b""
         insn = next(_decoder(bits).disasm(code, address, 1), None)
@@ -311,7 +311,7 @@ class Tracer:
             longer = code
             for n in (MAX_INSN_LENGTH, 0x1000 - (address & 0xFFF)):  # the next page may be unmapped
                 try:
-                    longer = self.vm.read_linear(address, min(n, MAX_INSN_LENGTH))
+                    longer = self.vm.read_linear(address, min(n, MAX_INSN_LENGTH), debug=True)
                     break
                 except Exception:
                     continue
