@@ -215,3 +215,13 @@ def test_stat_prints_the_traps_by_instruction():
     out = r.stderr.decode()   # --stat goes to stderr, apart from the guest's console
     assert r.returncode == 1
     assert "traps (trap):" in out and "iretd" in out and "lgdt" in out
+
+
+def test_leaving_protected_mode_stops_with_a_reason():
+    """A ring-1 kernel cannot be given real mode back: clearing CR0.PE stops the VM with
+    a line that says so (it used to run on at real mode's privilege and stop on a read
+    of the VMM's own tables)."""
+    vm, _ = make_vm("mov eax, cr0\nand eax, 0xfffffffe\nmov cr0, eax\n" + EXIT, mode="trap")
+    result = vm.run()
+    assert result.kind is StopKind.ERROR
+    assert "trap mode cannot run real mode: the guest cleared CR0.PE" in result.message

@@ -190,6 +190,11 @@ class TrapMode(Hypervisor):
 
     def set_cr0(self, value: int) -> None:
         value |= CR0.ET  # fixed 1
+        if self.vcr0 & CR0.PE and not value & CR0.PE:
+            # A deprivileged kernel cannot be given real mode back: there is no ring 1 in it,
+            # and the engine would run it at real mode's privilege, with the VMM's tables.
+            self.vm.stop_guest("trap mode cannot run real mode: the guest cleared CR0.PE; "
+                               "native, bt and vtx-ept run it")
         old, self.vcr0 = self.vcr0, value
         self.vm.engine.set_reg("cr0", value | CR0_NE)
         if (old ^ value) & PAGING_CR0_BITS:
