@@ -38,7 +38,7 @@ from ..vmx.exits import (
     Outcome,
     Value,
 )
-from ..x86 import EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, Vector
+from ..x86 import EFLAGS, PAGE_MASK, Vector
 from .memory import CodePages
 
 CPUID_OUTPUTS = ("eax", "ebx", "ecx", "edx")
@@ -100,9 +100,16 @@ class DeviceAccess:
         if store and self.replayed_store(address, size, value):
             return
         self.events.add("mmio", f"write {address:#010x}")
-        self.vm.board.mmio_bus.write(address, size, value)
-        if address & PAGE_OFFSET_MASK in APIC_EVENT_REGISTERS and self.vm.replan() and store:
+        board = self.vm.board
+        board.mmio_bus.write(address, size, value)
+        if self._apic_event_register(address) and self.vm.replan() and store:
             self._replayed_store = (address, size, value)
+
+    def _apic_event_register(self, address: int) -> bool:
+        """A local-APIC register whose write can change the next interrupt (an offset
+        alone is not enough: other devices have registers at those offsets too)."""
+        found = self.vm.board.mmio_bus.find(address)
+        return found is not None and found[2] is self.vm.board.lapic and address - found[0] in APIC_EVENT_REGISTERS
 
 
 class Hypervisor:
