@@ -42,10 +42,11 @@ def test_largest_and_smallest_ram_sizes_are_accepted():
 def test_port_map(board):
     assert board.port_bus.ranges() == [
         (0x20, 0x21, "pic-master"), (0x40, 0x43, "pit"), (0x61, 0x61, "port61"),
-        (0x70, 0x71, "cmos"), (0xA0, 0xA1, "pic-slave"), (0xF4, 0xF7, "debug-exit"),
-        (0x3F8, 0x3FF, "com1"), (0x510, 0x511, "fw_cfg"),
+        (0x70, 0x71, "cmos"), (0xA0, 0xA1, "pic-slave"), (0xE0, 0xE3, "pc-testdev"),
+        (0xE4, 0xE7, "pc-testdev-flush-page"), (0xE8, 0xEB, "pc-testdev-byte"), (0xF4, 0xF7, "debug-exit"),
+        (0x3F8, 0x3FF, "com1"), (0x510, 0x511, "fw_cfg"), (0x2000, 0x2017, "pc-testdev-irq-line"),
     ]
-    assert board.mmio_bus.regions() == [(APIC, 0x1000, "lapic")]
+    assert board.mmio_bus.regions() == [(APIC, 0x1000, "lapic"), (0xFF000000, 0x10000, "pc-testdev-iomem")]
     assert board.clocked == [board.pit, board.lapic]
     assert isinstance(board.pit, Pit8254) and isinstance(board.lapic, LocalApic)
 

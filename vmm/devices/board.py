@@ -6,7 +6,9 @@
           0xf4-0xf7              isa-debug-exit
           0x3f8-0x3ff            COM1 16550A
           0x510-0x511            fw_cfg
+          0xe0-0xeb, 0x2000-0x2017  pc-testdev (data register, flush page, IRQ lines)
     MMIO  0xfee00000-0xfee00fff  local APIC
+          0xff000000-0xff00ffff  pc-testdev's iomem
 
 The engine dispatches I/O and MMIO exits to ``port_bus`` / ``mmio_bus``, keeps
 virtual time (guest instructions) running until ``next_event()`` and then calls
@@ -31,6 +33,18 @@ from .fwcfg import FW_CFG_PORT_DATA, FW_CFG_PORT_SEL, FwCfg, FwCfgState
 from .lapic import APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LocalApic, LocalApicState
 from .pic import MASTER_COMMAND, MASTER_DATA, SLAVE_COMMAND, SLAVE_DATA, PicPair, PicPairState
 from .pit import PIT_BASE, PIT_COMMAND, SYSTEM_CONTROL_B, Pit8254, PitState
+from .testdev import (
+    DATA_BYTE_PORT,
+    DATA_PORT,
+    FLUSH_PORT,
+    IOMEM_BASE,
+    IOMEM_SIZE,
+    IRQ_LINES,
+    IRQ_PORT,
+    PORT_WIDTH,
+    PcTestdev,
+    TestdevState,
+)
 from .uart import COM1_BASE, ByteSource, Uart16550, UartState
 
 PAGE_SIZE = 4096
@@ -79,6 +93,7 @@ class BoardState:
     uart: UartState
     fwcfg: FwCfgState
     lapic: LocalApicState
+    testdev: TestdevState
     port_counters: tuple
     mmio_counters: tuple
 
@@ -106,6 +121,7 @@ class Board:
         self.uart = Uart16550(output=serial_output or _write_stdout, input=serial_input)
         self.fwcfg = FwCfg(ram_size)
         self.lapic = LocalApic()
+        self.testdev = PcTestdev(raise_irq=self.pic.raise_irq)
 
         self.port_bus = PortBus()
         self.port_bus.register(MASTER_COMMAND, MASTER_DATA, self.pic, "pic-master")
@@ -117,11 +133,20 @@ class Board:
                                self.debug_exit, "debug-exit")
         self.port_bus.register(COM1_BASE, COM1_BASE + 7, self.uart, "com1")
         self.port_bus.register(FW_CFG_PORT_SEL, FW_CFG_PORT_DATA, self.fwcfg, "fw_cfg")
+        self._register_testdev()
 
         self.mmio_bus = MmioBus()
         self.mmio_bus.register(APIC_DEFAULT_BASE, APIC_PAGE_SIZE, self.lapic, "lapic")
+        self.mmio_bus.register(IOMEM_BASE, IOMEM_SIZE, self.testdev, "pc-testdev-iomem")
 
         self.clocked: list = [self.pit, self.lapic]
+
+    def _register_testdev(self) -> None:
+        t, last = self.testdev, PORT_WIDTH - 1
+        self.port_bus.register(DATA_PORT, DATA_PORT + last, t.data_port, "pc-testdev")
+        self.port_bus.register(FLUSH_PORT, FLUSH_PORT + last, t.flush_port, "pc-testdev-flush-page")
+        self.port_bus.register(DATA_BYTE_PORT, DATA_BYTE_PORT + last, t.data_byte_port, "pc-testdev-byte")
+        self.port_bus.register(IRQ_PORT, IRQ_PORT + IRQ_LINES - 1, t.irq_port, "pc-testdev-irq-line")
 
     # -- saved state ---------------------------------------------------------------------
 
@@ -129,7 +154,7 @@ class Board:
         return BoardState(self.ram_size, self.now, self.exit_status, self.stop_requested,
                           self.pic.save_state(), self.pit.save_state(), self.cmos.save_state(),
                           self.debug_exit.save_state(), self.uart.save_state(), self.fwcfg.save_state(),
-                          self.lapic.save_state(), self.port_bus.save_counters(),
+                          self.lapic.save_state(), self.testdev.save_state(), self.port_bus.save_counters(),
                           self.mmio_bus.save_counters())
 
     def load_state(self, state: BoardState) -> None:
@@ -144,6 +169,7 @@ class Board:
         self.uart.load_state(state.uart)
         self.fwcfg.load_state(state.fwcfg)
         self.lapic.load_state(state.lapic)
+        self.testdev.load_state(state.testdev)
         self.port_bus.load_counters(state.port_counters)
         self.mmio_bus.load_counters(state.mmio_counters)
 
@@ -178,7 +204,8 @@ class Board:
 
     # Ports and MMIO whose writes can change when the next interrupt comes.
     TIMING_PORTS = frozenset({MASTER_COMMAND, MASTER_DATA, SLAVE_COMMAND, SLAVE_DATA,
-                              PIT_BASE, PIT_BASE + 1, PIT_BASE + 2, PIT_COMMAND})
+                              PIT_BASE, PIT_BASE + 1, PIT_BASE + 2, PIT_COMMAND,
+                              *range(IRQ_PORT, IRQ_PORT + IRQ_LINES)})   # pc-testdev's lines
 
     def advance(self, now: int) -> None:
         self.now = now
