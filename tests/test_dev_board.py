@@ -46,7 +46,8 @@ def test_port_map(board):
         (0xE4, 0xE7, "pc-testdev-flush-page"), (0xE8, 0xEB, "pc-testdev-byte"), (0xF4, 0xF7, "debug-exit"),
         (0x3F8, 0x3FF, "com1"), (0x510, 0x511, "fw_cfg"), (0x2000, 0x2017, "pc-testdev-irq-line"),
     ]
-    assert board.mmio_bus.regions() == [(APIC, 0x1000, "lapic"), (0xFF000000, 0x10000, "pc-testdev-iomem")]
+    assert board.mmio_bus.regions() == [(0xFED00000, 0x1000, "hpet"), (APIC, 0x1000, "lapic"),
+                                        (0xFF000000, 0x10000, "pc-testdev-iomem")]
     assert board.clocked == [board.pit, board.lapic]
     assert isinstance(board.pit, Pit8254) and isinstance(board.lapic, LocalApic)
 

@@ -139,6 +139,7 @@ class VM:
                            serial_output=serial_output or _stdout_write,
                            serial_input=serial_input)
         self.engine = Engine(self)
+        self.board.hpet.clock = self.virtual_time   # reads see the instructions of the current run
         self.bus = EventBus(self.engine)   # what happens in this VM, for whoever subscribes
         for base, length, _name in self.board.mmio_bus.regions():
             self.engine.map_mmio(base, length,
@@ -180,14 +181,20 @@ class VM:
         increasing per read. A read in a free run ends it, and every later run is
         counted, so that the next read sees the instructions run in between."""
         self.tsc_reads += 1
+        tsc = self.virtual_time() * TSC_PER_INSTRUCTION + self.tsc_offset
+        self.tsc_last = max(tsc, self.tsc_last + 1) & ((1 << 64) - 1)
+        return self.tsc_last
+
+    def virtual_time(self) -> int:
+        """Guest instructions so far, those of the current run included: the time every
+        clock the guest reads derives from (TSC, HPET). A read in a free run ends it, and
+        every later run is counted, so that the next read sees the instructions between."""
         eng = self.engine
         if not self.clock_read:
             self.clock_read = True
             if eng.running and not self._counted_slice:
                 eng.end_run()
-        tsc = (self.now + eng.executed_so_far()) * TSC_PER_INSTRUCTION + self.tsc_offset
-        self.tsc_last = max(tsc, self.tsc_last + 1) & ((1 << 64) - 1)
-        return self.tsc_last
+        return self.now + eng.executed_so_far()
 
     def set_tsc(self, value: int) -> None:
         """WRMSR to IA32_TIME_STAMP_COUNTER: the TSC reads ``value`` now and runs on from it."""

@@ -7,7 +7,8 @@
           0x3f8-0x3ff            COM1 16550A
           0x510-0x511            fw_cfg
           0xe0-0xeb, 0x2000-0x2017  pc-testdev (data register, flush page, IRQ lines)
-    MMIO  0xfee00000-0xfee00fff  local APIC
+    MMIO  0xfed00000-0xfed003ff  HPET (main counter; timers do not interrupt yet)
+          0xfee00000-0xfee00fff  local APIC
           0xff000000-0xff00ffff  pc-testdev's iomem
 
 The engine dispatches I/O and MMIO exits to ``port_bus`` / ``mmio_bus``, keeps
@@ -30,6 +31,7 @@ from .bus import MmioBus, PortBus
 from .cmos import CMOS_DATA, CMOS_INDEX, Cmos, CmosState
 from .debugexit import DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT, DebugExit, DebugExitState
 from .fwcfg import FW_CFG_PORT_DATA, FW_CFG_PORT_SEL, FwCfg, FwCfgState
+from .hpet import HPET_BASE, HPET_SIZE, Hpet, HpetState
 from .lapic import APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LocalApic, LocalApicState
 from .pic import MASTER_COMMAND, MASTER_DATA, SLAVE_COMMAND, SLAVE_DATA, PicPair, PicPairState
 from .pit import PIT_BASE, PIT_COMMAND, SYSTEM_CONTROL_B, Pit8254, PitState
@@ -94,6 +96,7 @@ class BoardState:
     fwcfg: FwCfgState
     lapic: LocalApicState
     testdev: TestdevState
+    hpet: HpetState
     port_counters: tuple
     mmio_counters: tuple
 
@@ -122,6 +125,7 @@ class Board:
         self.fwcfg = FwCfg(ram_size)
         self.lapic = LocalApic()
         self.testdev = PcTestdev(raise_irq=self.pic.raise_irq)
+        self.hpet = Hpet(clock=lambda: self.now)   # the VM gives it a clock that sees the current run
 
         self.port_bus = PortBus()
         self.port_bus.register(MASTER_COMMAND, MASTER_DATA, self.pic, "pic-master")
@@ -137,6 +141,7 @@ class Board:
 
         self.mmio_bus = MmioBus()
         self.mmio_bus.register(APIC_DEFAULT_BASE, APIC_PAGE_SIZE, self.lapic, "lapic")
+        self.mmio_bus.register(HPET_BASE, HPET_SIZE, self.hpet, "hpet")
         self.mmio_bus.register(IOMEM_BASE, IOMEM_SIZE, self.testdev, "pc-testdev-iomem")
 
         self.clocked: list = [self.pit, self.lapic]
@@ -154,7 +159,8 @@ class Board:
         return BoardState(self.ram_size, self.now, self.exit_status, self.stop_requested,
                           self.pic.save_state(), self.pit.save_state(), self.cmos.save_state(),
                           self.debug_exit.save_state(), self.uart.save_state(), self.fwcfg.save_state(),
-                          self.lapic.save_state(), self.testdev.save_state(), self.port_bus.save_counters(),
+                          self.lapic.save_state(), self.testdev.save_state(), self.hpet.save_state(),
+                          self.port_bus.save_counters(),
                           self.mmio_bus.save_counters())
 
     def load_state(self, state: BoardState) -> None:
@@ -170,6 +176,7 @@ class Board:
         self.fwcfg.load_state(state.fwcfg)
         self.lapic.load_state(state.lapic)
         self.testdev.load_state(state.testdev)
+        self.hpet.load_state(state.hpet)
         self.port_bus.load_counters(state.port_counters)
         self.mmio_bus.load_counters(state.mmio_counters)
 
