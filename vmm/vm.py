@@ -493,6 +493,9 @@ class VM:
                 if single_step:
                     raise _Stopped(StopKind.EXIT, "guest exit")
                 return
+            if board.reset_requested:
+                raise _Stopped(StopKind.RESET, f"reset through port 0x92 (fast reset) before EIP "
+                               f"{eng.reg('eip'):#010x}, and no firmware to run")
             # A run that stopped inside a device store left the store to be replayed (its
             # instruction restarts): finish that instruction first, so that an interrupt the
             # store made deliverable is taken after it, not before it (and the store not again).

@@ -4,6 +4,7 @@
           0x40-0x43, 0x61        8254 PIT, port B (Pit8254), OUT0 -> IRQ0
           0x70-0x71              CMOS / RTC
           0xf4-0xf7              isa-debug-exit
+          0x92                   system control port A (fast A20, fast reset)
           0x3f8-0x3ff            COM1 16550A
           0x510-0x511            fw_cfg
           0xe0-0xeb, 0x2000-0x2017  pc-testdev (data register, flush page, IRQ lines)
@@ -35,6 +36,7 @@ from .hpet import HPET_BASE, HPET_SIZE, Hpet, HpetState
 from .lapic import APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LocalApic, LocalApicState
 from .pic import MASTER_COMMAND, MASTER_DATA, SLAVE_COMMAND, SLAVE_DATA, PicPair, PicPairState
 from .pit import PIT_BASE, PIT_COMMAND, SYSTEM_CONTROL_B, Pit8254, PitState
+from .port92 import PORT92, Port92, Port92State
 from .testdev import (
     DATA_BYTE_PORT,
     DATA_PORT,
@@ -97,6 +99,8 @@ class BoardState:
     lapic: LocalApicState
     testdev: TestdevState
     hpet: HpetState
+    port92: Port92State
+    reset_requested: bool
     port_counters: tuple
     mmio_counters: tuple
 
@@ -126,6 +130,8 @@ class Board:
         self.lapic = LocalApic()
         self.testdev = PcTestdev(raise_irq=self.pic.raise_irq)
         self.hpet = Hpet(clock=lambda: self.now)   # the VM gives it a clock that sees the current run
+        self.reset_requested = False
+        self.port92 = Port92(on_reset=self._on_reset)
 
         self.port_bus = PortBus()
         self.port_bus.register(MASTER_COMMAND, MASTER_DATA, self.pic, "pic-master")
@@ -137,6 +143,7 @@ class Board:
                                self.debug_exit, "debug-exit")
         self.port_bus.register(COM1_BASE, COM1_BASE + 7, self.uart, "com1")
         self.port_bus.register(FW_CFG_PORT_SEL, FW_CFG_PORT_DATA, self.fwcfg, "fw_cfg")
+        self.port_bus.register(PORT92, PORT92, self.port92, "port92")
         self._register_testdev()
 
         self.mmio_bus = MmioBus()
@@ -160,7 +167,7 @@ class Board:
                           self.pic.save_state(), self.pit.save_state(), self.cmos.save_state(),
                           self.debug_exit.save_state(), self.uart.save_state(), self.fwcfg.save_state(),
                           self.lapic.save_state(), self.testdev.save_state(), self.hpet.save_state(),
-                          self.port_bus.save_counters(),
+                          self.port92.save_state(), self.reset_requested, self.port_bus.save_counters(),
                           self.mmio_bus.save_counters())
 
     def load_state(self, state: BoardState) -> None:
@@ -177,8 +184,14 @@ class Board:
         self.lapic.load_state(state.lapic)
         self.testdev.load_state(state.testdev)
         self.hpet.load_state(state.hpet)
+        self.port92.load_state(state.port92)
+        self.reset_requested = state.reset_requested
         self.port_bus.load_counters(state.port_counters)
         self.mmio_bus.load_counters(state.mmio_counters)
+
+    def _on_reset(self) -> None:
+        self.reset_requested = True
+        self.stop_requested = True
 
     def _on_debug_exit(self, status: int) -> None:
         if self.exit_status is None:      # QEMU is gone after the first write

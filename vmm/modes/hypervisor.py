@@ -67,7 +67,7 @@ class DeviceAccess:
         board.port_bus.write(port, size, value)
         if board.exit_status is not None:
             self.vm.request_stop("guest exit")
-        elif port in board.TIMING_PORTS:
+        elif board.reset_requested or port in board.TIMING_PORTS:   # the run loop reports the reset
             self.vm.replan()
 
     def mmio(self, address: int, size: int, value: int | None) -> int | None:
