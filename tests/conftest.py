@@ -167,3 +167,46 @@ def pv_vm(src: str, ram: int = RAM, **vm_args):
     vm = VM(load_xen(pv_elf(src), ram_size=ram), mode="pv", ram_size=ram, serial_output=out.extend, **vm_args)
     vm.serial = out
     return vm
+
+
+# -- device guests: one Multiboot kernel of the project's own, run in vmm and in QEMU ----------
+DEVICE_GUEST_MODES = ("native", "trap", "bt", "vtx", "vtx-ept")
+
+
+def build_kernel(tmp_dir, name: str, source: str) -> bytes:
+    """A guest kernel (``kernel.inc`` and friends) from assembly source, built uncached."""
+    import textwrap
+
+    from vmm.build.guests import build_guest
+
+    path = tmp_dir / f"{name}.s"
+    path.write_text(textwrap.dedent(source))
+    return build_guest(str(path), use_cache=False).elf
+
+
+def run_kernel(image: bytes, mode: str, ram: int = 128 << 20):
+    """(VmResult, serial output) of a Multiboot image in ``mode``."""
+    out = bytearray()
+    vm = VM(load_image(image, ram_size=ram), mode=mode, ram_size=ram, serial_output=out.extend, timeout=30)
+    return vm.run(), bytes(out)
+
+
+def run_kernel_in_qemu(image: bytes, tmp_dir, command) -> tuple[bytes, int]:
+    """(serial output, exit status) of the image under QEMU; ``command(kernel_path)`` is one
+    of tools.machines' command lines. Skips the test where QEMU is not installed."""
+    from tools.machines import qemu_binary
+
+    if qemu_binary("i386") is None:
+        pytest.skip("qemu-system-i386 is not on PATH")
+    kernel = tmp_dir / "guest.elf"
+    kernel.write_bytes(image)
+    proc = subprocess.run(command(str(kernel)), stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    return proc.stdout, proc.returncode
+
+SHOW_MACRO = """%macro SHOW 1
+    PRINT %1
+    call print_hex
+    call print_nl
+%endmacro
+"""
+"""``SHOW "label: "`` prints the label and EAX in hex, one line (device guests)."""

@@ -3,7 +3,8 @@
 import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vmm.devices import MAX_RAM_SIZE, Board, LocalApic, Pit8254
 
@@ -219,6 +220,7 @@ def test_no_guest_access_sequence_raises(ops):
 def test_devices_do_not_import_unicorn():
     import pathlib
     import re
+
     import vmm.devices
     for path in pathlib.Path(vmm.devices.__file__).parent.glob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+unicorn", path.read_text(), re.M), path

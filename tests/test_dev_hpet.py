@@ -2,28 +2,14 @@
 (on by default in its ``pc`` machine); plus the counter's rate in virtual time."""
 from __future__ import annotations
 
-import subprocess
-import textwrap
-
-import pytest
-
-from tools.machines import qemu_binary
-from tools.machines import testdev_command as qemu_testdev_command
-from vmm.build.guests import build_guest
+from conftest import SHOW_MACRO
 from vmm.devices import Board
 from vmm.devices.hpet import HPET_BASE, ticks
-from vmm.loader.image import load_image
-from vmm.vm import VM, StopKind
 
-MODES = ("native", "trap", "bt", "vtx", "vtx-ept")
 B = HPET_BASE
 
 GUEST = f"""%include "kernel.inc"
-%macro SHOW 1
-    PRINT %1
-    call print_hex
-    call print_nl
-%endmacro
+{SHOW_MACRO}
 kmain:
     mov eax, dword ptr [{B:#x}]
     SHOW "capabilities, low: "
@@ -81,34 +67,6 @@ timer 0 interrupt routing capability: 0x00000004
 timer 0 comparator, high: 0xffffffff
 timer 0 configuration, all ones written: 0x00007f7e
 """
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> bytes:
-    path = tmp_path_factory.mktemp("hpet") / "hpet.s"
-    path.write_text(textwrap.dedent(GUEST))
-    return build_guest(str(path), use_cache=False).elf
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_hpet_as_the_guest_sees_it(mode, image):
-    out = bytearray()
-    vm = VM(load_image(image, ram_size=128 << 20), mode=mode, ram_size=128 << 20, serial_output=out.extend,
-            timeout=30)
-    result = vm.run()
-    assert result.kind is StopKind.EXIT, result.message
-    assert bytes(out) == EXPECTED
-
-
-@pytest.mark.qemu
-def test_qemu_agrees(image, tmp_path):
-    if qemu_binary("i386") is None:
-        pytest.skip("qemu-system-i386 is not on PATH")
-    kernel = tmp_path / "hpet.elf"
-    kernel.write_bytes(image)
-    proc = subprocess.run(qemu_testdev_command(str(kernel)), stdin=subprocess.DEVNULL, capture_output=True,
-                          timeout=60)
-    assert proc.stdout == EXPECTED and proc.returncode == 1
 
 
 def test_the_counter_runs_at_100_mhz_of_virtual_time():

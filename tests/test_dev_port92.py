@@ -2,17 +2,13 @@
 bit 0 resets the machine. QEMU (``-no-reboot``) ends there; vmm stops with RESET."""
 from __future__ import annotations
 
-import subprocess
-import textwrap
-
 import pytest
 
-from tools.machines import qemu_binary, qemu_command
-from vmm.build.guests import build_guest
-from vmm.loader.image import load_image
-from vmm.vm import VM, StopKind
+from conftest import DEVICE_GUEST_MODES, build_kernel, run_kernel, run_kernel_in_qemu
+from tools.machines import qemu_command
+from vmm.vm import StopKind
 
-MODES = ("native", "trap", "bt", "vtx", "vtx-ept")
+MODES = DEVICE_GUEST_MODES
 
 GUEST = """%include "kernel.inc"
 kmain:
@@ -35,27 +31,18 @@ EXPECTED = b"port 0x92: 0x00000002\nA20 written again, still running\n"
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory) -> bytes:
-    path = tmp_path_factory.mktemp("port92") / "port92.s"
-    path.write_text(textwrap.dedent(GUEST))
-    return build_guest(str(path), use_cache=False).elf
+    return build_kernel(tmp_path_factory.mktemp("port92"), "port92", GUEST)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_fast_reset(mode, image):
-    out = bytearray()
-    vm = VM(load_image(image, ram_size=128 << 20), mode=mode, ram_size=128 << 20, serial_output=out.extend,
-            timeout=30)
-    result = vm.run()
+    result, out = run_kernel(image, mode)
     assert result.kind is StopKind.RESET, result.message
     assert "reset through port 0x92" in result.message
-    assert bytes(out) == EXPECTED
+    assert out == EXPECTED
 
 
 @pytest.mark.qemu
 def test_qemu_agrees(image, tmp_path):
-    if qemu_binary("i386") is None:
-        pytest.skip("qemu-system-i386 is not on PATH")
-    kernel = tmp_path / "port92.elf"
-    kernel.write_bytes(image)
-    proc = subprocess.run(qemu_command(str(kernel)), stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-    assert proc.stdout == EXPECTED and proc.returncode == 0   # -no-reboot: the reset ends QEMU
+    out, status = run_kernel_in_qemu(image, tmp_path, qemu_command)
+    assert out == EXPECTED and status == 0   # -no-reboot: the reset ends QEMU

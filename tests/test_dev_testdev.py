@@ -3,27 +3,12 @@ windows, its iomem, its interrupt lines. One guest prints what it reads; its out
 be QEMU's (``-device pc-testdev``) byte for byte in every mode that boots it."""
 from __future__ import annotations
 
-import subprocess
-import textwrap
-
-import pytest
-
-from tools.machines import qemu_binary
-from tools.machines import testdev_command as qemu_testdev_command
-from vmm.build.guests import build_guest
+from conftest import SHOW_MACRO
 from vmm.devices import Board
 from vmm.devices.testdev import IOMEM_BASE
-from vmm.loader.image import load_image
-from vmm.vm import VM, StopKind
-
-MODES = ("native", "trap", "bt", "vtx", "vtx-ept")
 
 GUEST = f"""%include "kernel.inc"
-%macro SHOW 1
-    PRINT %1
-    call print_hex
-    call print_nl
-%endmacro
+{SHOW_MACRO}
 kmain:
     mov dx, 0xe0
     mov eax, 0x11223344
@@ -106,33 +91,6 @@ a dword write raised nothing
 irq11
 done
 """
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> bytes:
-    path = tmp_path_factory.mktemp("testdev") / "testdev.s"
-    path.write_text(textwrap.dedent(GUEST))
-    return build_guest(str(path), use_cache=False).elf
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_pc_testdev_as_the_guest_sees_it(mode, image):
-    out = bytearray()
-    vm = VM(load_image(image, ram_size=128 << 20), mode=mode, ram_size=128 << 20, serial_output=out.extend,
-            timeout=30)
-    result = vm.run()
-    assert result.kind is StopKind.EXIT, result.message
-    assert bytes(out) == EXPECTED
-
-
-@pytest.mark.qemu
-def test_qemu_agrees(image, tmp_path):
-    if qemu_binary("i386") is None:
-        pytest.skip("qemu-system-i386 is not on PATH")
-    kernel = tmp_path / "testdev.elf"
-    kernel.write_bytes(image)
-    proc = subprocess.run(qemu_testdev_command(str(kernel)), stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-    assert proc.stdout == EXPECTED and proc.returncode == 1
 
 
 def test_state_survives_save_and_load():
