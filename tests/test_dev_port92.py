@@ -22,6 +22,8 @@ kmain:
     PRINT "A20 written again, still running\\n"
     mov al, 0x03
     out 0x92, al                    // bit 0 rises: fast reset
+    cli
+    hlt                             // in the same block: the reset comes first
     PRINT "not reached\\n"
     EXIT EXIT_OK
 %include "kernel_bss.inc"

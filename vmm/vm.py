@@ -493,9 +493,7 @@ class VM:
                 if single_step:
                     raise _Stopped(StopKind.EXIT, "guest exit")
                 return
-            if board.reset_requested:
-                raise _Stopped(StopKind.RESET, f"reset through port 0x92 (fast reset) before EIP "
-                               f"{eng.reg('eip'):#010x}, and no firmware to run")
+            self._stop_if_reset()
             # A run that stopped inside a device store left the store to be replayed (its
             # instruction restarts): finish that instruction first, so that an interrupt the
             # store made deliverable is taken after it, not before it (and the store not again).
@@ -584,8 +582,16 @@ class VM:
         bits = 32 if eng.reg("cr0") & CR0.PE else 16
         return precise_fault_address(fault.address, fault.access, eip, self.read_code(eip), eng.reg, bits)
 
+    def _stop_if_reset(self) -> None:
+        """A reset the guest asked for (port 0x92) ends the VM before anything else: no
+        firmware is there to run after it."""
+        if self.board.reset_requested:
+            raise _Stopped(StopKind.RESET, f"reset through port 0x92 (fast reset) before EIP "
+                           f"{self.engine.reg('eip'):#010x}, and no firmware to run")
+
     def halt(self) -> None:
         """HLT: sleep until the next interrupt, skipping virtual time to the next timer."""
+        self._stop_if_reset()   # a HLT right after the reset, in the same block, never sleeps
         enabled = self.mode.interrupts_enabled()
         if self.board.interrupt_pending() and enabled:
             return
