@@ -363,17 +363,16 @@ class Engine:
             # The instruction that raised it is counted as executed (it was, or the VMM
             # emulates it, or the event it raised is delivered), also if the run ends here.
             self._counter_at_event = self._counter.value
-            if vector >= quirks.SVM_EXCEPTION_BASE:
-                # An intercept (intercept_cpu_checks): EIP is at the instruction.
-                self._guard(self.ops.on_intercept, vector - quirks.SVM_EXCEPTION_BASE,
-                            quirks.read_exception_info(uc)[0])
-                return
 
             def handle():
                 error_code, software = quirks.read_exception_info(uc)
-                self._in_exception_hook = True
+                self._in_exception_hook = True   # EIP written here goes through set_reg's batch write
                 try:
-                    self.ops.on_interrupt(vector, error_code, software)
+                    if vector >= quirks.SVM_EXCEPTION_BASE:
+                        # An intercept (intercept_cpu_checks): EIP is at the instruction.
+                        self.ops.on_intercept(vector - quirks.SVM_EXCEPTION_BASE, error_code)
+                    else:
+                        self.ops.on_interrupt(vector, error_code, software)
                 finally:
                     self._in_exception_hook = False
                 quirks.clear_pending_exception(uc)
