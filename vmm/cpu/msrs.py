@@ -117,3 +117,19 @@ class MsrFile:
         elif row.writable:
             self.values[msr] = (self.values[msr] & ~row.writable) | (value & row.writable)
         return True
+
+    # -- the instructions: ECX names the MSR, EDX:EAX holds the value ----------------------
+    def rdmsr(self) -> bool:
+        """RDMSR on the engine's registers; False for #GP(0) (registers untouched)."""
+        eng = self.vm.engine
+        value = self.read(eng.reg("ecx"))
+        if value is None:
+            return False
+        eng.set_reg("eax", value & U32_MASK)
+        eng.set_reg("edx", value >> 32)
+        return True
+
+    def wrmsr(self) -> bool:
+        """WRMSR from the engine's registers; False for #GP(0)."""
+        eng = self.vm.engine
+        return self.write(eng.reg("ecx"), (eng.reg("edx") << 32) | eng.reg("eax"))

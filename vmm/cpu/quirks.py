@@ -329,7 +329,6 @@ HF_GUEST = 1 << 21
 SVM_EXCEPTION_BASE = 0x100     # QEMU's EXCP_VMEXIT
 SVM_EXIT_WRITE_CR4 = 0x14
 SVM_EXIT_MSR = 0x7C
-SVM_EXIT_SHUTDOWN = 0x7F
 SVM_EXIT_INTR = 0x60           # bit 0 of ``intercept``
 VMCB_MSRPM_BASE = 0x48         # offsetof(struct vmcb, control.msrpm_base_pa)
 _MOV_CR4_EAX = bytes.fromhex("0f22e0")

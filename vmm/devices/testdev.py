@@ -108,29 +108,23 @@ class PcTestdev:
         self.iomem[offset:end] = piece[:end - offset]
 
 
-class _IrqLines:
-    io_max_size = 4   # a wider write is one access of the wrong size, not four bytes
+class _WriteOnly:
+    io_max_size = 4   # a wider access is one access of the wrong size, not four bytes
 
     def __init__(self, owner: PcTestdev):
         self.owner = owner
 
     def io_read(self, port: int, size: int) -> int:
-        return (1 << 8 * size) - 1   # write-only
+        return (1 << 8 * size) - 1
 
+
+class _IrqLines(_WriteOnly):
     def io_write(self, port: int, size: int, value: int) -> None:
         if size == 1:
             self.owner.set_line(port - IRQ_PORT, bool(value & 0xFF))
 
 
-class _FlushPort:
-    io_max_size = 4
-
-    def __init__(self, owner: PcTestdev):
-        self.owner = owner
-
-    def io_read(self, port: int, size: int) -> int:
-        return (1 << 8 * size) - 1   # write-only
-
+class _FlushPort(_WriteOnly):
     def io_write(self, port: int, size: int, value: int) -> None:
         if size != PORT_WIDTH or port != FLUSH_PORT:
             return

@@ -36,7 +36,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from ..cpu.engine import PAGE, PROT_WRITE, Fill
-from ..modes.memory import is_unassigned_page
+from ..modes.memory import is_unassigned_host
 from ..vm import HOST_MEMORY_BASE, VM
 
 FAILURES = ("CRASH", "HANG", "OOB")
@@ -92,7 +92,7 @@ class Containment:
         return any(lo <= page < hi for lo, hi in self.guest_ranges)
 
     def _observe(self, vaddr: int, access: str, answer) -> None:
-        if not isinstance(answer, Fill) or self._is_guest(answer.host_page) or is_unassigned_page(answer.host_page):
+        if not isinstance(answer, Fill) or self._is_guest(answer.host_page) or is_unassigned_host(answer.host_page):
             return      # (the unassigned device's pages hold nothing: reads 0, writes dropped)
         page = answer.host_page & ~(PAGE - 1)
         if not self.vm.engine.read_raw(page, 1):

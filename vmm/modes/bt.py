@@ -150,19 +150,10 @@ class BtMode(Hypervisor):
     def _rdmsr(self, insn) -> Reflect | None:
         """RDMSR from the CPU model's table (:mod:`vmm.cpu.msrs`): the engine's own knows
         long-mode MSRs qemu32 lacks, and its APIC_BASE is not the board's local APIC."""
-        eng = self.vm.engine
-        value = self.msrs.read(eng.reg("ecx"))
-        if value is None:
-            return Reflect(GP, 0, label="rdmsr (no such MSR)")
-        eng.set_reg("eax", value & 0xFFFFFFFF)
-        eng.set_reg("edx", value >> 32)
-        return None
+        return None if self.msrs.rdmsr() else Reflect(GP, 0, label="rdmsr (no such MSR)")
 
     def _wrmsr(self, insn) -> Reflect | None:
-        eng = self.vm.engine
-        if not self.msrs.write(eng.reg("ecx"), (eng.reg("edx") << 32) | eng.reg("eax")):
-            return Reflect(GP, 0, label="wrmsr (no such MSR)")
-        return None
+        return None if self.msrs.wrmsr() else Reflect(GP, 0, label="wrmsr (no such MSR)")
 
 
 _EMULATED = {

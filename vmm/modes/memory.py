@@ -59,11 +59,6 @@ def is_unassigned_host(host: int) -> bool:
         VMM_UNASSIGNED_BASE <= host < VMM_UNASSIGNED_BASE + UNASSIGNED_SIZE
 
 
-def is_unassigned_page(host_page: int) -> bool:
-    """Whether a fill's host page is the unassigned device's (its window or the zero page)."""
-    return UNASSIGNED_BASE <= host_page <= ZERO_CODE_PAGE
-
-
 class UnassignedMemory:
     """Guest-physical addresses with neither RAM nor a device behind them, as on QEMU's PC
     (its ``unassigned_mem_ops``): a read returns 0, a write is dropped, the guest goes on.

@@ -25,8 +25,6 @@ from .hypervisor import Hypervisor
 from .memory import GuestPaging
 from .privileged import decoder
 
-U32_MASK = 0xFFFFFFFF
-
 
 class NativeMode(Hypervisor):
     name = "native"
@@ -50,16 +48,7 @@ class NativeMode(Hypervisor):
                 return self.reflect(Vector.GP, 0)
             eng.set_reg("cr4", value)
         elif exit_code == quirks.SVM_EXIT_MSR:
-            msr = eng.reg("ecx")
-            if info:
-                done = self.msrs.write(msr, (eng.reg("edx") << 32) | eng.reg("eax"))
-            else:
-                value = self.msrs.read(msr)
-                done = value is not None
-                if done:
-                    eng.set_reg("eax", value & U32_MASK)
-                    eng.set_reg("edx", value >> 32)
-            if not done:
+            if not (self.msrs.wrmsr() if info else self.msrs.rdmsr()):
                 return self.reflect(Vector.GP, 0)
         else:
             raise EngineError(f"internal: unexpected engine intercept {exit_code:#x}")

@@ -262,14 +262,11 @@ class Emulator:
 
     # -- MSRs --------------------------------------------------------------------------------
     def op_rdmsr(self, insn, _):
-        value = self.mode.msrs.read(self.eng.reg("ecx"))   # the CPU model's table (vmm.cpu.msrs)
-        if value is None:
+        if not self.mode.msrs.rdmsr():   # the CPU model's table (vmm.cpu.msrs)
             raise GuestFault(GP, 0)
-        self.eng.set_reg("eax", value & 0xFFFFFFFF)
-        self.eng.set_reg("edx", value >> 32)
 
     def op_wrmsr(self, insn, _):
-        if not self.mode.msrs.write(self.eng.reg("ecx"), (self.eng.reg("edx") << 32) | self.eng.reg("eax")):
+        if not self.mode.msrs.wrmsr():
             raise GuestFault(GP, 0)
 
     # -- ports -------------------------------------------------------------------------------
