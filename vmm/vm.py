@@ -274,6 +274,9 @@ class VM:
     def on_intercept(self, exit_code: int, info: int) -> None:
         self.mode.on_intercept(exit_code, info)   # only a mode that asked the engine for them
 
+    def on_task_state_access(self) -> None:
+        self.mode.on_task_state_access()          # only a mode that models task switching
+
     # -- the exit table: the one place exits are counted and outcomes interpreted ----------
     def dispatch(self, exit: Exit):
         """Run the mode's handler for ``exit``, count the exit once, time the handler, and

@@ -44,7 +44,8 @@ __all__ = ["BP", "GP", "HAS_ERROR_CODE", "OF", "PF", "UD", "DeliveryFault", "Des
            "TripleFault", "combine_events", "vector_name"]
 
 GATES_32 = (SystemType.INTERRUPT_GATE32, SystemType.TRAP_GATE32)
-"""The gate types delivery accepts (task gates and 16-bit gates are not modelled)."""
+"""The gate types delivery itself carries out (16-bit gates are not modelled); a task
+gate is a task switch (:attr:`EventDelivery.task_gate`)."""
 
 _CLEARED_ON_DELIVERY = EFLAGS.TF | EFLAGS.NT | EFLAGS.RF | EFLAGS.VM
 _CLEARED_REAL_MODE = EFLAGS.IF | EFLAGS.TF | EFLAGS.AC
@@ -123,6 +124,9 @@ class EventDelivery:
         self.set_cr2 = set_cr2
         self.intercept = None
         self.delivered = 0
+        self.task_gate: Callable[[int, Event, int], None] | None = None
+        """``task_gate(tss_selector, event, ext)`` switches tasks for an IDT task gate
+        (vmm.cpu.tasks); without it a task gate is refused as a 32-bit gate of a wrong type."""
 
     # -- guest memory as the CPU sees it during delivery (supervisor, linear) -----------
     def _read(self, linear: int, size: int) -> bytes:
@@ -243,6 +247,12 @@ class EventDelivery:
         ext = 0 if software else 1    # error-code bit 0: an event external to the program
         cpl = self.cpl()
         gate = self._gate(ev.vector, cpl, software, ext)
+        if gate.type == SystemType.TASK_GATE:
+            if ev.vector == Vector.PF and ev.cr2 is not None:
+                self.set_cr2(ev.cr2)
+            assert self.task_gate is not None, "_gate accepts task gates only with a task switcher"
+            self.task_gate(gate.selector, ev, ext)
+            return
         new_cpl = self._handler_cpl(gate.selector, cpl, ext)
         eflags, cs, ss = self.saved_state()
         eip, esp = self.engine.reg("eip"), self.engine.reg("esp")
@@ -267,14 +277,14 @@ class EventDelivery:
 
     def _gate(self, vector: int, cpl: int, software: bool, ext: int) -> Gate:
         """The IDT gate for ``vector``: within IDTR's limit, a 32-bit interrupt or trap
-        gate, DPL >= CPL for INT n/INT3/INTO, present; #GP or #NP(vector) otherwise."""
+        gate or a task gate, DPL >= CPL for INT n/INT3/INTO, present; #GP or #NP(vector) otherwise."""
         _, idt_base, idt_limit = self.table("idtr")
         offset = vector * GATE_SIZE
         gate_error = offset + _IDT_ERROR_IDT + ext
         if offset + GATE_SIZE - 1 > idt_limit:
             raise DeliveryFault(Vector.GP, gate_error)
         gate = Gate.parse(*struct.unpack("<II", self._read(idt_base + offset, GATE_SIZE)))
-        if gate.type not in GATES_32:
+        if gate.type not in GATES_32 and (gate.type != SystemType.TASK_GATE or self.task_gate is None):
             raise DeliveryFault(Vector.GP, gate_error)
         if software and gate.dpl < cpl:
             raise DeliveryFault(Vector.GP, offset + _IDT_ERROR_IDT)

@@ -48,7 +48,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
-from . import quirks
+from . import quirks, segcache
 from .cpuid import CPU_MODEL
 from .regs import UC_REG, UC_TABLE
 
@@ -65,6 +65,11 @@ INTERCEPT_HOST = 1 << 40
 """Host pages of the engine's intercepts (a VMCB-like page, then QEMU's 8 KiB MSR permission
 bitmap): far above the 36-bit physical address width, so no guest mapping can reach them."""
 MSRPM_SIZE = 0x2000
+TSS_LINEAR = 1 << 44
+"""The TR base the engine holds while the VMM keeps the guest's (:meth:`Engine.virtualize_tr`):
+beyond every 32-bit linear address, so each access the engine makes to the TSS misses the
+TLB into the fill hook, which hands it to the VMM."""
+TSS_WINDOW = 1 << 32
 
 ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = "read", "write", "fetch"
 _ACCESS = {UC_MEM_WRITE: ACCESS_WRITE, UC_MEM_FETCH: ACCESS_FETCH}
@@ -131,6 +136,7 @@ class VcpuOps(Protocol):
     def on_rdtsc(self) -> bool: ...
     def on_code_site(self, address: int) -> None: ...
     def on_intercept(self, exit_code: int, info: int) -> None: ...
+    def on_task_state_access(self) -> None: ...
 
 
 _REG_MASK = {name: 0xFFFF for name in ("cs", "ss", "ds", "es", "fs", "gs")}
@@ -170,6 +176,7 @@ class Engine:
         self.trampoline: int | None = None
         self._pending_iret: dict | None = None
         self._segment_load: tuple[str, int] | None = None   # (register, selector) the VMM is loading
+        self._tr_base: int | None = None   # the guest's TR base, once the VMM keeps it (virtualize_tr)
         self._in_exception_hook = False   # inside the UC_HOOK_INTR handler (set_reg: EIP)
         self._install_hooks()
 
@@ -295,6 +302,11 @@ class Engine:
         else:
             self._hflags.value &= ~quirks.HF_INHIBIT_IRQ
 
+    def cpl(self) -> int:
+        """The current privilege level as QEMU keeps it (``hflags``): SS.DPL in protected
+        mode, 3 in virtual-8086 mode, 0 in real mode."""
+        return self._hflags.value & segcache.HF_CPL_MASK
+
     def code_bits(self) -> int:
         """16 or 32: the default operand and address size of the code running now (CS.D,
         which QEMU keeps in ``hflags`` as HF_CS32; 16 in real mode)."""
@@ -312,12 +324,57 @@ class Engine:
             self._hflags2.value &= ~quirks.HF2_NMI
 
     def table(self, name: str) -> tuple[int, int, int]:
-        """(selector, base, limit) of GDTR, IDTR, LDTR or TR."""
+        """(selector, base, limit) of GDTR, IDTR, LDTR or TR (TR as the guest loaded it)."""
         sel, base, limit, _flags = self.uc.reg_read(UC_TABLE[name])
+        if name == "tr" and self._tr_base is not None:
+            base = self._tr_base
         return sel, base, limit
 
     def set_table(self, name: str, base: int, limit: int, selector: int = 0, flags: int = 0) -> None:
         self.uc.reg_write(UC_TABLE[name], (selector, base, limit, flags))
+        if name == "tr" and self._tr_base is not None:
+            self._tr_base = base
+            segcache.set_tr_base(self.uc, TSS_LINEAR)
+
+    def set_tr(self, selector: int, base: int, limit: int, flags: int) -> None:
+        """Load TR (LTR, a task switch): ``flags`` is the descriptor's high dword."""
+        self.set_table("tr", base, limit, selector, flags)
+
+    def tr_flags(self) -> int:
+        return self.uc.reg_read(UC_TABLE["tr"])[3]
+
+    # -- the hidden segment state (a task switch loads it whole: vmm.cpu.segcache) ---------------
+    def load_segment(self, name: str, selector: int, base: int, limit: int, flags: int) -> None:
+        """Load segment register ``name`` with this hidden part, in any ring (no checks:
+        the caller made the SDM's)."""
+        segcache.load_segment(self.uc, name, selector, base, limit, flags)
+
+    def segment_cache(self, name: str) -> tuple[int, int, int, int]:
+        """(selector, base, limit, flags) of a segment register's hidden part."""
+        return segcache.read_segment(self.uc, name)
+
+    @property
+    def tr_virtualized(self) -> bool:
+        return self._tr_base is not None
+
+    def virtualize_tr(self) -> None:
+        """Keep the guest's TR base in the VMM and give the engine :data:`TSS_LINEAR`.
+
+        The engine reads the TSS only in a far CALL or JMP to a TSS or task gate, an IRET
+        with NT, and a call through a call gate to an inner ring: each then misses the
+        TLB at that base, and the fill hook hands it to ``ops.on_task_state_access`` with
+        EIP at the instruction (:class:`Fault` ``then``). LTR, which would load a base, is
+        intercepted (``ops.on_intercept`` with QEMU's TR-write exit code) for the VMM to
+        carry out. Nothing else changes: no guest access can reach a base above 4 GiB."""
+        self._tr_base = self.table("tr")[1]
+        segcache.set_tr_base(self.uc, TSS_LINEAR)
+        self._intercept(general=1 << (quirks.SVM_EXIT_TR_WRITE - quirks.SVM_EXIT_INTR))
+
+    def restore_tr_base(self, base: int) -> None:
+        """After a snapshot's CPU context is put back (its TR base is the engine's window)."""
+        if self._tr_base is not None:
+            self._tr_base = base
+            segcache.set_tr_base(self.uc, TSS_LINEAR)
 
     # -- hooks ---------------------------------------------------------------------------
     def _guard(self, fn, *args, default=None):
@@ -386,6 +443,11 @@ class Engine:
             vmm_access = self._segment_load is not None or not self._running
             if self._fault is not None and not vmm_access:
                 return False  # the first fault of this run is the one to deliver
+            if vaddr >= TSS_WINDOW and self._tr_base is not None and not vmm_access:
+                # the engine reached for the TSS (virtualize_tr): the VMM takes the instruction
+                self._fault = Fault(None, None, vaddr, _ACCESS.get(access, ACCESS_READ),
+                                    then=self.ops.on_task_state_access)
+                return False
             if self.trampoline is not None and vaddr & ~0xFFF == TRAMPOLINE_LINEAR:
                 entry.paddr, entry.perms = TRAMPOLINE_HOST, UC_PROT_ALL
                 return True
@@ -559,14 +621,19 @@ class Engine:
         checks QEMU 5 leaves out (reserved CR4 bits, MSRs qemu32 does not have) where it
         does not otherwise stand between the guest and the CPU. Costs nothing elsewhere:
         only these instructions call out."""
-        fields = quirks.probe_intercepts()
         self.uc.mem_map(INTERCEPT_HOST, PAGE + MSRPM_SIZE, UC_PROT_READ)
         self.uc.mem_write(INTERCEPT_HOST + quirks.VMCB_MSRPM_BASE, struct.pack("<Q", INTERCEPT_HOST + PAGE))
         self.uc.mem_write(INTERCEPT_HOST + PAGE, b"\xff" * MSRPM_SIZE)   # every MSR, read and write
         env = quirks.env_address(self.uc)
-        ctypes.c_uint64.from_address(env + fields.vm_vmcb).value = INTERCEPT_HOST
-        ctypes.c_uint64.from_address(env + fields.intercept).value = 1 << (quirks.SVM_EXIT_MSR - quirks.SVM_EXIT_INTR)
-        ctypes.c_uint16.from_address(env + fields.intercept_cr_write).value = 1 << 4
+        ctypes.c_uint64.from_address(env + quirks.probe_intercepts().vm_vmcb).value = INTERCEPT_HOST
+        self._intercept(general=1 << (quirks.SVM_EXIT_MSR - quirks.SVM_EXIT_INTR), cr_write=1 << 4)
+
+    def _intercept(self, general: int = 0, cr_write: int = 0) -> None:
+        """Add these bits to QEMU's SVM intercepts (``intercept``, ``intercept_cr_write``)."""
+        fields = quirks.probe_intercepts()
+        env = quirks.env_address(self.uc)
+        ctypes.c_uint64.from_address(env + fields.intercept).value |= general
+        ctypes.c_uint16.from_address(env + fields.intercept_cr_write).value |= cr_write
         self._hflags.value |= quirks.HF_GUEST
         self.uc.ctl_flush_tb()   # hflags is part of a translated block's key
 

@@ -34,6 +34,11 @@ def _decoder(bits: int) -> Cs:
 _WIDE = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi", "di": "edi", "sp": "esp", "bp": "ebp"}
 
 
+def register16(reg, name: str) -> int:
+    """A 16-bit register operand (LTR AX), read through its 32-bit register."""
+    return reg(_WIDE.get(name, name)) & _MASK_16
+
+
 def _address_register(reg, name: str) -> int:
     """A base or index register: 32-bit, or the low half of one (a 0x67 prefix makes
     the address 16-bit: [bx+si], [di]...); segment and other registers count 0."""

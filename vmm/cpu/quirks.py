@@ -116,12 +116,17 @@ def clear_pending_exception(uc: Uc) -> None:
 
     Call after every exception handled outside Unicorn (delivered by the VMM, or turned
     into a VM exit). Without it the second #DE/#GP/#PF in a row arrives as #DF (8).
+    ``exception_is_int`` goes back to 0 too: Unicorn sets EIP to ``exception_next_eip``
+    before its interrupt hook whenever that flag is set, and an engine intercept
+    (``cpu_vmexit``) sets neither, so after any INT n the next intercept arrived with the
+    EIP of the instruction after that INT.
     """
     fields = probe_offsets()
     ctx = uc.context_save()
     base = ctypes.cast(ctx.context, ctypes.c_void_p).value
     assert base, "Unicorn returned a context without storage"
     ctypes.memmove(base + fields.old_exception, struct.pack("<i", _NO_EXCEPTION), 4)
+    ctypes.memmove(base + fields.is_int, struct.pack("<i", 0), 4)
     uc.context_restore(ctx)
 
 
@@ -329,6 +334,7 @@ HF_GUEST = 1 << 21
 SVM_EXCEPTION_BASE = 0x100     # QEMU's EXCP_VMEXIT
 SVM_EXIT_WRITE_CR4 = 0x14
 SVM_EXIT_MSR = 0x7C
+SVM_EXIT_TR_WRITE = 0x6D       # LTR
 SVM_EXIT_INTR = 0x60           # bit 0 of ``intercept``
 VMCB_MSRPM_BASE = 0x48         # offsetof(struct vmcb, control.msrpm_base_pa)
 _MOV_CR4_EAX = bytes.fromhex("0f22e0")

@@ -177,6 +177,7 @@ def restore_cpu(engine, state: CpuState, devices: list[tuple[int, int]]) -> None
         raise CpuStateError("Unicorn gave no context buffer")
     ctypes.memmove(buffer + header, state.context, len(state.context))
     engine.uc.context_restore(context)
+    engine.restore_tr_base(dict(state.tables)["tr"][1])   # the context holds the engine's TSS window
     flush_caches(engine)
     _check(engine, state)
 

@@ -58,6 +58,7 @@ class BtMode(Hypervisor):
         super().__init__(vm)
         eng = vm.engine
         self.mmu = ShadowMmu(vm, self.pages, GuestPaging(vm, self.pages))
+        self.model_task_switching()
         self.translator = Translator(vm.read_code, eng.hook_code_site, eng.remove_hook, self.events)
         self.code_watchers.append(self)
         self._fetch_address: int | None = None

@@ -20,10 +20,15 @@ only where it differs. No mode derives from another.
 """
 from __future__ import annotations
 
+from capstone.x86 import X86_OP_MEM, X86_OP_REG
+
 from ..cpu import cpuid as cpu_model
-from ..cpu.delivery import UD, Event, EventDelivery, take_nmi
-from ..cpu.engine import Fault, Fill
+from ..cpu import quirks
+from ..cpu.delivery import HAS_ERROR_CODE, UD, DeliveryFault, Event, EventDelivery, take_nmi
+from ..cpu.engine import EngineError, Fault, Fill
+from ..cpu.faultaddr import effective_address, register16
 from ..cpu.msrs import MsrFile
+from ..cpu.tasks import TaskSource, TaskSwitcher, far_operand
 from ..stats.events import EventCounters
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import (
@@ -130,6 +135,7 @@ class Hypervisor:
                                       lambda cr2: eng.set_reg("cr2", cr2))
         self.processor = self
         self.mmu = None  # set by the mode
+        self.tasks = TaskSwitcher(self.delivery, self.load_cr3)
         self.msrs = MsrFile(vm)   # the CPU model's MSRs, however a mode reaches them
         self.exit_table = {
             ExitReason.EXCEPTION_NMI: self.exception,
@@ -250,6 +256,83 @@ class Hypervisor:
             self.vm.dispatch(ExternalInterruptExit(vector=board.acknowledge_interrupt()))
             return board.interrupt_pending()
         return True
+
+    # -- tasks: LTR, task switches (vmm.cpu.tasks) -----------------------------------------------
+    def model_task_switching(self) -> None:
+        """For a mode whose guest's TSS is the one the CPU uses: the VMM keeps TR's base
+        and carries out LTR and every task switch (:meth:`Engine.virtualize_tr`)."""
+        self.vm.engine.virtualize_tr()
+        self.delivery.task_gate = self.task_gate
+
+    def load_cr3(self, value: int) -> None:
+        """A CR3 load the VMM makes for the guest (a task switch's): the MMU hears of it."""
+        self.vm.engine.set_reg("cr3", value)
+        self.mmu.guest_cr3_loaded(value)
+
+    def on_intercept(self, exit_code: int, info: int) -> None:
+        """An instruction the engine reports before it executes it: here LTR."""
+        if exit_code != quirks.SVM_EXIT_TR_WRITE:
+            raise EngineError(f"internal: unexpected engine intercept {exit_code:#x}")
+        eng = self.vm.engine
+        eip = eng.reg("eip")
+        insn = self.instruction_at(eip)
+        op = insn.operands[0]
+        try:
+            selector = register16(eng.reg, insn.reg_name(op.reg)) if op.type == X86_OP_REG else self._read_u16(
+                effective_address(insn, op, eng.reg))
+            self.tasks.load_tr(selector & 0xFFFF)
+        except DeliveryFault as fault:
+            return self.raise_fault(fault.vector, fault.error_code, fault.cr2)
+        eng.set_reg("eip", eip + insn.size)
+        return None
+
+    def on_task_state_access(self) -> None:
+        """The engine reached for the TSS, EIP at the instruction: a far JMP or CALL to a
+        TSS or task gate, or an IRET with NT, is a task switch."""
+        eng = self.vm.engine
+        insn = self.instruction_at(eng.reg("eip"))
+        try:
+            if insn.mnemonic in ("iret", "iretd"):
+                request: tuple[int | None, TaskSource] | None = (self.tasks.back_link(), TaskSource.IRET)
+            else:
+                request = far_operand(insn, self._read_u16, self._memory_operand)
+                if request is not None:
+                    request = (self.tasks.far_target(request[0]), request[1])
+        except DeliveryFault as fault:
+            return self.raise_fault(fault.vector, fault.error_code, fault.cr2)
+        if request is None or request[0] is None:
+            raise EngineError(f"the TSS was read by {insn.mnemonic} {insn.op_str} at {insn.address:#010x}, "
+                              "which the VMM does not model (a call gate to an inner ring)")
+        return self.task_switch(request[0], request[1], insn.size)
+
+    def task_switch(self, selector: int, source: TaskSource, length: int) -> None:
+        """Switch tasks for the ``length``-byte instruction at EIP (far JMP/CALL, IRET)."""
+        eng = self.vm.engine
+        try:
+            self.tasks.switch(selector, source, (eng.reg("eip") + length) & 0xFFFFFFFF)
+        except DeliveryFault as fault:
+            self.raise_fault(fault.vector, fault.error_code, fault.cr2)
+
+    def raise_fault(self, vector: int, error_code: int, cr2: int | None) -> None:
+        """A fault the instruction the VMM carries out raises, as the guest's own."""
+        self.reflect(vector, error_code, cr2)
+
+    def task_gate(self, selector: int, event: Event, ext: int) -> None:
+        """An event whose IDT entry is a task gate (inside delivery: a fault escalates)."""
+        code = event.error_code or 0 if event.kind == "exception" and event.vector in HAS_ERROR_CODE else None
+        self.tasks.switch(selector, TaskSource.TASK_GATE, self.vm.engine.reg("eip"), error_code=code, ext=ext)
+
+    def instruction_at(self, eip: int):
+        from .privileged import decoder
+        linear = (self.vm.engine.segment_cache("cs")[1] + eip) & 0xFFFFFFFF
+        return next(decoder().disasm(self.vm.read_code(linear), eip, 1))
+
+    def _read_u16(self, linear: int) -> int:
+        return int.from_bytes(self.tasks._read(linear, 2), "little")
+
+    def _memory_operand(self, insn) -> int:
+        op = next(o for o in insn.operands if o.type == X86_OP_MEM)
+        return effective_address(insn, op, self.vm.engine.reg)
 
     # -- life cycle ----------------------------------------------------------------------------
     def boot(self, image) -> None:

@@ -24,7 +24,7 @@ from ..mmu.hostmem import HostPages
 from ..mmu.paging import PageFault, Translation, Walker32, phys_reader, phys_writer
 from ..mmu.shadow import ShadowPaging
 from ..x86 import CR0, CR4, PAGE_MASK, PAGE_SIZE, GiB
-from ..x86.segments import SELECTOR_RPL_MASK, USER_RING
+from ..x86.segments import USER_RING
 
 ALL = PROT_READ | PROT_WRITE | PROT_EXEC
 ADDRESS_MASK = 0xFFFFFFFF
@@ -166,8 +166,9 @@ class CodePages:
 def user_access(engine, vaddr: int) -> bool:
     """Whether a TLB miss is a CPL-3 access. The fill hook does not say which MMU index
     asked, so a user-mode fill that lands on the GDT/LDT/IDT/TSS page is treated as the
-    implicit supervisor access it is (a segment load reads the GDT)."""
-    if not (engine.reg("cr0") & CR0.PE and engine.reg("cs") & SELECTOR_RPL_MASK == USER_RING):
+    implicit supervisor access it is (a segment load reads the GDT). Virtual-8086 code
+    runs at CPL 3 too."""
+    if engine.cpl() != USER_RING:   # CS.RPL, or virtual-8086 mode
         return False
     page = vaddr & PAGE_MASK
     for table in DESCRIPTOR_TABLES:

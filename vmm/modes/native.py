@@ -34,12 +34,15 @@ class NativeMode(Hypervisor):
         self.mmu = GuestPaging(vm, self.pages)
         self.walker = self.mmu.walker   # the walk references the cost model counts (RunObserver)
         vm.engine.intercept_cpu_checks()
+        self.model_task_switching()
 
     def on_intercept(self, exit_code: int, info: int) -> None:
         """MOV to CR4 (exit code 0x14) or RDMSR/WRMSR (0x7C, ``info`` 1 for WRMSR), with
         EIP at the instruction: carried out, or #GP(0) raised, as the CPU model says."""
         eng = self.vm.engine
         eng.set_interrupt_shadow(False)   # the instruction after an STI ends its shadow
+        if exit_code == quirks.SVM_EXIT_TR_WRITE:
+            return super().on_intercept(exit_code, info)
         eip = eng.reg("eip")
         insn = next(decoder().disasm(self.vm.read_code(eip), eip, 1))
         if exit_code == quirks.SVM_EXIT_WRITE_CR4:

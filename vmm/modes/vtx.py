@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 
 from ..cpu import cpuid as cpu_model
-from ..cpu.delivery import GP, PF, UD, Descriptor, TripleFault, combine_events
+from ..cpu.delivery import GP, HAS_ERROR_CODE, PF, UD, DeliveryFault, Descriptor, Event, TripleFault, combine_events
 from ..cpu.engine import Fault, Fill
 from ..cpu.regs import debug_register
 from ..mmu.paging import PageFault
@@ -47,6 +47,7 @@ from ..vmx.exits import (
     MsrExit,
     Outcome,
     ShadowPageFault,
+    TaskSwitchExit,
     Value,
 )
 from ..vmx.processor import (
@@ -59,10 +60,11 @@ from ..vmx.processor import (
     VmxProcessor,
     exits_for_exception,
 )
-from ..vmx.qualification import CrAccess, CrAccessType, InterruptionInfo, InterruptionType
+from ..vmx.qualification import CrAccess, CrAccessType, InterruptionInfo, InterruptionType, TaskSwitch, TaskSwitchSource
 from ..vmx.sites import CodeSites
 from ..vmx.vmcs import Field
 from ..x86 import CR0, CR4, EFLAGS, ControlRegister, Vector
+from ..x86.segments import TaskSource
 from .hypervisor import Hypervisor
 from .memory import PAGING_CR0_BITS, PAGING_CR4_BITS, GuestPaging, ShadowMmu
 
@@ -100,6 +102,7 @@ class VtxMode(Hypervisor):
         self.queued_irq: int | None = None   # an 8259A interrupt held back for the interrupt window
         self.awaiting_window = False          # the guest's APIC holds an interrupt for the window
         self.delivery.intercept = self.cpu.intercept_nested_fault
+        self.model_task_switching()
         self._set_up_vmcs()
         self.ept = ept
         self.exit_table = {
@@ -122,6 +125,7 @@ class VtxMode(Hypervisor):
             ExitReason.LDTR_TR: self.handle_descriptor_table,
             ExitReason.PREEMPTION_TIMER: self.handle_preemption_timer,
             ExitReason.WBINVD: self.handle_skip,
+            ExitReason.TASK_SWITCH: self.handle_task_switch,
         }
         if ept:
             from .vtx_ept import EptMmu
@@ -391,6 +395,33 @@ class VtxMode(Hypervisor):
     def handle_descriptor_table(self, exit: DescriptorTableExit) -> Outcome:
         """Accounted, then executed by the engine itself: leaving EIP at the instruction
         lets it run natively, which is exactly what emulating it would do."""
+        return RESUME
+
+    # -- task switches: each one a VM exit, carried out by the hypervisor ------------------------
+    def task_switch(self, selector: int, source: TaskSource, length: int) -> None:
+        self.cpu.vmexit(TaskSwitchExit(qualification=TaskSwitch(selector, TaskSwitchSource(source)).encode(),
+                                       length=length, selector=selector, source=source))
+
+    def task_gate(self, selector: int, event: Event, ext: int) -> None:
+        code = event.error_code or 0 if event.kind == "exception" and event.vector in HAS_ERROR_CODE else None
+        self.cpu.vectoring_exit(TaskSwitchExit(
+            qualification=TaskSwitch(selector, TaskSwitchSource.TASK_GATE).encode(), selector=selector,
+            source=TaskSource.TASK_GATE, error_code=code, ext=ext))
+
+    def raise_fault(self, vector: int, error_code: int, cr2: int | None) -> None:
+        self.cpu.hardware_exception(vector, error_code, cr2)
+
+    def handle_task_switch(self, exit: TaskSwitchExit) -> Outcome:
+        """KVM's handle_task_switch: the task switch the guest attempted, emulated (a fault
+        it raises is injected, in the context of whichever task it belongs to)."""
+        eng = self.vm.engine
+        try:
+            self.tasks.switch(exit.selector, TaskSource(exit.source), (eng.reg("eip") + exit.length) & U32_MASK,
+                              error_code=exit.error_code, ext=exit.ext)
+        except DeliveryFault as fault:
+            if fault.vector == PF:
+                self.cpu.inject_cr2 = fault.cr2
+            self.inject_exception(fault.vector, fault.error_code if fault.vector in HAS_ERROR_CODE else None)
         return RESUME
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:

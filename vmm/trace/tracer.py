@@ -43,7 +43,7 @@ from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, Cs
 
 from ..stats.exits import event_name, has_vm_exits
 from ..vmx.exit_reasons import ExitReason
-from ..vmx.qualification import CrAccess, EptViolation, InterruptionInfo, IoInstruction, MovDr
+from ..vmx.qualification import CrAccess, EptViolation, InterruptionInfo, IoInstruction, MovDr, TaskSwitch
 
 TRACED_REGS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eflags")
 """Registers the trace shows changes of; the batch read adds CS and CR0 after them (for the
@@ -107,6 +107,8 @@ def describe_exit(exit, vmcs, code: bytes = b"") -> str:
             return f"MSR {exit.msr:#x}"
         if r in (ExitReason.GDTR_IDTR, ExitReason.LDTR_TR):
             return f"{exit.mnemonic.upper()}, displacement {q:#x}"
+        if r is ExitReason.TASK_SWITCH:
+            return TaskSwitch.decode(q).describe()
     except (ValueError, AttributeError):
         pass
     return ""

@@ -136,6 +136,20 @@ class DescriptorTableExit(Exit):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSwitchExit(Exit):
+    """TASK_SWITCH: every task switch in VMX non-root operation exits (SDM vol. 3
+    §25.4.2). The new TSS's selector and what started the switch (the qualification's
+    fields), and, for an exception that came through a task gate, its error code (also in
+    the IDT-vectoring fields) and EXT."""
+
+    reason: ExitReason | None = ExitReason.TASK_SWITCH
+    selector: int
+    source: int                     # vmm.cpu.tasks.TaskSource: CALL, IRET, JMP, TASK_GATE
+    error_code: int | None = None
+    ext: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EptViolationExit(Exit):
     """EPT_VIOLATION: ``gpa`` is the guest-physical address the walk could not map."""
 

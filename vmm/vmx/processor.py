@@ -261,6 +261,13 @@ class VmxProcessor:
         finally:
             self._delivering = None
 
+    def vectoring_exit(self, exit: Exit) -> None:
+        """A VM exit in the middle of delivering an event (a task gate's task switch):
+        the event goes in the IDT-vectoring fields."""
+        self._vectoring = self._delivering
+        self._delivering = None
+        self.vmexit(exit)
+
     def intercept_nested_fault(self, vector: int, error_code: int, cr2: int | None) -> bool:
         """Called by event delivery for a fault raised while delivering another event."""
         if self._delivering is None or not exits_for_exception(self.vmcs, vector, error_code):

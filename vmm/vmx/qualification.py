@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass
 
 from ..x86.ept import EptViolationQualification
+from ..x86.segments import TaskSource
 
 GPR_NAMES = ("EAX", "ECX", "EDX", "EBX", "ESP", "EBP", "ESI", "EDI",
              "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")
@@ -166,11 +167,8 @@ class Invlpg:
 
 
 # --- task switch (SDM Table 28-2) ---------------------------------------------------
-class TaskSwitchSource(enum.IntEnum):
-    CALL = 0
-    IRET = 1
-    JMP = 2
-    TASK_GATE = 3       # task gate in the IDT
+TaskSwitchSource = TaskSource
+"""The qualification's source field (bits 31:30): the vocabulary's TaskSource."""
 
 
 @dataclass(frozen=True)

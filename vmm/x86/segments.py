@@ -93,6 +93,16 @@ class SystemType(IntEnum):
     TRAP_GATE32 = 0xF
 
 
+class TaskSource(IntEnum):
+    """What started a task switch (§7.3), numbered as VT-x's task-switch exit
+    qualification numbers it (Table 28-2, bits 31:30)."""
+
+    CALL = 0
+    IRET = 1
+    JMP = 2
+    TASK_GATE = 3   #: an interrupt or exception through a task gate in the IDT
+
+
 GATE_TYPE_MASK = 0x1F
 """Bits 44:40 of a gate as delivery checks them: the type and S (a gate has S = 0)."""
 
