@@ -82,9 +82,15 @@ def vmm_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "vmm.cli", *args]
 
 
-def vmm_run_command(image: str, mode: str, timeout: float) -> list[str]:
-    """``vmm run IMAGE --mode MODE`` with vmm's own wall-clock limit."""
-    return vmm_command("run", image, "--mode", mode, "--timeout", f"{timeout:g}")
+TESTDEV_DEVICES = ("--device", "pci-testdev")
+"""The board options that make vmm's board :func:`testdev_command`'s (pc-testdev is always there)."""
+
+
+def vmm_run_command(image: str, mode: str, timeout: float, testdev: bool = False) -> list[str]:
+    """``vmm run IMAGE --mode MODE`` with vmm's own wall-clock limit (``testdev``: on the
+    test-device board)."""
+    return vmm_command("run", image, "--mode", mode, "--timeout", f"{timeout:g}",
+                       *(TESTDEV_DEVICES if testdev else ()))
 
 
 def vmm_environment() -> dict[str, str]:
@@ -164,10 +170,10 @@ def run_qemu(kernel: str, *, arch: str = "i386", timeout: float, testdev: bool =
     return run_process(command, timeout=timeout)
 
 
-def run_vmm(image: str, mode: str, *, timeout: float) -> Run:
+def run_vmm(image: str, mode: str, *, timeout: float, testdev: bool = False) -> Run:
     """Boot ``image`` under ``vmm run --mode MODE``; vmm stops it at ``timeout`` s itself,
     and the process is killed if it outlives that by :data:`GRACE_SECONDS`."""
-    return run_process(vmm_run_command(image, mode, timeout), timeout=timeout + GRACE_SECONDS,
+    return run_process(vmm_run_command(image, mode, timeout, testdev), timeout=timeout + GRACE_SECONDS,
                        env=vmm_environment())
 
 

@@ -4,7 +4,8 @@
 Give it a directory of already-built images (``*.flat`` by default: Multiboot kernels
 that report through the serial port and leave through isa-debug-exit, the convention of
 the common x86 unit-test suites). Each image runs once under QEMU on the test-device board
-and once per chosen vmm mode; each run becomes one verdict:
+(pc-testdev, pci-testdev, isa-debug-exit) and once per chosen vmm mode on vmm's same board
+(``--device pci-testdev``); each run becomes one verdict:
 
   PASS     exit status 1: the test wrote 0 to isa-debug-exit
   SKIP     exit status 77: the test wrote 38 (its "all skipped" code)
@@ -137,7 +138,7 @@ def run_test(image: Path, columns: list[str], *, arch: str, timeout: float) -> d
         if column == QEMU_COLUMN:
             run = run_qemu(str(image), arch=arch, timeout=timeout, testdev=True)
         else:
-            run = run_vmm(str(image), column, timeout=timeout)
+            run = run_vmm(str(image), column, timeout=timeout, testdev=True)
         results[column] = classify(run, vmm=column != QEMU_COLUMN)
     return results
 

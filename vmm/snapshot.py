@@ -497,6 +497,7 @@ def save_vm(vm) -> bytes:
         "format": "vmm",
         "mode_name": vm.mode.name,
         "ram_size": vm.ram_size,
+        "devices": sorted(vm.board.devices.items()),
         "image": plain.encode(vm.image, "image"),
         "vm": {"now": vm.now, "tsc_reads": vm.tsc_reads, "launched": vm._launched,
                "tsc": [vm.tsc_offset, vm.tsc_last, vm.clock_read],
@@ -531,7 +532,7 @@ def restore_vm(data: bytes, *, serial_output=None, serial_input=None, max_instru
         image = plain.decode(tree["image"], _MISSING, "image")
         vm = VM(image, mode=tree["mode_name"], ram_size=tree["ram_size"], serial_output=serial_output,
                 serial_input=serial_input, max_instructions=max_instructions, timeout=timeout,
-                mode_options=mode_options)
+                mode_options=mode_options, devices=dict(tree.get("devices", ())))
         vm.board.load_state(plain.decode(tree["board"], _MISSING, "board"))
         restore_cpu(vm.engine, plain.decode(tree["cpu"], _MISSING, "cpu"), _devices(vm))
         saved = tree["vm"]

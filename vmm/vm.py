@@ -128,7 +128,8 @@ class VM:
 
     def __init__(self, image: LoadedImage, *, mode: str = "native", ram_size: int = 128 << 20,
                  serial_output=None, serial_input=None, max_instructions: int | None = None,
-                 timeout: float | None = None, mode_options: dict | None = None):
+                 timeout: float | None = None, mode_options: dict | None = None,
+                 devices: dict[str, bool] | None = None):
         from .modes import get_mode
 
         self.image = image
@@ -137,7 +138,7 @@ class VM:
         self.timeout = timeout
         self.board = Board(ram_size=ram_size,
                            serial_output=serial_output or _stdout_write,
-                           serial_input=serial_input)
+                           serial_input=serial_input, devices=devices)
         self.engine = Engine(self)
         self.board.hpet.clock = self.virtual_time   # reads see the instructions of the current run
         self.bus = EventBus(self.engine)   # what happens in this VM, for whoever subscribes

@@ -216,6 +216,11 @@ def image_options(*, qemu_aliases: bool = False):
         click.option("--control", "controls", multiple=True, metavar="NAME[=on|off]",
                      help="vtx: set or clear a VM-execution, VM-exit or VM-entry control by its SDM name, "
                      "e.g. --control HLT_EXITING=off --control RDTSC_EXITING (repeatable)."),
+        click.option(*names("--device", "-device"), "devices", multiple=True, metavar="NAME[=on|off]",
+                     callback=parse_devices,
+                     help="Add or leave out a board device (repeatable): pci-testdev (off by default, as "
+                     "under qemu -nodefaults; kvm-unit-tests wants it), hpet and pc-testdev (on). "
+                     "E.g. --device pci-testdev --device hpet=off."),
         click.option("--vmcs", "vmcs_writes", multiple=True, metavar="FIELD=VALUE",
                      help="vtx: VMWRITE a field before launch, e.g. --vmcs EXCEPTION_BITMAP=0 "
                      "or --vmcs GUEST_CR0=0x80000000 (repeatable)."),
@@ -226,6 +231,23 @@ def image_options(*, qemu_aliases: bool = False):
             command = option(command)
         return command
     return decorate
+
+
+def parse_devices(ctx, param, values: tuple[str, ...]) -> dict[str, bool]:
+    """``--device NAME[=on|off]`` (QEMU's ``-device NAME`` adds one) as {name: on}."""
+    from ..devices.board import board_devices
+
+    chosen: dict[str, bool] = {}
+    for value in values:
+        name, _, state = value.partition("=")
+        if state not in ("", "on", "off"):
+            raise click.BadParameter(f"{value!r}: the state is on or off (NAME, NAME=on, NAME=off)")
+        chosen[name.strip()] = state != "off"
+    try:
+        board_devices(chosen)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    return chosen
 
 
 def load_target(image: str, *, ram_mib: int, kind: str, cmdline: str | None, modules: tuple[str, ...],

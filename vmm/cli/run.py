@@ -55,7 +55,7 @@ QEMU_GDB_ADDRESS = ":1234"
               help="Write the same statistics as JSON.")
 @exit_status_option
 def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind, load_address,
-        serial_input, controls, vmcs_writes, gdb_address, gdb_default, wait, page_walk_cache, stat, stat_json,
+        serial_input, controls, devices, vmcs_writes, gdb_address, gdb_default, wait, page_walk_cache, stat, stat_json,
         exit_convention):
     """Boot IMAGE_OR_GUEST and print its serial output.
 
@@ -93,7 +93,7 @@ def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mi
             vm = VM(loaded, mode=mode, ram_size=ram_mib << 20, serial_output=write,
                     serial_input=serial_source(serial_input, inputs, write),
                     max_instructions=max_instructions, timeout=timeout or None,
-                    mode_options={"page_walk_cache": True} if page_walk_cache else None)
+                    mode_options={"page_walk_cache": True} if page_walk_cache else None, devices=devices)
         except (NotImplementedError, ValueError) as err:
             fail(str(err))
         apply_tuning(vm, mode, controls, vmcs_writes)

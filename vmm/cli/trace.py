@@ -54,7 +54,7 @@ def _parse_range(ctx, param, value):
 @image_options()
 @click.option("--stat", is_flag=True, help="End with the exit-statistics tables (on standard error).")
 def trace(image, mode, fmt, output, start, count, address_range, ring, exits_only, walks, max_instructions,
-          timeout, cmdline, modules, ram_mib, kind, load_address, controls, vmcs_writes, stat):
+          timeout, cmdline, modules, ram_mib, kind, load_address, controls, devices, vmcs_writes, stat):
     """Trace IMAGE_OR_GUEST instruction by instruction: address, bytes, disassembly, the
     registers each instruction changed, and inline the VM exits (SDM name, decoded
     qualification, handler result), injected events and, with --walks, page walks. The
@@ -74,7 +74,7 @@ def trace(image, mode, fmt, output, start, count, address_range, ring, exits_onl
                          load_address=load_address)
     try:
         vm = VM(loaded, mode=mode, ram_size=ram_mib << 20, serial_output=console_writer(sys.stderr.buffer),
-                max_instructions=max_instructions, timeout=timeout or None)
+                max_instructions=max_instructions, timeout=timeout or None, devices=devices)
     except (NotImplementedError, ValueError) as exc:
         fail(str(exc))
     apply_tuning(vm, mode, controls, vmcs_writes)

@@ -25,7 +25,7 @@ LINEAR_ADDRESS_LIMIT = 1 << 32
 @click.option("--timeout", type=float, callback=non_negative_seconds, default=10.0, show_default=True, metavar="S")
 @image_options()
 def walk(image, gva, mode, when, access, user, timeout, cmdline, modules, ram_mib, kind, load_address, controls,
-         vmcs_writes):
+         devices, vmcs_writes):
     """Explain how the guest translates one address: every paging-structure entry, its
     address and bits, each EPT step (vtx-ept) or the shadow entries (vtx), and the result
     or the fault.
@@ -50,7 +50,7 @@ def walk(image, gva, mode, when, access, user, timeout, cmdline, modules, ram_mi
         if budget is not None and budget < 1:
             fail(f"--at {when}: a number of instructions is at least 1 (or 'end', or a symbol)")
     vm = VM(loaded, mode=mode, ram_size=ram_mib << 20, serial_output=lambda data: None, max_instructions=budget,
-            timeout=timeout or None)
+            timeout=timeout or None, devices=devices)
     apply_tuning(vm, mode, controls, vmcs_writes)
     if when != "end" and budget is None:
         address = loaded.symbols.get(when)

@@ -48,8 +48,10 @@ from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
+from ..x86 import Vector
 from . import quirks, segcache
 from .cpuid import CPU_MODEL
+from .iocheck import HF_IOBPT, IoPermission
 from .regs import UC_REG, UC_TABLE
 
 MEMBUF_SIZE = 64
@@ -177,6 +179,7 @@ class Engine:
         self._pending_iret: dict | None = None
         self._segment_load: tuple[str, int] | None = None   # (register, selector) the VMM is loading
         self._tr_base: int | None = None   # the guest's TR base, once the VMM keeps it (virtualize_tr)
+        self.io_permission: IoPermission | None = None   # check_io_permission
         self._in_exception_hook = False   # inside the UC_HOOK_INTR handler (set_reg: EIP)
         self._install_hooks()
 
@@ -370,6 +373,14 @@ class Engine:
         segcache.set_tr_base(self.uc, TSS_LINEAR)
         self._intercept(general=1 << (quirks.SVM_EXIT_TR_WRITE - quirks.SVM_EXIT_INTR))
 
+    def check_io_permission(self, permitted) -> None:
+        """Refuse IN/OUT/INS/OUTS that the I/O permission bitmap forbids at CPL > IOPL or in
+        virtual-8086 mode, with #GP(0) at the instruction (:mod:`vmm.cpu.iocheck`);
+        ``permitted(port, size)`` reads the guest's bitmap."""
+        self.io_permission = IoPermission(self, permitted)
+        self._hflags.value |= HF_IOBPT
+        self.uc.ctl_flush_tb()   # hflags is part of a translated block's key
+
     def restore_tr_base(self, base: int) -> None:
         """After a snapshot's CPU context is put back (its TR base is the engine's window)."""
         if self._tr_base is not None:
@@ -428,11 +439,15 @@ class Engine:
                     if vector >= quirks.SVM_EXCEPTION_BASE:
                         # An intercept (intercept_cpu_checks): EIP is at the instruction.
                         self.ops.on_intercept(vector - quirks.SVM_EXCEPTION_BASE, error_code)
+                    elif vector == Vector.DB and self.io_permission is not None and self.io_permission.take_refusal():
+                        self.ops.on_interrupt(Vector.GP, 0, False)   # the refused port access's #GP(0)
                     else:
                         self.ops.on_interrupt(vector, error_code, software)
                 finally:
                     self._in_exception_hook = False
                 quirks.clear_pending_exception(uc)
+                if self.io_permission is not None:
+                    self._hflags.value |= HF_IOBPT   # a guest MOV to DR7 recomputes it
             self._guard(handle)
 
         def invalid(uc, _):
@@ -474,9 +489,15 @@ class Engine:
             return False
 
         def port_in(uc, port, size, _):
+            check = self.io_permission
+            if check is not None and not self._guard(check.allows, port, size, default=True):
+                return check.held_value(size)
             return self._guard(self.ops.on_port_in, port, size, default=0xFFFFFFFF)
 
         def port_out(uc, port, size, value, _):
+            check = self.io_permission
+            if check is not None and not self._guard(check.allows, port, size, default=True):
+                return
             self._guard(self.ops.on_port_out, port, size, value)
 
         def cpuid(handle, key):
@@ -679,6 +700,8 @@ class Engine:
         self._counter_at_event = -1
         self.executed = 0
         begin = self.reg("eip")  # UC_MODE_32 sets EIP = begin, also in real mode
+        if self.io_permission is not None:
+            self._hflags.value |= HF_IOBPT   # a guest MOV to DR7 recomputes it
         if bool(count) != self._counting:
             # Unicorn adds its instruction-count hook to blocks as it translates them and
             # does not flush those translated before: a counted run over code translated

@@ -47,11 +47,13 @@ TSS_EFLAGS = 0x24
 TSS_GPRS = 0x28                  # EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI
 TSS_SEGMENTS = 0x48              # ES, CS, SS, DS, FS, GS, one per dword
 TSS_LDT = 0x60
+TSS_IOMAP = 0x66                 # the I/O permission bitmap's offset from the TSS base
 TSS32_MIN_LIMIT = 0x67           # a 32-bit TSS is at least 104 bytes
 GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs")
 _TYPE_BYTE = 5                   # the access byte of a descriptor: its type and P
 _BUSY = 0x2                      # type 9 (available) <-> 0xB (busy)
+_TSS32_TYPE_BITS = 0xD           # the type without its busy bit
 _DR7_LOCAL = 0x55                # L0..L3: cleared by every task switch
 _VM86_FLAGS = (Access.P | Access.S | Access.RW | Access.ACCESSED | Access.DPL) << 8   # QEMU's load_seg_vm
 _VM86_LIMIT = 0xFFFF
@@ -217,6 +219,28 @@ class TaskSwitcher:
             esp = (eng.reg("esp") - 4) & 0xFFFFFFFF
             self._write((self._base("ss") + esp) & 0xFFFFFFFF, struct.pack("<I", error_code))
             eng.set_reg("esp", esp)
+
+    # -- the I/O permission bitmap (SDM vol. 1 §19.5.2) ---------------------------------------------
+    def io_permitted(self, port: int, size: int) -> bool:
+        """Whether the current TSS's I/O permission bitmap allows ``size`` bytes at
+        ``port``, as QEMU's ``check_io`` reads it: a 32-bit TSS of at least 104 bytes, the
+        bitmap's offset at 0x66, the two bytes holding the port's bits within the TSS
+        limit, and every bit of the ports touched clear."""
+        _, base, limit = self.delivery.table("tr")
+        if limit < TSS32_MIN_LIMIT:
+            return False
+        if self.engine.tr_virtualized:
+            flags = self.engine.tr_flags() >> 8
+            if not flags & Access.P or flags & _TSS32_TYPE_BITS != SystemType.TSS32_AVAILABLE:
+                return False
+        try:
+            offset = struct.unpack("<H", self._read(base + TSS_IOMAP, 2))[0] + (port >> 3)
+            if offset + 1 > limit:
+                return False
+            bits = struct.unpack("<H", self._read(base + offset, 2))[0]
+        except DeliveryFault:
+            return False   # an unmapped bitmap refuses (QEMU would fault; nothing is written either way)
+        return not (bits >> (port & 7)) & ((1 << size) - 1)
 
     # -- loading the new task's segments (Table 7-1) ----------------------------------------------
     def _load_ldt(self, selector: int, ext: int) -> None:

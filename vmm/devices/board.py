@@ -7,10 +7,18 @@
           0x92                   system control port A (fast A20, fast reset)
           0x3f8-0x3ff            COM1 16550A
           0x510-0x511            fw_cfg
+          0xcf8-0xcff            PCI configuration (i440FX, PIIX3, PIIX4 PM; vmm.devices.pci),
+                                 0xcf9 the PIIX3 reset control register
           0xe0-0xeb, 0x2000-0x2017  pc-testdev (data register, flush page, IRQ lines)
-    MMIO  0xfed00000-0xfed003ff  HPET (main counter; timers do not interrupt yet)
+          0xc000-0xc0ff          pci-testdev's ports (with --device pci-testdev)
+    MMIO  0xfebff000-0xfebfffff  pci-testdev's MMIO (with --device pci-testdev)
+          0xfed00000-0xfed003ff  HPET (main counter; timers do not interrupt yet)
           0xfee00000-0xfee00fff  local APIC
           0xff000000-0xff00ffff  pc-testdev's iomem
+
+Devices that can be left out or added (``devices``, the CLI's ``--device NAME=on|off``):
+``hpet`` and ``pc-testdev`` (on, as on QEMU's pc), ``pci-testdev`` (off, as under
+``-nodefaults``; kvm-unit-tests adds it).
 
 The engine dispatches I/O and MMIO exits to ``port_bus`` / ``mmio_bus``, keeps
 virtual time (guest instructions) running until ``next_event()`` and then calls
@@ -34,6 +42,24 @@ from .debugexit import DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT, DebugExit, DebugExitS
 from .fwcfg import FW_CFG_PORT_DATA, FW_CFG_PORT_SEL, FwCfg, FwCfgState
 from .hpet import HPET_BASE, HPET_SIZE, Hpet, HpetState
 from .lapic import APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LocalApic, LocalApicState
+from .pci import (
+    CONFIG_ADDRESS,
+    CONFIG_PORTS_LAST,
+    Bar,
+    PciFunction,
+    PciHost,
+    PciState,
+    firmware_bars,
+    i440fx,
+    piix3_ide,
+    piix3_isa,
+    piix4_pm,
+)
+from .pcitestdev import DEVICE as PCI_TESTDEV_DEVICE
+from .pcitestdev import MMIO_SIZE as PCI_TESTDEV_MMIO_SIZE
+from .pcitestdev import PORT_COUNT as PCI_TESTDEV_PORTS
+from .pcitestdev import VENDOR as PCI_TESTDEV_VENDOR
+from .pcitestdev import PciTestdev, PciTestdevState
 from .pic import MASTER_COMMAND, MASTER_DATA, SLAVE_COMMAND, SLAVE_DATA, PicPair, PicPairState
 from .pit import PIT_BASE, PIT_COMMAND, SYSTEM_CONTROL_B, Pit8254, PitState
 from .port92 import PORT92, Port92, Port92State
@@ -57,6 +83,22 @@ DEFAULT_RAM_SIZE = 128 * 1024 * 1024
 # puts it at 3 GiB when RAM is that large) and the local APIC at 0xfee00000.
 MAX_RAM_SIZE = 3 * 1024 * 1024 * 1024
 PIT_IRQ = 0
+OPTIONAL_DEVICES = {"hpet": True, "pc-testdev": True, "pci-testdev": False}
+"""The devices a board may be built with or without, and whether it has them by default."""
+PCI_TESTDEV_SLOT = (2, 0)
+PCI_CLASS_OTHERS = 0x00FF00
+
+
+def board_devices(chosen: dict[str, bool] | None = None) -> dict[str, bool]:
+    """The optional devices, with ``chosen`` over the defaults; ValueError names an
+    unknown one."""
+    devices = dict(OPTIONAL_DEVICES)
+    for name, on in (chosen or {}).items():
+        if name not in devices:
+            raise ValueError(f"unknown device {name!r}; the devices that can be switched: "
+                             f"{', '.join(sorted(OPTIONAL_DEVICES))}")
+        devices[name] = bool(on)
+    return devices
 
 
 def check_ram_size(ram_size: int) -> None:
@@ -100,6 +142,9 @@ class BoardState:
     testdev: TestdevState
     hpet: HpetState
     port92: Port92State
+    pci: PciState
+    pci_testdev: PciTestdevState
+    devices: tuple[tuple[str, bool], ...]
     reset_requested: bool
     port_counters: tuple
     mmio_counters: tuple
@@ -108,10 +153,13 @@ class BoardState:
 class Board:
     def __init__(self, ram_size: int = DEFAULT_RAM_SIZE,
                  serial_output: Callable[[bytes], None] | None = None,
-                 serial_input: bytes | BinaryIO | ByteSource | None = None) -> None:
-        """``serial_output`` defaults to the host's stdout (written through)."""
+                 serial_input: bytes | BinaryIO | ByteSource | None = None,
+                 devices: dict[str, bool] | None = None) -> None:
+        """``serial_output`` defaults to the host's stdout (written through); ``devices``
+        switches optional devices on or off (:data:`OPTIONAL_DEVICES`)."""
         check_ram_size(ram_size)
         self.ram_size = ram_size
+        self.devices = board_devices(devices)
         self.exit_status: int | None = None
         self.stop_requested = False
         self._acknowledged_by_apic = False   # the last INTA was the local APIC's
@@ -144,14 +192,35 @@ class Board:
         self.port_bus.register(COM1_BASE, COM1_BASE + 7, self.uart, "com1")
         self.port_bus.register(FW_CFG_PORT_SEL, FW_CFG_PORT_DATA, self.fwcfg, "fw_cfg")
         self.port_bus.register(PORT92, PORT92, self.port92, "port92")
-        self._register_testdev()
-
         self.mmio_bus = MmioBus()
         self.mmio_bus.register(APIC_DEFAULT_BASE, APIC_PAGE_SIZE, self.lapic, "lapic")
-        self.mmio_bus.register(HPET_BASE, HPET_SIZE, self.hpet, "hpet")
-        self.mmio_bus.register(IOMEM_BASE, IOMEM_SIZE, self.testdev, "pc-testdev-iomem")
+        if self.devices["pc-testdev"]:
+            self._register_testdev()
+            self.mmio_bus.register(IOMEM_BASE, IOMEM_SIZE, self.testdev, "pc-testdev-iomem")
+        if self.devices["hpet"]:
+            self.mmio_bus.register(HPET_BASE, HPET_SIZE, self.hpet, "hpet")
+        self.pci_testdev = PciTestdev()
+        self.pci = PciHost(self._pci_functions(), on_reset=self._on_reset)
+        self.port_bus.register(CONFIG_ADDRESS, CONFIG_PORTS_LAST, self.pci, "pci")
+        if self.devices["pci-testdev"]:
+            function = self.pci.functions[PCI_TESTDEV_SLOT]
+            ports = function.bar_address(1)
+            self.pci_testdev.ports.base = ports
+            self.port_bus.register(ports, ports + PCI_TESTDEV_PORTS - 1, self.pci_testdev.ports, "pci-testdev-portio")
+            self.mmio_bus.register(function.bar_address(0), PCI_TESTDEV_MMIO_SIZE, self.pci_testdev.mmio,
+                                   "pci-testdev-mmio")
 
         self.clocked: list = [self.pit, self.lapic]
+
+    def _pci_functions(self) -> dict[tuple[int, int], PciFunction]:
+        """Bus 0, as QEMU's pc has it, with its BARs where SeaBIOS puts them."""
+        functions = {(0, 0): i440fx(), (1, 0): piix3_isa(), (1, 1): piix3_ide(), (1, 3): piix4_pm()}
+        if self.devices["pci-testdev"]:
+            functions[PCI_TESTDEV_SLOT] = PciFunction(
+                "pci-testdev", PCI_TESTDEV_VENDOR, PCI_TESTDEV_DEVICE, PCI_CLASS_OTHERS,
+                bars=(Bar(0, PCI_TESTDEV_MMIO_SIZE, io=False), Bar(1, PCI_TESTDEV_PORTS, io=True)))
+        firmware_bars([functions[slot] for slot in sorted(functions)])
+        return functions
 
     def _register_testdev(self) -> None:
         t, last = self.testdev, PORT_WIDTH - 1
@@ -167,8 +236,9 @@ class Board:
                           self.pic.save_state(), self.pit.save_state(), self.cmos.save_state(),
                           self.debug_exit.save_state(), self.uart.save_state(), self.fwcfg.save_state(),
                           self.lapic.save_state(), self.testdev.save_state(), self.hpet.save_state(),
-                          self.port92.save_state(), self.reset_requested, self.port_bus.save_counters(),
-                          self.mmio_bus.save_counters())
+                          self.port92.save_state(), self.pci.save_state(), self.pci_testdev.save_state(),
+                          tuple(sorted(self.devices.items())), self.reset_requested,
+                          self.port_bus.save_counters(), self.mmio_bus.save_counters())
 
     def load_state(self, state: BoardState) -> None:
         if state.ram_size != self.ram_size:
@@ -184,7 +254,12 @@ class Board:
         self.lapic.load_state(state.lapic)
         self.testdev.load_state(state.testdev)
         self.hpet.load_state(state.hpet)
+        if dict(state.devices) != self.devices:
+            raise ValueError(f"board state is for a board with devices {dict(state.devices)}, this one has "
+                             f"{self.devices}")
         self.port92.load_state(state.port92)
+        self.pci.load_state(state.pci)
+        self.pci_testdev.load_state(state.pci_testdev)
         self.reset_requested = state.reset_requested
         self.port_bus.load_counters(state.port_counters)
         self.mmio_bus.load_counters(state.mmio_counters)

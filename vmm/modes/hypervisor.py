@@ -43,7 +43,7 @@ from ..vmx.exits import (
     Outcome,
     Value,
 )
-from ..x86 import EFLAGS, PAGE_MASK, Vector
+from ..x86 import EFLAGS, IOPL_SHIFT, PAGE_MASK, Vector
 from .memory import CodePages
 
 CPUID_OUTPUTS = ("eax", "ebx", "ecx", "edx")
@@ -263,6 +263,23 @@ class Hypervisor:
         and carries out LTR and every task switch (:meth:`Engine.virtualize_tr`)."""
         self.vm.engine.virtualize_tr()
         self.delivery.task_gate = self.task_gate
+        self.check_io_permission()
+
+    def check_io_permission(self) -> None:
+        """Refuse ring-3 (CPL > IOPL) and virtual-8086 port I/O that the guest's I/O
+        permission bitmap forbids, with #GP(0) (:mod:`vmm.cpu.iocheck`)."""
+        self.vm.engine.check_io_permission(self.io_permitted)
+
+    def io_permitted(self, port: int, size: int) -> bool:
+        """The engine found CPL > IOPL (or virtual-8086 mode); the guest's own view decides
+        (a deprivileged kernel's CPL and IOPL are virtual)."""
+        eflags = self.vm.engine.reg("eflags")
+        if not eflags & EFLAGS.VM and self.delivery.cpl() <= self.guest_iopl():
+            return True
+        return self.tasks.io_permitted(port, size)
+
+    def guest_iopl(self) -> int:
+        return (self.vm.engine.reg("eflags") & EFLAGS.IOPL) >> IOPL_SHIFT
 
     def load_cr3(self, value: int) -> None:
         """A CR3 load the VMM makes for the guest (a task switch's): the MMU hears of it."""

@@ -30,6 +30,7 @@ import time
 
 from ..cpu.delivery import GP, PF, Descriptor, EventDelivery
 from ..cpu.engine import ACCESS_WRITE, PROT_READ, Fault, Fill, GuestMemoryError
+from ..cpu.tasks import TaskSwitcher
 from ..mmu.paging import PageFault
 from ..vmx.exits import DECLINE, Outcome, TrappedInstruction
 from ..x86 import CR0, EFLAGS, PAGE_MASK, PAGE_OFFSET_MASK, PAGE_SIZE, PFError
@@ -114,6 +115,8 @@ class TrapMode(Hypervisor):
         self.vif = False
         self.virtual_tables = {"gdtr": (0, 0, 0), "idtr": (0, 0, 0), "tr": (0, 0, 0), "ldtr": (0, 0, 0)}
         self.delivery = TrapDelivery(self)
+        self.tasks = TaskSwitcher(self.delivery, self.load_cr3)   # its I/O bitmap is the guest's TSS's
+        self.check_io_permission()
         self.emulator = Emulator(self)
         self.gdt_frames: set[int] = set()
         self.gdt_dirty = False                     # the guest wrote its GDT: rebuild at the next trap
