@@ -38,7 +38,8 @@ _MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 
 @dataclass(frozen=True)
 class Refusal:
-    port: int
+    """The registers a refused access's instruction gets back."""
+
     registers: tuple[tuple[str, int], ...]
 
 
@@ -49,7 +50,6 @@ class IoPermission:
         self.engine = engine
         self.permitted = permitted
         self.pending: Refusal | None = None
-        self.refused = 0
 
     def applies(self) -> bool:
         """Protected mode at CPL > IOPL, or virtual-8086 mode (where the check is made
@@ -64,10 +64,9 @@ class IoPermission:
         if not self.applies() or self.permitted(port, size):
             return True
         eng = self.engine
-        self.pending = Refusal(port, tuple((name, eng.reg(name)) for name in _SAVED))
+        self.pending = Refusal(tuple((name, eng.reg(name)) for name in _SAVED))
         eng.set_reg("dr0", port)
         eng.set_reg("dr7", DR7_L0 | DR7_IO_RW0)
-        self.refused += 1
         return False
 
     def held_value(self, size: int) -> int:

@@ -27,7 +27,7 @@ from . import quirks
 
 SEGMENT_CACHE = struct.Struct("<I4xQII")     # selector, base, limit, flags (64-bit target_ulong)
 SEGMENT_INDEX = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}   # QEMU's R_ES..R_GS
-_LDT_INDEX, _TR_INDEX = 6, 7
+_TR_INDEX = 7                 # after segs[0..5] and LDTR
 _SCAN = 0x800                 # bytes of CPUX86State searched (the caches follow the registers)
 _PROBE_TR = (0x1238, 0x12345000, 0x6789, 0x8B00)
 _PROBE_DS = 0x1234            # a real-mode load: base = selector * 16

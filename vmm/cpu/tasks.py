@@ -37,7 +37,7 @@ from ..x86.segments import (
     SELECTOR_TI,
     TaskSource,
 )
-from .delivery import DeliveryFault
+from .delivery import HAS_ERROR_CODE, DeliveryFault
 
 # -- the 32-bit TSS (Figure 7-2) ------------------------------------------------------------------
 TSS_LINK = 0x00
@@ -63,6 +63,14 @@ SELECTOR_MASK_16 = 0xFFFF
 
 _TASK_TARGETS = frozenset({SystemType.TSS32_AVAILABLE, SystemType.TSS32_BUSY, SystemType.TASK_GATE,
                            SystemType.TSS16_AVAILABLE, SystemType.TSS16_BUSY})
+
+
+def pushed_error_code(event) -> int | None:
+    """The error code a task gate's switch pushes on the new task's stack: an exception's
+    that has one (SDM Table 6-1), never a software or external interrupt's."""
+    if event.kind == "exception" and event.vector in HAS_ERROR_CODE:
+        return event.error_code or 0
+    return None
 
 
 class TaskSwitcher:
@@ -292,7 +300,7 @@ class TaskSwitcher:
         return self.engine.segment_cache(name)[2]
 
 
-__all__ = ["TaskSource", "TaskSwitcher"]
+__all__ = ["TaskSource", "TaskSwitcher", "far_operand", "pushed_error_code"]
 
 
 # -- the instructions that reach the VMM -------------------------------------------------------------

@@ -24,11 +24,11 @@ from capstone.x86 import X86_OP_MEM, X86_OP_REG
 
 from ..cpu import cpuid as cpu_model
 from ..cpu import quirks
-from ..cpu.delivery import HAS_ERROR_CODE, UD, DeliveryFault, Event, EventDelivery, take_nmi
+from ..cpu.delivery import UD, DeliveryFault, Event, EventDelivery, take_nmi
 from ..cpu.engine import EngineError, Fault, Fill
 from ..cpu.faultaddr import effective_address, register16
 from ..cpu.msrs import MsrFile
-from ..cpu.tasks import TaskSource, TaskSwitcher, far_operand
+from ..cpu.tasks import TaskSource, TaskSwitcher, far_operand, pushed_error_code
 from ..stats.events import EventCounters
 from ..vmx.exit_reasons import ExitReason
 from ..vmx.exits import (
@@ -336,7 +336,7 @@ class Hypervisor:
 
     def task_gate(self, selector: int, event: Event, ext: int) -> None:
         """An event whose IDT entry is a task gate (inside delivery: a fault escalates)."""
-        code = event.error_code or 0 if event.kind == "exception" and event.vector in HAS_ERROR_CODE else None
+        code = pushed_error_code(event)
         self.tasks.switch(selector, TaskSource.TASK_GATE, self.vm.engine.reg("eip"), error_code=code, ext=ext)
 
     def instruction_at(self, eip: int):

@@ -22,6 +22,7 @@ from ..cpu import cpuid as cpu_model
 from ..cpu.delivery import GP, HAS_ERROR_CODE, PF, UD, DeliveryFault, Descriptor, Event, TripleFault, combine_events
 from ..cpu.engine import Fault, Fill
 from ..cpu.regs import debug_register
+from ..cpu.tasks import pushed_error_code
 from ..mmu.paging import PageFault
 from ..vmx import entry
 from ..vmx.controls import (
@@ -403,7 +404,7 @@ class VtxMode(Hypervisor):
                                        length=length, selector=selector, source=source))
 
     def task_gate(self, selector: int, event: Event, ext: int) -> None:
-        code = event.error_code or 0 if event.kind == "exception" and event.vector in HAS_ERROR_CODE else None
+        code = pushed_error_code(event)
         self.cpu.vectoring_exit(TaskSwitchExit(
             qualification=TaskSwitch(selector, TaskSwitchSource.TASK_GATE).encode(), selector=selector,
             source=TaskSource.TASK_GATE, error_code=code, ext=ext))
