@@ -48,9 +48,10 @@ def test_port_map(board):
         (0x3F8, 0x3FF, "com1"), (0x510, 0x511, "fw_cfg"), (0xCF8, 0xCFF, "pci"),
         (0x2000, 0x2017, "pc-testdev-irq-line"),
     ]
-    assert board.mmio_bus.regions() == [(0xFED00000, 0x1000, "hpet"), (APIC, 0x1000, "lapic"),
+    assert board.mmio_bus.regions() == [(0xFEC00000, 0x1000, "ioapic"), (0xFED00000, 0x1000, "hpet"),
+                                        (APIC, 0x1000, "lapic"),
                                         (0xFF000000, 0x10000, "pc-testdev-iomem")]
-    assert board.clocked == [board.pit, board.lapic]
+    assert board.clocked == [board.pit, board.lapic, board.hpet]
     assert isinstance(board.pit, Pit8254) and isinstance(board.lapic, LocalApic)
 
 

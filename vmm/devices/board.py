@@ -12,7 +12,8 @@
           0xe0-0xeb, 0x2000-0x2017  pc-testdev (data register, flush page, IRQ lines)
           0xc000-0xc0ff          pci-testdev's ports (with --device pci-testdev)
     MMIO  0xfebff000-0xfebfffff  pci-testdev's MMIO (with --device pci-testdev)
-          0xfed00000-0xfed003ff  HPET (main counter; timers do not interrupt yet)
+          0xfec00000-0xfec00fff  I/O APIC (24 pins; ISA IRQ n on pin n, the PIT's IRQ 0 on pin 2)
+          0xfed00000-0xfed003ff  HPET (main counter, three timers, legacy replacement routing)
           0xfee00000-0xfee00fff  local APIC
           0xff000000-0xff00ffff  pc-testdev's iomem
 
@@ -40,7 +41,9 @@ from .bus import MmioBus, PortBus
 from .cmos import CMOS_DATA, CMOS_INDEX, Cmos, CmosState
 from .debugexit import DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT, DebugExit, DebugExitState
 from .fwcfg import FW_CFG_PORT_DATA, FW_CFG_PORT_SEL, FwCfg, FwCfgState
+from .gsi import Gsi
 from .hpet import HPET_BASE, HPET_SIZE, Hpet, HpetState
+from .ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic, IoApicState, isa_pin
 from .lapic import APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LocalApic, LocalApicState
 from .pci import (
     CONFIG_ADDRESS,
@@ -141,6 +144,8 @@ class BoardState:
     lapic: LocalApicState
     testdev: TestdevState
     hpet: HpetState
+    ioapic: IoApicState
+    gsi_levels: int
     port92: Port92State
     pci: PciState
     pci_testdev: PciTestdevState
@@ -170,14 +175,18 @@ class Board:
         # programmed; until it does, no timer can interrupt it, and the VM runs free
         # (no instruction counting) instead of counting ticks nobody will see.
         self.pic.master.imr = self.pic.slave.imr = 0xFF
-        self.pit = Pit8254(irq=self.pic.line(PIT_IRQ))
+        self.lapic = LocalApic()
+        self.ioapic = IoApic(deliver=self.lapic.accept_message, nmi=self._latch_nmi)
+        self.lapic.on_level_eoi = self.ioapic.end_of_interrupt
+        self.gsi = Gsi(self.pic, self.ioapic)
+        self.pit = Pit8254(irq=self._pit_output)
         self.cmos = Cmos(ram_size)
         self.debug_exit = DebugExit(on_exit=self._on_debug_exit)
         self.uart = Uart16550(output=serial_output or _write_stdout, input=serial_input)
         self.fwcfg = FwCfg(ram_size)
-        self.lapic = LocalApic()
-        self.testdev = PcTestdev(raise_irq=self.pic.raise_irq)
-        self.hpet = Hpet(clock=lambda: self.now)   # the VM gives it a clock that sees the current run
+        self.testdev = PcTestdev(drive=self.gsi.set_level)
+        # The VM gives the HPET a clock that sees the current run.
+        self.hpet = Hpet(clock=lambda: self.now, interrupt=self._hpet_interrupt)
         self.reset_requested = False
         self.port92 = Port92(on_reset=self._on_reset)
 
@@ -194,6 +203,7 @@ class Board:
         self.port_bus.register(PORT92, PORT92, self.port92, "port92")
         self.mmio_bus = MmioBus()
         self.mmio_bus.register(APIC_DEFAULT_BASE, APIC_PAGE_SIZE, self.lapic, "lapic")
+        self.mmio_bus.register(IOAPIC_BASE, IOAPIC_SIZE, self.ioapic, "ioapic")
         if self.devices["pc-testdev"]:
             self._register_testdev()
             self.mmio_bus.register(IOMEM_BASE, IOMEM_SIZE, self.testdev, "pc-testdev-iomem")
@@ -210,7 +220,7 @@ class Board:
             self.mmio_bus.register(function.bar_address(0), PCI_TESTDEV_MMIO_SIZE, self.pci_testdev.mmio,
                                    "pci-testdev-mmio")
 
-        self.clocked: list = [self.pit, self.lapic]
+        self.clocked: list = [self.pit, self.lapic] + ([self.hpet] if self.devices["hpet"] else [])
 
     def _pci_functions(self) -> dict[tuple[int, int], PciFunction]:
         """Bus 0, as QEMU's pc has it, with its BARs where SeaBIOS puts them."""
@@ -236,7 +246,8 @@ class Board:
                           self.pic.save_state(), self.pit.save_state(), self.cmos.save_state(),
                           self.debug_exit.save_state(), self.uart.save_state(), self.fwcfg.save_state(),
                           self.lapic.save_state(), self.testdev.save_state(), self.hpet.save_state(),
-                          self.port92.save_state(), self.pci.save_state(), self.pci_testdev.save_state(),
+                          self.ioapic.save_state(), self.gsi.levels, self.port92.save_state(), self.pci.save_state(),
+                          self.pci_testdev.save_state(),
                           tuple(sorted(self.devices.items())), self.reset_requested,
                           self.port_bus.save_counters(), self.mmio_bus.save_counters())
 
@@ -254,6 +265,8 @@ class Board:
         self.lapic.load_state(state.lapic)
         self.testdev.load_state(state.testdev)
         self.hpet.load_state(state.hpet)
+        self.ioapic.load_state(state.ioapic)
+        self.gsi.levels = state.gsi_levels
         if dict(state.devices) != self.devices:
             raise ValueError(f"board state is for a board with devices {dict(state.devices)}, this one has "
                              f"{self.devices}")
@@ -281,21 +294,55 @@ class Board:
         return min(times, default=None)
 
     def next_deliverable_event(self) -> int | None:
-        """Like :meth:`next_event`, ignoring timers whose interrupt is masked.
+        """Like :meth:`next_event`, ignoring timers whose interrupt cannot reach the CPU.
 
-        A PIT tick with IRQ0 masked at the 8259 (or the 8259 not listened to) cannot
-        reach the CPU, so the VM need not stop for it. The PIT keeps counting in
-        virtual time either way.
+        A PIT tick with IRQ0 masked at the 8259 (or the 8259 not listened to) and at the
+        I/O APIC cannot interrupt, so the VM need not stop for it. The PIT keeps counting
+        in virtual time either way.
         """
         times = []
         pit_next = self.pit.next_event()
-        if pit_next is not None and not self.pic.master.imr & (1 << PIT_IRQ) \
-                and self.lapic.accepts_pic_interrupts():
+        if pit_next is not None and not self.hpet_legacy and self.reachable(PIT_IRQ):
             times.append(pit_next)
         apic_next = self.lapic.next_event()
         if apic_next is not None:
             times.append(apic_next)
+        if self.devices["hpet"]:
+            for n, deadline in enumerate(self.hpet.deadlines):
+                if deadline is not None and self.reachable(self.hpet.route(n)):
+                    times.append(deadline)
         return min(times, default=None)
+
+    def reachable(self, gsi: int) -> bool:
+        """Can an interrupt on ``gsi`` reach the CPU: unmasked at the 8259A pair (which
+        the local APIC listens to through LINT0), or at the I/O APIC (with the local APIC
+        on)?"""
+        if gsi < 16 and gsi != 2 and self.lapic.accepts_pic_interrupts():
+            master, slave = self.pic.master.imr, self.pic.slave.imr
+            if gsi < 8 and not master >> gsi & 1:
+                return True
+            if gsi >= 8 and not master & 4 and not slave >> (gsi - 8) & 1:
+                return True
+        return self.ioapic.unmasked(isa_pin(gsi)) and self.lapic.globally_enabled
+
+    @property
+    def hpet_legacy(self) -> bool:
+        """The HPET's legacy replacement route is on: the PIT's and RTC's outputs are
+        disconnected (QEMU's ``pit_enabled`` line and RTC IRQ forwarding)."""
+        return self.devices["hpet"] and self.hpet.legacy
+
+    def _pit_output(self, level: int) -> None:
+        if not self.hpet_legacy:
+            self.gsi.pulse(PIT_IRQ)
+
+    def _hpet_interrupt(self, gsi: int, level: bool, asserted: bool) -> None:
+        if level:
+            self.gsi.set_level(gsi, asserted)
+        elif asserted:
+            self.gsi.pulse(gsi)
+
+    def _latch_nmi(self) -> None:
+        self.lapic.nmi_pending = True
 
     # Ports and MMIO whose writes can change when the next interrupt comes.
     TIMING_PORTS = frozenset({MASTER_COMMAND, MASTER_DATA, SLAVE_COMMAND, SLAVE_DATA,
@@ -306,6 +353,7 @@ class Board:
         self.now = now
         for device in self.clocked:
             device.advance(now)
+        self.gsi.changed = False   # the run loop looks for interrupts next in any case
 
     # -- interrupts ----------------------------------------------------------------------
 

@@ -23,8 +23,7 @@ divide configuration register, so the current count drops by one every
 Left out: x2APIC, other CPUs (IPIs that do not target this APIC, and INIT,
 STARTUP, NMI, SMI and ExtINT IPIs, are accepted and counted in ``ipis``),
 the error LVT interrupt (errors are logged in ESR only), thermal and
-performance-counter interrupts, level-triggered interrupts (TMR stays 0),
-relocating the page (``write_apic_base`` records a new base; the board keeps
+performance-counter interrupts, relocating the page (``write_apic_base`` records a new base; the board keeps
 the page at 0xfee00000).
 """
 
@@ -198,6 +197,7 @@ class LocalApic:
         self.timer_expirations = 0
         self.ipis: Counter = Counter()
         self.nmi_pending = False          # an NMI (ICR delivery mode NMI) not yet taken
+        self.on_level_eoi: Callable[[int], None] = lambda vector: None   # the board's I/O APIC
 
     # -- saved state ----------------------------------------------------------------------
     def save_state(self) -> LocalApicState:
@@ -250,13 +250,26 @@ class LocalApic:
 
     # -- interrupt acceptance and delivery to the CPU ------------------------------------
 
-    def accept_interrupt(self, vector: int) -> None:
-        """A fixed, edge-triggered interrupt arrives: set its IRR bit."""
+    def accept_interrupt(self, vector: int, level: bool = False) -> None:
+        """A fixed interrupt arrives: set its IRR bit, and its TMR bit if it is
+        level-triggered (its EOI is then broadcast to the I/O APIC)."""
         vector &= 0xFF
         if vector < FIRST_LEGAL_VECTOR:
             self._esr_pending |= ESR_RECEIVE_ILLEGAL_VECTOR
             return
         self.irr |= 1 << vector
+        if level:
+            self.tmr |= 1 << vector
+        else:
+            self.tmr &= ~(1 << vector)
+
+    def accept_message(self, vector: int, level: bool, dest: int, logical: bool) -> bool:
+        """An interrupt message from the I/O APIC (or an MSI) for ``dest``: taken if it
+        names this APIC, as a physical ID, the broadcast 0xff, or a logical mask."""
+        if not self._targets_self(SHORTHAND_NONE, dest & 0xFF, logical):
+            return False
+        self.accept_interrupt(vector, level)
+        return True
 
     def accepts_pic_interrupts(self) -> bool:
         """Does 8259A INTR reach the CPU through LINT0 (QEMU's rule)?"""
@@ -302,9 +315,14 @@ class LocalApic:
         return True
 
     def end_of_interrupt(self) -> None:
+        """EOI: the highest vector in service is done; a level-triggered one's EOI goes on
+        to the I/O APIC (``on_level_eoi``), which may send it again."""
         isrv = _highest_vector(self.isr)
         if isrv >= 0:
             self.isr &= ~(1 << isrv)
+            if self.tmr >> isrv & 1:
+                self.tmr &= ~(1 << isrv)
+                self.on_level_eoi(isrv)
 
     # -- timer (clocked device) -----------------------------------------------------------------
 

@@ -10,10 +10,10 @@ finds the same machine. What a guest sees (QEMU's ``hw/misc/pc-testdev.c``):
   and restores its host mapping of that page (which matters to KVM's page tables); a
   TCG guest sees nothing, and here it is only counted;
 * ports 0xe8-0xeb: the same data register, one byte per port;
-* ports 0x2000-0x2017: interrupt lines. A byte written to 0x2000 + n sets ISA IRQ n's
-  level (nonzero: high). As on QEMU's 8259 in edge mode, a rising edge latches the
-  request, which stays pending when the line drops again; lines 16-23 reach an I/O APIC,
-  which this board does not have, and are only counted;
+* ports 0x2000-0x2017: interrupt lines. A byte written to 0x2000 + n sets GSI n's
+  level (nonzero: high), on the board's lines (vmm.devices.gsi): lines 0-15 reach the
+  8259A pair, which latches a rising edge (the request stays pending when the line drops
+  again), and the I/O APIC; lines 16-23 the I/O APIC only;
 * MMIO 0xff000000-0xff00ffff: 64 KiB that read back what was written (the "iomem"
   kvm-unit-tests' ``emulator`` test runs instructions against), little-endian, any size.
 
@@ -32,7 +32,6 @@ DATA_BYTE_PORT = 0xE8
 PORT_WIDTH = 4
 IRQ_PORT = 0x2000
 IRQ_LINES = 24
-ISA_IRQS = 16
 IOMEM_BASE = 0xFF000000
 IOMEM_SIZE = 0x10000
 _U32 = 0xFFFFFFFF
@@ -44,7 +43,6 @@ class TestdevState:
     levels: int           # bit n: IRQ line n is high
     iomem: bytes
     flushes: int
-    apic_only_irqs: int   # writes to lines 16-23 (no I/O APIC)
 
 
 class _DataRegister:
@@ -64,15 +62,14 @@ class _DataRegister:
 
 
 class PcTestdev:
-    """``raise_irq(n)`` latches ISA IRQ ``n`` on the board's interrupt controller."""
+    """``drive(n, high)`` sets the level of the board's interrupt line (GSI) ``n``."""
 
-    def __init__(self, raise_irq: Callable[[int], None]):
-        self.raise_irq = raise_irq
+    def __init__(self, drive: Callable[[int, bool], None]):
+        self.drive = drive
         self.data = 0
         self.levels = 0
         self.iomem = bytearray(IOMEM_SIZE)
         self.flushes = 0
-        self.apic_only_irqs = 0
         self.data_port = _DataRegister(self, DATA_PORT, PORT_WIDTH)
         self.data_byte_port = _DataRegister(self, DATA_BYTE_PORT, 1)
         self.irq_port = _IrqLines(self)
@@ -80,23 +77,16 @@ class PcTestdev:
 
     def save_state(self) -> TestdevState:
         iomem = bytes(self.iomem).rstrip(b"\0")   # most guests never touch it
-        return TestdevState(self.data, self.levels, iomem, self.flushes, self.apic_only_irqs)
+        return TestdevState(self.data, self.levels, iomem, self.flushes)
 
     def load_state(self, state: TestdevState) -> None:
         self.data, self.levels, self.flushes = state.data, state.levels, state.flushes
         self.iomem[:] = state.iomem.ljust(IOMEM_SIZE, b"\0")
-        self.apic_only_irqs = state.apic_only_irqs
 
     def set_line(self, line: int, high: bool) -> None:
         bit = 1 << line
-        rising = high and not self.levels & bit
         self.levels = self.levels | bit if high else self.levels & ~bit
-        if not rising:
-            return
-        if line < ISA_IRQS:
-            self.raise_irq(line)
-        else:
-            self.apic_only_irqs += 1
+        self.drive(line, high)
 
     # -- the iomem window (MMIO) ----------------------------------------------------------
     def mmio_read(self, offset: int, size: int) -> int:

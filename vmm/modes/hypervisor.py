@@ -72,8 +72,8 @@ class DeviceAccess:
         board.port_bus.write(port, size, value)
         if board.exit_status is not None:
             self.vm.request_stop("guest exit")
-        elif board.reset_requested or port in board.TIMING_PORTS:   # the run loop reports the reset
-            self.vm.replan()
+        elif board.reset_requested or port in board.TIMING_PORTS or board.gsi.take_changed():
+            self.vm.replan()   # (the run loop reports the reset, or takes the interrupt raised)
 
     def mmio(self, address: int, size: int, value: int | None) -> int | None:
         """An access to a device page (the local APIC): straight to the board. Counted by
@@ -107,14 +107,21 @@ class DeviceAccess:
         self.events.add("mmio", f"write {address:#010x}")
         board = self.vm.board
         board.mmio_bus.write(address, size, value)
-        if self._apic_event_register(address) and self.vm.replan() and store:
+        if (self._event_register(address) or board.gsi.take_changed()) and self.vm.replan() and store:
             self._replayed_store = (address, size, value)
 
-    def _apic_event_register(self, address: int) -> bool:
-        """A local-APIC register whose write can change the next interrupt (an offset
-        alone is not enough: other devices have registers at those offsets too)."""
-        found = self.vm.board.mmio_bus.find(address)
-        return found is not None and found[2] is self.vm.board.lapic and address - found[0] in APIC_EVENT_REGISTERS
+    def _event_register(self, address: int) -> bool:
+        """A register whose write can change the next interrupt: a local-APIC event
+        register (an offset alone is not enough: other devices have registers at those
+        offsets too), or any of the I/O APIC's and the HPET's."""
+        board = self.vm.board
+        found = board.mmio_bus.find(address)
+        if found is None:
+            return False
+        device = found[2]
+        if device is board.lapic:
+            return address - found[0] in APIC_EVENT_REGISTERS
+        return device is board.ioapic or device is board.hpet
 
 
 class Hypervisor:
