@@ -63,6 +63,7 @@ class StopKind(enum.Enum):
     BREAKPOINT = "breakpoint"           # stopped before an instruction the user asked for
     INTERRUPTED = "interrupted"         # VM.interrupt (SIGINT, the console's quit key); run() raises VmInterrupted
     RESET = "reset"                     # a jump to the reset vector, and no firmware to run
+    POWEROFF = "powered off"            # ACPI soft-off (S5, or S4) through PM1a_CNT; status 0, as QEMU
 
 
 @dataclass
@@ -83,8 +84,11 @@ class VmResult:
 
     @property
     def status(self) -> int:
-        """Process exit status: the guest's own through isa-debug-exit, else 1."""
-        return self.exit_status if self.exit_status is not None else 1
+        """Process exit status: the guest's own through isa-debug-exit, 0 for an ACPI
+        poweroff (QEMU's), else 1."""
+        if self.exit_status is not None:
+            return self.exit_status
+        return 0 if self.kind is StopKind.POWEROFF else 1
 
 
 class VmInterrupted(KeyboardInterrupt):
@@ -141,6 +145,7 @@ class VM:
                            serial_input=serial_input, devices=devices)
         self.engine = Engine(self)
         self.board.hpet.clock = self.virtual_time   # reads see the instructions of the current run
+        self.board.acpi.clock = self.virtual_time
         self.bus = EventBus(self.engine)   # what happens in this VM, for whoever subscribes
         for base, length, _name in self.board.mmio_bus.regions():
             self.engine.map_mmio(base, length,
@@ -587,11 +592,20 @@ class VM:
         return precise_fault_address(fault.address, fault.access, eip, self.read_code(eip), eng.reg, bits)
 
     def _stop_if_reset(self) -> None:
-        """A reset the guest asked for (port 0x92) ends the VM before anything else: no
-        firmware is there to run after it."""
-        if self.board.reset_requested:
+        """A reset the guest asked for (port 0x92, 0xcf9) ends the VM before anything else:
+        no firmware is there to run after it. So does an ACPI sleep request: soft-off (S5,
+        S4) is a poweroff, as on QEMU; suspend-to-RAM (S3) stops the VM too, since nothing
+        here would resume it."""
+        board = self.board
+        if board.reset_requested:
             raise _Stopped(StopKind.RESET, f"reset through port 0x92 (fast reset) before EIP "
                            f"{self.engine.reg('eip'):#010x}, and no firmware to run")
+        if board.sleep_request == "S3":
+            raise _Stopped(StopKind.HALTED, f"suspended to RAM (ACPI S3, through PM1a_CNT) before EIP "
+                           f"{self.engine.reg('eip'):#010x}; this board does not resume from S3")
+        if board.sleep_request is not None:
+            raise _Stopped(StopKind.POWEROFF, f"ACPI poweroff ({board.sleep_request}, through PM1a_CNT) "
+                           f"before EIP {self.engine.reg('eip'):#010x}")
 
     def halt(self) -> None:
         """HLT: sleep until the next interrupt, skipping virtual time to the next timer."""

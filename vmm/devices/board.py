@@ -5,11 +5,15 @@
           0x70-0x71              CMOS / RTC
           0xf4-0xf7              isa-debug-exit
           0x92                   system control port A (fast A20, fast reset)
+          0xb2-0xb3              APM control and status (ACPI enable/disable)
+          0x600-0x60b            ACPI PM1 event/control, PM timer (PIIX4 PM; SCI on IRQ 9)
+          0xafe0-0xafe3          ACPI GPE0 status/enable
           0x3f8-0x3ff            COM1 16550A
           0x510-0x511            fw_cfg
           0xcf8-0xcff            PCI configuration (i440FX, PIIX3, PIIX4 PM; vmm.devices.pci),
                                  0xcf9 the PIIX3 reset control register
           0xe0-0xeb, 0x2000-0x2017  pc-testdev (data register, flush page, IRQ lines)
+          0xe9                   debug console (isa-debugcon: bytes to the console output)
           0xc000-0xc0ff          pci-testdev's ports (with --device pci-testdev)
     MMIO  0xfebff000-0xfebfffff  pci-testdev's MMIO (with --device pci-testdev)
           0xfec00000-0xfec00fff  I/O APIC (24 pins; ISA IRQ n on pin n, the PIT's IRQ 0 on pin 2)
@@ -19,7 +23,8 @@
 
 Devices that can be left out or added (``devices``, the CLI's ``--device NAME=on|off``):
 ``hpet`` and ``pc-testdev`` (on, as on QEMU's pc), ``pci-testdev`` (off, as under
-``-nodefaults``; kvm-unit-tests adds it).
+``-nodefaults``; kvm-unit-tests adds it), ``debugcon`` (off, as QEMU without
+``-debugcon``; with it, port 0xe9 is the debug console's, not pc-testdev's byte window's).
 
 The engine dispatches I/O and MMIO exits to ``port_bus`` / ``mmio_bus``, keeps
 virtual time (guest instructions) running until ``next_event()`` and then calls
@@ -37,8 +42,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from .acpipm import APM_CNT, APM_STS, GPE0_BASE, GPE0_LEN, PM_BASE, PM_LAST, AcpiPm, AcpiPmState
 from .bus import MmioBus, PortBus
 from .cmos import CMOS_DATA, CMOS_INDEX, Cmos, CmosState
+from .debugcon import DEBUGCON_PORT, DebugCon
 from .debugexit import DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT, DebugExit, DebugExitState
 from .fwcfg import FW_CFG_PORT_DATA, FW_CFG_PORT_SEL, FwCfg, FwCfgState
 from .gsi import Gsi
@@ -48,6 +55,7 @@ from .lapic import APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LocalApic, LocalApicState
 from .pci import (
     CONFIG_ADDRESS,
     CONFIG_PORTS_LAST,
+    SCI_IRQ,
     Bar,
     PciFunction,
     PciHost,
@@ -86,7 +94,7 @@ DEFAULT_RAM_SIZE = 128 * 1024 * 1024
 # puts it at 3 GiB when RAM is that large) and the local APIC at 0xfee00000.
 MAX_RAM_SIZE = 3 * 1024 * 1024 * 1024
 PIT_IRQ = 0
-OPTIONAL_DEVICES = {"hpet": True, "pc-testdev": True, "pci-testdev": False}
+OPTIONAL_DEVICES = {"hpet": True, "pc-testdev": True, "pci-testdev": False, "debugcon": False}
 """The devices a board may be built with or without, and whether it has them by default."""
 PCI_TESTDEV_SLOT = (2, 0)
 PCI_CLASS_OTHERS = 0x00FF00
@@ -102,6 +110,13 @@ def board_devices(chosen: dict[str, bool] | None = None) -> dict[str, bool]:
                              f"{', '.join(sorted(OPTIONAL_DEVICES))}")
         devices[name] = bool(on)
     return devices
+
+
+def _without(first: int, last: int, port: int | None) -> list[tuple[int, int]]:
+    """The range first..last with ``port`` taken out (as one or two ranges)."""
+    if port is None or not first <= port <= last:
+        return [(first, last)]
+    return [(a, b) for a, b in ((first, port - 1), (port + 1, last)) if a <= b]
 
 
 def check_ram_size(ram_size: int) -> None:
@@ -146,6 +161,8 @@ class BoardState:
     hpet: HpetState
     ioapic: IoApicState
     gsi_levels: int
+    acpi: AcpiPmState
+    sleep_request: str | None
     port92: Port92State
     pci: PciState
     pci_testdev: PciTestdevState
@@ -183,12 +200,16 @@ class Board:
         self.cmos = Cmos(ram_size)
         self.debug_exit = DebugExit(on_exit=self._on_debug_exit)
         self.uart = Uart16550(output=serial_output or _write_stdout, input=serial_input)
+        self.debugcon = DebugCon(output=serial_output or _write_stdout)
         self.fwcfg = FwCfg(ram_size)
         self.testdev = PcTestdev(drive=self.gsi.set_level)
         # The VM gives the HPET a clock that sees the current run.
         self.hpet = Hpet(clock=lambda: self.now, interrupt=self._hpet_interrupt)
         self.reset_requested = False
+        self.sleep_request: str | None = None     # "S5", "S4", "S3": the guest asked for it
         self.port92 = Port92(on_reset=self._on_reset)
+        self.acpi = AcpiPm(clock=lambda: self.now, sci=lambda level: self.gsi.set_level(SCI_IRQ, level),
+                           on_sleep=self._on_sleep)
 
         self.port_bus = PortBus()
         self.port_bus.register(MASTER_COMMAND, MASTER_DATA, self.pic, "pic-master")
@@ -201,12 +222,17 @@ class Board:
         self.port_bus.register(COM1_BASE, COM1_BASE + 7, self.uart, "com1")
         self.port_bus.register(FW_CFG_PORT_SEL, FW_CFG_PORT_DATA, self.fwcfg, "fw_cfg")
         self.port_bus.register(PORT92, PORT92, self.port92, "port92")
+        self.port_bus.register(APM_CNT, APM_STS, self.acpi, "apm")
+        self.port_bus.register(PM_BASE, PM_LAST, self.acpi, "acpi-pm")
+        self.port_bus.register(GPE0_BASE, GPE0_BASE + GPE0_LEN - 1, self.acpi, "acpi-gpe0")
         self.mmio_bus = MmioBus()
         self.mmio_bus.register(APIC_DEFAULT_BASE, APIC_PAGE_SIZE, self.lapic, "lapic")
         self.mmio_bus.register(IOAPIC_BASE, IOAPIC_SIZE, self.ioapic, "ioapic")
         if self.devices["pc-testdev"]:
             self._register_testdev()
             self.mmio_bus.register(IOMEM_BASE, IOMEM_SIZE, self.testdev, "pc-testdev-iomem")
+        if self.devices["debugcon"]:
+            self.port_bus.register(DEBUGCON_PORT, DEBUGCON_PORT, self.debugcon, "debugcon")
         if self.devices["hpet"]:
             self.mmio_bus.register(HPET_BASE, HPET_SIZE, self.hpet, "hpet")
         self.pci_testdev = PciTestdev()
@@ -220,7 +246,7 @@ class Board:
             self.mmio_bus.register(function.bar_address(0), PCI_TESTDEV_MMIO_SIZE, self.pci_testdev.mmio,
                                    "pci-testdev-mmio")
 
-        self.clocked: list = [self.pit, self.lapic] + ([self.hpet] if self.devices["hpet"] else [])
+        self.clocked: list = [self.pit, self.lapic, self.acpi] + ([self.hpet] if self.devices["hpet"] else [])
 
     def _pci_functions(self) -> dict[tuple[int, int], PciFunction]:
         """Bus 0, as QEMU's pc has it, with its BARs where SeaBIOS puts them."""
@@ -236,7 +262,9 @@ class Board:
         t, last = self.testdev, PORT_WIDTH - 1
         self.port_bus.register(DATA_PORT, DATA_PORT + last, t.data_port, "pc-testdev")
         self.port_bus.register(FLUSH_PORT, FLUSH_PORT + last, t.flush_port, "pc-testdev-flush-page")
-        self.port_bus.register(DATA_BYTE_PORT, DATA_BYTE_PORT + last, t.data_byte_port, "pc-testdev-byte")
+        for first, end in _without(DATA_BYTE_PORT, DATA_BYTE_PORT + last,
+                                   DEBUGCON_PORT if self.devices["debugcon"] else None):
+            self.port_bus.register(first, end, t.data_byte_port, "pc-testdev-byte")
         self.port_bus.register(IRQ_PORT, IRQ_PORT + IRQ_LINES - 1, t.irq_port, "pc-testdev-irq-line")
 
     # -- saved state ---------------------------------------------------------------------
@@ -246,7 +274,8 @@ class Board:
                           self.pic.save_state(), self.pit.save_state(), self.cmos.save_state(),
                           self.debug_exit.save_state(), self.uart.save_state(), self.fwcfg.save_state(),
                           self.lapic.save_state(), self.testdev.save_state(), self.hpet.save_state(),
-                          self.ioapic.save_state(), self.gsi.levels, self.port92.save_state(), self.pci.save_state(),
+                          self.ioapic.save_state(), self.gsi.levels, self.acpi.save_state(), self.sleep_request,
+                          self.port92.save_state(), self.pci.save_state(),
                           self.pci_testdev.save_state(),
                           tuple(sorted(self.devices.items())), self.reset_requested,
                           self.port_bus.save_counters(), self.mmio_bus.save_counters())
@@ -267,6 +296,8 @@ class Board:
         self.hpet.load_state(state.hpet)
         self.ioapic.load_state(state.ioapic)
         self.gsi.levels = state.gsi_levels
+        self.acpi.load_state(state.acpi)
+        self.sleep_request = state.sleep_request
         if dict(state.devices) != self.devices:
             raise ValueError(f"board state is for a board with devices {dict(state.devices)}, this one has "
                              f"{self.devices}")
@@ -279,6 +310,10 @@ class Board:
 
     def _on_reset(self) -> None:
         self.reset_requested = True
+        self.stop_requested = True
+
+    def _on_sleep(self, state: str) -> None:
+        self.sleep_request = state
         self.stop_requested = True
 
     def _on_debug_exit(self, status: int) -> None:
@@ -307,6 +342,9 @@ class Board:
         apic_next = self.lapic.next_event()
         if apic_next is not None:
             times.append(apic_next)
+        acpi_next = self.acpi.next_event()
+        if acpi_next is not None and self.reachable(SCI_IRQ):
+            times.append(acpi_next)
         if self.devices["hpet"]:
             for n, deadline in enumerate(self.hpet.deadlines):
                 if deadline is not None and self.reachable(self.hpet.route(n)):

@@ -72,7 +72,8 @@ class DeviceAccess:
         board.port_bus.write(port, size, value)
         if board.exit_status is not None:
             self.vm.request_stop("guest exit")
-        elif board.reset_requested or port in board.TIMING_PORTS or board.gsi.take_changed():
+        elif board.reset_requested or board.sleep_request or port in board.TIMING_PORTS \
+                or board.gsi.take_changed():
             self.vm.replan()   # (the run loop reports the reset, or takes the interrupt raised)
 
     def mmio(self, address: int, size: int, value: int | None) -> int | None:
