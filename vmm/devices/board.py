@@ -8,7 +8,7 @@
           0xb2-0xb3              APM control and status (ACPI enable/disable)
           0x600-0x60b            ACPI PM1 event/control, PM timer (PIIX4 PM; SCI on IRQ 9)
           0xafe0-0xafe3          ACPI GPE0 status/enable
-          0x3f8-0x3ff            COM1 16550A
+          0x3f8-0x3ff            COM1 16550A, IRQ 4
           0x510-0x511            fw_cfg
           0xcf8-0xcff            PCI configuration (i440FX, PIIX3, PIIX4 PM; vmm.devices.pci),
                                  0xcf9 the PIIX3 reset control register
@@ -94,6 +94,7 @@ DEFAULT_RAM_SIZE = 128 * 1024 * 1024
 # puts it at 3 GiB when RAM is that large) and the local APIC at 0xfee00000.
 MAX_RAM_SIZE = 3 * 1024 * 1024 * 1024
 PIT_IRQ = 0
+COM1_IRQ = 4
 OPTIONAL_DEVICES = {"hpet": True, "pc-testdev": True, "pci-testdev": False, "debugcon": False}
 """The devices a board may be built with or without, and whether it has them by default."""
 PCI_TESTDEV_SLOT = (2, 0)
@@ -199,7 +200,8 @@ class Board:
         self.pit = Pit8254(irq=self._pit_output)
         self.cmos = Cmos(ram_size)
         self.debug_exit = DebugExit(on_exit=self._on_debug_exit)
-        self.uart = Uart16550(output=serial_output or _write_stdout, input=serial_input)
+        self.uart = Uart16550(output=serial_output or _write_stdout, input=serial_input,
+                              irq=lambda level: self.gsi.set_level(COM1_IRQ, level))
         self.debugcon = DebugCon(output=serial_output or _write_stdout)
         self.fwcfg = FwCfg(ram_size)
         self.testdev = PcTestdev(drive=self.gsi.set_level)
@@ -246,7 +248,9 @@ class Board:
             self.mmio_bus.register(function.bar_address(0), PCI_TESTDEV_MMIO_SIZE, self.pci_testdev.mmio,
                                    "pci-testdev-mmio")
 
-        self.clocked: list = [self.pit, self.lapic, self.acpi] + ([self.hpet] if self.devices["hpet"] else [])
+        self.clocked: list = [self.pit, self.lapic, self.acpi, self.uart]
+        if self.devices["hpet"]:
+            self.clocked.append(self.hpet)
 
     def _pci_functions(self) -> dict[tuple[int, int], PciFunction]:
         """Bus 0, as QEMU's pc has it, with its BARs where SeaBIOS puts them."""
@@ -342,9 +346,10 @@ class Board:
         apic_next = self.lapic.next_event()
         if apic_next is not None:
             times.append(apic_next)
-        acpi_next = self.acpi.next_event()
-        if acpi_next is not None and self.reachable(SCI_IRQ):
-            times.append(acpi_next)
+        for device, irq in ((self.acpi, SCI_IRQ), (self.uart, COM1_IRQ)):
+            when = device.next_event()
+            if when is not None and self.reachable(irq):
+                times.append(when)
         if self.devices["hpet"]:
             for n, deadline in enumerate(self.hpet.deadlines):
                 if deadline is not None and self.reachable(self.hpet.route(n)):

@@ -8,12 +8,23 @@ datasheet, table II):
     +2  IIR (read) / FCR (write)
     +3  LCR    +4  MCR    +5  LSR    +6  MSR    +7  SCR
 
-Polled operation is what guests here use, so that is what is modelled:
-transmission is instantaneous (LSR.THRE and LSR.TEMT always read 1), LSR.DR
-is set while a received byte is waiting.  Interrupts are left out: IER is
-stored but no IRQ4 is ever raised and IIR always reads "no interrupt
-pending".  FIFO depth, overrun and line errors are not modelled.  Loopback
-(MCR bit 4) is, because probing drivers (Linux's 8250) test with it.
+Transmission is instantaneous (LSR.THRE and LSR.TEMT always read 1), LSR.DR
+is set while a received byte is waiting.  Loopback (MCR bit 4) is modelled,
+because probing drivers (Linux's 8250) test with it.
+
+Interrupts, as QEMU's ``serial.c`` raises them on IRQ 4 (``irq(level)``): IIR
+reports the highest-priority source enabled in IER -- received data available
+(0x04, IER bit 0), transmitter holding register empty (0x02, IER bit 1), modem
+status (0x00, IER bit 3) -- or 0x01 for none, with bits 7:6 set while FCR has
+the FIFOs enabled; the line is high while IIR reports one. THRE is pending
+after every byte sent (sending is instantaneous) and when IER's THRE bit is
+set while THR is empty; reading IIR while it reports THRE, or writing THR,
+clears it. As on QEMU, and unlike a PC's wiring, MCR.OUT2 does not gate the
+line. While RDA interrupts are enabled and input may still come, the UART is a
+clocked device polling its input every ``RX_POLL`` instructions of virtual
+time, so a guest waiting in HLT gets its interrupt. Left out: the receive FIFO's
+trigger levels and character timeout (data interrupts as soon as a byte is
+there), line-status interrupts (no errors happen), overrun.
 
 Input is a host-side stream (a byte string, a binary file, or a
 :class:`ByteSource` such as vmm.console's stream of a pipe or terminal) from
@@ -48,6 +59,9 @@ IER_WRITABLE = 0x0F
 
 IIR_NO_INTERRUPT = 0x01
 IIR_FIFO_ENABLED = 0xC0
+IIR_MSI, IIR_THRI, IIR_RDI = 0x00, 0x02, 0x04
+IER_RDI, IER_THRI, IER_RLSI, IER_MSI = 0x01, 0x02, 0x04, 0x08
+RX_POLL = 1193        # instructions of virtual time (1 ms) between looks at the input
 
 FCR_FIFO_ENABLE = 0x01
 FCR_CLEAR_RX = 0x02
@@ -88,8 +102,9 @@ class ByteSource(Protocol):
 class UartState:
     """Everything a guest can observe of the UART, and the transcript so far.
 
-    IIR and LSR are not stored: they are computed from the rest (no interrupt is ever
-    pending; THRE/TEMT always set; DR while ``rx`` holds a byte). The host-side input
+    IIR and LSR are not stored: they are computed from the rest (IIR from IER, ``rx``,
+    ``thr_pending`` and the modem deltas; THRE/TEMT always set; DR while ``rx`` holds a
+    byte). The host-side input
     stream is I/O, not state: a restored UART reads from the stream it is given, unless
     the saved one had already ended (``input_ended``).
     """
@@ -104,6 +119,7 @@ class UartState:
     rx: tuple[int, ...]
     transcript: bytes
     input_ended: bool
+    thr_pending: bool = False
 
 
 class Uart16550:
@@ -113,8 +129,11 @@ class Uart16550:
 
     def __init__(self, output: Callable[[bytes], None],
                  input: bytes | BinaryIO | ByteSource | None = None,
-                 base: int = COM1_BASE) -> None:
+                 base: int = COM1_BASE, irq: Callable[[bool], None] | None = None) -> None:
         self.base = base
+        self.irq = irq or (lambda level: None)
+        self.thr_pending = False
+        self.now = 0
         self.output = output
         self.transcript = bytearray()
         self._source: BinaryIO | ByteSource | None
@@ -135,7 +154,8 @@ class Uart16550:
     # -- saved state ---------------------------------------------------------------
     def save_state(self) -> UartState:
         return UartState(self.divisor, self.ier, self.fcr, self.lcr, self.mcr, self.scr,
-                         self._msr_delta, tuple(self._rx), bytes(self.transcript), self._input_ended)
+                         self._msr_delta, tuple(self._rx), bytes(self.transcript), self._input_ended,
+                         self.thr_pending)
 
     def load_state(self, state: UartState) -> None:
         self.divisor, self.ier, self.fcr = state.divisor, state.ier, state.fcr
@@ -144,6 +164,7 @@ class Uart16550:
         self._rx = deque(state.rx)
         self.transcript = bytearray(state.transcript)
         self._input_ended = state.input_ended
+        self.thr_pending = state.thr_pending
         if state.input_ended:
             self._source = None
 
@@ -170,6 +191,41 @@ class Uart16550:
     # -- guest side --------------------------------------------------------------
 
     def io_read(self, port: int, size: int) -> int:
+        value = self._read(port)
+        self._update_irq()
+        return value
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        self._write(port, value)
+        self._update_irq()
+
+    # -- interrupts ------------------------------------------------------------------
+    def interrupt_id(self) -> int:
+        """IIR's low bits: the highest-priority pending source the guest enabled."""
+        if self.ier & IER_RDI and self._rx:
+            return IIR_RDI
+        if self.ier & IER_THRI and self.thr_pending:
+            return IIR_THRI
+        if self.ier & IER_MSI and self._msr_delta & MSR_DELTA_MASK:
+            return IIR_MSI
+        return IIR_NO_INTERRUPT
+
+    def _update_irq(self) -> None:
+        self.irq(self.interrupt_id() != IIR_NO_INTERRUPT)
+
+    def next_event(self) -> int | None:
+        """While RDA interrupts are on and input may still arrive: the next look at it."""
+        if self.ier & IER_RDI and not self._rx and self._source is not None and not self.mcr & MCR_LOOP:
+            return self.now + RX_POLL
+        return None
+
+    def advance(self, now: int) -> None:
+        self.now = now
+        if self.ier & IER_RDI:
+            self._receive()
+            self._update_irq()
+
+    def _read(self, port: int) -> int:
         reg = (port - self.base) & 7
         dlab = self.lcr & LCR_DLAB
         if reg == RBR:
@@ -181,7 +237,11 @@ class Uart16550:
             return (self.divisor >> 8) if dlab else self.ier
         if reg == IIR:
             fifo = IIR_FIFO_ENABLED if self.fcr & FCR_FIFO_ENABLE else 0
-            return IIR_NO_INTERRUPT | fifo
+            self._receive()
+            iir = self.interrupt_id()
+            if iir == IIR_THRI:
+                self.thr_pending = False      # reading IIR acknowledges THRE
+            return iir | fifo
         if reg == LCR:
             return self.lcr
         if reg == MCR:
@@ -192,7 +252,7 @@ class Uart16550:
             return self._read_msr()
         return self.scr
 
-    def io_write(self, port: int, size: int, value: int) -> None:
+    def _write(self, port: int, value: int) -> None:
         reg = (port - self.base) & 7
         value &= 0xFF
         dlab = self.lcr & LCR_DLAB
@@ -205,11 +265,13 @@ class Uart16550:
             if dlab:
                 self.divisor = (self.divisor & 0x00FF) | (value << 8)
             else:
+                if value & IER_THRI and not self.ier & IER_THRI:
+                    self.thr_pending = True   # THR is always empty here
                 self.ier = value & IER_WRITABLE
         elif reg == FCR:
+            if value & FCR_CLEAR_RX or (value ^ self.fcr) & FCR_FIFO_ENABLE:
+                self._rx.clear()              # QEMU: switching the FIFOs on or off empties them
             self.fcr = value
-            if value & FCR_CLEAR_RX:
-                self._rx.clear()
         elif reg == LCR:
             self.lcr = value
         elif reg == MCR:
@@ -221,6 +283,7 @@ class Uart16550:
     # -- helpers -------------------------------------------------------------------
 
     def _transmit(self, byte: int) -> None:
+        self.thr_pending = True               # sent at once: THR is empty again
         if self.mcr & MCR_LOOP:
             self._rx.append(byte)  # the line is looped back, nothing leaves
             return
