@@ -52,7 +52,7 @@ def test_port_map(board):
     assert board.mmio_bus.regions() == [(0xFEC00000, 0x1000, "ioapic"), (0xFED00000, 0x1000, "hpet"),
                                         (APIC, 0x1000, "lapic"),
                                         (0xFF000000, 0x10000, "pc-testdev-iomem")]
-    assert board.clocked == [board.pit, board.lapic, board.acpi, board.uart, board.hpet]
+    assert board.clocked == [board.pit, board.lapic, board.acpi, board.uart, board.cmos, board.hpet]
     assert isinstance(board.pit, Pit8254) and isinstance(board.lapic, LocalApic)
 
 

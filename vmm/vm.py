@@ -145,7 +145,7 @@ class VM:
                            serial_input=serial_input, devices=devices)
         self.engine = Engine(self)
         self.board.hpet.clock = self.virtual_time   # reads see the instructions of the current run
-        self.board.acpi.clock = self.virtual_time
+        self.board.acpi.clock = self.board.cmos.clock = self.virtual_time
         self.bus = EventBus(self.engine)   # what happens in this VM, for whoever subscribes
         for base, length, _name in self.board.mmio_bus.regions():
             self.engine.map_mmio(base, length,

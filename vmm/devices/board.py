@@ -2,7 +2,7 @@
 
     ports 0x20-0x21, 0xa0-0xa1   8259A pair (PicPair)
           0x40-0x43, 0x61        8254 PIT, port B (Pit8254), OUT0 -> IRQ0
-          0x70-0x71              CMOS / RTC
+          0x70-0x71              CMOS / RTC (running in virtual time), IRQ 8
           0xf4-0xf7              isa-debug-exit
           0x92                   system control port A (fast A20, fast reset)
           0xb2-0xb3              APM control and status (ACPI enable/disable)
@@ -95,6 +95,7 @@ DEFAULT_RAM_SIZE = 128 * 1024 * 1024
 MAX_RAM_SIZE = 3 * 1024 * 1024 * 1024
 PIT_IRQ = 0
 COM1_IRQ = 4
+RTC_IRQ = 8
 OPTIONAL_DEVICES = {"hpet": True, "pc-testdev": True, "pci-testdev": False, "debugcon": False}
 """The devices a board may be built with or without, and whether it has them by default."""
 PCI_TESTDEV_SLOT = (2, 0)
@@ -198,7 +199,7 @@ class Board:
         self.lapic.on_level_eoi = self.ioapic.end_of_interrupt
         self.gsi = Gsi(self.pic, self.ioapic)
         self.pit = Pit8254(irq=self._pit_output)
-        self.cmos = Cmos(ram_size)
+        self.cmos = Cmos(ram_size, clock=lambda: self.now, irq=self._rtc_irq)
         self.debug_exit = DebugExit(on_exit=self._on_debug_exit)
         self.uart = Uart16550(output=serial_output or _write_stdout, input=serial_input,
                               irq=lambda level: self.gsi.set_level(COM1_IRQ, level))
@@ -248,7 +249,7 @@ class Board:
             self.mmio_bus.register(function.bar_address(0), PCI_TESTDEV_MMIO_SIZE, self.pci_testdev.mmio,
                                    "pci-testdev-mmio")
 
-        self.clocked: list = [self.pit, self.lapic, self.acpi, self.uart]
+        self.clocked: list = [self.pit, self.lapic, self.acpi, self.uart, self.cmos]
         if self.devices["hpet"]:
             self.clocked.append(self.hpet)
 
@@ -346,7 +347,7 @@ class Board:
         apic_next = self.lapic.next_event()
         if apic_next is not None:
             times.append(apic_next)
-        for device, irq in ((self.acpi, SCI_IRQ), (self.uart, COM1_IRQ)):
+        for device, irq in ((self.acpi, SCI_IRQ), (self.uart, COM1_IRQ), (self.cmos, RTC_IRQ)):
             when = device.next_event()
             if when is not None and self.reachable(irq):
                 times.append(when)
@@ -377,6 +378,10 @@ class Board:
     def _pit_output(self, level: int) -> None:
         if not self.hpet_legacy:
             self.gsi.pulse(PIT_IRQ)
+
+    def _rtc_irq(self, level: bool) -> None:
+        if not self.hpet_legacy:
+            self.gsi.set_level(RTC_IRQ, level)
 
     def _hpet_interrupt(self, gsi: int, level: bool, asserted: bool) -> None:
         if level:
