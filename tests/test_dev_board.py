@@ -42,7 +42,8 @@ def test_largest_and_smallest_ram_sizes_are_accepted():
 
 def test_port_map(board):
     assert board.port_bus.ranges() == [
-        (0x20, 0x21, "pic-master"), (0x40, 0x43, "pit"), (0x61, 0x61, "port61"),
+        (0x20, 0x21, "pic-master"), (0x40, 0x43, "pit"), (0x60, 0x60, "i8042-data"), (0x61, 0x61, "port61"),
+        (0x64, 0x64, "i8042"),
         (0x70, 0x71, "cmos"), (0x92, 0x92, "port92"), (0xA0, 0xA1, "pic-slave"), (0xB2, 0xB3, "apm"),
         (0xE0, 0xE3, "pc-testdev"), (0xE4, 0xE7, "pc-testdev-flush-page"), (0xE8, 0xEB, "pc-testdev-byte"),
         (0xF4, 0xF7, "debug-exit"), (0x3F8, 0x3FF, "com1"), (0x510, 0x511, "fw_cfg"),
@@ -52,7 +53,7 @@ def test_port_map(board):
     assert board.mmio_bus.regions() == [(0xFEC00000, 0x1000, "ioapic"), (0xFED00000, 0x1000, "hpet"),
                                         (APIC, 0x1000, "lapic"),
                                         (0xFF000000, 0x10000, "pc-testdev-iomem")]
-    assert board.clocked == [board.pit, board.lapic, board.acpi, board.uart, board.cmos, board.hpet]
+    assert board.clocked == [board.pit, board.lapic, board.acpi, board.uart, board.cmos, board.i8042, board.hpet]
     assert isinstance(board.pit, Pit8254) and isinstance(board.lapic, LocalApic)
 
 

@@ -133,7 +133,7 @@ class VM:
     def __init__(self, image: LoadedImage, *, mode: str = "native", ram_size: int = 128 << 20,
                  serial_output=None, serial_input=None, max_instructions: int | None = None,
                  timeout: float | None = None, mode_options: dict | None = None,
-                 devices: dict[str, bool] | None = None):
+                 devices: dict[str, bool] | None = None, keyboard_input=None):
         from .modes import get_mode
 
         self.image = image
@@ -142,7 +142,7 @@ class VM:
         self.timeout = timeout
         self.board = Board(ram_size=ram_size,
                            serial_output=serial_output or _stdout_write,
-                           serial_input=serial_input, devices=devices)
+                           serial_input=serial_input, devices=devices, keyboard_input=keyboard_input)
         self.engine = Engine(self)
         self.board.hpet.clock = self.virtual_time   # reads see the instructions of the current run
         self.board.acpi.clock = self.board.cmos.clock = self.virtual_time
@@ -598,7 +598,7 @@ class VM:
         here would resume it."""
         board = self.board
         if board.reset_requested:
-            raise _Stopped(StopKind.RESET, f"reset through port 0x92 (fast reset) before EIP "
+            raise _Stopped(StopKind.RESET, f"reset through {board.reset_source} before EIP "
                            f"{self.engine.reg('eip'):#010x}, and no firmware to run")
         if board.sleep_request == "S3":
             raise _Stopped(StopKind.HALTED, f"suspended to RAM (ACPI S3, through PM1a_CNT) before EIP "

@@ -38,6 +38,9 @@ QEMU_GDB_ADDRESS = ":1234"
               help="Bytes the guest reads from the UART ('-' for stdin). A pipe or terminal is read as bytes "
               "arrive, under --timeout; without this option a terminal (standard input and output) is the guest's "
               "console (raw mode; Ctrl-A x quits, Ctrl-A h lists the keys).")
+@click.option("--keyboard-input", type=click.File("rb"), default=None, metavar="FILE",
+              help="Text typed on the PS/2 keyboard behind the i8042 (port 0x60, IRQ 1), as scancodes: each "
+              "character is pressed and released ('-' for stdin).")
 @click.option("--gdb", "gdb_address", default=None, metavar="[HOST]:PORT",
               help="Serve the GDB remote protocol (loopback by default), as QEMU's -gdb: the guest runs and gdb "
               "attaches whenever it connects (gdb -ex 'target remote :1234' guest.elf), stopping it where it is; "
@@ -55,8 +58,8 @@ QEMU_GDB_ADDRESS = ":1234"
               help="Write the same statistics as JSON.")
 @exit_status_option
 def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind, load_address,
-        serial_input, controls, devices, vmcs_writes, gdb_address, gdb_default, wait, page_walk_cache, stat, stat_json,
-        exit_convention):
+        serial_input, keyboard_input, controls, devices, vmcs_writes, gdb_address, gdb_default, wait,
+        page_walk_cache, stat, stat_json, exit_convention):
     """Boot IMAGE_OR_GUEST and print its serial output.
 
     IMAGE_OR_GUEST is a Multiboot ELF, a 512-byte boot sector, a flat binary (with
@@ -93,7 +96,8 @@ def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mi
             vm = VM(loaded, mode=mode, ram_size=ram_mib << 20, serial_output=write,
                     serial_input=serial_source(serial_input, inputs, write),
                     max_instructions=max_instructions, timeout=timeout or None,
-                    mode_options={"page_walk_cache": True} if page_walk_cache else None, devices=devices)
+                    mode_options={"page_walk_cache": True} if page_walk_cache else None, devices=devices,
+                    keyboard_input=keyboard_input)
         except (NotImplementedError, ValueError) as err:
             fail(str(err))
         apply_tuning(vm, mode, controls, vmcs_writes)

@@ -2,6 +2,7 @@
 
     ports 0x20-0x21, 0xa0-0xa1   8259A pair (PicPair)
           0x40-0x43, 0x61        8254 PIT, port B (Pit8254), OUT0 -> IRQ0
+          0x60, 0x64             i8042 keyboard controller, PS/2 keyboard (IRQ 1) and mouse (IRQ 12)
           0x70-0x71              CMOS / RTC (running in virtual time), IRQ 8
           0xf4-0xf7              isa-debug-exit
           0x92                   system control port A (fast A20, fast reset)
@@ -50,6 +51,9 @@ from .debugexit import DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT, DebugExit, DebugExitS
 from .fwcfg import FW_CFG_PORT_DATA, FW_CFG_PORT_SEL, FwCfg, FwCfgState
 from .gsi import Gsi
 from .hpet import HPET_BASE, HPET_SIZE, Hpet, HpetState
+from .i8042 import DATA_PORT as KBD_DATA_PORT
+from .i8042 import I8042, I8042State
+from .i8042 import STATUS_PORT as KBD_STATUS_PORT
 from .ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic, IoApicState, isa_pin
 from .lapic import APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LocalApic, LocalApicState
 from .pci import (
@@ -94,6 +98,7 @@ DEFAULT_RAM_SIZE = 128 * 1024 * 1024
 # puts it at 3 GiB when RAM is that large) and the local APIC at 0xfee00000.
 MAX_RAM_SIZE = 3 * 1024 * 1024 * 1024
 PIT_IRQ = 0
+KEYBOARD_IRQ = 1
 COM1_IRQ = 4
 RTC_IRQ = 8
 OPTIONAL_DEVICES = {"hpet": True, "pc-testdev": True, "pci-testdev": False, "debugcon": False}
@@ -165,6 +170,8 @@ class BoardState:
     gsi_levels: int
     acpi: AcpiPmState
     sleep_request: str | None
+    i8042: I8042State
+    reset_source: str
     port92: Port92State
     pci: PciState
     pci_testdev: PciTestdevState
@@ -178,9 +185,11 @@ class Board:
     def __init__(self, ram_size: int = DEFAULT_RAM_SIZE,
                  serial_output: Callable[[bytes], None] | None = None,
                  serial_input: bytes | BinaryIO | ByteSource | None = None,
-                 devices: dict[str, bool] | None = None) -> None:
+                 devices: dict[str, bool] | None = None,
+                 keyboard_input: bytes | BinaryIO | ByteSource | None = None) -> None:
         """``serial_output`` defaults to the host's stdout (written through); ``devices``
-        switches optional devices on or off (:data:`OPTIONAL_DEVICES`)."""
+        switches optional devices on or off (:data:`OPTIONAL_DEVICES`); ``keyboard_input``
+        is typed on the PS/2 keyboard."""
         check_ram_size(ram_size)
         self.ram_size = ram_size
         self.devices = board_devices(devices)
@@ -209,8 +218,11 @@ class Board:
         # The VM gives the HPET a clock that sees the current run.
         self.hpet = Hpet(clock=lambda: self.now, interrupt=self._hpet_interrupt)
         self.reset_requested = False
+        self.reset_source = ""
         self.sleep_request: str | None = None     # "S5", "S4", "S3": the guest asked for it
-        self.port92 = Port92(on_reset=self._on_reset)
+        self.port92 = Port92(on_reset=lambda: self._on_reset("port 0x92 (fast reset)"))
+        self.i8042 = I8042(irq=self.gsi.set_level, input=keyboard_input,
+                           on_reset=lambda: self._on_reset("the keyboard controller's reset line"))
         self.acpi = AcpiPm(clock=lambda: self.now, sci=lambda level: self.gsi.set_level(SCI_IRQ, level),
                            on_sleep=self._on_sleep)
 
@@ -225,6 +237,8 @@ class Board:
         self.port_bus.register(COM1_BASE, COM1_BASE + 7, self.uart, "com1")
         self.port_bus.register(FW_CFG_PORT_SEL, FW_CFG_PORT_DATA, self.fwcfg, "fw_cfg")
         self.port_bus.register(PORT92, PORT92, self.port92, "port92")
+        self.port_bus.register(KBD_DATA_PORT, KBD_DATA_PORT, self.i8042, "i8042-data")
+        self.port_bus.register(KBD_STATUS_PORT, KBD_STATUS_PORT, self.i8042, "i8042")
         self.port_bus.register(APM_CNT, APM_STS, self.acpi, "apm")
         self.port_bus.register(PM_BASE, PM_LAST, self.acpi, "acpi-pm")
         self.port_bus.register(GPE0_BASE, GPE0_BASE + GPE0_LEN - 1, self.acpi, "acpi-gpe0")
@@ -239,7 +253,7 @@ class Board:
         if self.devices["hpet"]:
             self.mmio_bus.register(HPET_BASE, HPET_SIZE, self.hpet, "hpet")
         self.pci_testdev = PciTestdev()
-        self.pci = PciHost(self._pci_functions(), on_reset=self._on_reset)
+        self.pci = PciHost(self._pci_functions(), on_reset=lambda: self._on_reset("port 0xcf9 (reset control)"))
         self.port_bus.register(CONFIG_ADDRESS, CONFIG_PORTS_LAST, self.pci, "pci")
         if self.devices["pci-testdev"]:
             function = self.pci.functions[PCI_TESTDEV_SLOT]
@@ -249,7 +263,7 @@ class Board:
             self.mmio_bus.register(function.bar_address(0), PCI_TESTDEV_MMIO_SIZE, self.pci_testdev.mmio,
                                    "pci-testdev-mmio")
 
-        self.clocked: list = [self.pit, self.lapic, self.acpi, self.uart, self.cmos]
+        self.clocked: list = [self.pit, self.lapic, self.acpi, self.uart, self.cmos, self.i8042]
         if self.devices["hpet"]:
             self.clocked.append(self.hpet)
 
@@ -280,6 +294,7 @@ class Board:
                           self.debug_exit.save_state(), self.uart.save_state(), self.fwcfg.save_state(),
                           self.lapic.save_state(), self.testdev.save_state(), self.hpet.save_state(),
                           self.ioapic.save_state(), self.gsi.levels, self.acpi.save_state(), self.sleep_request,
+                          self.i8042.save_state(), self.reset_source,
                           self.port92.save_state(), self.pci.save_state(),
                           self.pci_testdev.save_state(),
                           tuple(sorted(self.devices.items())), self.reset_requested,
@@ -303,6 +318,8 @@ class Board:
         self.gsi.levels = state.gsi_levels
         self.acpi.load_state(state.acpi)
         self.sleep_request = state.sleep_request
+        self.i8042.load_state(state.i8042)
+        self.reset_source = state.reset_source
         if dict(state.devices) != self.devices:
             raise ValueError(f"board state is for a board with devices {dict(state.devices)}, this one has "
                              f"{self.devices}")
@@ -313,8 +330,9 @@ class Board:
         self.port_bus.load_counters(state.port_counters)
         self.mmio_bus.load_counters(state.mmio_counters)
 
-    def _on_reset(self) -> None:
+    def _on_reset(self, source: str) -> None:
         self.reset_requested = True
+        self.reset_source = self.reset_source or source
         self.stop_requested = True
 
     def _on_sleep(self, state: str) -> None:
@@ -347,7 +365,8 @@ class Board:
         apic_next = self.lapic.next_event()
         if apic_next is not None:
             times.append(apic_next)
-        for device, irq in ((self.acpi, SCI_IRQ), (self.uart, COM1_IRQ), (self.cmos, RTC_IRQ)):
+        for device, irq in ((self.acpi, SCI_IRQ), (self.uart, COM1_IRQ), (self.cmos, RTC_IRQ),
+                            (self.i8042, KEYBOARD_IRQ)):
             when = device.next_event()
             if when is not None and self.reachable(irq):
                 times.append(when)
