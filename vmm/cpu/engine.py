@@ -91,6 +91,21 @@ class GuestMemoryError(Exception):
         self.address, self.size, self.access = address, size, access
 
 
+
+_TR_PRESENT, _TR_BUSY, _TR_TYPE_SHIFT = 0x8000, 0x0200, 8
+_TR_TSS32 = 0x9 << _TR_TYPE_SHIFT
+
+
+def engine_tr_flags(flags: int) -> int:
+    """TR's cache as the engine must hold it: QEMU's TCG keeps a TSS's type there without
+    its busy bit, and its stack switch for a call gate to an inner ring stops the whole
+    process (``cpu_abort``) unless that cache is present with type 1 or 9. So the busy bit
+    goes, and a TR never loaded (after reset: flags 0) reads as a present 32-bit TSS, as
+    a reset processor's TR is; the guest's own view of TR is unchanged."""
+    if not flags & _TR_PRESENT or (flags >> _TR_TYPE_SHIFT) & 0x5 != 0x1:
+        return (flags & ~0xFF00) | _TR_PRESENT | _TR_TSS32
+    return flags & ~_TR_BUSY
+
 class EngineError(Exception):
     """Unicorn stopped for a reason the VMM has no model for: the VM stops with it."""
 
@@ -334,6 +349,8 @@ class Engine:
         return sel, base, limit
 
     def set_table(self, name: str, base: int, limit: int, selector: int = 0, flags: int = 0) -> None:
+        if name == "tr":
+            flags = engine_tr_flags(flags)
         self.uc.reg_write(UC_TABLE[name], (selector, base, limit, flags))
         if name == "tr" and self._tr_base is not None:
             self._tr_base = base
@@ -369,7 +386,9 @@ class Engine:
         EIP at the instruction (:class:`Fault` ``then``). LTR, which would load a base, is
         intercepted (``ops.on_intercept`` with QEMU's TR-write exit code) for the VMM to
         carry out. Nothing else changes: no guest access can reach a base above 4 GiB."""
-        self._tr_base = self.table("tr")[1]
+        selector, base, limit, flags = self.uc.reg_read(UC_TABLE["tr"])
+        self.uc.reg_write(UC_TABLE["tr"], (selector, base, limit, engine_tr_flags(flags)))
+        self._tr_base = base
         segcache.set_tr_base(self.uc, TSS_LINEAR)
         self._intercept(general=1 << (quirks.SVM_EXIT_TR_WRITE - quirks.SVM_EXIT_INTR))
 

@@ -24,6 +24,7 @@ from capstone.x86 import X86_OP_MEM, X86_OP_REG
 
 from ..cpu import cpuid as cpu_model
 from ..cpu import quirks
+from ..cpu.callgate import call_through_gate
 from ..cpu.delivery import UD, DeliveryFault, Event, EventDelivery, take_nmi
 from ..cpu.engine import EngineError, Fault, Fill
 from ..cpu.faultaddr import effective_address, register16
@@ -320,14 +321,17 @@ class Hypervisor:
             if insn.mnemonic in ("iret", "iretd"):
                 request: tuple[int | None, TaskSource] | None = (self.tasks.back_link(), TaskSource.IRET)
             else:
-                request = far_operand(insn, self._read_u16, self._memory_operand)
-                if request is not None:
-                    request = (self.tasks.far_target(request[0]), request[1])
+                far = far_operand(insn, self._read_u16, self._memory_operand)
+                request = None if far is None else (self.tasks.far_target(far[0]), far[1])
+                if far is not None and request is not None and request[0] is None and far[1] is TaskSource.CALL:
+                    # Not a task: a call gate to an inner ring, which read the TSS for its stack.
+                    call_through_gate(self.tasks, far[0], (eng.reg("eip") + insn.size) & 0xFFFFFFFF)
+                    return None
         except DeliveryFault as fault:
             return self.raise_fault(fault.vector, fault.error_code, fault.cr2)
         if request is None or request[0] is None:
             raise EngineError(f"the TSS was read by {insn.mnemonic} {insn.op_str} at {insn.address:#010x}, "
-                              "which the VMM does not model (a call gate to an inner ring)")
+                              "which the VMM does not model")
         return self.task_switch(request[0], request[1], insn.size)
 
     def task_switch(self, selector: int, source: TaskSource, length: int) -> None:
