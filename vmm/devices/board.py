@@ -6,6 +6,9 @@
           0xf4-0xf7              isa-debug-exit
           0x92                   system control port A (fast A20, fast reset)
           0x3f8-0x3ff            COM1 16550A
+          0x3b4-0x3b5, 0x3ba, 0x3c0-0x3cf, 0x3d4-0x3d5, 0x3da
+                                 VGA registers (CRTC, sequencer, graphics, attribute, DAC;
+                                 vmm.devices.vga); its text buffer is RAM at 0xb8000
           0x510-0x511            fw_cfg
           0xcf8-0xcff            PCI configuration (i440FX, PIIX3, PIIX4 PM; vmm.devices.pci),
                                  0xcf9 the PIIX3 reset control register
@@ -17,7 +20,7 @@
           0xff000000-0xff00ffff  pc-testdev's iomem
 
 Devices that can be left out or added (``devices``, the CLI's ``--device NAME=on|off``):
-``hpet`` and ``pc-testdev`` (on, as on QEMU's pc), ``pci-testdev`` (off, as under
+``hpet``, ``pc-testdev`` and ``vga`` (on, as on QEMU's pc), ``pci-testdev`` (off, as under
 ``-nodefaults``; kvm-unit-tests adds it).
 
 The engine dispatches I/O and MMIO exits to ``port_bus`` / ``mmio_bus``, keeps
@@ -76,6 +79,7 @@ from .testdev import (
     TestdevState,
 )
 from .uart import COM1_BASE, ByteSource, Uart16550, UartState
+from .vga import VGA_PORT_RANGES, Vga, VgaState
 
 PAGE_SIZE = 4096
 DEFAULT_RAM_SIZE = 128 * 1024 * 1024
@@ -83,7 +87,7 @@ DEFAULT_RAM_SIZE = 128 * 1024 * 1024
 # puts it at 3 GiB when RAM is that large) and the local APIC at 0xfee00000.
 MAX_RAM_SIZE = 3 * 1024 * 1024 * 1024
 PIT_IRQ = 0
-OPTIONAL_DEVICES = {"hpet": True, "pc-testdev": True, "pci-testdev": False}
+OPTIONAL_DEVICES = {"hpet": True, "pc-testdev": True, "pci-testdev": False, "vga": True}
 """The devices a board may be built with or without, and whether it has them by default."""
 PCI_TESTDEV_SLOT = (2, 0)
 PCI_CLASS_OTHERS = 0x00FF00
@@ -148,6 +152,7 @@ class BoardState:
     reset_requested: bool
     port_counters: tuple
     mmio_counters: tuple
+    vga: VgaState
 
 
 class Board:
@@ -180,6 +185,7 @@ class Board:
         self.hpet = Hpet(clock=lambda: self.now)   # the VM gives it a clock that sees the current run
         self.reset_requested = False
         self.port92 = Port92(on_reset=self._on_reset)
+        self.vga = Vga()
 
         self.port_bus = PortBus()
         self.port_bus.register(MASTER_COMMAND, MASTER_DATA, self.pic, "pic-master")
@@ -197,6 +203,9 @@ class Board:
         if self.devices["pc-testdev"]:
             self._register_testdev()
             self.mmio_bus.register(IOMEM_BASE, IOMEM_SIZE, self.testdev, "pc-testdev-iomem")
+        if self.devices["vga"]:
+            for first, last in VGA_PORT_RANGES:
+                self.port_bus.register(first, last, self.vga, "vga")
         if self.devices["hpet"]:
             self.mmio_bus.register(HPET_BASE, HPET_SIZE, self.hpet, "hpet")
         self.pci_testdev = PciTestdev()
@@ -238,7 +247,7 @@ class Board:
                           self.lapic.save_state(), self.testdev.save_state(), self.hpet.save_state(),
                           self.port92.save_state(), self.pci.save_state(), self.pci_testdev.save_state(),
                           tuple(sorted(self.devices.items())), self.reset_requested,
-                          self.port_bus.save_counters(), self.mmio_bus.save_counters())
+                          self.port_bus.save_counters(), self.mmio_bus.save_counters(), self.vga.save_state())
 
     def load_state(self, state: BoardState) -> None:
         if state.ram_size != self.ram_size:
@@ -260,6 +269,7 @@ class Board:
         self.port92.load_state(state.port92)
         self.pci.load_state(state.pci)
         self.pci_testdev.load_state(state.pci_testdev)
+        self.vga.load_state(state.vga)
         self.reset_requested = state.reset_requested
         self.port_bus.load_counters(state.port_counters)
         self.mmio_bus.load_counters(state.mmio_counters)
