@@ -529,14 +529,17 @@ def test_screen_options_refuse_bad_input(draw_images, tmp_path):
     assert proc.returncode == 2 and b"'gtk' is not one of" in proc.stderr
 
 
-def test_live_display_on_a_terminal(draw_images, tmp_path):
-    """On a terminal (a pty here) the default shows the screen once the guest draws: the top rows
-    hold it, the serial console scrolls in the region below, which is given back at the end."""
+@pytest.mark.parametrize("display", [(), ("--display", "text")], ids=["default", "text"])
+def test_live_display_on_a_terminal(draw_images, tmp_path, display):
+    """On a terminal (a pty here) the default shows the screen once the guest draws (here when
+    it stops: it draws faster than a refresh), --display text from the start: the top rows
+    hold it, the serial console scrolls in the region below (the lines printed before the
+    view started written again there), and the region is given back at the end."""
     image = tmp_path / "draw.elf"
     image.write_bytes(draw_images["exit"])
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "vmm.cli", "run", str(image)], stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "vmm.cli", "run", str(image), *display], stdin=subprocess.DEVNULL,
                             stdout=terminal, stderr=subprocess.PIPE, env=vmm_environment())
     os.close(terminal)
     shown = b""
@@ -551,9 +554,60 @@ def test_live_display_on_a_terminal(draw_images, tmp_path):
         shown += chunk
     os.close(controller)
     assert proc.wait(timeout=60) == 1, proc.stderr.read()
-    assert b"\x1b[28;40r" in shown and shown.rstrip().endswith(b"\x1b[r\x1b[40;1H")
+    assert b"\x1b[28;40r" in shown and shown.endswith(b"\x1b7\x1b[r\x1b8")
     assert b"Hello from the VGA text console" in shown and "☺♥⌂█░╔═╗αß".encode() in shown
-    assert b"vga: drawn" in shown
+    terminal = Terminal(40, 100)
+    terminal.feed(shown.decode("utf-8"))
+    lines = terminal.lines()
+    assert lines[1] == "Hello from the VGA text console" and lines[4] == " " * 10 + "☺♥⌂█░╔═╗αß"
+    assert lines[25] == " " * 72 + "last row" and lines[26] == "─" * 80
+    assert "cursor 0x00000106" in lines[27:] and "vga: drawn" in lines[27:], lines
+
+
+class Terminal:
+    """Just enough of a VT100 to replay what vmm wrote: printing, CR/LF (scrolling inside the
+    scroll region), CUP, DECSTBM, DECSC/DECRC, EL; colours are dropped."""
+
+    def __init__(self, rows: int, columns: int):
+        self.rows, self.columns = rows, columns
+        self.screen = [[" "] * columns for _ in range(rows)]
+        self.row = self.col = 0
+        self.top, self.bottom = 0, rows - 1
+        self.saved = (0, 0)
+
+    def feed(self, text: str) -> None:
+        import re
+        for token in re.findall(r"\x1b\[[0-9;]*[A-Za-z]|\x1b[78]|.", text, flags=re.S):
+            self._token(token)
+
+    def _token(self, token: str) -> None:
+        if token == "\x1b7":
+            self.saved = (self.row, self.col)
+        elif token == "\x1b8":
+            self.row, self.col = self.saved
+        elif token.startswith("\x1b["):
+            args = [int(a) for a in token[2:-1].split(";") if a]
+            if token.endswith("H"):
+                self.row, self.col = (args or [1])[0] - 1, (args[1:] or [1])[0] - 1
+            elif token.endswith("r"):
+                self.top, self.bottom = (args[0] - 1, args[1] - 1) if args else (0, self.rows - 1)
+                self.row = self.col = 0
+            elif token.endswith("K"):
+                self.screen[self.row][self.col:] = [" "] * (self.columns - self.col)
+        elif token == "\r":
+            self.col = 0
+        elif token == "\n":
+            if self.row == self.bottom:
+                del self.screen[self.top]
+                self.screen.insert(self.bottom, [" "] * self.columns)
+            else:
+                self.row += 1
+        elif self.col < self.columns:
+            self.screen[self.row][self.col] = token
+            self.col += 1
+
+    def lines(self) -> list[str]:
+        return ["".join(line).rstrip() for line in self.screen]
 
 
 def fake_screen(cells: bytes, **registers) -> Screen:

@@ -145,15 +145,19 @@ class LiveScreen:
     The terminal's scroll region (DECSTBM) keeps rows 1-27 for the screen (a title, 25
     rows, a rule) and lets the serial console scroll in the rows under it; each refresh
     saves the cursor, redraws the rows that changed and restores it, so serial output goes
-    on where it was. The region is reset when the run ends, and the last screen stays.
-    ``always``: draw from the start (``--display text``); otherwise only once the guest has
-    written something to the page (``--display`` left to its default).
+    on where it was. When the view starts, what the terminal showed is scrolled into its
+    history and the serial output so far (``transcript()``, the UART's) is written again
+    in the region, so no line is lost under the screen. The region is reset when the run
+    ends, and the last screen stays. ``always``: draw from the start (``--display text``);
+    otherwise only once the guest has written something to the page (``--display`` left
+    to its default).
     """
 
     TOP = ROWS + 2
 
-    def __init__(self, screen: Screen, stream: BinaryIO, fd: int, always: bool):
-        self.screen, self.stream, self.fd = screen, stream, fd
+    def __init__(self, screen: Screen, stream: BinaryIO, fd: int, always: bool,
+                 transcript: Callable[[], bytes] = bytes):
+        self.screen, self.stream, self.fd, self.transcript = screen, stream, fd, transcript
         self.active = False
         self.always = always
         self._boot_page = screen.cells()
@@ -185,14 +189,18 @@ class LiveScreen:
             self._drawn = rows
 
     def _start(self) -> None:
-        """Scroll what the terminal shows up by the screen's height, then keep the top rows."""
+        """Scroll what the terminal shows into its history, keep the top rows for the screen,
+        and write the serial output's last lines again below them."""
         self.active = True
-        self._write("\n" * self.TOP + f"\x1b[{self.TOP + 1};{self.lines}r\x1b[{self.lines};1H")
+        self._write(f"\x1b[{self.lines};1H" + "\n" * self.lines + f"\x1b[{self.TOP + 1};{self.lines}r"
+                    f"\x1b[{self.TOP + 1};1H")
+        self.stream.write(b"\n".join(self.transcript().split(b"\n")[-(self.lines - self.TOP):]))
+        self.stream.flush()
 
     def close(self) -> None:
         self.refresh(force=True)
-        if self.active:
-            self._write(f"\x1b[r\x1b[{self.lines};1H\n")
+        if self.active:   # the whole terminal scrolls again; the serial output goes on where it is
+            self._write("\x1b7\x1b[r\x1b8")
 
 
 def attach(vm, display: str | None, stream: BinaryIO | None = None) -> LiveScreen | None:
@@ -206,7 +214,8 @@ def attach(vm, display: str | None, stream: BinaryIO | None = None) -> LiveScree
         return None
     if display == "none" or not vm.board.devices.get("vga") or not os.isatty(fd):
         return None
-    live = LiveScreen(Screen.of(vm), stream, fd, always=display == "text")
+    live = LiveScreen(Screen.of(vm), stream, fd, always=display == "text",
+                      transcript=lambda: bytes(vm.board.uart.transcript))
     vm.bus.subscribe("port", live.refresh)
     vm.bus.subscribe("stop", lambda result: live.refresh(force=True))
     return live
