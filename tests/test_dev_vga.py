@@ -529,6 +529,33 @@ def test_screen_options_refuse_bad_input(draw_images, tmp_path):
     assert proc.returncode == 2 and b"'gtk' is not one of" in proc.stderr
 
 
+def run_on_a_terminal(*args: str) -> bytes:
+    """What ``vmm run ARGS`` writes to a 100x40 terminal (a pty on its standard output)."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "vmm.cli", "run", *args], stdin=subprocess.DEVNULL,
+                            stdout=terminal, stderr=subprocess.PIPE, env=vmm_environment())
+    os.close(terminal)
+    shown = b""
+    while True:
+        ready, _, _ = select.select([controller], [], [], 60)
+        try:
+            chunk = os.read(controller, 65536) if ready else b""
+        except OSError:   # the pty's other end closed
+            chunk = b""
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    assert proc.wait(timeout=60) == 1, proc.stderr.read()
+    return shown
+
+
+def test_a_serial_guest_on_a_terminal_shows_no_screen():
+    shown = run_on_a_terminal("hello")
+    assert shown.startswith(b"Hello from the vmm 'hello' guest!\r\n") and b"\x1b[" not in shown
+
+
 @pytest.mark.parametrize("display", [(), ("--display", "text")], ids=["default", "text"])
 def test_live_display_on_a_terminal(draw_images, tmp_path, display):
     """On a terminal (a pty here) the default shows the screen once the guest draws (here when
@@ -537,23 +564,7 @@ def test_live_display_on_a_terminal(draw_images, tmp_path, display):
     view started written again there), and the region is given back at the end."""
     image = tmp_path / "draw.elf"
     image.write_bytes(draw_images["exit"])
-    controller, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "vmm.cli", "run", str(image), *display], stdin=subprocess.DEVNULL,
-                            stdout=terminal, stderr=subprocess.PIPE, env=vmm_environment())
-    os.close(terminal)
-    shown = b""
-    while True:
-        ready, _, _ = select.select([controller], [], [], 60)
-        try:
-            chunk = os.read(controller, 65536) if ready else b""
-        except OSError:
-            chunk = b""
-        if not chunk:
-            break
-        shown += chunk
-    os.close(controller)
-    assert proc.wait(timeout=60) == 1, proc.stderr.read()
+    shown = run_on_a_terminal(str(image), *display)
     assert b"\x1b[28;40r" in shown and shown.endswith(b"\x1b7\x1b[r\x1b8")
     assert b"Hello from the VGA text console" in shown and "☺♥⌂█░╔═╗αß".encode() in shown
     terminal = Terminal(40, 100)
