@@ -303,7 +303,8 @@ def test_reset_control_register_resets(mode, tmp_path):
 
 
 def test_devices_are_switched_by_name():
-    assert board_devices() == {"hpet": True, "pc-testdev": True, "pci-testdev": False, "debugcon": False}
+    assert board_devices() == {"hpet": True, "pc-testdev": True, "pci-testdev": False, "debugcon": False,
+                               "vga": True}
     board = Board(ram_size=RAM, devices={"hpet": False, "pci-testdev": True})
     names = {name for _, _, name in board.mmio_bus.regions()}
     assert "hpet" not in names and "pci-testdev-mmio" in names

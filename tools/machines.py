@@ -217,3 +217,73 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     def cells(line: list[str]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |"
     return "\n".join([cells(header), "|" + "---|" * len(header), *(cells(r) for r in rows)])
+
+
+#: QEMU's text page: 80x25 cells of character and attribute at 0xb8000.
+VGA_TEXT_BASE, VGA_TEXT_BYTES = 0xB8000, 4000
+
+
+@dataclass(frozen=True)
+class QemuScreen:
+    """What QEMU showed: the serial output up to the guest's marker and the text page's bytes."""
+
+    serial: bytes
+    cells: bytes
+
+
+def qemu_screen(kernel: str, marker: bytes, *, workdir: str | Path, timeout: float = 60,
+                arch: str = "i386") -> QemuScreen:
+    """Boot ``kernel`` on the reference board with a VGA (``-vga std``, which ``-nodefaults``
+    leaves out), wait for ``marker`` on its serial port (the guest prints it once it has
+    finished drawing, then halts), save the text page with QMP's ``pmemsave`` (the
+    monitor's ``pmemsave 0xb8000 4000 FILE``) and quit QEMU. Raises TimeoutError when the
+    marker does not come and RuntimeError when QEMU ends first."""
+    import json
+    import select
+    import socket
+    import tempfile
+
+    workdir = Path(workdir)
+    dump = workdir / "screen.bin"
+    # A socket's path must be short (108 bytes): its own folder under the system's temp.
+    sockets = tempfile.TemporaryDirectory(prefix="vmm-qmp-")
+    qmp_path = Path(sockets.name) / "qmp"
+    command = [*qemu_command(kernel, arch), "-vga", "std", "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    serial = b""
+    deadline = time.monotonic() + timeout
+    try:
+        assert proc.stdout is not None
+        while marker not in serial:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {marker!r} on QEMU's serial port within {timeout:g} s: {serial!r}")
+            ready, _, _ = select.select([proc.stdout], [], [], left)
+            chunk = os.read(proc.stdout.fileno(), 4096) if ready else b""
+            if ready and not chunk:
+                raise RuntimeError(f"QEMU ended before {marker!r}: {serial!r} {proc.stderr.read()!r}")  # type: ignore[union-attr]
+            serial += chunk
+        with socket.socket(socket.AF_UNIX) as qmp:
+            qmp.settimeout(max(1.0, deadline - time.monotonic()))
+            qmp.connect(str(qmp_path))
+            replies = qmp.makefile("rb")
+            replies.readline()                                   # the greeting
+            for request in ({"execute": "qmp_capabilities"},
+                            {"execute": "pmemsave", "arguments": {"val": VGA_TEXT_BASE, "size": VGA_TEXT_BYTES,
+                                                                  "filename": str(dump)}}):
+                qmp.sendall(json.dumps(request).encode() + b"\n")
+                while True:                                      # skip asynchronous events
+                    reply = json.loads(replies.readline())
+                    if "return" in reply or "error" in reply:
+                        break
+                if "error" in reply:
+                    raise RuntimeError(f"QMP {request['execute']}: {reply['error']}")
+            qmp.sendall(b'{"execute": "quit"}\n')
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        return QemuScreen(serial, dump.read_bytes())
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        sockets.cleanup()

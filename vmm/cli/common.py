@@ -2,8 +2,10 @@
 and the exit-statistics report."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import NoReturn
 
 import click
@@ -219,7 +221,7 @@ def image_options(*, qemu_aliases: bool = False):
         click.option(*names("--device", "-device"), "devices", multiple=True, metavar="NAME[=on|off]",
                      callback=parse_devices,
                      help="Add or leave out a board device (repeatable): pci-testdev (off by default, as "
-                     "under qemu -nodefaults; kvm-unit-tests wants it), hpet and pc-testdev (on). "
+                     "under qemu -nodefaults; kvm-unit-tests wants it), hpet, pc-testdev and vga (on). "
                      "E.g. --device pci-testdev --device hpet=off."),
         click.option("--vmcs", "vmcs_writes", multiple=True, metavar="FIELD=VALUE",
                      help="vtx: VMWRITE a field before launch, e.g. --vmcs EXCEPTION_BITMAP=0 "
@@ -299,3 +301,53 @@ def exit_status(result, convention: str) -> int:
 def exit_status_option(command):
     return click.option("--exit-status", "exit_convention", type=click.Choice(["qemu", "guest"]), default="qemu",
                         show_default=True, help=EXIT_STATUS_HELP)(command)
+
+
+DISPLAY_HELP = (
+    "The guest's VGA text screen (80x25 at 0xB8000) in the terminal while it runs: text draws it at the top "
+    "of the terminal from the start, the serial console scrolling below it (without a terminal, the last "
+    "screen is printed when the run ends); none never shows it. Default: shown once the guest writes to the "
+    "screen, when standard output is a terminal.")
+SCREENDUMP_HELP = (
+    "When the run ends, for whatever reason (exit, halt, budget, fault, Ctrl-C), write the VGA text "
+    "screen to FILE: 25 lines of text (UTF-8, code page 437 characters, trailing blanks removed), or a "
+    "PNG if FILE ends in .png. E.g. --screendump screen.txt.")
+
+
+def display_options(command):
+    """``--display text|none`` (QEMU's ``-display`` too) and ``--screendump FILE``."""
+    command = click.option("--screendump", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                           help=SCREENDUMP_HELP)(command)
+    return click.option("--display", "-display", "display", type=click.Choice(["text", "none"]), default=None,
+                        help=DISPLAY_HELP)(command)
+
+
+def check_display(display: str | None, screendump: str | None, devices: dict[str, bool]) -> None:
+    """Before the guest runs: a screen needs the VGA, and the dump file must be writable."""
+    if devices.get("vga", True) is False and (display == "text" or screendump):
+        fail(f"{'--screendump' if screendump else '--display text'} needs the VGA; not with --device vga=off")
+    check_writable_file(screendump, "--screendump")
+
+
+@contextlib.contextmanager
+def screen_output(vm, display: str | None, screendump: str | None, stream) -> Iterator[None]:
+    """The screen while the ``with`` block runs the VM (vmm.screen.attach), and after it,
+    however it ended: the live view's last frame, ``--display text``'s screen printed once
+    where there was no live view, and the ``--screendump`` file."""
+    from ..screen import Screen, attach
+
+    live = attach(vm, display, stream) if vm.board.devices.get("vga") else None
+    try:
+        yield
+    finally:
+        if live is not None:
+            live.close()
+        screen = Screen.of(vm) if vm.board.devices.get("vga") else None
+        if screen is not None and display == "text" and (live is None or not live.active):
+            stream.write(screen.text().encode("utf-8"))
+            stream.flush()
+        if screen is not None and screendump:
+            try:
+                screen.dump(screendump)
+            except OSError as err:
+                click.echo(f"vmm: error: cannot write {screendump}: {err.strerror or err}", err=True)

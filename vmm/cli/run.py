@@ -12,14 +12,17 @@ from ..modes import MODES
 from .common import (
     apply_tuning,
     budget_options,
+    check_display,
     check_writable_file,
     console_writer,
+    display_options,
     exit_status,
     exit_status_option,
     fail,
     image_options,
     load_target,
     report_stats,
+    screen_output,
 )
 
 #: ``-s``: QEMU's shorthand for ``-gdb tcp::1234``.
@@ -56,10 +59,11 @@ QEMU_GDB_ADDRESS = ":1234"
               "other modes show the events they dispatched (port I/O, exceptions...).")
 @click.option("--stat-json", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write the same statistics as JSON.")
+@display_options
 @exit_status_option
 def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mib, kind, load_address,
         serial_input, keyboard_input, controls, devices, vmcs_writes, gdb_address, gdb_default, wait,
-        page_walk_cache, stat, stat_json, exit_convention):
+        page_walk_cache, stat, stat_json, display, screendump, exit_convention):
     """Boot IMAGE_OR_GUEST and print its serial output.
 
     IMAGE_OR_GUEST is a Multiboot ELF, a 512-byte boot sector, a flat binary (with
@@ -86,6 +90,7 @@ def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mi
     if page_walk_cache and mode != "vtx-ept":
         fail("--page-walk-cache belongs to --mode vtx-ept")
     check_writable_file(stat_json, "--stat-json")
+    check_display(display, screendump, devices)
     from ..vm import VM
 
     loaded = load_target(image, ram_mib=ram_mib, kind=kind, cmdline=cmdline, modules=modules,
@@ -101,7 +106,8 @@ def run(image, kernel, mode, max_instructions, timeout, cmdline, modules, ram_mi
         except (NotImplementedError, ValueError) as err:
             fail(str(err))
         apply_tuning(vm, mode, controls, vmcs_writes)
-        result = _run(vm, loaded, gdb_address, wait)
+        with screen_output(vm, display, screendump, sys.stdout.buffer):
+            result = _run(vm, loaded, gdb_address, wait)
     if result.kind.name != "EXIT":
         click.echo(f"vmm: {result.kind.value}: {result.message}", err=True)
     if stat or stat_json:

@@ -10,6 +10,9 @@
           0x600-0x60b            ACPI PM1 event/control, PM timer (PIIX4 PM; SCI on IRQ 9)
           0xafe0-0xafe3          ACPI GPE0 status/enable
           0x3f8-0x3ff            COM1 16550A, IRQ 4
+          0x3b4-0x3b5, 0x3ba, 0x3c0-0x3cf, 0x3d4-0x3d5, 0x3da
+                                 VGA registers (CRTC, sequencer, graphics, attribute, DAC;
+                                 vmm.devices.vga); its text buffer is RAM at 0xb8000
           0x510-0x511            fw_cfg
           0xcf8-0xcff            PCI configuration (i440FX, PIIX3, PIIX4 PM; vmm.devices.pci),
                                  0xcf9 the PIIX3 reset control register
@@ -23,7 +26,7 @@
           0xff000000-0xff00ffff  pc-testdev's iomem
 
 Devices that can be left out or added (``devices``, the CLI's ``--device NAME=on|off``):
-``hpet`` and ``pc-testdev`` (on, as on QEMU's pc), ``pci-testdev`` (off, as under
+``hpet``, ``pc-testdev`` and ``vga`` (on, as on QEMU's pc), ``pci-testdev`` (off, as under
 ``-nodefaults``; kvm-unit-tests adds it), ``debugcon`` (off, as QEMU without
 ``-debugcon``; with it, port 0xe9 is the debug console's, not pc-testdev's byte window's).
 
@@ -91,6 +94,7 @@ from .testdev import (
     TestdevState,
 )
 from .uart import COM1_BASE, ByteSource, Uart16550, UartState
+from .vga import VGA_PORT_RANGES, Vga, VgaState
 
 PAGE_SIZE = 4096
 DEFAULT_RAM_SIZE = 128 * 1024 * 1024
@@ -101,7 +105,7 @@ PIT_IRQ = 0
 KEYBOARD_IRQ = 1
 COM1_IRQ = 4
 RTC_IRQ = 8
-OPTIONAL_DEVICES = {"hpet": True, "pc-testdev": True, "pci-testdev": False, "debugcon": False}
+OPTIONAL_DEVICES = {"hpet": True, "pc-testdev": True, "pci-testdev": False, "debugcon": False, "vga": True}
 """The devices a board may be built with or without, and whether it has them by default."""
 PCI_TESTDEV_SLOT = (2, 0)
 PCI_CLASS_OTHERS = 0x00FF00
@@ -179,6 +183,7 @@ class BoardState:
     reset_requested: bool
     port_counters: tuple
     mmio_counters: tuple
+    vga: VgaState
 
 
 class Board:
@@ -225,6 +230,7 @@ class Board:
                            on_reset=lambda: self._on_reset("the keyboard controller's reset line"))
         self.acpi = AcpiPm(clock=lambda: self.now, sci=lambda level: self.gsi.set_level(SCI_IRQ, level),
                            on_sleep=self._on_sleep)
+        self.vga = Vga()
 
         self.port_bus = PortBus()
         self.port_bus.register(MASTER_COMMAND, MASTER_DATA, self.pic, "pic-master")
@@ -250,6 +256,9 @@ class Board:
             self.mmio_bus.register(IOMEM_BASE, IOMEM_SIZE, self.testdev, "pc-testdev-iomem")
         if self.devices["debugcon"]:
             self.port_bus.register(DEBUGCON_PORT, DEBUGCON_PORT, self.debugcon, "debugcon")
+        if self.devices["vga"]:
+            for first, last in VGA_PORT_RANGES:
+                self.port_bus.register(first, last, self.vga, "vga")
         if self.devices["hpet"]:
             self.mmio_bus.register(HPET_BASE, HPET_SIZE, self.hpet, "hpet")
         self.pci_testdev = PciTestdev()
@@ -298,7 +307,7 @@ class Board:
                           self.port92.save_state(), self.pci.save_state(),
                           self.pci_testdev.save_state(),
                           tuple(sorted(self.devices.items())), self.reset_requested,
-                          self.port_bus.save_counters(), self.mmio_bus.save_counters())
+                          self.port_bus.save_counters(), self.mmio_bus.save_counters(), self.vga.save_state())
 
     def load_state(self, state: BoardState) -> None:
         if state.ram_size != self.ram_size:
@@ -326,6 +335,7 @@ class Board:
         self.port92.load_state(state.port92)
         self.pci.load_state(state.pci)
         self.pci_testdev.load_state(state.pci_testdev)
+        self.vga.load_state(state.vga)
         self.reset_requested = state.reset_requested
         self.port_bus.load_counters(state.port_counters)
         self.mmio_bus.load_counters(state.mmio_counters)

@@ -181,6 +181,10 @@ class Hypervisor:
         """The loader's writes into guest-physical memory."""
         self.mmu.write_guest(gpa, data)
 
+    def read_guest(self, gpa: int, size: int) -> bytes:
+        """Guest-physical RAM as the VMM's devices read it (the VGA text buffer), no access of the guest's."""
+        return self.mmu.read_guest(gpa, size)
+
     def memory_counters(self) -> dict[str, int]:
         """Counts of the mode's memory-virtualization events, for statistics."""
         return self.mmu.memory_counters()

@@ -239,6 +239,9 @@ class GuestPaging:
     def write_guest(self, gpa: int, data: bytes) -> None:
         self.vm.engine.write_phys(gpa, data)
 
+    def read_guest(self, gpa: int, size: int) -> bytes:
+        return self.vm.engine.read_phys(gpa, size)
+
     def walk(self, linear: int, write: bool, user: bool, set_ad: bool = True) -> Translation | None:
         """The guest's own translation, or None with paging off; raises PageFault."""
         cr0 = self.guest_cr0()
@@ -316,6 +319,7 @@ class ShadowMmu:
         self.tlb_fills = 0
         self.map_guest_ram = guest.map_guest_ram
         self.write_guest = guest.write_guest
+        self.read_guest = guest.read_guest
         self.walk = guest.walk
         self.translate = guest.translate
 

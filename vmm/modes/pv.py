@@ -119,6 +119,9 @@ class DirectPaging:
     def write_guest(self, gpa: int, data: bytes) -> None:
         self.engine.write_phys(MACHINE_BASE + gpa, data)
 
+    def read_guest(self, gpa: int, size: int) -> bytes:
+        return self.engine.read_phys(MACHINE_BASE + gpa, size)
+
     def _vmm_page(self, linear: int) -> tuple[int, int] | None:
         """(host page, permissions) of a page in the VMM's linear area the guest may see."""
         page = linear & PAGE_MASK

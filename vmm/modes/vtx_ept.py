@@ -122,6 +122,15 @@ class EptMmu:
             self.back(page)
         self.vm.engine.write_phys(gpa, data)
 
+    def read_guest(self, gpa: int, size: int) -> bytes:
+        """Guest RAM never touched has no host frames yet: it reads as the zeroes it holds."""
+        out = bytearray()
+        while len(out) < size:
+            at = gpa + len(out)
+            chunk = min(size - len(out), BACKING_CHUNK - (at & (BACKING_CHUNK - 1)))
+            out += self.vm.engine.read_phys(at, chunk) if self.is_backed(at) else bytes(chunk)
+        return bytes(out)
+
     def eptp_in_use(self, stop: bool = True) -> int:
         """The EPT pointer the processor walks with. It took the VMCS field at VM entry;
         a VMWRITE of an invalid value mid-run (which the next VM entry would refuse) stops
