@@ -31,8 +31,9 @@ MARKER = b"c-kernel: done\n"
 RAM = 128 << 20
 
 
-def build_c_kernel(out_dir) -> bytes:
-    """guests/c built into ``out_dir``: boot.S and kernel.c with gcc, linked by ld with linker.ld."""
+def build_c_kernel(out_dir, defines: tuple[str, ...] = ()) -> bytes:
+    """guests/c built into ``out_dir``: boot.S and kernel.c with gcc (``-D`` each of
+    ``defines``), linked by ld with linker.ld."""
     for tool in ("gcc", "ld"):
         if shutil.which(tool) is None:
             if os.environ.get("CI"):
@@ -41,7 +42,7 @@ def build_c_kernel(out_dir) -> bytes:
     objects = []
     for source in ("boot.S", "kernel.c"):
         obj = out_dir / f"{source}.o"
-        subprocess.run(["gcc", *CFLAGS, "-c", str(SOURCES / source), "-o", str(obj)], check=True,
+        subprocess.run(["gcc", *CFLAGS, *(f"-D{d}" for d in defines), "-c", str(SOURCES / source), "-o", str(obj)], check=True,
                        capture_output=True, timeout=120)
         objects.append(str(obj))
     elf = out_dir / "kernel.elf"
@@ -110,3 +111,35 @@ def test_the_readme_shows_what_the_kernel_prints(kernel, tmp_path):
     proc = run_cli("run", str(kernel), "--screendump", str(dump))
     assert proc.stdout == MARKER
     assert dump.read_text(encoding="utf-8").splitlines()[:13] == block.splitlines()
+
+
+# -- the same kernel with its timer through the I/O APIC (-DTIMER_IOAPIC) ---------------------------
+
+@pytest.fixture(scope="module")
+def ioapic_kernel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("c-kernel-ioapic")
+    try:
+        build_c_kernel(out, ("TIMER_IOAPIC",))
+    except subprocess.CalledProcessError as err:
+        pytest.fail(f"{' '.join(err.cmd)}:\n{err.stderr.decode()}")
+    return out / "kernel.elf"
+
+
+@pytest.fixture(scope="module")
+def ioapic_qemu(ioapic_kernel, tmp_path_factory):
+    if qemu_binary("i386") is None:
+        pytest.skip("qemu-system-i386 is not on PATH")
+    return qemu_screen(str(ioapic_kernel), MARKER, workdir=tmp_path_factory.mktemp("qemu-ioapic"))
+
+
+@pytest.mark.parametrize("mode", DEVICE_GUEST_MODES)
+def test_the_timer_through_the_io_apic_is_qemus_screen(ioapic_kernel, ioapic_qemu, mode, tmp_path):
+    """The 8259s masked, the PIT's IRQ0 on I/O APIC pin 2 to the local APIC: ten ticks all
+    the same, and the same screen as QEMU's."""
+    text = page_text(ioapic_qemu.cells)
+    assert "       ticks: 10 (the timer keeps running)" in text.splitlines()
+    assert "I/O APIC pin 2 -> vector 0x20" in text
+    dump = tmp_path / "screen.txt"
+    proc = run_cli("run", str(ioapic_kernel), "--mode", mode, "--screendump", str(dump))
+    assert proc.stdout == ioapic_qemu.serial, proc.stderr
+    assert dump.read_text(encoding="utf-8") == text

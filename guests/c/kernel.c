@@ -297,6 +297,9 @@ static volatile uint32_t breakpoints;
 static uint32_t page_directory[1024] __attribute__((aligned(4096)));
 static uint32_t low_tables[2][1024] __attribute__((aligned(4096)));
 static uint32_t fault_table[1024] __attribute__((aligned(4096)));
+#ifdef TIMER_IOAPIC
+static uint32_t apic_table[1024] __attribute__((aligned(4096)));
+#endif
 static uint32_t fault_address, fault_error;
 
 static void halt_forever(void)
@@ -318,12 +321,14 @@ static void page_fault(struct frame *f)
     page_directory[cr2 >> 22] = (uint32_t)fault_table | 0x3;
 }
 
+static void timer_eoi(void);
+
 void isr_handler(struct frame *f)
 {
     switch (f->vector) {
     case 0x20:
         ticks++;
-        outb(0x20, 0x20);                   /* EOI to the master PIC */
+        timer_eoi();
         return;
     case 3:
         breakpoints++;
@@ -339,7 +344,38 @@ void isr_handler(struct frame *f)
     }
 }
 
-/* ---- the 8259 PICs and the PIT ---------------------------------------------------------- */
+/* ---- the 8259 PICs (or the I/O APIC) and the PIT ----------------------------------------- */
+/* Built with -DTIMER_IOAPIC, the kernel masks the 8259s and takes IRQ0 through the I/O APIC
+ * (pin 2, where the PIT's IRQ0 arrives on a PC) and the local APIC, as an SMP kernel does. */
+#define LAPIC_BASE 0xfee00000u
+#define IOAPIC_BASE 0xfec00000u
+#define LAPIC_SVR 0x0f0
+#define LAPIC_EOI 0x0b0
+
+static inline void mmio_write(uint32_t address, uint32_t value)
+{
+    *(volatile uint32_t *)address = value;
+}
+
+static void timer_eoi(void)
+{
+#ifdef TIMER_IOAPIC
+    mmio_write(LAPIC_BASE + LAPIC_EOI, 0);
+#else
+    outb(0x20, 0x20);                       /* EOI to the master PIC */
+#endif
+}
+
+#ifdef TIMER_IOAPIC
+static void ioapic_route(uint32_t pin, uint32_t vector)
+{
+    mmio_write(IOAPIC_BASE, 0x10 + 2 * pin);          /* IOREGSEL: the entry's low half */
+    mmio_write(IOAPIC_BASE + 0x10, vector);           /* fixed, edge, active high, unmasked */
+    mmio_write(IOAPIC_BASE, 0x11 + 2 * pin);
+    mmio_write(IOAPIC_BASE + 0x10, 0);                /* destination: APIC ID 0 */
+}
+#endif
+
 static void pic_remap(void)
 {
     outb(0x20, 0x11);                       /* ICW1: edge, cascade, ICW4 */
@@ -350,8 +386,15 @@ static void pic_remap(void)
     outb(0xa1, 0x02);
     outb(0x21, 0x01);                       /* ICW4: 8086 mode */
     outb(0xa1, 0x01);
+#ifdef TIMER_IOAPIC
+    outb(0x21, 0xff);                       /* nothing through the 8259s */
+    outb(0xa1, 0xff);
+    mmio_write(LAPIC_BASE + LAPIC_SVR, 0x1ff);        /* the local APIC on, spurious 0xff */
+    ioapic_route(2, 0x20);
+#else
     outb(0x21, 0xfe);                       /* only IRQ0 */
     outb(0xa1, 0xff);
+#endif
 }
 
 #define PIT_HZ 1193182
@@ -376,6 +419,11 @@ static void paging_init(void)
         page_directory[t] = (uint32_t)low_tables[t] | 0x3;
     }
     page_directory[HIGHER_HALF >> 22] = (uint32_t)low_tables[0] | 0x3;   /* 0xc0000000 -> 0 */
+#ifdef TIMER_IOAPIC
+    for (uint32_t i = 0; i < 1024; i++)     /* the APICs' pages, uncached, for the timer's EOI */
+        apic_table[i] = (IOAPIC_BASE + i * 4096) | 0x13;
+    page_directory[IOAPIC_BASE >> 22] = (uint32_t)apic_table | 0x3;
+#endif
     __asm__ volatile("mov %0, %%cr3" : : "r"(page_directory));
     uint32_t cr0;
     __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
@@ -475,7 +523,11 @@ void kmain(uint32_t magic, uint32_t info)
 
     heading("interrupts");
     pic_remap();
+#ifdef TIMER_IOAPIC
+    ok("PIC masked; I/O APIC pin 2 -> vector 0x20, local APIC on");
+#else
     ok("PIC remapped to 0x20/0x28, IRQ0 unmasked");
+#endif
     pit_init();
     ok("PIT channel 0: mode 3, 100 Hz");
     __asm__ volatile("sti");
