@@ -324,3 +324,201 @@ def test_the_tables_a_kernel_finds_are_qemus(image, qemu_output, mode):
     result, out = run_kernel(image, mode, RAM)
     assert result.kind is StopKind.EXIT and result.exit_status == 1, result.message
     assert comparable(out) == comparable(qemu_output)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("ram_mib", [16, 3072])
+def test_other_memory_sizes_match_qemu(image, tmp_path, ram_mib):
+    """SMBIOS's memory structures and the high tables follow the RAM size."""
+    out, status = run_kernel_in_qemu(image, tmp_path, lambda k: qemu_command(k) + ["-m", str(ram_mib)])
+    result, ours = run_kernel(image, "native", ram_mib << 20)
+    assert status == 1 and result.kind is StopKind.EXIT, result.message
+    assert comparable(ours) == comparable(out)
+
+
+def test_without_the_hpet_the_rsdt_lists_no_hpet_table():
+    board = Board(ram_size=RAM, devices={"hpet": False})
+    names = [s.name for s in structures(board)]
+    assert "ACPI HPET" not in names and "ACPI WAET" in names
+    rsdt = next(s for s in structures(board) if s.name == "ACPI RSDT")
+    assert (len(rsdt.data) - acpi.HEADER_SIZE) // 4 == 3 and sum(rsdt.data) % 256 == 0
+
+
+@pytest.mark.parametrize("ram_mib", [1, 16, 128, 3072])
+def test_the_structures_fit_their_areas_and_never_overlap(ram_mib):
+    placed = sorted(structures(Board(ram_size=ram_mib << 20)), key=lambda s: s.address)
+    for a, b in zip(placed, placed[1:], strict=False):
+        assert a.end <= b.address, (a.name, b.name)
+    top = ram_mib << 20
+    for s in placed:
+        assert s.end <= 0xA0000 or FSEG_START <= s.address < s.end <= FSEG_END \
+            or top - (128 << 10) <= s.address < s.end <= top, s.name
+
+
+def test_a_full_heap_is_refused_not_overrun():
+    heap = Heap(0xF0000, 0xF0010)
+    heap.reserve(16)
+    with pytest.raises(ValueError):
+        heap.reserve(1)
+
+
+# -- real mode: the IVT and the stub ----------------------------------------------------
+REAL_MODE_MODES = ("native", "vtx-ept")
+SECTOR_RAM = 16 << 20
+
+
+def sector(src: str) -> bytes:
+    code = assemble("xor ax, ax\nmov ds, ax\nmov ss, ax\nmov sp, 0x7000\n" + src, 0x7C00, bits=16)
+    return code + bytes(510 - len(code)) + b"\x55\xaa"
+
+
+def boot(src: str, mode: str, **vm_args):
+    vm = VM(load_image(sector(src), ram_size=SECTOR_RAM), mode=mode, ram_size=SECTOR_RAM,
+            serial_output=lambda _b: None, timeout=10, **vm_args)
+    return vm, vm.run()
+
+
+@pytest.mark.parametrize("mode", REAL_MODE_MODES)
+def test_a_missing_bios_service_returns_with_one_notice_per_vector_and_ah(mode, capsys):
+    src = "mov ah, 0x0e\nint 0x10\nint 0x10\nmov ah, 0x02\nint 0x13\nmov ah, 0x0e\nint 0x10\n" \
+          "mov al, 0x21\nout 0xf4, al\nhlt"
+    code = sector(src)
+    at10, at13 = 0x7C00 + code.index(b"\xcd\x10"), 0x7C00 + code.index(b"\xcd\x13")
+    vm, result = boot(src, mode)
+    assert (result.kind, result.exit_status) == (StopKind.EXIT, 0x21 << 1 | 1), result.message
+    assert vm.firmware.services.lines == [
+        f"vmm: INT 10h AH=0Eh from 0000:{at10:04X}: no BIOS service here; returned with nothing done",
+        f"vmm: INT 13h AH=02h from 0000:{at13:04X}: no BIOS service here; returned with nothing done"]
+    assert capsys.readouterr().err.splitlines() == vm.firmware.services.lines
+
+
+INT_11_12 = """
+    int 0x12
+    mov bx, ax
+    int 0x11
+    cmp ax, word ptr [0x410]
+    jne wrong
+    cmp bx, word ptr [0x413]
+    jne wrong
+    mov al, bl
+    out 0xf4, al
+wrong:
+    mov al, 0x55
+    out 0xf4, al
+"""
+
+
+@pytest.mark.parametrize("mode", REAL_MODE_MODES)
+def test_int_11h_and_12h_answer_from_the_bda(mode):
+    _vm, result = boot(INT_11_12, mode)
+    assert (result.kind, result.exit_status) == (StopKind.EXIT, (639 & 0xFF) << 1 | 1), result.message
+
+
+@pytest.mark.qemu
+def test_int_12h_matches_seabios(tmp_path):
+    import subprocess
+
+    from tools.machines import DEBUG_EXIT_DEVICE, qemu_binary
+
+    if qemu_binary("i386") is None:
+        pytest.skip("qemu-system-i386 is not on PATH")
+    disk = tmp_path / "boot.bin"
+    disk.write_bytes(sector(INT_11_12))
+    proc = subprocess.run([qemu_binary("i386"), "-drive", f"file={disk},format=raw,if=ide", "-device",
+                           DEBUG_EXIT_DEVICE, "-display", "none", "-nodefaults", "-no-reboot"],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert proc.returncode == boot(INT_11_12, "native")[1].exit_status
+
+
+@pytest.mark.parametrize("mode", REAL_MODE_MODES)
+def test_the_timer_handler_counts_ticks_and_rolls_over_at_midnight(mode):
+    """INT 08h as SeaBIOS's handle_08: +1, at 0x1800b0 ticks back to 0 with the flag set."""
+    _vm, result = boot("""
+        mov word ptr [0x46c], 0x00af
+        mov word ptr [0x46e], 0x0018
+        int 0x08
+        mov al, byte ptr [0x470]
+        or al, byte ptr [0x46c]
+        or al, byte ptr [0x46e]
+        add al, 0x30
+        out 0xf4, al
+    """, mode)
+    assert (result.kind, result.exit_status) == (StopKind.EXIT, 0x31 << 1 | 1), result.message
+
+
+@pytest.mark.parametrize("mode", REAL_MODE_MODES)
+def test_an_exception_through_the_default_vector_returns(mode):
+    """INT 0 (the #DE vector) and an unhooked IRQ's vector, called as software, return."""
+    _vm, result = boot("int 0x00\nint 0x0d\nint 0x72\nint 0x55\nmov al, 0x12\nout 0xf4, al", mode)
+    assert (result.kind, result.exit_status) == (StopKind.EXIT, 0x12 << 1 | 1), result.message
+
+
+@pytest.mark.parametrize("mode", REAL_MODE_MODES)
+def test_a_guest_that_overwrites_a_stub_runs_its_own_code_unreported(mode):
+    vm, result = boot(f"""
+        mov ax, 0xf000
+        mov es, ax
+        mov word ptr es:[{ivt.SERVICES[0x10]:#x}], 0x42b0
+        mov word ptr es:[{ivt.SERVICES[0x10] + 2:#x}], 0xf4e6
+        int 0x10
+    """, mode)
+    assert (result.kind, result.exit_status) == (StopKind.EXIT, 0x42 << 1 | 1), result.message
+    assert vm.firmware.services.lines == []
+
+
+@pytest.mark.parametrize("mode", REAL_MODE_MODES)
+def test_a_guest_that_wipes_the_firmware_leaves_the_vmm_standing(mode):
+    """All ones over the whole F-segment (tables, stubs, reset vector), the EBDA and a BDA
+    word: the guest goes on and leaves as it asks; no notice is made up from its bytes."""
+    vm, result = boot("""
+        cld
+        mov al, 0xff
+        mov bx, 0xf000
+        mov es, bx
+        xor di, di
+        mov cx, 0x8000
+        rep stosw
+        mov bx, 0x9fc0
+        mov es, bx
+        mov cx, 0x200
+        rep stosw
+        mov word ptr [0x410], 0xffff
+        mov al, 0x13
+        out 0xf4, al
+    """, mode)
+    assert result.kind is StopKind.EXIT and result.exit_status == 0x13 << 1 | 1, result.message
+    assert vm.firmware.services.lines == []
+
+
+def test_an_image_over_a_firmware_table_wins_with_a_note():
+    """A flat image across the RSDP: its bytes are what the guest reads, and the loader's
+    notes say which firmware structure it replaced."""
+    load, rsdp = 0xF5000, next(s for s in structures(Board(ram_size=SECTOR_RAM)) if s.name == "ACPI RSDP")
+    code = assemble(f"mov al, byte ptr [{rsdp.address:#x}]\nout 0xf4, al", load)
+    blob = code + bytes(rsdp.address - load - len(code)) + b"\x77" * 32
+    image = load_image(blob, ram_size=SECTOR_RAM, kind="flat", load_address=load)
+    vm = VM(image, ram_size=SECTOR_RAM, serial_output=lambda _b: None, timeout=10)
+    assert any("ACPI RSDP" in note for note in image.notes) and vm.firmware.notes
+    result = vm.run()
+    assert (result.kind, result.exit_status) == (StopKind.EXIT, 0x77 << 1 | 1), result.message
+
+
+def test_a_pv_domain_has_no_bios():
+    from conftest import pv_vm
+
+    vm = pv_vm("mov eax, 0\nhlt")
+    assert vm.firmware is None
+
+
+def test_install_writes_every_structure_and_arms_the_services():
+    written: dict[int, bytes] = {}
+    hooks: list[int] = []
+
+    class Engine:
+        def add_breakpoint(self, address, _callback):
+            hooks.append(address)
+
+    image = load_image(sector("hlt"), ram_size=SECTOR_RAM)
+    fw = install(Board(ram_size=SECTOR_RAM), Engine(), written.__setitem__, image, notice=lambda _l: None)
+    assert isinstance(fw, Firmware) and set(written) == {s.address for s in fw.structures}
+    assert sorted(hooks) == sorted(ivt.linear(offset) for offset in ivt.SERVICES.values())

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 from .layout import BIOS_SEGMENT, Structure
 
@@ -82,7 +82,7 @@ counted:
 BDA_WORD = "push ds\nxor ax, ax\nmov ds, ax\nmov ax, word ptr [{:#x}]\npop ds\niret"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _assemble(source: str, address: int) -> bytes:
     from keystone import KS_ARCH_X86, KS_MODE_16, Ks
 
