@@ -515,7 +515,8 @@ def test_install_writes_every_structure_and_arms_the_services():
     hooks: list[int] = []
 
     class Engine:
-        def add_breakpoint(self, address, _callback):
+        def add_breakpoint(self, address, _callback, retranslate=True):
+            assert not retranslate
             hooks.append(address)
 
     image = load_image(sector("hlt"), ram_size=SECTOR_RAM)

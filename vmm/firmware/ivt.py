@@ -134,7 +134,8 @@ class ServiceWatch:
 
     def arm(self) -> None:
         for vector, offset in SERVICES.items():
-            self.engine.add_breakpoint(linear(offset), lambda _a, v=vector, o=offset: self.called(v, o))
+            self.engine.add_breakpoint(linear(offset), lambda _a, v=vector, o=offset: self.called(v, o),
+                                       retranslate=False)   # armed before the guest runs
 
     def called(self, vector: int, offset: int) -> None:
         eng = self.engine
