@@ -51,11 +51,12 @@ def structures(board) -> list[Structure]:
     """Everything the firmware leaves in memory for ``board``, in SeaBIOS's order."""
     low_top = ram_below_4g(board.ram_size)
     eax, _ebx, _ecx, edx = cpuid(1)
-    time_of_day = tuple(_bcd(board.cmos.ram[r]) for r in (RTC_HOURS, RTC_MINUTES, RTC_SECONDS))
+    ram = board.cmos.ram
+    time_of_day = (_bcd(ram[RTC_HOURS]), _bcd(ram[RTC_MINUTES]), _bcd(ram[RTC_SECONDS]))
     fseg = Heap(FSEG_TABLES, FSEG_END)
     high = Heap(low_top - HIGH_TABLES_SIZE, low_top)
     hpet = HPET_CAPABILITIES & 0xFFFFFFFF if board.devices["hpet"] else None
-    out = [bda.bda(time_of_day), bda.ebda(), *ivt.build()]   # type: ignore[arg-type]
+    out = [bda.bda(time_of_day), bda.ebda(), *ivt.build()]
     out += acpi.build(high, fseg, hpet)
     out += smbios.build(fseg, low_top, eax, edx)
     out += mptable.build(fseg, eax, edx, APIC_VERSION_VALUE & 0xFF, board.pci.functions)

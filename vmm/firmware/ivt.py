@@ -5,9 +5,9 @@ SeaBIOS's ``ivt_init`` (src/post.c) points every vector at ``entry_iret_official
 8259 an EOI and IRQ 8-15's (70h-77h) at one that sends both an EOI, the BIOS services at
 their entry points, and clears 60h-66h (for user programs) and 79h; the device set-up then
 installs the timer (08h), keyboard (09h), floppy (0Eh), RTC (70h), mouse (74h), FPU (75h)
-and disk (76h) interrupt handlers, and the diskette parameter table pointer (1Eh). The
-table here has the same value in every vector, read back from QEMU 7.2's memory, and
-each address holds code of the board's own:
+and disk (76h) interrupt handlers, and the diskette parameter table pointer (1Eh). Every
+vector here holds what it holds under QEMU 7.2 (read back from its memory), and behind
+each address is code of the board's own:
 
 * the IRET, and the hardware-interrupt handlers SeaBIOS uses by default: an EOI to the
   master PIC (and for 70h-77h to the slave first), then IRET. So an exception or an
@@ -32,6 +32,7 @@ import struct
 from collections.abc import Callable
 from functools import cache
 
+from ..cpu.engine import GuestMemoryError
 from .layout import BIOS_SEGMENT, Structure
 
 IVT_BASE, VECTORS = 0, 256
@@ -56,7 +57,8 @@ DISKETTE_TABLE = bytes([0xAF, 0x02, 0x25, 0x02, 0x12, 0x1B, 0xFF, 0x6C, 0xF6, 0x
 
 EOI_MASTER = "push ax\nmov al, 0x20\nout 0x20, al\npop ax\niret"
 EOI_SLAVE = "push ax\nmov al, 0x20\nout 0xa0, al\nout 0x20, al\npop ax\niret"
-# SeaBIOS's handle_08: count, roll over at TICKS_PER_DAY (0x1800b0) setting the flag, INT 1Ch, EOI.
+# SeaBIOS's handle_08: count, from TICKS_PER_DAY (0x1800b0) on roll over to 0 and count the
+# roll-over in 0x470, INT 1Ch, EOI.
 TIMER_HANDLER = """
     push ds
     push ax
@@ -66,8 +68,10 @@ TIMER_HANDLER = """
     adc word ptr [0x46e], 0
     cmp word ptr [0x46e], 0x18
     jb counted
+    ja midnight
     cmp word ptr [0x46c], 0xb0
     jb counted
+midnight:
     mov word ptr [0x46c], 0
     mov word ptr [0x46e], 0
     inc byte ptr [0x470]
@@ -145,12 +149,20 @@ class ServiceWatch:
         if (vector, ah) in self.reported:
             return
         self.reported.add((vector, ah))
-        ss, sp = eng.reg("ss"), eng.reg("esp") & 0xFFFF
-        ip, cs = struct.unpack("<HH", eng.read_phys(((ss << 4) + sp) & 0xFFFFF, 4))
-        at = ((cs << 4) + ip - 2) & 0xFFFFF
-        if eng.read_phys(at, 2) == bytes([INT_IMM8, vector]):
-            ip = (ip - 2) & 0xFFFF
-        line = (f"vmm: INT {vector:02X}h AH={ah:02X}h from {cs:04X}:{ip:04X}: no BIOS service here; "
+        line = (f"vmm: INT {vector:02X}h AH={ah:02X}h from {self.caller(vector)}: no BIOS service here; "
                 f"returned with nothing done")
         self.lines.append(line)
         self.notice(line)
+
+    def caller(self, vector: int) -> str:
+        """CS:IP of the INT that called, from the IRET frame on the stack (the return
+        address, if no INT imm8 for this vector ends there; "?" if the stack is not RAM)."""
+        eng = self.engine
+        ss, sp = eng.reg("ss"), eng.reg("esp") & 0xFFFF
+        try:
+            ip, cs = struct.unpack("<HH", eng.read_phys((ss << 4) + sp, 4))
+            if eng.read_phys((cs << 4) + ((ip - 2) & 0xFFFF), 2) == bytes([INT_IMM8, vector]):
+                ip = (ip - 2) & 0xFFFF
+        except GuestMemoryError:
+            return "?"
+        return f"{cs:04X}:{ip:04X}"
