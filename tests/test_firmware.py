@@ -520,9 +520,13 @@ def test_an_image_over_a_firmware_table_wins_with_a_note():
     blob = code + bytes(rsdp.address - load - len(code)) + b"\x77" * 32
     image = load_image(blob, ram_size=SECTOR_RAM, kind="flat", load_address=load)
     vm = VM(image, ram_size=SECTOR_RAM, serial_output=lambda _b: None, timeout=10)
-    assert any("ACPI RSDP" in note for note in image.notes) and vm.firmware.notes
+    assert [note for note in image.notes if "ACPI RSDP" in note] == [
+        f"the image overwrites the firmware's ACPI RSDP at {rsdp.address:#x}-{rsdp.end - 1:#x}"]
+    assert vm.firmware.notes == [note for note in image.notes if "firmware" in note]
     result = vm.run()
     assert (result.kind, result.exit_status) == (StopKind.EXIT, 0x77 << 1 | 1), result.message
+    VM(image, ram_size=SECTOR_RAM, serial_output=lambda _b: None)      # the same image, a second VM
+    assert len([note for note in image.notes if "ACPI RSDP" in note]) == 1
 
 
 def test_a_pv_domain_has_no_bios():

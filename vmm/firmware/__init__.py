@@ -74,9 +74,6 @@ class Firmware:
     services: ivt.ServiceWatch
     notes: list[str] = field(default_factory=list)
 
-    def find(self, name: str) -> Structure:
-        return next(s for s in self.structures if s.name == name)
-
 
 def overlaps(placed: list[Structure], chunks) -> list[str]:
     """One note per firmware structure an image chunk writes over."""
@@ -97,7 +94,7 @@ def install(board, engine, write: Callable[[int, bytes], None], image,
     for s in placed:
         write(s.address, s.data)
     notes = overlaps(placed, image.chunks)
-    image.notes.extend(notes)
+    image.notes.extend(n for n in notes if n not in image.notes)   # one image may boot many VMs
     watch = ivt.ServiceWatch(engine, notice)
     watch.arm()
     return Firmware(placed, watch, notes)
