@@ -26,6 +26,7 @@ from .cpu.engine import Engine, EngineError, Fault, Fill, GuestMemoryError, Stop
 from .cpu.faultaddr import precise_fault_address
 from .cpu.realmode import NoFirmware
 from .devices.board import Board
+from .firmware import install as install_firmware
 from .loader.entry import load_protected_mode_state
 from .loader.image import LoadedImage
 from .mmu.paging import PageFault
@@ -210,6 +211,9 @@ class VM:
 
     # -- boot ----------------------------------------------------------------------------
     def _load(self, image: LoadedImage) -> None:
+        # SeaBIOS's tables first, so the image's bytes win where they overlap; a PV domain has no BIOS.
+        self.firmware = None if self.mode.name == "pv" else install_firmware(self.board, self.engine,
+                                                                             self.mode.write_guest, image)
         for addr, data in image.chunks:
             self.mode.write_guest(addr, data)
         eng = self.engine

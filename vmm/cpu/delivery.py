@@ -35,7 +35,6 @@ from ..x86.segments import (
     TSS32_SS_OFFSET,
     tss32_stack_slot,
 )
-from . import realmode
 
 # Old spellings, still imported by vmm/modes, vmm/vmx and vmm/vm.py (their owners move to
 # vmm.x86.Vector); the vocabulary's names are re-exported for them too.
@@ -340,8 +339,6 @@ class EventDelivery:
         if ev.vector * IVT_ENTRY_SIZE + IVT_ENTRY_SIZE - 1 > ivt_limit:
             raise DeliveryFault(Vector.GP, 0)
         ip, seg = struct.unpack("<HH", eng.read_phys(ivt_base + ev.vector * IVT_ENTRY_SIZE, IVT_ENTRY_SIZE))
-        if ip == seg == 0:   # nothing installed it, and no BIOS: stop rather than run the IVT
-            raise realmode.empty_vector(eng, ev.vector, ev.kind == "software")
         flags, cs, eip = eng.reg("eflags"), eng.reg("cs"), eng.reg("eip")
         sp = (eng.reg("esp") - _REAL_MODE_FRAME) & _SEGMENT_LIMIT_16
         eng.write_phys((eng.reg("ss") << _REAL_MODE_SEGMENT_SHIFT) + sp,

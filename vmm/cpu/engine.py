@@ -567,12 +567,16 @@ class Engine:
         """
         return self.uc.hook_add(UC_HOOK_CODE, self._site_callback, None, address, address)
 
-    def add_breakpoint(self, address: int, callback) -> int:
-        """Call ``callback(address)`` before the instruction at ``address`` executes."""
+    def add_breakpoint(self, address: int, callback, *, retranslate: bool = True) -> int:
+        """Call ``callback(address)`` before the instruction at ``address`` executes.
+
+        ``retranslate=False`` for a hook armed before the guest has run: nothing is
+        translated yet, and dropping the cache of an address makes Unicorn fill its TLB
+        entry for a fetch, which a mode watching code fetches would take as code run."""
         handle = self.uc.hook_add(UC_HOOK_CODE, lambda uc, a, size, _: self._guard(callback, a),
                                   None, address, address)
-        # Code hooks are compiled into translated blocks: retranslate the one holding it.
-        self.uc.ctl_remove_cache(address, address + 1)
+        if retranslate:   # code hooks are compiled into translated blocks: retranslate the one holding it
+            self.uc.ctl_remove_cache(address, address + 1)
         return handle
 
     def add_instruction_hook(self, callback) -> int:

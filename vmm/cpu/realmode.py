@@ -1,4 +1,4 @@
-"""Real-address mode on a board without firmware: what the engine does not do itself.
+"""Real-address mode: what the engine does not do itself, and the reboot nothing answers.
 
 * **IP wraps at 0xFFFF.** In real mode IP is 16 bits: the instruction after one that ends
   at offset 0xFFFF is fetched from CS:0000 (SDM vol. 3 §20.1.1; QEMU TCG does so too,
@@ -8,28 +8,29 @@
   it) sets EIP to EIP & 0xFFFF. It is installed for an image entered in real mode and
   removed at the first instruction it sees in protected mode.
 * **A jump to the reset vector F000:FFF0** is how a real-mode program reboots the PC. On
-  QEMU the BIOS starts again; this board has no BIOS, so unless the image put code there
-  the VM stops with :class:`NoFirmware` ("reset") instead of running zeros.
-* **INT n through an empty vector.** The interrupt vector table starts zero-filled and no
-  BIOS fills it: an interrupt whose vector is 0000:0000 would run the IVT itself as code.
-  Delivery stops the VM with "no BIOS: INT 10h from 0000:7C12" (the INT's own CS:IP).
+  QEMU SeaBIOS starts again; this board has SeaBIOS's tables (:mod:`vmm.firmware`) but
+  no BIOS code to rerun POST, so unless the image put code there the VM stops with
+  :class:`NoFirmware` ("reset") before the jump the firmware left there runs.
+* **Interrupts** go through the IVT the firmware filled (:mod:`vmm.firmware.ivt`): every
+  vector has a handler, as under SeaBIOS, and a BIOS service the board does not have
+  returns after a one-line notice. A vector the guest itself set to 0000:0000 (or one
+  SeaBIOS leaves so, 60h-66h and 79h) is delivered there, as the CPU does.
 """
 from __future__ import annotations
 
 from unicorn import UC_HOOK_CODE
 
-from ..x86 import CR0, vector_name
+from ..x86 import CR0
 
 RESET_VECTOR = 0xFFFF0                 # F000:FFF0, linear
 RESET_CS, RESET_IP = 0xF000, 0xFFF0
 IP_MASK = 0xFFFF
 #: Linear addresses a real-mode CS:IP with IP > 0xFFFF can reach: 0x10000 + CS * 16 + small.
 WRAP_RANGE = (0x10000, 0x10FFFF)
-INT_IMM8 = 0xCD                        # INT imm8; INT3 (0xCC) and INTO (0xCE) are one byte
 
 
 class NoFirmware(Exception):
-    """The guest asked the missing BIOS for something; ``reset`` tells a reboot apart."""
+    """The guest asked for what only BIOS code could do (``reset``: rerun POST)."""
 
     def __init__(self, message: str, reset: bool = False):
         super().__init__(message)
@@ -54,7 +55,7 @@ def _reset(engine) -> None:
     if engine.reg("cr0") & CR0.PE:
         return   # protected-mode code at linear 0xffff0: no reset
     raise NoFirmware(f"jump to the reset vector {RESET_CS:04X}:{RESET_IP:04X} from real mode, "
-                     f"and no firmware on the board", reset=True)
+                     f"and no firmware on the board to run POST again", reset=True)
 
 
 def _install_wrap(engine) -> None:
@@ -72,14 +73,3 @@ def _install_wrap(engine) -> None:
             engine.fail(exc)
 
     handle.append(engine.uc.hook_add(UC_HOOK_CODE, wrap, None, *WRAP_RANGE))
-
-
-def empty_vector(engine, vector: int, software: bool) -> NoFirmware:
-    """The stop for an event whose IVT entry is 0000:0000 (nothing installed it)."""
-    cs, ip = engine.reg("cs"), engine.reg("eip") & IP_MASK
-    if software:
-        at = ((cs << 4) + ip - 2) & 0xFFFFF
-        ip = (ip - (2 if engine.read_phys(at, 1)[0] == INT_IMM8 else 1)) & IP_MASK
-        return NoFirmware(f"no BIOS: INT {vector:02X}h from {cs:04X}:{ip:04X}")
-    return NoFirmware(f"no BIOS: {vector_name(vector)} (vector {vector:02X}h) at {cs:04X}:{ip:04X} "
-                      f"through an empty interrupt vector")

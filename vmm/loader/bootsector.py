@@ -16,8 +16,8 @@ installed ``qemu-system-i386`` 7.2 / SeaBIOS 1.16.2 booting from the first IDE d
 ``LoadedImage.registers`` carries the two values SeaBIOS sets on purpose, ``EAX`` =
 0xAA55 and ``EDX`` = 0x80; segments, stack and flags are the engine's choice
 (:data:`SEABIOS_ENTRY_STATE` records what SeaBIOS leaves, for a VM that wants to mimic it).
-Our board has no BIOS: nothing answers ``INT 10h``/``13h``/... and the IVT is empty, so
-SeaBIOS's ``IF`` = 1 would let the first timer interrupt jump through a null vector.
+The board has SeaBIOS's IVT and tables but no BIOS services (:mod:`vmm.firmware`):
+``INT 10h``/``13h``/... return with nothing done and a one-line notice. ``IF`` stays 0.
 """
 from __future__ import annotations
 
