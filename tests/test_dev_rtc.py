@@ -72,7 +72,9 @@ wait_update:
     test al, 0x80
     jnz wait_update
     RTC_READ 0x00
-    SHOW "seconds after the update: "
+    cmp al, 0x56
+    setne al
+    SHOW "the seconds moved on at the update: "
     RTC_READ 0x0c
     and al, 0x10
     SHOW "status C's update-ended flag: "
@@ -170,7 +172,7 @@ EXPECTED = b"""hours: 0x00000012
 minutes: 0x00000034
 seconds: 0x00000056
 day: 0x00000004
-seconds after the update: 0x00000057
+the seconds moved on at the update: 0x00000001
 status C's update-ended flag: 0x00000010
 hours, 12-hour binary: 0x0000008c
 minutes, binary: 0x00000022

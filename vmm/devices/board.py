@@ -208,6 +208,9 @@ class Board:
         # programmed; until it does, no timer can interrupt it, and the VM runs free
         # (no instruction counting) instead of counting ticks nobody will see.
         self.pic.master.imr = self.pic.slave.imr = 0xFF
+        # SeaBIOS's vector bases (its IVT's IRQ handlers are at 08h-0Fh and 70h-77h), so a
+        # real-mode guest's interrupts reach the handlers the firmware tables installed.
+        self.pic.master.vector_base, self.pic.slave.vector_base = 0x08, 0x70
         self.lapic = LocalApic()
         self.ioapic = IoApic(deliver=self.lapic.accept_message, nmi=self._latch_nmi)
         self.lapic.on_level_eoi = self.ioapic.end_of_interrupt
