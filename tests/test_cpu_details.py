@@ -284,7 +284,7 @@ def test_msrs_the_cpu_does_not_have_raise_gp(mode, tmp_path):
     p.probe("wrmsr fs base non-canonical", "mov ecx, 0xc0000100\n    xor eax, eax\n    mov edx, 0x800000\n    wrmsr")
     p.probe("wrmsr gs base", "mov ecx, 0xc0000101\n    mov eax, 0x1000\n    xor edx, edx\n    wrmsr")
     p.probe("fs base after", "mov eax, fs\n    mov fs, eax\n    mov eax, dword ptr fs:[0]\n"
-                             "    mov edx, dword ptr [0]\n    sub eax, edx")
+                             "    mov edx, dword ptr [0]\n    sub eax, edx\n    xor edx, edx")   # same bytes: base 0
     lines = run_mode(build(p, tmp_path), mode)
     assert lines == [f"rdmsr {m:#x}: fault 13" for m in NO_SUCH_MSRS] + [
         "wrmsr fs base: fault 13", "wrmsr fs base non-canonical: fault 13", "wrmsr gs base: fault 13",

@@ -472,6 +472,8 @@ class VM:
         except NoFirmware as nf:
             return self._result(StopKind.RESET if nf.reset else StopKind.ERROR, str(nf), started)
         except TripleFault as tf:
+            if self.board.exit_status is not None:   # the rest of the exit's block faulted: the guest had exited
+                return self._result(StopKind.EXIT, "guest exit", started)
             self.processor.on_triple_fault(tf)
             return self._result(StopKind.TRIPLE_FAULT, str(tf), started)
         except UnexpectedExit as ue:
