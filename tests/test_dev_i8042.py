@@ -158,16 +158,7 @@ TYPING = f"""%include "kernel.inc"
 {SHOW_MACRO}
 kmain:
     SET_HANDLER IRQ_BASE + 1, kbd_handler
-    OUTB_IMM PIC1_CMD, 0x11
-    OUTB_IMM PIC2_CMD, 0x11
-    OUTB_IMM PIC1_DATA, IRQ_BASE
-    OUTB_IMM PIC2_DATA, IRQ_BASE + 8
-    OUTB_IMM PIC1_DATA, 0x04
-    OUTB_IMM PIC2_DATA, 0x02
-    OUTB_IMM PIC1_DATA, 0x01
-    OUTB_IMM PIC2_DATA, 0x01
-    OUTB_IMM PIC1_DATA, 0xfd        // IRQ 1 only
-    OUTB_IMM PIC2_DATA, 0xff
+    PIC_REMAP 0xfd, 0xff        // IRQ 1 only
 wait_keys:
     cmp dword ptr [count], 8
     jae got_keys

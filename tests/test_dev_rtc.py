@@ -29,16 +29,7 @@ GUEST = f"""%include "kernel.inc"
 
 kmain:
     SET_HANDLER IRQ_BASE + 8, rtc_handler
-    OUTB_IMM PIC1_CMD, 0x11
-    OUTB_IMM PIC2_CMD, 0x11
-    OUTB_IMM PIC1_DATA, IRQ_BASE
-    OUTB_IMM PIC2_DATA, IRQ_BASE + 8
-    OUTB_IMM PIC1_DATA, 0x04
-    OUTB_IMM PIC2_DATA, 0x02
-    OUTB_IMM PIC1_DATA, 0x01
-    OUTB_IMM PIC2_DATA, 0x01
-    OUTB_IMM PIC1_DATA, 0xfb        // the cascade
-    OUTB_IMM PIC2_DATA, 0xfe        // IRQ 8
+    PIC_REMAP 0xfb, 0xfe        // the cascade and IRQ 8
 
     // Set 2026-03-04 12:34:56 (BCD, 24 h) with the updates held.
     RTC_WRITE 0x0b, 0x82

@@ -41,16 +41,7 @@ kmain:
     mov eax, dword ptr [{IOMEM_BASE + 0x308:#x}]
     SHOW "rep insb into iomem: "
     SET_HANDLER IRQ_BASE + 11, irq11_handler
-    OUTB_IMM PIC1_CMD, 0x11
-    OUTB_IMM PIC2_CMD, 0x11
-    OUTB_IMM PIC1_DATA, IRQ_BASE
-    OUTB_IMM PIC2_DATA, IRQ_BASE + 8
-    OUTB_IMM PIC1_DATA, 0x04
-    OUTB_IMM PIC2_DATA, 0x02
-    OUTB_IMM PIC1_DATA, 0x01
-    OUTB_IMM PIC2_DATA, 0x01
-    OUTB_IMM PIC1_DATA, 0xfb        // the cascade only
-    OUTB_IMM PIC2_DATA, 0xf7        // IRQ11 only
+    PIC_REMAP 0xfb, 0xf7        // the cascade and IRQ 11
     mov dx, 0x200b
     mov eax, 1
     out dx, eax                     // a dword: the wrong size, ignored

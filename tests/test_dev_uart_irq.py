@@ -19,16 +19,7 @@ GUEST = f"""%include "kernel.inc"
 {SHOW_MACRO}
 kmain:
     SET_HANDLER IRQ_BASE + 4, com_handler
-    OUTB_IMM PIC1_CMD, 0x11
-    OUTB_IMM PIC2_CMD, 0x11
-    OUTB_IMM PIC1_DATA, IRQ_BASE
-    OUTB_IMM PIC2_DATA, IRQ_BASE + 8
-    OUTB_IMM PIC1_DATA, 0x04
-    OUTB_IMM PIC2_DATA, 0x02
-    OUTB_IMM PIC1_DATA, 0x01
-    OUTB_IMM PIC2_DATA, 0x01
-    OUTB_IMM PIC1_DATA, 0xef        // IRQ 4 only
-    OUTB_IMM PIC2_DATA, 0xff
+    PIC_REMAP 0xef, 0xff        // IRQ 4 only
     mov dx, 0x3fa
     xor eax, eax
     out dx, al                      // FCR: FIFOs off (one byte, one interrupt)
