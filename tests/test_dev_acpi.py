@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import DEVICE_GUEST_MODES, SHOW_MACRO, build_kernel, run_kernel, run_kernel_in_qemu
+from conftest import DEVICE_GUEST_MODES, SHOW_MACRO, build_kernel, run_cli, run_kernel, run_kernel_in_qemu
 from tools.machines import qemu_binary
 from tools.machines import testdev_command as qemu_testdev_command
 from vmm.devices.board import Board
@@ -209,3 +209,13 @@ def test_debug_console_as_qemu_has_it(images, tmp_path):
     subprocess.run([*command, "-debugcon", f"file:{log}"], stdin=subprocess.DEVNULL, capture_output=True,
                    timeout=60, check=False)
     assert log.read_bytes() == b"hello from port 0xe9\n"
+
+
+@pytest.mark.parametrize("convention", ["qemu", "guest"])
+def test_poweroff_through_the_cli_exits_0(images, tmp_path, convention):
+    kernel = tmp_path / "acpi.elf"
+    kernel.write_bytes(images["acpi"])
+    proc = run_cli("run", str(kernel), "--exit-status", convention)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == ACPI_EXPECTED.decode()
+    assert b"vmm: powered off: ACPI poweroff (S5, through PM1a_CNT)" in proc.stderr

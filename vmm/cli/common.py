@@ -283,7 +283,8 @@ EXIT_STATUS_HELP = (
     "a guest that wrote VALUE to port 0xf4, so a guest's success is 1, and 1 also for a VMM stop. "
     f"guest: the VALUE itself (0 = the guest's success, so 'vmm run hello --exit-status guest && echo ok' "
     f"works); {EXIT_BUDGET} when the instruction or wall-clock budget ran out; {EXIT_VMM_STOP} for "
-    "any other VMM stop (triple fault, HLT with nothing to wake it, VM-entry failure, an error). "
+    "any other VMM stop (triple fault, HLT with nothing to wake it, VM-entry failure, an error); 0 for an "
+    "ACPI poweroff in both conventions, as QEMU exits. "
     f"Bad input is {EXIT_USAGE} either way, and {EXIT_INTERRUPTED} a run ended by Ctrl-C (SIGINT) or by the "
     "console's Ctrl-A x."
 )
@@ -295,6 +296,8 @@ def exit_status(result, convention: str) -> int:
         return result.status
     if result.exit_status is not None:
         return result.exit_status >> 1
+    if result.kind.name == "POWEROFF":
+        return 0                  # an ACPI soft-off is the guest's orderly end, as on QEMU
     return EXIT_BUDGET if result.kind.name in ("BUDGET", "TIMEOUT") else EXIT_VMM_STOP
 
 
