@@ -51,6 +51,15 @@ spin2:
     mov dword ptr [{B + 0x100:#x}], 0xffffffff
     mov eax, dword ptr [{B + 0x100:#x}]
     SHOW "timer 0 configuration, all ones written: "
+    movzx eax, byte ptr [{B:#x}]
+    SHOW "a byte read (not a size the HPET takes): "
+    movzx eax, word ptr [{B + 4:#x}]
+    SHOW "a word read: "
+    mov dword ptr [{B + 0x10:#x}], 1
+    mov byte ptr [{B + 0x10:#x}], 0
+    mov eax, dword ptr [{B + 0x10:#x}]
+    SHOW "configuration after a byte write of 0: "
+    mov dword ptr [{B + 0x10:#x}], 0
     EXIT EXIT_OK
 %include "kernel_bss.inc"
 """
@@ -66,6 +75,9 @@ timer 0 configuration: 0x00000030
 timer 0 interrupt routing capability: 0x00000004
 timer 0 comparator, high: 0xffffffff
 timer 0 configuration, all ones written: 0x00007f7e
+a byte read (not a size the HPET takes): 0x00000000
+a word read: 0x00000000
+configuration after a byte write of 0: 0x00000001
 """
 
 

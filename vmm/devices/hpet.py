@@ -252,12 +252,16 @@ class Hpet:
         regs[0] &= ~TN_VAL_SET
         self._arm(n, at)
 
-    # -- the MMIO window: 4- and 8-byte accesses to 8-byte registers --------------------------
+    # -- the MMIO window: 4- and 8-byte accesses to 8-byte registers (narrower ones: nothing) --------------------------
     def mmio_read(self, offset: int, size: int) -> int:
+        if size < 4:
+            return 0                  # QEMU's HPET takes 4- and 8-byte accesses only: others read 0
         base, shift = offset & ~7, 8 * (offset & 7)
         return (self._register(base) >> shift) & ((1 << 8 * size) - 1)
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
+        if size < 4:
+            return                    # and are dropped
         base, shift = offset & ~7, 8 * (offset & 7)
         mask = (((1 << 8 * size) - 1) << shift) & U64
         self._write_register(base, (value << shift) & mask, mask)
