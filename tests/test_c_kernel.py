@@ -53,16 +53,25 @@ def build_c_kernel(out_dir, defines: tuple[str, ...] = ()) -> bytes:
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("c-kernel")
+    return built_kernel(tmp_path_factory, "c-kernel")
+
+
+@pytest.fixture(scope="module")
+def qemu(kernel, tmp_path_factory):
+    return screen_in_qemu(kernel, tmp_path_factory)
+
+
+def built_kernel(tmp_path_factory, name: str, defines: tuple[str, ...] = ()):
+    """The kernel built in a fresh directory; a build error fails the test with gcc's words."""
+    out = tmp_path_factory.mktemp(name)
     try:
-        build_c_kernel(out)
+        build_c_kernel(out, defines)
     except subprocess.CalledProcessError as err:
         pytest.fail(f"{' '.join(err.cmd)}:\n{err.stderr.decode()}")
     return out / "kernel.elf"
 
 
-@pytest.fixture(scope="module")
-def qemu(kernel, tmp_path_factory):
+def screen_in_qemu(kernel, tmp_path_factory):
     if qemu_binary("i386") is None:
         pytest.skip("qemu-system-i386 is not on PATH")
     return qemu_screen(str(kernel), MARKER, workdir=tmp_path_factory.mktemp("qemu"))
@@ -117,19 +126,12 @@ def test_the_readme_shows_what_the_kernel_prints(kernel, tmp_path):
 
 @pytest.fixture(scope="module")
 def ioapic_kernel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("c-kernel-ioapic")
-    try:
-        build_c_kernel(out, ("TIMER_IOAPIC",))
-    except subprocess.CalledProcessError as err:
-        pytest.fail(f"{' '.join(err.cmd)}:\n{err.stderr.decode()}")
-    return out / "kernel.elf"
+    return built_kernel(tmp_path_factory, "c-kernel-ioapic", ("TIMER_IOAPIC",))
 
 
 @pytest.fixture(scope="module")
 def ioapic_qemu(ioapic_kernel, tmp_path_factory):
-    if qemu_binary("i386") is None:
-        pytest.skip("qemu-system-i386 is not on PATH")
-    return qemu_screen(str(ioapic_kernel), MARKER, workdir=tmp_path_factory.mktemp("qemu-ioapic"))
+    return screen_in_qemu(ioapic_kernel, tmp_path_factory)
 
 
 @pytest.mark.parametrize("mode", DEVICE_GUEST_MODES)

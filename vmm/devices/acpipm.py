@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .pit import PIT_INPUT_HZ
+from .pit import clock_ticks, first_instruction
 
 PM_BASE = 0x600
 PM1_STS, PM1_EN, PM1_CNT, PM_TMR = PM_BASE, PM_BASE + 2, PM_BASE + 4, PM_BASE + 8
@@ -49,16 +49,6 @@ SCI_EN = 1 << 0
 SLP_TYP_SHIFT, SLP_TYP_MASK = 10, 7
 SLP_EN = 1 << 13
 SLEEP_STATES = {0: "S5", 1: "S3", 2: "S4"}   # QEMU's PIIX4: s4_val = 2, and its DSDT's _S3/_S5
-
-
-def timer_ticks(instructions: int) -> int:
-    """PM-timer ticks (not wrapped) in ``instructions`` of virtual time."""
-    return instructions * PM_TIMER_HZ // PIT_INPUT_HZ
-
-
-def instructions_until(tick: int) -> int:
-    """The first virtual time at which ``timer_ticks(time) >= tick``."""
-    return -(-tick * PIT_INPUT_HZ // PM_TIMER_HZ)
 
 
 @dataclass(frozen=True)
@@ -104,11 +94,11 @@ class AcpiPm:
 
     # -- the timer and the status bits ------------------------------------------------------
     def timer(self, at: int | None = None) -> int:
-        return timer_ticks(self.clock() if at is None else at) & TIMER_MASK
+        return clock_ticks(self.clock() if at is None else at, PM_TIMER_HZ) & TIMER_MASK
 
     def _settle(self, at: int) -> None:
         """Set TMR_STS if the counter's bit 23 changed since it was last cleared."""
-        tick = timer_ticks(at)
+        tick = clock_ticks(at, PM_TIMER_HZ)
         if tick >= self.overflow_tick:
             self.status |= TMR_STS
             self.overflow_tick = (tick | (TIMER_OVERFLOW_BIT - 1)) + 1
@@ -126,7 +116,7 @@ class AcpiPm:
     def next_event(self) -> int | None:
         if not self.enable & TMR_STS or self.status & TMR_STS:
             return None
-        return instructions_until(self.overflow_tick)
+        return first_instruction(self.overflow_tick, PM_TIMER_HZ)
 
     def advance(self, now: int) -> None:
         self.now = now

@@ -39,7 +39,7 @@ import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .pit import PIT_INPUT_HZ
+from .pit import PIT_INPUT_HZ, clock_ticks, first_instruction
 
 CMOS_INDEX = 0x70
 CMOS_DATA = 0x71
@@ -116,12 +116,6 @@ def periodic_ticks(rate: int) -> int:
     return 1 << (rate + 6) if rate < 3 else 1 << (rate - 1)
 
 
-def ticks32(instructions: int) -> int:
-    return instructions * RTC_HZ // PIT_INPUT_HZ
-
-
-def instructions_until32(tick: int) -> int:
-    return -(-tick * PIT_INPUT_HZ // RTC_HZ)
 
 
 def memory_size_bytes(ram_size: int, above_4g: int = 0, cpus: int = 1) -> dict[int, int]:
@@ -283,7 +277,8 @@ class Cmos:
                 if self._alarm_between(first, last):
                     flags |= STATUS_C_AF
         period = periodic_ticks(self.ram[RTC_STATUS_A] & STATUS_A_RATE)
-        if period and self.ram[RTC_STATUS_B] & STATUS_B_PIE and ticks32(at) // period > ticks32(before) // period:
+        if period and self.ram[RTC_STATUS_B] & STATUS_B_PIE \
+                and clock_ticks(at, RTC_HZ) // period > clock_ticks(before, RTC_HZ) // period:
             flags |= STATUS_C_PF
         self._raise(flags)
 
@@ -300,7 +295,7 @@ class Cmos:
         times = []
         period = periodic_ticks(self.ram[RTC_STATUS_A] & STATUS_A_RATE)
         if enabled & STATUS_B_PIE and period:
-            times.append(instructions_until32((ticks32(self.settled) // period + 1) * period))
+            times.append(first_instruction((clock_ticks(self.settled, RTC_HZ) // period + 1) * period, RTC_HZ))
         if not self.held and enabled & (STATUS_B_UIE | STATUS_B_AIE):
             next_second = self.anchor + (self.current_seconds(self.settled) - self.seconds + 1) * PIT_INPUT_HZ
             if enabled & STATUS_B_UIE:

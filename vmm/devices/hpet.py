@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .pit import PIT_INPUT_HZ
+from .pit import clock_ticks, first_instruction
 
 HPET_BASE = 0xFED00000
 HPET_SIZE = 0x1000     # QEMU decodes 0x400 bytes; the rest of the page reads 0 there too
@@ -58,12 +58,7 @@ LEGACY_ROUTES = {0: 0, 1: 8}     # LEG_RT_CNF: timer -> ISA IRQ
 
 def ticks(instructions: int) -> int:
     """Main-counter ticks in ``instructions`` of virtual time."""
-    return instructions * HPET_HZ // PIT_INPUT_HZ
-
-
-def instructions_until(tick: int) -> int:
-    """The first virtual time at which ``ticks(time) >= tick``."""
-    return -(-tick * PIT_INPUT_HZ // HPET_HZ)
+    return clock_ticks(instructions, HPET_HZ)
 
 
 @dataclass(frozen=True)
@@ -163,15 +158,14 @@ class Hpet:
         else:
             diff = max(regs[1] - current, 0)
         target = ticks(at) + diff
-        self.deadlines[n] = max(at, instructions_until(target))
+        self.deadlines[n] = max(at, first_instruction(target, HPET_HZ))
 
     def _rearm_all(self, at: int) -> None:
         for n in range(TIMERS):
             self._arm(n, at)
 
     def _lower(self, n: int) -> None:
-        if self.status & 1 << n:
-            self.status &= ~(1 << n)
+        self.status &= ~(1 << n)
         self.interrupt(self.route(n), True, False)
 
     def _register(self, offset: int) -> int:

@@ -34,6 +34,18 @@ from dataclasses import dataclass
 INSTRUCTIONS_PER_PIT_CLOCK = 1
 PIT_INPUT_HZ = 1_193_182
 
+
+def clock_ticks(instructions: int, hz: int) -> int:
+    """Ticks of an ``hz`` clock in ``instructions`` of virtual time (one instruction per PIT
+    input clock): how every other clock of the board (HPET, PM timer, RTC) derives its count."""
+    return instructions * hz // PIT_INPUT_HZ
+
+
+def first_instruction(tick: int, hz: int) -> int:
+    """The first virtual time at which ``clock_ticks(time, hz) >= tick``: when that clock's
+    event ``tick`` comes."""
+    return -(-tick * PIT_INPUT_HZ // hz)
+
 PIT_BASE = 0x40
 PIT_COMMAND = 0x43          # mode/command register (write only)
 SYSTEM_CONTROL_B = 0x61     # PC/AT "port B": speaker, GATE2, OUT2, refresh
